@@ -1,0 +1,8 @@
+"""bertpretrain: pretrain BERT (masked LM + next-sentence prediction) on WikiText with MXNet Gluon.
+
+Subpackages: :mod:`bertpretrain.data` (WikiText to batches), :mod:`bertpretrain.model` (the Gluon BERT)
+and :mod:`bertpretrain.train` (the training loop, checkpoints and evaluation).
+"""
+from . import _mxnet  # noqa: F401  (fails early, with install instructions, if MXNet is missing)
+
+__version__ = "0.1.0"
