@@ -1,4 +1,32 @@
-"""Test-wide settings: one OpenMP thread (MXNet's speed collapses when processes share a core)."""
+"""Test-wide settings and fixtures.
+
+One OpenMP thread: MXNet's speed collapses when processes share a core. The real WikiText-2
+validation and test splits live in ``../shared/data/wikitext-2`` beside the checkout.
+"""
 import os
+import pathlib
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+WIKITEXT2 = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+
+
+@pytest.fixture(scope="session")
+def wikitext2_splits():
+    """Folder of the real WikiText-2 validation and test splits."""
+    if not (WIKITEXT2 / "wiki.valid.tokens").is_file():
+        pytest.fail(f"the real WikiText-2 splits are missing: expected {WIKITEXT2}/wiki.valid.tokens")
+    return WIKITEXT2
+
+
+@pytest.fixture(scope="session")
+def wiki_dir(tmp_path_factory, wikitext2_splits):
+    """A data_dir whose train split is the real validation + test text (455K words)."""
+    folder = tmp_path_factory.mktemp("wikitext-2")
+    text = b"".join((wikitext2_splits / f"wiki.{s}.tokens").read_bytes() for s in ("valid", "test"))
+    (folder / "wiki.train.tokens").write_bytes(text)
+    for split in ("valid", "test"):
+        (folder / f"wiki.{split}.tokens").write_bytes((wikitext2_splits / f"wiki.{split}.tokens").read_bytes())
+    return folder

@@ -3,6 +3,7 @@
 Subpackages: :mod:`bertpretrain.data` (WikiText to batches), :mod:`bertpretrain.model` (the Gluon BERT)
 and :mod:`bertpretrain.train` (the training loop, checkpoints and evaluation).
 """
-from . import _mxnet  # noqa: F401  (fails early, with install instructions, if MXNet is missing)
-
 __version__ = "0.1.0"
+
+from . import _mxnet  # noqa: F401,E402  (fails early, with install instructions, if MXNet is missing)
+from . import data  # noqa: E402

@@ -1,0 +1,23 @@
+"""WikiText to BERT pretraining batches: download, sentences, vocabulary, NSP pairs, MLM masks, padding.
+
+The usual entry point is :func:`load_data_wiki`; the steps below it are plain functions on numpy
+arrays that can be used and tested one by one.
+"""
+from .corpus import TokenizedCorpus, read_wiki, tokenize
+from .dataset import PretrainingBatch, PretrainingDataset
+from .download import DATA_HUB, DatasetEntry, cache_root, download_extract
+from .errors import DataError, DownloadError
+from .loader import PretrainingLoader, build_dataset, load_data_wiki
+from .masking import choose_mlm_positions, num_mlm_predictions, num_mlm_slots, replace_masked_tokens
+from .pairs import SentencePairs, get_tokens_and_segments, make_nsp_pairs, truncate_pair_lengths
+from .vocab import (CLS, CLS_ID, MASK, MASK_ID, NUM_RESERVED, PAD, PAD_ID, RESERVED_TOKENS, SEP, SEP_ID, UNK,
+                    UNK_ID, Vocab)
+
+__all__ = [
+    "DATA_HUB", "DatasetEntry", "DataError", "DownloadError", "PretrainingBatch", "PretrainingDataset",
+    "PretrainingLoader", "SentencePairs", "TokenizedCorpus", "Vocab", "build_dataset", "cache_root",
+    "choose_mlm_positions", "download_extract", "get_tokens_and_segments", "load_data_wiki", "make_nsp_pairs",
+    "num_mlm_predictions", "num_mlm_slots", "read_wiki", "replace_masked_tokens", "tokenize",
+    "truncate_pair_lengths", "CLS", "CLS_ID", "MASK", "MASK_ID", "NUM_RESERVED", "PAD", "PAD_ID",
+    "RESERVED_TOKENS", "SEP", "SEP_ID", "UNK", "UNK_ID",
+]

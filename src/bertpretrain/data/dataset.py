@@ -1,0 +1,127 @@
+"""The pretraining examples of one corpus, padded to fixed arrays one batch at a time."""
+from typing import NamedTuple
+
+import numpy as np
+from mxnet import gluon
+
+from . import seeding
+from .masking import choose_mlm_positions, num_mlm_slots, replace_masked_tokens
+from .pairs import NUM_PAIR_SPECIALS, SentencePairs
+from .vocab import CLS_ID, PAD_ID, SEP_ID
+
+# dtypes the model and the losses take as they are (integer lengths for the length-aware softmax).
+BATCH_DTYPES = {"tokens": np.int32, "segments": np.int32, "valid_lens": np.int32,
+                "pred_positions": np.int32, "mlm_weights": np.float32, "mlm_labels": np.int32,
+                "nsp_labels": np.int32}
+
+
+class PretrainingBatch(NamedTuple):
+    """One batch of B examples, padded to ``max_len`` tokens and ``P = round(0.15 * max_len)`` predictions.
+
+    Attributes:
+        tokens: (B, max_len) int32 token ids, ``[PAD]`` after the valid length, masks applied.
+        segments: (B, max_len) int32, 0 for ``[CLS] a [SEP]``, 1 for ``b [SEP]``, 0 for padding.
+        valid_lens: (B,) int32, real tokens per example.
+        pred_positions: (B, P) int32, positions to predict, sorted; 0 in padding slots.
+        mlm_weights: (B, P) float32, 1.0 for real predictions, 0.0 for padding slots.
+        mlm_labels: (B, P) int32, the original ids at ``pred_positions``; 0 in padding slots.
+        nsp_labels: (B,) int32, 1 when ``b`` is the sentence after ``a``, else 0.
+    """
+    tokens: object
+    segments: object
+    valid_lens: object
+    pred_positions: object
+    mlm_weights: object
+    mlm_labels: object
+    nsp_labels: object
+
+
+class PretrainingDataset(gluon.data.Dataset):
+    """BERT pretraining examples, stored compactly and padded when they are read.
+
+    Storage grows with the corpus' tokens, not with examples x max_len: the flat token ids, five
+    integers per pair and, for static masking, the chosen positions and replacement ids.
+    ``dataset[i]`` is one padded example (a :class:`PretrainingBatch` of numpy arrays without the
+    batch axis); :meth:`batch` pads many at once, vectorised.
+
+    Args:
+        token_ids: (T,) int32 ids of the corpus' flat token array.
+        pairs: :class:`~bertpretrain.data.pairs.SentencePairs` into ``token_ids``.
+        vocab_size: size of the vocabulary (random replacement words are drawn below it).
+        max_len: tokens per padded example.
+        seed: the seed of every random draw (see :mod:`bertpretrain.data.seeding`).
+        dynamic_masking: draw new masks every epoch (RoBERTa) instead of once at construction (d2l).
+    """
+
+    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False):
+        if len(pairs) and int(pairs.lengths().max()) > max_len:
+            raise ValueError(f"a pair has {int(pairs.lengths().max())} tokens, more than max_len={max_len}")
+        self.token_ids = np.asarray(token_ids, dtype=np.int32)
+        self.pairs = pairs
+        self.vocab_size = int(vocab_size)
+        self.max_len = int(max_len)
+        self.num_slots = num_mlm_slots(max_len)
+        self.seed = seed
+        self.dynamic_masking = dynamic_masking
+        if not dynamic_masking:
+            self._positions, self._replacements = self._draw_masks(
+                pairs, seeding.stream(seed, seeding.STATIC_MASKS))
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        return PretrainingBatch(*(field[0] for field in self.batch(np.array([index]))))
+
+    def _draw_masks(self, pairs, rng):
+        """(n, P) positions (int16, 0 = padding slot) and (n, P) int32 ids to put there."""
+        positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng)
+        valid = np.arange(self.num_slots) < counts[:, None]
+        labels = self._tokens_at(pairs, positions)
+        replacements = replace_masked_tokens(labels, valid, self.vocab_size, rng)
+        return positions.astype(np.int16 if self.max_len < 2 ** 15 else np.int32), replacements.astype(np.int32)
+
+    def _tokens_at(self, pairs, positions):
+        """Ids of the unmasked examples of ``pairs`` at ``positions`` ((n, K) -> (n, K) int32)."""
+        a_len = pairs.a_len[:, None]
+        in_a = (positions >= 1) & (positions <= a_len)
+        in_b = (positions >= a_len + 2) & (positions < a_len + 2 + pairs.b_len[:, None])
+        source = np.where(in_a, pairs.a_start[:, None] + positions - 1,
+                          np.where(in_b, pairs.b_start[:, None] + positions - a_len - 2, 0))
+        ids = self.token_ids[source]
+        length = (pairs.a_len + pairs.b_len + NUM_PAIR_SPECIALS)[:, None]
+        specials = np.where(positions == 0, CLS_ID, np.where(positions < length, SEP_ID, PAD_ID))
+        return np.where(in_a | in_b, ids, specials).astype(np.int32)
+
+    def batch(self, indices, epoch=0, batch_number=0):
+        """Pad the examples ``indices`` ((B,) ints) into a :class:`PretrainingBatch` of numpy arrays.
+
+        ``epoch`` and ``batch_number`` key the random stream of dynamic masking (ignored otherwise).
+        """
+        indices = np.asarray(indices)
+        pairs = SentencePairs(*(field[indices] for field in self.pairs))
+        if self.dynamic_masking:
+            positions, replacements = self._draw_masks(
+                pairs, seeding.stream(self.seed, seeding.DYNAMIC_MASKS, epoch, batch_number))
+        else:
+            positions, replacements = self._positions[indices], self._replacements[indices]
+        positions = positions.astype(np.int64)
+        valid = np.arange(self.num_slots) < np.count_nonzero(positions, axis=1)[:, None]
+
+        tokens = self._tokens_at(pairs, np.broadcast_to(np.arange(self.max_len), (len(indices), self.max_len)))
+        labels = np.take_along_axis(tokens, positions, axis=1)
+        rows = np.broadcast_to(np.arange(len(indices))[:, None], positions.shape)
+        tokens[rows[valid], positions[valid]] = replacements[valid]
+
+        valid_lens = pairs.lengths()
+        columns = np.arange(self.max_len)
+        segments = (columns >= pairs.a_len[:, None] + 2) & (columns < valid_lens[:, None])
+        return PretrainingBatch(
+            tokens=tokens,
+            segments=segments.astype(np.int32),
+            valid_lens=valid_lens.astype(np.int32),
+            pred_positions=positions.astype(np.int32),
+            mlm_weights=valid.astype(np.float32),
+            mlm_labels=np.where(valid, labels, 0).astype(np.int32),
+            nsp_labels=pairs.is_next.astype(np.int32),
+        )

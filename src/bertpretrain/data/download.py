@@ -1,0 +1,230 @@
+"""Downloading, verifying and caching WikiText (and any dataset a user adds to ``DATA_HUB``).
+
+A dataset is fetched from its first mirror that works, streamed to a temporary file, and kept only
+once verified: the archive's SHA1 matches, or, since a mirror may re-zip the same files, every
+split file inside matches its own SHA1. Split files are checked after every extraction and the
+verified folder is moved into place in one rename, so a crash never leaves a folder a later run
+would trust. A verified cache is reused without any network access.
+"""
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import zipfile
+
+import requests
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .errors import DownloadError
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"bertpretrain/{__version__} (+https://pypi.org/project/bertpretrain/)"
+TIMEOUT_SECONDS = 30
+_CHUNK_BYTES = 1 << 20
+_STAMP = ".verified.json"
+
+
+@dataclasses.dataclass
+class DatasetEntry:
+    """Where a dataset comes from and how to verify it.
+
+    Attributes:
+        urls: mirrors of the zip archive, tried in order.
+        sha1: SHA1 of the archive as published (None if unknown: then ``files`` alone verify it).
+        files: split file name (e.g. ``'wiki.train.tokens'``) -> SHA1 of its contents.
+    """
+    urls: list
+    sha1: str = None
+    files: dict = dataclasses.field(default_factory=dict)
+
+
+def _wikitext(name, sha1, train, valid, test):
+    return DatasetEntry(
+        urls=[f"https://wikitext.smerity.com/{name}-v1.zip",
+              f"https://s3.amazonaws.com/research.metamind.io/wikitext/{name}-v1.zip"],
+        sha1=sha1,
+        files={"wiki.train.tokens": train, "wiki.valid.tokens": valid, "wiki.test.tokens": test})
+
+
+#: Dataset name -> :class:`DatasetEntry`. Add your own entries (or dicts with the same fields).
+DATA_HUB = {
+    "wikitext-2": _wikitext("wikitext-2", "3c914d17d80b1459be871a5039ac23e752a53cbe",
+                            "863f29c46ef9d167fff4940ec821195882fe29d1",
+                            "0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422",
+                            "c7b8ce0aa086fb34dab808c5c49224211eb2b172"),
+    "wikitext-103": _wikitext("wikitext-103", "0aec09a7537b58d4bb65362fee27650eeaba625a",
+                              "b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
+                              "c326ac59dc587676d58c422eb8a03e119582f92b",
+                              "8a5befc548865cec54ed4273cf87dbbad60d1e47"),
+}
+
+
+def cache_root(cache_dir=None):
+    """The cache folder: ``cache_dir``, else ``$BERTPRETRAIN_HOME``, else the user's cache folder."""
+    if cache_dir is not None:
+        return os.path.abspath(cache_dir)
+    if os.environ.get("BERTPRETRAIN_HOME"):
+        return os.path.abspath(os.environ["BERTPRETRAIN_HOME"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bertpretrain")
+
+
+def sha1_of_file(path):
+    """Hex SHA1 of a file's contents, read in chunks."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry(name):
+    if name not in DATA_HUB:
+        raise KeyError(f"unknown dataset {name!r}: DATA_HUB has {sorted(DATA_HUB)}; add an entry "
+                       "(DATA_HUB[name] = DatasetEntry(urls=[...], sha1=..., files={...})) or pass data_dir")
+    entry = DATA_HUB[name]
+    if isinstance(entry, dict):
+        entry = DatasetEntry(**entry)
+    if not entry.urls or not entry.files:
+        raise ValueError(f"DATA_HUB[{name!r}] needs at least one URL in 'urls' and the split files with "
+                         "their SHA1 in 'files'")
+    return entry
+
+
+def _stamp(folder, entry):
+    """What a verified folder records: each split file's size, mtime and SHA1."""
+    stamp = {}
+    for file, sha1 in entry.files.items():
+        info = os.stat(os.path.join(folder, file))
+        stamp[file] = [info.st_size, info.st_mtime_ns, sha1]
+    return stamp
+
+
+def _cache_is_verified(folder, entry):
+    """True when every split file in ``folder`` has its expected SHA1.
+
+    Files whose size and mtime still match the stamp written at verification are not hashed again.
+    """
+    try:
+        with open(os.path.join(folder, _STAMP)) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        recorded = {}
+    for file, sha1 in entry.files.items():
+        path = os.path.join(folder, file)
+        if not os.path.isfile(path):
+            return False
+        info = os.stat(path)
+        if recorded.get(file) == [info.st_size, info.st_mtime_ns, sha1]:
+            continue
+        if sha1_of_file(path) != sha1:
+            logger.warning("cached %s does not match its SHA1 %s: downloading it again", path, sha1)
+            return False
+    return True
+
+
+class _MirrorFailed(Exception):
+    """One mirror did not give a verified archive; the message says why."""
+
+
+def _fetch(url, destination):
+    """Stream ``url`` into ``destination``; return the SHA1 of the bytes received."""
+    try:
+        with requests.get(url, stream=True, timeout=TIMEOUT_SECONDS, headers={"User-Agent": USER_AGENT}) as r:
+            if r.status_code != 200:
+                raise _MirrorFailed(f"HTTP {r.status_code} {r.reason}")
+            expected = r.headers.get("Content-Length")
+            expected = int(expected) if expected and "Content-Encoding" not in r.headers else None
+            digest, received = hashlib.sha1(), 0
+            with open(destination, "wb") as f, tqdm(total=expected, unit="B", unit_scale=True,
+                                                    desc=posixpath.basename(url), disable=None) as bar:
+                for chunk in r.iter_content(_CHUNK_BYTES):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except requests.RequestException as error:
+        raise _MirrorFailed(f"{type(error).__name__}: {error}") from None
+    if expected is not None and received != expected:
+        raise _MirrorFailed(f"truncated download: {received} of {expected} bytes")
+    return digest.hexdigest()
+
+
+def _extract_splits(archive, entry, target):
+    """Extract the split files of ``entry`` from ``archive`` into ``target`` (flat) and verify them.
+
+    Every member name is checked first: an absolute path or a ``..`` that would escape the folder
+    rejects the whole archive, before anything is written.
+    """
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for member in members:
+                name = member.filename.replace("\\", "/")
+                if (name.startswith("/") or ":" in name.split("/")[0]
+                        or ".." in posixpath.normpath(name).split("/")):
+                    raise _MirrorFailed(f"unsafe archive: member {member.filename!r} would escape the "
+                                        "extraction folder")
+            for file, sha1 in entry.files.items():
+                matches = [m for m in members if posixpath.basename(m.filename) == file and not m.is_dir()]
+                if len(matches) != 1:
+                    raise _MirrorFailed(f"the archive holds {len(matches)} members named {file!r}, expected one")
+                path = os.path.join(target, file)
+                with zf.open(matches[0]) as source, open(path, "wb") as out:
+                    shutil.copyfileobj(source, out, _CHUNK_BYTES)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise _MirrorFailed(f"not a valid zip archive ({error})") from None
+    for file, sha1 in entry.files.items():
+        actual = sha1_of_file(os.path.join(target, file))
+        if actual != sha1:
+            raise _MirrorFailed(f"SHA1 mismatch for {file}: expected {sha1}, got {actual}")
+
+
+def download_extract(name, cache_dir=None):
+    """Download the dataset ``name`` of :data:`DATA_HUB` if needed; return the folder of its split files.
+
+    The folder is ``<cache root>/datasets/<name>`` (cache root: ``cache_dir``, else
+    ``$BERTPRETRAIN_HOME``, else the user's cache folder). A verified cache is returned without any
+    network access. Raises :class:`DownloadError` naming each mirror and why it failed.
+    """
+    entry = _entry(name)
+    datasets = os.path.join(cache_root(cache_dir), "datasets")
+    folder = os.path.join(datasets, name)
+    if _cache_is_verified(folder, entry):
+        return folder
+    os.makedirs(datasets, exist_ok=True)
+    failures = []
+    for url in entry.urls:
+        staging = tempfile.mkdtemp(dir=datasets, prefix=f".{name}-")
+        try:
+            archive_sha1 = _fetch(url, os.path.join(staging, "archive.zip"))
+            try:
+                _extract_splits(os.path.join(staging, "archive.zip"), entry, staging)
+            except _MirrorFailed as error:
+                if entry.sha1 and archive_sha1 != entry.sha1:
+                    raise _MirrorFailed(f"archive SHA1 {archive_sha1} differs from the expected {entry.sha1} "
+                                        f"and {error}") from None
+                raise
+            os.unlink(os.path.join(staging, "archive.zip"))
+            with open(os.path.join(staging, _STAMP), "w") as f:
+                json.dump(_stamp(staging, entry), f)
+            if os.path.isdir(folder):
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
+            logger.info("downloaded %s from %s into %s", name, url, folder)
+            return folder
+        except _MirrorFailed as error:
+            logger.warning("mirror %s failed: %s", url, error)
+            failures.append(f"  {url}: {error}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    raise DownloadError(
+        f"could not download dataset {name!r}; every mirror failed:\n" + "\n".join(failures) +
+        f"\nCheck your network connection, or download the archive yourself, extract it and pass its folder "
+        f"(the one holding {', '.join(entry.files)}) as data_dir.")

@@ -1,0 +1,153 @@
+"""Iterating over pretraining batches, and ``load_data_wiki``, the one call from a split to batches."""
+import logging
+import math
+
+import numpy as np
+from mxnet import gluon
+from mxnet import np as mnp
+
+from . import seeding
+from .corpus import TokenizedCorpus, split_file
+from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
+from .download import download_extract
+from .pairs import make_nsp_pairs
+from .vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+
+def _to_mxnet(batch):
+    """numpy :class:`PretrainingBatch` -> the same batch of MXNet numpy arrays on the CPU."""
+    return PretrainingBatch(*(mnp.array(field, dtype=BATCH_DTYPES[name])
+                              for name, field in zip(PretrainingBatch._fields, batch)))
+
+
+class _EpochBatches(gluon.data.Dataset):
+    """The batches of one epoch as a dataset of whole batches, for Gluon's multi-process DataLoader."""
+
+    def __init__(self, dataset, batches, epoch, first_batch):
+        self.dataset, self.batches, self.epoch, self.first_batch = dataset, batches, epoch, first_batch
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        return self.dataset.batch(self.batches[i], self.epoch, self.first_batch + i)
+
+
+def _single_batch(items):
+    """Gluon batchify function for a dataset whose items are already whole batches."""
+    return items[0]
+
+
+class PretrainingLoader:
+    """Batches of a :class:`PretrainingDataset` as :class:`PretrainingBatch` es of MXNet numpy arrays.
+
+    Each ``iter()`` starts the next epoch (also after a ``break``): examples in a fresh order drawn from ``(seed, epoch)`` (in
+    order when ``shuffle`` is False), the last batch smaller when the batch size does not divide the
+    dataset. :meth:`state_dict` / :meth:`load_state_dict` save and restore the position (epoch and
+    batches already given), so an interrupted run can resume exactly where it stopped.
+    """
+
+    def __init__(self, dataset, batch_size, shuffle=True, num_workers=0):
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.num_workers = int(num_workers)
+        self._next_epoch = 0        # the epoch a fresh iter() starts
+        self._position = (0, 0)     # (epoch, batches given): just after the last batch given
+        self._resume = False        # True after load_state_dict: the next iter() starts at _position
+
+    def __len__(self):
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def _epoch_batches(self, epoch):
+        order = (seeding.stream(self.dataset.seed, seeding.EPOCH_ORDER, epoch).permutation(len(self.dataset))
+                 if self.shuffle else np.arange(len(self.dataset)))
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def __iter__(self):
+        epoch, first = self._position if self._resume else (self._next_epoch, 0)
+        self._resume, self._next_epoch, self._position = False, epoch + 1, (epoch, first)
+        batches = self._epoch_batches(epoch)[first:]
+        if self.num_workers:
+            loader = gluon.data.DataLoader(_EpochBatches(self.dataset, batches, epoch, first), batch_size=1,
+                                           batchify_fn=_single_batch, num_workers=self.num_workers)
+        else:
+            loader = (self.dataset.batch(b, epoch, first + i) for i, b in enumerate(batches))
+        for given, batch in enumerate(loader, start=first + 1):
+            self._position = (epoch, given) if given < len(self) else (epoch + 1, 0)
+            yield _to_mxnet(batch)
+
+    def state_dict(self):
+        """Where the next ``iter()`` would resume: ``{'epoch': e, 'batches_given': k}``.
+
+        Taken while an epoch is being iterated, it points just after the last batch given.
+        """
+        epoch, given = self._position
+        return {"epoch": epoch, "batches_given": given}
+
+    def load_state_dict(self, state):
+        """Make the next ``iter()`` continue from a position returned by :meth:`state_dict`."""
+        self._position, self._resume = (int(state["epoch"]), int(state["batches_given"])), True
+
+
+def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
+                  truncate_pairs=False):
+    """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
+
+    The vocabulary is counted from this split unless ``vocab`` is given.
+    """
+    if not isinstance(max_len, (int, np.integer)) or max_len < 5:
+        raise ValueError(f"max_len must be an integer >= 5 ([CLS] a [SEP] b [SEP] with one word each), "
+                         f"got {max_len!r}")
+    seed = seeding.resolve_seed(seed)
+    corpus = TokenizedCorpus.read(path, seed)
+    if vocab is None:
+        vocab = Vocab(corpus.words, min_freq=min_freq)
+    if vocab.num_words < 1:
+        raise ValueError(f"the vocabulary of {path} has no word seen at least min_freq={min_freq} times; "
+                         "lower min_freq or use a larger corpus")
+    token_ids = vocab.lookup_array(corpus.words)
+    pairs = make_nsp_pairs(corpus.sentence_lengths, corpus.paragraph_sizes, max_len,
+                           seeding.stream(seed, seeding.NSP_PARTNERS), truncate=truncate_pairs, path=path)
+    dataset = PretrainingDataset(token_ids, pairs, len(vocab), max_len, seed, dynamic_masking)
+    logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
+                len(corpus.paragraph_sizes), len(corpus.sentence_lengths), len(corpus.words), len(dataset),
+                max_len, len(vocab))
+    return dataset, vocab
+
+
+def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
+                   min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
+                   truncate_pairs=False, cache_dir=None):
+    """Pretraining batches of a WikiText split, and its vocabulary.
+
+    Args:
+        batch_size: examples per batch (the last batch of an epoch may be smaller).
+        max_len: tokens per example, ``[CLS]`` and ``[SEP]`` included.
+        dataset: a name in :data:`~bertpretrain.data.DATA_HUB`, downloaded and verified on first use.
+        split: ``'train'``, ``'valid'`` or ``'test'``: reads ``wiki.<split>.tokens``.
+        data_dir: a folder already holding ``wiki.<split>.tokens``; no download then.
+        min_freq: least count of a word to get its own id (others become ``<unk>``).
+        seed: seed of every random choice (None: fresh randomness).
+        shuffle: a new example order every epoch.
+        num_workers: worker processes preparing batches (0: in this process).
+        dynamic_masking: new masks every epoch (RoBERTa) rather than once (d2l, the default).
+        vocab: a :class:`Vocab` to reuse (e.g. the training one when loading the validation split).
+        truncate_pairs: shorten pairs longer than ``max_len`` instead of dropping them.
+        cache_dir: download cache root (see :func:`~bertpretrain.data.download_extract`).
+    Returns:
+        ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if data_dir is None:
+        data_dir = download_extract(dataset, cache_dir=cache_dir)
+    data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
+                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs)
+    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab

@@ -1,0 +1,89 @@
+"""Masked-language-model targets, drawn for many examples at once with numpy.
+
+For an example of L tokens (specials included), ``max(1, round(0.15 * L))`` positions are chosen
+uniformly among all positions but ``[CLS]`` and the two ``[SEP]``. Each chosen token becomes
+``[MASK]`` with probability 0.8, a uniformly random real word (never ``<unk>`` or another
+reserved token) with probability 0.1, and stays unchanged otherwise. Positions are sorted.
+"""
+import numpy as np
+
+from .vocab import MASK_ID, NUM_RESERVED
+
+MASK_RATE = 0.15
+_CHUNK = 8192  # examples per vectorised step: bounds the (chunk, max_len) scratch arrays
+
+
+def num_mlm_slots(max_len):
+    """Prediction slots per example after padding: ``round(0.15 * max_len)`` (at least 1)."""
+    return max(1, round(MASK_RATE * max_len))
+
+
+def num_mlm_predictions(lengths):
+    """(E,) predictions per example: ``max(1, round(0.15 * L))``, L counting the special tokens."""
+    return np.maximum(1, np.round(MASK_RATE * np.asarray(lengths))).astype(np.int64)
+
+
+def choose_mlm_positions(a_len, b_len, num_slots, rng):
+    """Choose the positions to predict in each ``[CLS] a [SEP] b [SEP]`` example.
+
+    Args:
+        a_len, b_len: (E,) lengths of the two sentences.
+        num_slots: width of the output; must be >= every example's number of predictions.
+        rng: a ``numpy.random.Generator``.
+    Returns:
+        positions (E, num_slots) int64, sorted ascending in each row's first n entries and 0 after;
+        counts (E,) int64, n = the number of real predictions of each row.
+    """
+    a_len, b_len = np.asarray(a_len), np.asarray(b_len)
+    counts = num_mlm_predictions(a_len + b_len + 3)
+    if len(counts) and counts.max() > num_slots:
+        raise ValueError(f"num_slots={num_slots} is smaller than the {counts.max()} predictions an example needs")
+    positions = np.zeros((len(counts), num_slots), dtype=np.int64)
+    for lo in range(0, len(counts), _CHUNK):
+        hi = min(lo + _CHUNK, len(counts))
+        positions[lo:hi] = _choose_chunk(a_len[lo:hi], b_len[lo:hi], counts[lo:hi], num_slots, rng)
+    return positions, counts
+
+
+def _choose_chunk(a_len, b_len, counts, num_slots, rng):
+    num_candidates = a_len + b_len
+    width = int(num_candidates.max())
+    # Candidate j of a row is word j of "a b". Each gets a random key with j in its low bits; sorting
+    # the packed uint32 keys per row (much faster than argsort) ranks the candidates in a uniformly
+    # random order (keys tie with probability < 1e-4 per row; a tie keeps the lower j first).
+    # Keys past a row's end are all ones, so they sort last.
+    index_bits = max(1, (width - 1).bit_length())
+    keys = rng.integers(0, 1 << (32 - index_bits), size=(len(a_len), width), dtype=np.uint32)
+    keys = (keys << np.uint32(index_bits)) | np.arange(width, dtype=np.uint32)
+    keys[np.arange(width) >= num_candidates[:, None]] = np.iinfo(np.uint32).max
+    k = min(num_slots, width)
+    ranked = (np.sort(keys, axis=1)[:, :k] & np.uint32((1 << index_bits) - 1)).astype(np.int64)
+    chosen = np.arange(k) < counts[:, None]
+    # Candidate j -> token position: words of a sit at 1..a_len, words of b after a's [SEP].
+    positions = np.where(ranked < a_len[:, None], ranked + 1, ranked + 2)
+    positions = np.sort(np.where(chosen, positions, np.iinfo(np.int64).max), axis=1)
+    positions[~chosen] = 0
+    out = np.zeros((len(a_len), num_slots), dtype=np.int64)
+    out[:, :k] = positions
+    return out
+
+
+def replace_masked_tokens(labels, valid, vocab_size, rng):
+    """The ids to put at the chosen positions: 80% ``[MASK]``, 10% a random word, 10% unchanged.
+
+    Args:
+        labels: (E, P) original ids at the chosen positions.
+        valid: (E, P) bool, True for real predictions (padding slots are left as they are).
+        vocab_size: size of the vocabulary; random words are drawn uniformly from ids
+            ``NUM_RESERVED .. vocab_size - 1``, never a reserved token.
+        rng: a ``numpy.random.Generator``.
+    Returns:
+        (E, P) int64 replacement ids.
+    """
+    if vocab_size <= NUM_RESERVED:
+        raise ValueError(f"vocab_size={vocab_size} has no real word to draw the 10% random replacements "
+                         f"from (ids below {NUM_RESERVED} are reserved); lower min_freq or use a larger corpus")
+    draw = rng.random(labels.shape)
+    random_words = rng.integers(NUM_RESERVED, vocab_size, size=labels.shape)
+    replaced = np.where(draw < 0.8, MASK_ID, np.where(draw < 0.9, random_words, labels))
+    return np.where(valid, replaced, labels)

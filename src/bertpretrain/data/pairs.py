@@ -1,0 +1,101 @@
+"""Next-sentence-prediction pairs, built for all sentences at once with numpy.
+
+A pair is ``[CLS] a [SEP] b [SEP]``: ``a`` is a sentence that has a successor in its paragraph,
+``b`` is that successor half the time (label 1) and otherwise a sentence drawn uniformly from the
+OTHER paragraphs (label 0), so a label never lies. Sentences are addressed by their offset and
+length in the corpus' flat token array, so pairs cost a few integers each, whatever max_len is.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import DataError
+from .vocab import CLS, SEP
+
+NUM_PAIR_SPECIALS = 3  # [CLS], [SEP], [SEP]
+
+
+def get_tokens_and_segments(tokens_a, tokens_b=None):
+    """``['[CLS]', *a, '[SEP]', *b, '[SEP]']`` and its segment ids (0 for the first part, 1 for ``b [SEP]``)."""
+    tokens = [CLS, *tokens_a, SEP]
+    segments = [0] * len(tokens)
+    if tokens_b is not None:
+        tokens += [*tokens_b, SEP]
+        segments += [1] * (len(tokens_b) + 1)
+    return tokens, segments
+
+
+class SentencePairs(NamedTuple):
+    """E sentence pairs as int64 arrays of shape (E,): where ``a`` and ``b`` start in the flat token
+    array, their lengths (after any truncation), and the NSP label (1 = ``b`` follows ``a``)."""
+    a_start: np.ndarray
+    a_len: np.ndarray
+    b_start: np.ndarray
+    b_len: np.ndarray
+    is_next: np.ndarray
+
+    def __len__(self):
+        return len(self.is_next)
+
+    def lengths(self):
+        """(E,) tokens per example, the special tokens included (the valid length)."""
+        return self.a_len + self.b_len + NUM_PAIR_SPECIALS
+
+
+def truncate_pair_lengths(a_len, b_len, max_tokens):
+    """Shorten pairs to at most ``max_tokens`` words by trimming the longer sentence first.
+
+    Equivalent to removing one token at a time from the end of the longer sentence (``b`` on ties)
+    until the pair fits: the shorter keeps its length when it is at most half the budget.
+    Returns the new ``(a_len, b_len)``.
+    """
+    new_a = np.minimum(a_len, np.maximum(max_tokens - b_len, (max_tokens + 1) // 2))
+    new_b = np.minimum(b_len, max_tokens - new_a)
+    return new_a, new_b
+
+
+def make_nsp_pairs(sentence_lengths, paragraph_sizes, max_len, rng, truncate=False, path="the corpus"):
+    """Build next-sentence pairs for every sentence that has a successor in its paragraph.
+
+    Args:
+        sentence_lengths: (S,) tokens per sentence, sentences contiguous in the flat token array.
+        paragraph_sizes: (P,) sentences per paragraph, paragraphs contiguous, each of size >= 2.
+        max_len: the longest allowed example, ``[CLS]``/``[SEP]`` included.
+        rng: a ``numpy.random.Generator``.
+        truncate: shorten pairs that do not fit instead of dropping them (d2l drops them).
+        path: named in error messages.
+    Returns:
+        :class:`SentencePairs` of the kept pairs, in sentence order.
+    """
+    num_sentences = len(sentence_lengths)
+    if len(paragraph_sizes) < 2:
+        raise DataError(f"{path} has only one paragraph of two or more sentences; next-sentence pairs "
+                        "need a second paragraph to draw 'not next' sentences from: use a larger corpus")
+    sentence_start = np.concatenate(([0], np.cumsum(sentence_lengths)[:-1]))
+    paragraph_first = np.repeat(np.cumsum(paragraph_sizes) - paragraph_sizes, paragraph_sizes)
+    paragraph_size = np.repeat(paragraph_sizes, paragraph_sizes)
+    last_in_paragraph = np.arange(num_sentences) == paragraph_first + paragraph_size - 1
+    a = np.flatnonzero(~last_in_paragraph)
+
+    is_next = rng.random(len(a)) < 0.5
+    # A uniform sentence outside a's paragraph: draw among the S - size others, then skip the paragraph.
+    other = rng.integers(0, num_sentences - paragraph_size[a])
+    other += (other >= paragraph_first[a]) * paragraph_size[a]
+    b = np.where(is_next, a + 1, other)
+
+    a_len, b_len = sentence_lengths[a], sentence_lengths[b]
+    budget = max_len - NUM_PAIR_SPECIALS
+    if truncate:
+        if budget < 2:
+            raise DataError(f"max_len={max_len} leaves no room for one token of each sentence "
+                            f"({NUM_PAIR_SPECIALS} special tokens); use max_len >= {NUM_PAIR_SPECIALS + 2}")
+        a_len, b_len = truncate_pair_lengths(a_len, b_len, budget)
+        keep = slice(None)
+    else:
+        keep = a_len + b_len <= budget
+        if not keep.any():
+            shortest = int((a_len + b_len).min()) + NUM_PAIR_SPECIALS
+            raise DataError(f"no sentence pair of {path} fits max_len={max_len}: the shortest needs {shortest} "
+                            "tokens with [CLS] and two [SEP]; raise max_len or pass truncate_pairs=True")
+    return SentencePairs(sentence_start[a][keep], a_len[keep], sentence_start[b][keep], b_len[keep],
+                         is_next[keep].astype(np.int64))

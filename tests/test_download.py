@@ -1,0 +1,188 @@
+"""The whole download path against a loopback HTTP server serving archives built from real WikiText-2."""
+import hashlib
+import http.server
+import io
+import os
+import threading
+import zipfile
+
+import pytest
+
+from bertpretrain.data import DATA_HUB, DatasetEntry, DownloadError, download_extract, load_data_wiki
+
+SPLITS = ("train", "valid", "test")
+
+
+def _zip(files, prefix="wikitext-2/", compression=zipfile.ZIP_DEFLATED):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
+        for name, data in files.items():
+            zf.writestr(prefix + name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def split_bytes(wikitext2_splits):
+    valid = (wikitext2_splits / "wiki.valid.tokens").read_bytes()
+    test = (wikitext2_splits / "wiki.test.tokens").read_bytes()
+    return {"wiki.train.tokens": valid + test, "wiki.valid.tokens": valid, "wiki.test.tokens": test}
+
+
+@pytest.fixture(scope="module")
+def server(split_bytes):
+    """A loopback server; ``server.requests`` lists the paths asked for."""
+    tampered = dict(split_bytes, **{"wiki.valid.tokens": split_bytes["wiki.valid.tokens"].replace(b" the ", b" a ")})
+    routes = {
+        "/wikitext-2-v1.zip": _zip(split_bytes),
+        "/rezipped.zip": _zip(dict(reversed(list(split_bytes.items()))), prefix="", compression=zipfile.ZIP_STORED),
+        "/tampered.zip": _zip(tampered),
+        "/escape.zip": _zip({**split_bytes, "../../escaped.txt": b"gotcha"}),
+        "/error-page.zip": b"<html><body>it works!</body></html>",
+    }
+    requests_seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests_seen.append(self.path)
+            if self.path == "/forbidden.zip":
+                body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>"
+                self.send_response(403)
+            elif self.path == "/truncated.zip":
+                body = routes["/wikitext-2-v1.zip"]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
+            elif self.path in routes:
+                body = routes[self.path]
+                self.send_response(200)
+            else:
+                body = b"not found"
+                self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.requests = requests_seen
+    httpd.archive_sha1 = hashlib.sha1(routes["/wikitext-2-v1.zip"]).hexdigest()
+    yield httpd
+    httpd.shutdown()
+
+
+@pytest.fixture
+def register(server, split_bytes, monkeypatch):
+    """Add a DATA_HUB entry ``test-wiki`` whose mirrors are the given server paths."""
+    real = DATA_HUB["wikitext-2"].files
+    files = {"wiki.train.tokens": hashlib.sha1(split_bytes["wiki.train.tokens"]).hexdigest(),
+             "wiki.valid.tokens": real["wiki.valid.tokens"], "wiki.test.tokens": real["wiki.test.tokens"]}
+
+    def add(*paths):
+        monkeypatch.setitem(DATA_HUB, "test-wiki", DatasetEntry(
+            urls=[server.url + p for p in paths], sha1=server.archive_sha1, files=files))
+        server.requests.clear()
+    return add
+
+
+def _leftovers(cache):
+    datasets = cache / "datasets"
+    return sorted(p.name for p in datasets.iterdir() if p.name != "test-wiki") if datasets.exists() else []
+
+
+def test_published_split_checksums_match_the_real_files(wikitext2_splits):
+    for split in ("valid", "test"):
+        data = (wikitext2_splits / f"wiki.{split}.tokens").read_bytes()
+        assert hashlib.sha1(data).hexdigest() == DATA_HUB["wikitext-2"].files[f"wiki.{split}.tokens"]
+
+
+def test_download_verifies_extracts_and_then_hits_the_cache_without_network(register, server, split_bytes,
+                                                                           tmp_path):
+    register("/wikitext-2-v1.zip")
+    folder = download_extract("test-wiki", cache_dir=tmp_path)
+    assert server.requests == ["/wikitext-2-v1.zip"]
+    for name, data in split_bytes.items():
+        assert open(os.path.join(folder, name), "rb").read() == data
+    assert _leftovers(tmp_path) == [], "temporary files left in the cache"
+    assert download_extract("test-wiki", cache_dir=tmp_path) == folder
+    assert server.requests == ["/wikitext-2-v1.zip"], "a verified cache must not touch the network"
+
+
+def test_cache_root_from_environment(register, server, tmp_path, monkeypatch):
+    register("/wikitext-2-v1.zip")
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "home"))
+    assert download_extract("test-wiki") == str(tmp_path / "home" / "datasets" / "test-wiki")
+
+
+def test_corrupted_cache_is_downloaded_again(register, server, tmp_path):
+    register("/wikitext-2-v1.zip")
+    folder = download_extract("test-wiki", cache_dir=tmp_path)
+    with open(os.path.join(folder, "wiki.test.tokens"), "ab") as f:
+        f.write(b"tampered")
+    download_extract("test-wiki", cache_dir=tmp_path)
+    assert server.requests == ["/wikitext-2-v1.zip"] * 2
+    assert hashlib.sha1(open(os.path.join(folder, "wiki.test.tokens"), "rb").read()).hexdigest() == \
+        DATA_HUB["test-wiki"].files["wiki.test.tokens"]
+
+
+def test_failing_mirror_is_followed_by_one_that_works(register, server, tmp_path, caplog):
+    register("/forbidden.zip", "/wikitext-2-v1.zip")
+    download_extract("test-wiki", cache_dir=tmp_path)
+    assert server.requests == ["/forbidden.zip", "/wikitext-2-v1.zip"]
+    assert "HTTP 403" in caplog.text
+
+
+def test_rezipped_archive_is_accepted_when_every_split_file_matches(register, server, tmp_path):
+    register("/rezipped.zip")
+    folder = download_extract("test-wiki", cache_dir=tmp_path)
+    assert sorted(os.listdir(folder)) == [".verified.json", "wiki.test.tokens", "wiki.train.tokens",
+                                          "wiki.valid.tokens"]
+
+
+@pytest.mark.parametrize("path, reason", [
+    ("/forbidden.zip", "HTTP 403 Forbidden"),
+    ("/error-page.zip", "not a valid zip archive"),
+    ("/truncated.zip", "ChunkedEncodingError|truncated"),
+    ("/tampered.zip", "archive SHA1 [0-9a-f]{40} differs .* SHA1 mismatch for wiki.valid.tokens"),
+    ("/escape.zip", r"member '[^']*\.\./\.\./escaped\.txt' would escape"),
+])
+def test_each_failure_is_named_with_its_url_and_nothing_is_left(register, server, tmp_path, path, reason):
+    register(path)
+    with pytest.raises(DownloadError) as error:
+        download_extract("test-wiki", cache_dir=tmp_path / "cache")
+    message = str(error.value)
+    assert server.url + path in message
+    assert __import__("re").search(reason, message), message
+    assert "data_dir" in message, "the error must say what to do"
+    assert _leftovers(tmp_path / "cache") == []
+    assert not (tmp_path / "cache" / "datasets" / "test-wiki").exists()
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_unreachable_host_says_what_to_do(monkeypatch, tmp_path):
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    monkeypatch.setitem(DATA_HUB, "offline", {"urls": [f"http://127.0.0.1:{closed_port}/x.zip"], "sha1": None,
+                                              "files": {"wiki.train.tokens": "0" * 40}})
+    with pytest.raises(DownloadError, match=r"(?s)ConnectionError.*Check your network connection.*data_dir"):
+        download_extract("offline", cache_dir=tmp_path)
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(KeyError, match="wikitext-103"):
+        download_extract("wikitext-3")
+
+
+def test_load_data_wiki_downloads_by_name(register, server, tmp_path):
+    register("/wikitext-2-v1.zip")
+    train_iter, vocab = load_data_wiki(16, 64, "test-wiki", cache_dir=tmp_path, seed=0)
+    assert next(iter(train_iter)).tokens.shape == (16, 64) and len(vocab) > 5000
+    assert server.requests == ["/wikitext-2-v1.zip"]

@@ -1,0 +1,94 @@
+"""Masked-LM statistics over many draws: what is chosen, how many, and what replaces it."""
+import numpy as np
+import pytest
+
+from bertpretrain.data import (MASK_ID, NUM_RESERVED, build_dataset, choose_mlm_positions, num_mlm_predictions,
+                               num_mlm_slots, replace_masked_tokens)
+
+
+def test_number_of_predictions_follows_the_15_percent_rule():
+    lengths = np.arange(5, 600)
+    expected = [max(1, round(0.15 * n)) for n in lengths]
+    assert num_mlm_predictions(lengths).tolist() == expected
+    assert num_mlm_slots(64) == 10 and num_mlm_slots(128) == 19 and num_mlm_slots(512) == 77
+
+
+def test_positions_are_sorted_distinct_and_never_special():
+    rng = np.random.default_rng(0)
+    a_len, b_len = rng.integers(1, 60, 5000), rng.integers(1, 60, 5000)
+    slots = num_mlm_slots(123)
+    positions, counts = choose_mlm_positions(a_len, b_len, slots, rng)
+    assert positions.shape == (5000, slots)
+    assert counts.tolist() == [max(1, round(0.15 * (a + b + 3))) for a, b in zip(a_len, b_len)]
+    for row, n, a, b in zip(positions, counts, a_len, b_len):
+        chosen = row[:n]
+        assert (np.diff(chosen) > 0).all()
+        assert (chosen >= 1).all() and (chosen <= a + b + 1).all()
+        assert a + 1 not in chosen, "[SEP] after sentence a was chosen"
+        assert (row[n:] == 0).all()
+
+
+def test_every_candidate_position_is_equally_likely():
+    rng = np.random.default_rng(1)
+    draws = 40000
+    a_len, b_len = np.full(draws, 7), np.full(draws, 12)  # L = 22 -> 3 predictions among 19 candidates
+    positions, counts = choose_mlm_positions(a_len, b_len, 5, rng)
+    hits = np.bincount(positions[:, :3].ravel(), minlength=22)
+    candidates = [p for p in range(22) if p not in (0, 8, 21)]
+    assert hits[[0, 8, 21]].sum() == 0
+    frequency = hits[candidates] / draws
+    assert np.allclose(frequency, 3 / 19, atol=0.01), frequency
+
+
+def test_replacements_are_80_10_10_and_random_words_are_never_special():
+    rng = np.random.default_rng(2)
+    vocab_size = 1000
+    labels = rng.integers(NUM_RESERVED, vocab_size, size=(50000, 4))
+    valid = np.ones_like(labels, dtype=bool)
+    out = replace_masked_tokens(labels, valid, vocab_size, rng)
+    masked = out == MASK_ID
+    kept = out == labels
+    random_word = ~masked & ~kept
+    assert abs(masked.mean() - 0.8) < 0.006
+    assert abs(kept.mean() - (0.1 + 0.1 / (vocab_size - NUM_RESERVED))) < 0.004
+    assert abs(random_word.mean() - 0.1) < 0.004
+    assert out[random_word].min() >= NUM_RESERVED and out[random_word].max() < vocab_size
+    # the random words are spread over the whole vocabulary, not one id (the draft inserted <unk>)
+    assert len(np.unique(out[random_word])) > 0.9 * (vocab_size - NUM_RESERVED)
+
+
+def test_padding_slots_are_left_alone():
+    rng = np.random.default_rng(3)
+    labels = np.full((1000, 3), 42)
+    valid = np.zeros_like(labels, dtype=bool)
+    assert (replace_masked_tokens(labels, valid, 100, rng) == 42).all()
+
+
+def test_vocab_without_words_is_rejected():
+    with pytest.raises(ValueError, match="no real word"):
+        replace_masked_tokens(np.zeros((1, 1), int), np.ones((1, 1), bool), NUM_RESERVED, np.random.default_rng())
+
+
+def test_masking_on_real_corpus(wiki_dir):
+    """The whole pipeline: 15% of tokens predicted, 80/10/10, labels are the original tokens."""
+    dataset, vocab = build_dataset(str(wiki_dir / "wiki.train.tokens"), 64, seed=5)
+    masked = dataset.batch(np.arange(len(dataset)))
+    specials = [vocab[t] for t in ("[CLS]", "[SEP]", "[PAD]")]
+    # the same examples without masks: positions not chosen must be untouched
+    original = dataset._tokens_at(dataset.pairs, np.broadcast_to(np.arange(64), masked.tokens.shape))
+    weights = masked.mlm_weights.astype(bool)
+    rows = np.broadcast_to(np.arange(len(dataset))[:, None], weights.shape)
+    chosen = np.zeros_like(original, dtype=bool)
+    chosen[rows[weights], masked.pred_positions[weights]] = True
+
+    assert (masked.tokens[~chosen] == original[~chosen]).all()
+    assert (masked.mlm_labels[weights] == original[chosen]).all()
+    assert not np.isin(original[chosen], specials).any(), "a special token was chosen for prediction"
+    assert (masked.pred_positions[weights] < np.repeat(masked.valid_lens, weights.sum(1))).all()
+    rate = weights.sum() / masked.valid_lens.sum()
+    assert 0.14 < rate < 0.16
+    replaced = masked.tokens[chosen]
+    assert abs((replaced == MASK_ID).mean() - 0.8) < 0.01
+    random_word = (replaced != MASK_ID) & (replaced != original[chosen])
+    assert abs(random_word.mean() - 0.1) < 0.01
+    assert replaced[random_word].min() >= NUM_RESERVED
