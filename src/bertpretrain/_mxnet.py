@@ -4,6 +4,8 @@ MXNet 1.9.1 (the last release) still refers to ``numpy.bool``, an alias numpy re
 On Python <= 3.11 the package pins numpy < 1.24; on Python 3.12 no such numpy exists, so numpy
 1.26 is used and the alias is put back here, before MXNet is imported.
 """
+import logging
+
 import numpy
 
 if "bool" not in numpy.__dict__:
@@ -23,4 +25,11 @@ except ImportError as error:
         raise ImportError(_INSTALL_HINT) from error
     raise
 
-mxnet.npx.set_np()
+# bertpretrain's blocks use MXNet's numpy interface. set_np() announces itself with two INFO lines
+# on the root logger; keep them out of the users' logs.
+_disabled = logging.root.manager.disable
+logging.disable(logging.INFO)
+try:
+    mxnet.npx.set_np()
+finally:
+    logging.disable(_disabled)

@@ -38,10 +38,13 @@ class DatasetEntry:
         urls: mirrors of the zip archive, tried in order.
         sha1: SHA1 of the archive as published (None if unknown: then ``files`` alone verify it).
         files: split file name (e.g. ``'wiki.train.tokens'``) -> SHA1 of its contents.
+        local_dir: a folder that already holds the split files (e.g. one shipped with the package);
+            used instead of downloading, after the same SHA1 check.
     """
-    urls: list
+    urls: list = dataclasses.field(default_factory=list)
     sha1: str = None
     files: dict = dataclasses.field(default_factory=dict)
+    local_dir: str = None
 
 
 def _wikitext(name, sha1, train, valid, test):
@@ -62,6 +65,11 @@ DATA_HUB = {
                               "b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
                               "c326ac59dc587676d58c422eb8a03e119582f92b",
                               "8a5befc548865cec54ed4273cf87dbbad60d1e47"),
+    # An excerpt of WikiText-2 shipped with the package, to try the library offline (see its README).
+    "wikitext-2-sample": DatasetEntry(
+        local_dir=os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample"),
+        files={"wiki.train.tokens": "0c8183b715615a21cec4743c64fb7ebbe603c25d",
+               "wiki.valid.tokens": "0d3cb5f1f61b5636a4ca7f67b3ba687aab9ed5ca"}),
 }
 
 
@@ -91,9 +99,9 @@ def _entry(name):
     entry = DATA_HUB[name]
     if isinstance(entry, dict):
         entry = DatasetEntry(**entry)
-    if not entry.urls or not entry.files:
-        raise ValueError(f"DATA_HUB[{name!r}] needs at least one URL in 'urls' and the split files with "
-                         "their SHA1 in 'files'")
+    if not (entry.urls or entry.local_dir) or not entry.files:
+        raise ValueError(f"DATA_HUB[{name!r}] needs at least one URL in 'urls' (or a 'local_dir') and the "
+                         "split files with their SHA1 in 'files'")
     return entry
 
 
@@ -189,11 +197,20 @@ def _extract_splits(archive, entry, target):
 def download_extract(name, cache_dir=None):
     """Download the dataset ``name`` of :data:`DATA_HUB` if needed; return the folder of its split files.
 
+    Datasets with a ``local_dir`` (``wikitext-2-sample``) are only verified, never downloaded.
+
     The folder is ``<cache root>/datasets/<name>`` (cache root: ``cache_dir``, else
     ``$BERTPRETRAIN_HOME``, else the user's cache folder). A verified cache is returned without any
     network access. Raises :class:`DownloadError` naming each mirror and why it failed.
     """
     entry = _entry(name)
+    if entry.local_dir:
+        for file, sha1 in entry.files.items():
+            path = os.path.join(entry.local_dir, file)
+            if not os.path.isfile(path) or sha1_of_file(path) != sha1:
+                raise DownloadError(f"{path} is missing or does not match its SHA1 {sha1}: the installation of "
+                                    f"dataset {name!r} is damaged; reinstall bertpretrain")
+        return entry.local_dir
     datasets = os.path.join(cache_root(cache_dir), "datasets")
     folder = os.path.join(datasets, name)
     if _cache_is_verified(folder, entry):

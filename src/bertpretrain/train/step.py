@@ -1,0 +1,80 @@
+"""One data-parallel pretraining step, and the forward-only pass that evaluation uses."""
+import mxnet as mx
+from mxnet import autograd, gluon
+from mxnet import np as mnp
+
+# What BERTForPretraining returns, in order: per-device sums over the batch slice.
+SUM_NAMES = ("mlm_loss_sum", "mlm_num_preds", "nsp_loss_sum", "mlm_num_correct", "nsp_num_correct")
+
+
+def split_batch(batch, devices):
+    """Split every field of a batch along axis 0 over ``devices``: a list of per-device tuples.
+
+    Uneven sizes are allowed; the batch must hold at least one example per device.
+    """
+    parts = [gluon.utils.split_and_load(field, devices, even_split=False) for field in batch]
+    return list(zip(*parts))
+
+
+def _gather_sums(outputs):
+    """Add the per-device scalar sums on the CPU: a (5,) numpy array, in :data:`SUM_NAMES` order.
+
+    One copy per device and one synchronisation in all, after every device's work is queued.
+    """
+    cpu = mx.cpu()
+    stacked = [mnp.stack(list(out)).as_in_context(cpu) for out in outputs]
+    total = stacked[0]
+    for part in stacked[1:]:
+        total = total + part
+    return total.asnumpy()
+
+
+def clip_global_norm(params, devices, max_norm):
+    """Scale every device's gradients so that their global L2 norm is at most ``max_norm``.
+
+    After the all-reduce every device holds the same gradients, so each scales its own copy;
+    nothing is read back to Python (no synchronisation).
+    """
+    for i in range(len(devices)):
+        grads = [p.list_grad()[i] for p in params if p.grad_req != "null"]
+        squares = [mnp.sum(g * g) for g in grads]
+        total = squares[0]
+        for s in squares[1:]:
+            total = total + s
+        scale = mnp.minimum(1.0, max_norm / (mnp.sqrt(total) + 1e-6))
+        for g in grads:
+            g *= scale
+
+
+def train_step(model, trainer, batch, devices, use_nsp=True, clip_gradient=None):
+    """Forward, backward and update on one global batch split over ``devices``; return its sums.
+
+    The loss is normalised over the GLOBAL batch: each device backpropagates
+    ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / batch_size`` and the kvstore adds the
+    gradients, so the update, and the learning rate's meaning, do not depend on the number of devices.
+    """
+    batch_size = batch.tokens.shape[0]
+    total_preds = float(batch.mlm_weights.sum())  # a host-side array: no device synchronisation
+    slices = split_batch(batch, devices)
+    with autograd.record():
+        outputs = [model(*part) for part in slices]
+        losses = [out[0] / total_preds + out[2] / batch_size if use_nsp else out[0] / total_preds
+                  for out in outputs]
+    autograd.backward(losses)
+    trainer.allreduce_grads()
+    if clip_gradient:
+        clip_global_norm(list(model.collect_params().values()), devices, clip_gradient)
+    trainer.update(1)
+    return _gather_sums(outputs)
+
+
+def forward_sums(model, batch, devices):
+    """The sums of one batch without training (dropout off): a (5,) numpy array."""
+    return _gather_sums([model(*part) for part in split_batch(batch, devices)])
+
+
+def summarise(sums, num_examples):
+    """Mean losses and accuracies from sums (a (5,) array in :data:`SUM_NAMES` order) over ``num_examples``."""
+    mlm_loss_sum, num_preds, nsp_loss_sum, mlm_correct, nsp_correct = (float(v) for v in sums)
+    return {"mlm_loss": mlm_loss_sum / num_preds, "mlm_acc": mlm_correct / num_preds,
+            "nsp_loss": nsp_loss_sum / num_examples, "nsp_acc": nsp_correct / num_examples}

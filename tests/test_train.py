@@ -1,0 +1,193 @@
+"""train_bert: device-count independence, learning, exact step counts, checkpoints and resumption."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bertpretrain.data import load_data_wiki
+from bertpretrain.model import BERTModel
+from bertpretrain.train import NonFiniteLossError, evaluate_bert, latest_checkpoint, train_bert
+
+TINY = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, max_len=32)
+
+
+def sample_loader(batch_size=16, seed=0, **kwargs):
+    return load_data_wiki(batch_size, 32, dataset="wikitext-2-sample", seed=seed, **kwargs)
+
+
+def params_of(net):
+    return [p.data(p.list_ctx()[0]).asnumpy() for p in net.collect_params().values()]
+
+
+def run(devices=(mx.cpu(),), num_steps=4, dropout=0.0, batch_size=16, **kwargs):
+    train_iter, vocab = sample_loader(batch_size)
+    net = BERTModel(len(vocab), dropout=dropout, **TINY)
+    history = train_bert(train_iter, net, list(devices), num_steps, seed=1, progress=False, **kwargs)
+    return history, net, train_iter
+
+
+def test_two_devices_match_one_device_on_the_same_global_batches():
+    one, net_one, _ = run([mx.cpu()], batch_size=17)  # 17: the devices get uneven halves
+    two, net_two, _ = run([mx.cpu(0), mx.cpu(1)], batch_size=17)
+    np.testing.assert_allclose(one["mlm_loss"], two["mlm_loss"], rtol=1e-5)
+    np.testing.assert_allclose(one["nsp_loss"], two["nsp_loss"], rtol=1e-5)
+    for a, b in zip(params_of(net_one), params_of(net_two)):
+        np.testing.assert_allclose(a, b, atol=1e-3)  # one Adam step moves a weight by up to lr = 1e-2
+    replicas = [p.list_data() for p in net_two.collect_params().values()]
+    assert all(np.array_equal(r[0].asnumpy(), r[1].asnumpy()) for r in replicas), "replicas drifted apart"
+
+
+def test_history_has_one_entry_per_step_and_losses_fall():
+    history, _, _ = run(num_steps=30, batch_size=32)
+    assert history["step"] == list(range(1, 31))
+    assert {len(history[k]) for k in ("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "seq_per_sec")} == {30}
+    assert np.mean(history["mlm_loss"][-5:]) < np.mean(history["mlm_loss"][:3]) - 1.0
+    assert all(lr == 0.01 for lr in history["lr"])
+
+
+def test_num_steps_is_honoured_across_epoch_ends():
+    train_iter, vocab = sample_loader(batch_size=128)
+    per_epoch = len(train_iter)
+    assert per_epoch >= 2
+    steps = 2 * per_epoch + 1
+    history = train_bert(train_iter, BERTModel(len(vocab), **TINY), [mx.cpu()], steps, seed=0, progress=False)
+    assert history["step"][-1] == steps and len(history["mlm_loss"]) == steps
+    assert train_iter.state_dict() == {"epoch": 2, "batches_given": 1}
+
+
+def test_warmup_and_linear_decay_schedule_the_learning_rate():
+    history, _, _ = run(num_steps=6, warmup_steps=2, lr_decay="linear")
+    np.testing.assert_allclose(history["lr"], [0.005, 0.01, 0.01, 0.0075, 0.005, 0.0025])
+
+
+def test_gradient_clipping_changes_the_update():
+    _, plain, _ = run(num_steps=2)
+    _, clipped, _ = run(num_steps=2, clip_gradient=1e-3, optimizer="sgd")
+    _, sgd, _ = run(num_steps=2, optimizer="sgd")
+    moved = [np.abs(a - b).max() for a, b in zip(params_of(clipped), params_of(sgd))]
+    assert max(moved) > 1e-4, "clipping had no effect"
+
+
+class InterruptAfter:
+    """Wraps a loader; sends this process SIGINT when batch ``n`` is taken (a user's Ctrl-C)."""
+
+    def __init__(self, loader, n):
+        self.loader, self.n, self.taken = loader, n, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.taken += 1
+            if self.taken == self.n:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
+    reference, reference_net, _ = run(num_steps=6, dropout=0.2, batch_size=128)
+
+    train_iter, vocab = sample_loader(128)
+    history = train_bert(InterruptAfter(train_iter, 3), BERTModel(len(vocab), dropout=0.2, **TINY), [mx.cpu()], 6,
+                         seed=1, progress=False, checkpoint_dir=str(tmp_path), vocab=vocab)
+    assert history.interrupted and history["step"] == [1, 2, 3]
+    assert latest_checkpoint(str(tmp_path)).endswith("step-00000003")
+
+    train_iter, vocab = sample_loader(128)
+    net = BERTModel(len(vocab), dropout=0.2, **TINY)
+    resumed = train_bert(train_iter, net, [mx.cpu()], 6, seed=1, progress=False, checkpoint_dir=str(tmp_path),
+                         resume=True)
+    assert resumed["step"] == list(range(1, 7))
+    np.testing.assert_allclose(resumed["mlm_loss"], reference["mlm_loss"], rtol=1e-6)
+    np.testing.assert_allclose(resumed["nsp_loss"], reference["nsp_loss"], rtol=1e-6)
+    for a, b in zip(params_of(net), params_of(reference_net)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step-00000003", "step-00000006"]
+    assert sorted(os.listdir(tmp_path / "step-00000006")) == [
+        "config.json", "model.params", "state.json", "trainer.states", "vocab.json"]
+
+
+def test_a_process_killed_while_checkpointing_leaves_the_previous_checkpoint(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, mxnet as mx
+        from bertpretrain.data import load_data_wiki
+        from bertpretrain.model import BERTModel
+        from bertpretrain.train import checkpoint, train_bert
+        saves = []
+        real = checkpoint.save_pretrained
+        def dying_save(net, folder):
+            saves.append(folder)
+            real(net, folder)
+            if len(saves) == 2:
+                os._exit(3)  # the process dies in the middle of writing the second checkpoint
+        checkpoint.save_pretrained = dying_save
+        it, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
+        train_bert(it, BERTModel(len(vocab), **{TINY!r}), [mx.cpu()], 6, seed=1, progress=False,
+                   checkpoint_dir={str(tmp_path)!r}, checkpoint_interval=2)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert latest_checkpoint(str(tmp_path)).endswith("step-00000002")
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".step-00000004")]
+    assert leftovers, "the test did not catch the process mid-write"
+
+    history, _, _ = run(num_steps=6, checkpoint_dir=str(tmp_path), resume=True)
+    assert history["step"] == list(range(1, 7))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")], "leftovers of the dead save remain"
+
+
+class WithNaN:
+    """Wraps a loader; batch ``n`` gets NaN MLM weights (as a diverging run would produce)."""
+
+    def __init__(self, loader, n):
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader, start=1):
+            yield batch._replace(mlm_weights=batch.mlm_weights * np.nan) if i == self.n else batch
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    train_iter, vocab = sample_loader()
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 3 .*step-00000002"):
+        train_bert(WithNaN(train_iter, 3), BERTModel(len(vocab), **TINY), [mx.cpu()], 6, seed=1, progress=False,
+                   checkpoint_dir=str(tmp_path), checkpoint_interval=2)
+    assert latest_checkpoint(str(tmp_path)).endswith("step-00000002")
+
+
+def test_evaluation_is_repeatable_and_reported_in_the_history():
+    train_iter, vocab = sample_loader()
+    eval_iter, _ = sample_loader(64, split="valid", vocab=vocab, shuffle=False)
+    net = BERTModel(len(vocab), **TINY)
+    history = train_bert(train_iter, net, [mx.cpu()], 4, seed=1, progress=False, eval_iter=eval_iter,
+                         eval_interval=2)
+    assert [e["step"] for e in history["eval"]] == [2, 4]
+    again = evaluate_bert(net, eval_iter, [mx.cpu()])
+    final = history["eval"][-1]
+    for key in ("mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc"):
+        assert again[key] == pytest.approx(final[key], rel=1e-6)
+    assert final["mlm_perplexity"] == pytest.approx(np.exp(final["mlm_loss"]))
+    assert final["num_examples"] == len(eval_iter.dataset)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_steps": 0}, "num_steps must be an integer >= 1"),
+    ({"devices": [mx.cpu(0), mx.cpu(1)], "kvstore": None}, "kvstore=None does not add up gradients"),
+    ({"resume": True}, "need checkpoint_dir"),
+    ({"lr": 0}, "lr must be > 0"),
+    ({"lr_decay": "cosine"}, "lr_decay must be"),
+])
+def test_bad_arguments_fail_clearly(kwargs, message):
+    train_iter, vocab = sample_loader()
+    kwargs = {"devices": [mx.cpu()], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        train_bert(train_iter, BERTModel(len(vocab), **TINY), progress=False, **kwargs)
