@@ -154,3 +154,14 @@ def test_max_len_too_small_for_any_pair(tmp_path):
 def test_bad_arguments_raise_clear_errors(wiki_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
         load_data_wiki(data_dir=str(wiki_dir), **kwargs)
+
+
+def test_an_examples_masks_do_not_depend_on_its_batch(wiki_dir):
+    dataset, _ = build_dataset(str(wiki_dir / "wiki.train.tokens"), 64, seed=2)
+    alone = dataset.batch([5, 9])
+    mixed = dataset.batch([9, 1, 5, 300])
+    for field_alone, field_mixed in zip(alone, mixed):
+        np.testing.assert_array_equal(field_alone[0], field_mixed[2])
+        np.testing.assert_array_equal(field_alone[1], field_mixed[0])
+    item = dataset[9]
+    np.testing.assert_array_equal(item.tokens, mixed.tokens[0])

@@ -3,7 +3,8 @@
 The usual entry point is :func:`load_data_wiki`; the steps below it are plain functions on numpy
 arrays that can be used and tested one by one.
 """
-from .corpus import TokenizedCorpus, read_wiki, tokenize
+from .cache import load_encoded_corpus
+from .corpus import EncodedCorpus, iter_paragraphs, read_wiki, split_file, tokenize
 from .dataset import PretrainingBatch, PretrainingDataset
 from .download import DATA_HUB, DatasetEntry, cache_root, download_extract
 from .errors import DataError, DownloadError
@@ -15,7 +16,8 @@ from .vocab import (CLS, CLS_ID, MASK, MASK_ID, NUM_RESERVED, PAD, PAD_ID, RESER
 
 __all__ = [
     "DATA_HUB", "DatasetEntry", "DataError", "DownloadError", "PretrainingBatch", "PretrainingDataset",
-    "PretrainingLoader", "SentencePairs", "TokenizedCorpus", "Vocab", "build_dataset", "cache_root",
+    "PretrainingLoader", "SentencePairs", "EncodedCorpus", "Vocab", "build_dataset", "cache_root",
+    "iter_paragraphs", "load_encoded_corpus", "split_file",
     "choose_mlm_positions", "download_extract", "get_tokens_and_segments", "load_data_wiki", "make_nsp_pairs",
     "num_mlm_predictions", "num_mlm_slots", "read_wiki", "replace_masked_tokens", "tokenize",
     "truncate_pair_lengths", "CLS", "CLS_ID", "MASK", "MASK_ID", "NUM_RESERVED", "PAD", "PAD_ID",

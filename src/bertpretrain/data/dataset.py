@@ -37,12 +37,14 @@ class PretrainingBatch(NamedTuple):
 
 
 class PretrainingDataset(gluon.data.Dataset):
-    """BERT pretraining examples, stored compactly and padded when they are read.
+    """BERT pretraining examples, stored compactly, masked and padded when they are read.
 
-    Storage grows with the corpus' tokens, not with examples x max_len: the flat token ids, five
-    integers per pair and, for static masking, the chosen positions and replacement ids.
-    ``dataset[i]`` is one padded example (a :class:`PretrainingBatch` of numpy arrays without the
-    batch axis); :meth:`batch` pads many at once, vectorised.
+    Storage grows with the corpus' tokens, not with examples x max_len: the flat token ids and five
+    integers per pair. An example's masks are drawn when its batch is made, from random numbers
+    keyed by (seed, example id) (and the epoch, for dynamic masking; see
+    :class:`~bertpretrain.data.seeding.KeyedRandom`), so static masks are the same every epoch
+    without being stored. ``dataset[i]`` is one padded example (a :class:`PretrainingBatch` of
+    numpy arrays without the batch axis); :meth:`batch` pads many at once, vectorised.
 
     Args:
         token_ids: (T,) int32 ids of the corpus' flat token array.
@@ -63,9 +65,6 @@ class PretrainingDataset(gluon.data.Dataset):
         self.num_slots = num_mlm_slots(max_len)
         self.seed = seed
         self.dynamic_masking = dynamic_masking
-        if not dynamic_masking:
-            self._positions, self._replacements = self._draw_masks(
-                pairs, seeding.stream(seed, seeding.STATIC_MASKS))
 
     def __len__(self):
         return len(self.pairs)
@@ -73,13 +72,14 @@ class PretrainingDataset(gluon.data.Dataset):
     def __getitem__(self, index):
         return PretrainingBatch(*(field[0] for field in self.batch(np.array([index]))))
 
-    def _draw_masks(self, pairs, rng):
-        """(n, P) positions (int16, 0 = padding slot) and (n, P) int32 ids to put there."""
+    def _draw_masks(self, indices, pairs, epoch):
+        """Masks of the examples ``indices``: (n, P) positions (0 = padding slot), validity and the ids to put there."""
+        key = (seeding.DYNAMIC_MASKS, epoch) if self.dynamic_masking else (seeding.STATIC_MASKS,)
+        rng = seeding.KeyedRandom(self.seed, key, indices)
         positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng)
         valid = np.arange(self.num_slots) < counts[:, None]
-        labels = self._tokens_at(pairs, positions)
-        replacements = replace_masked_tokens(labels, valid, self.vocab_size, rng)
-        return positions.astype(np.int16 if self.max_len < 2 ** 15 else np.int32), replacements.astype(np.int32)
+        replacements = replace_masked_tokens(self._tokens_at(pairs, positions), valid, self.vocab_size, rng)
+        return positions, valid, replacements
 
     def _tokens_at(self, pairs, positions):
         """Ids of the unmasked examples of ``pairs`` at ``positions`` ((n, K) -> (n, K) int32)."""
@@ -93,20 +93,14 @@ class PretrainingDataset(gluon.data.Dataset):
         specials = np.where(positions == 0, CLS_ID, np.where(positions < length, SEP_ID, PAD_ID))
         return np.where(in_a | in_b, ids, specials).astype(np.int32)
 
-    def batch(self, indices, epoch=0, batch_number=0):
-        """Pad the examples ``indices`` ((B,) ints) into a :class:`PretrainingBatch` of numpy arrays.
+    def batch(self, indices, epoch=0):
+        """Mask and pad the examples ``indices`` ((B,) ints) into a :class:`PretrainingBatch` of numpy arrays.
 
-        ``epoch`` and ``batch_number`` key the random stream of dynamic masking (ignored otherwise).
+        ``epoch`` keys the masks when masking is dynamic (ignored otherwise).
         """
         indices = np.asarray(indices)
         pairs = SentencePairs(*(field[indices] for field in self.pairs))
-        if self.dynamic_masking:
-            positions, replacements = self._draw_masks(
-                pairs, seeding.stream(self.seed, seeding.DYNAMIC_MASKS, epoch, batch_number))
-        else:
-            positions, replacements = self._positions[indices], self._replacements[indices]
-        positions = positions.astype(np.int64)
-        valid = np.arange(self.num_slots) < np.count_nonzero(positions, axis=1)[:, None]
+        positions, valid, replacements = self._draw_masks(indices, pairs, epoch)
 
         tokens = self._tokens_at(pairs, np.broadcast_to(np.arange(self.max_len), (len(indices), self.max_len)))
         labels = np.take_along_axis(tokens, positions, axis=1)

@@ -7,11 +7,11 @@ from mxnet import gluon
 from mxnet import np as mnp
 
 from . import seeding
-from .corpus import TokenizedCorpus, split_file
+from .cache import load_encoded_corpus
+from .corpus import split_file
 from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
 from .pairs import make_nsp_pairs
-from .vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +25,14 @@ def _to_mxnet(batch):
 class _EpochBatches(gluon.data.Dataset):
     """The batches of one epoch as a dataset of whole batches, for Gluon's multi-process DataLoader."""
 
-    def __init__(self, dataset, batches, epoch, first_batch):
-        self.dataset, self.batches, self.epoch, self.first_batch = dataset, batches, epoch, first_batch
+    def __init__(self, dataset, batches, epoch):
+        self.dataset, self.batches, self.epoch = dataset, batches, epoch
 
     def __len__(self):
         return len(self.batches)
 
     def __getitem__(self, i):
-        return self.dataset.batch(self.batches[i], self.epoch, self.first_batch + i)
+        return self.dataset.batch(self.batches[i], self.epoch)
 
 
 def _single_batch(items):
@@ -75,10 +75,10 @@ class PretrainingLoader:
         self._resume, self._next_epoch, self._position = False, epoch + 1, (epoch, first)
         batches = self._epoch_batches(epoch)[first:]
         if self.num_workers:
-            loader = gluon.data.DataLoader(_EpochBatches(self.dataset, batches, epoch, first), batch_size=1,
+            loader = gluon.data.DataLoader(_EpochBatches(self.dataset, batches, epoch), batch_size=1,
                                            batchify_fn=_single_batch, num_workers=self.num_workers)
         else:
-            loader = (self.dataset.batch(b, epoch, first + i) for i, b in enumerate(batches))
+            loader = (self.dataset.batch(b, epoch) for b in batches)
         for given, batch in enumerate(loader, start=first + 1):
             self._position = (epoch, given) if given < len(self) else (epoch + 1, 0)
             yield _to_mxnet(batch)
@@ -97,34 +97,34 @@ class PretrainingLoader:
 
 
 def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False):
+                  truncate_pairs=False, cache="auto", cache_dir=None):
     """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
 
-    The vocabulary is counted from this split unless ``vocab`` is given.
+    The vocabulary is counted from this split unless ``vocab`` is given. ``cache`` and ``cache_dir``:
+    see :func:`~bertpretrain.data.cache.load_encoded_corpus`.
     """
     if not isinstance(max_len, (int, np.integer)) or max_len < 5:
         raise ValueError(f"max_len must be an integer >= 5 ([CLS] a [SEP] b [SEP] with one word each), "
                          f"got {max_len!r}")
+    if not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
+        raise ValueError(f"min_freq must be an integer >= 1, got {min_freq!r}")
     seed = seeding.resolve_seed(seed)
-    corpus = TokenizedCorpus.read(path, seed)
-    if vocab is None:
-        vocab = Vocab(corpus.words, min_freq=min_freq)
+    corpus, vocab = load_encoded_corpus(path, vocab, min_freq, cache, cache_dir)
     if vocab.num_words < 1:
         raise ValueError(f"the vocabulary of {path} has no word seen at least min_freq={min_freq} times; "
                          "lower min_freq or use a larger corpus")
-    token_ids = vocab.lookup_array(corpus.words)
-    pairs = make_nsp_pairs(corpus.sentence_lengths, corpus.paragraph_sizes, max_len,
-                           seeding.stream(seed, seeding.NSP_PARTNERS), truncate=truncate_pairs, path=path)
-    dataset = PretrainingDataset(token_ids, pairs, len(vocab), max_len, seed, dynamic_masking)
+    starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
+    pairs = make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
+                           truncate=truncate_pairs, path=path, sentence_starts=starts)
+    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking)
     logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
-                len(corpus.paragraph_sizes), len(corpus.sentence_lengths), len(corpus.words), len(dataset),
-                max_len, len(vocab))
+                len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
 
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, cache_dir=None):
+                   truncate_pairs=False, cache="auto", cache_dir=None):
     """Pretraining batches of a WikiText split, and its vocabulary.
 
     Args:
@@ -140,7 +140,9 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         dynamic_masking: new masks every epoch (RoBERTa) rather than once (d2l, the default).
         vocab: a :class:`Vocab` to reuse (e.g. the training one when loading the validation split).
         truncate_pairs: shorten pairs longer than ``max_len`` instead of dropping them.
-        cache_dir: download cache root (see :func:`~bertpretrain.data.download_extract`).
+        cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (files >= 32 MB).
+        cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
+            user's cache folder).
     Returns:
         ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary.
     """
@@ -149,5 +151,6 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
     if data_dir is None:
         data_dir = download_extract(dataset, cache_dir=cache_dir)
     data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
-                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs)
+                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs, cache=cache,
+                                cache_dir=cache_dir)
     return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab

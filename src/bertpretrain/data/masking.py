@@ -10,7 +10,6 @@ import numpy as np
 from .vocab import MASK_ID, NUM_RESERVED
 
 MASK_RATE = 0.15
-_CHUNK = 8192  # examples per vectorised step: bounds the (chunk, max_len) scratch arrays
 
 
 def num_mlm_slots(max_len):
@@ -29,23 +28,17 @@ def choose_mlm_positions(a_len, b_len, num_slots, rng):
     Args:
         a_len, b_len: (E,) lengths of the two sentences.
         num_slots: width of the output; must be >= every example's number of predictions.
-        rng: a ``numpy.random.Generator``.
+        rng: a ``numpy.random.Generator`` or a :class:`~bertpretrain.data.seeding.KeyedRandom`.
     Returns:
         positions (E, num_slots) int64, sorted ascending in each row's first n entries and 0 after;
         counts (E,) int64, n = the number of real predictions of each row.
     """
     a_len, b_len = np.asarray(a_len), np.asarray(b_len)
     counts = num_mlm_predictions(a_len + b_len + 3)
-    if len(counts) and counts.max() > num_slots:
+    if not len(counts):
+        return np.zeros((0, num_slots), dtype=np.int64), counts
+    if counts.max() > num_slots:
         raise ValueError(f"num_slots={num_slots} is smaller than the {counts.max()} predictions an example needs")
-    positions = np.zeros((len(counts), num_slots), dtype=np.int64)
-    for lo in range(0, len(counts), _CHUNK):
-        hi = min(lo + _CHUNK, len(counts))
-        positions[lo:hi] = _choose_chunk(a_len[lo:hi], b_len[lo:hi], counts[lo:hi], num_slots, rng)
-    return positions, counts
-
-
-def _choose_chunk(a_len, b_len, counts, num_slots, rng):
     num_candidates = a_len + b_len
     width = int(num_candidates.max())
     # Candidate j of a row is word j of "a b". Each gets a random key with j in its low bits; sorting
@@ -65,7 +58,7 @@ def _choose_chunk(a_len, b_len, counts, num_slots, rng):
     positions[~chosen] = 0
     out = np.zeros((len(a_len), num_slots), dtype=np.int64)
     out[:, :k] = positions
-    return out
+    return out, counts
 
 
 def replace_masked_tokens(labels, valid, vocab_size, rng):

@@ -54,24 +54,30 @@ def truncate_pair_lengths(a_len, b_len, max_tokens):
     return new_a, new_b
 
 
-def make_nsp_pairs(sentence_lengths, paragraph_sizes, max_len, rng, truncate=False, path="the corpus"):
+def make_nsp_pairs(sentence_lengths, paragraph_sizes, max_len, rng, truncate=False, path="the corpus",
+                   sentence_starts=None):
     """Build next-sentence pairs for every sentence that has a successor in its paragraph.
 
     Args:
-        sentence_lengths: (S,) tokens per sentence, sentences contiguous in the flat token array.
-        paragraph_sizes: (P,) sentences per paragraph, paragraphs contiguous, each of size >= 2.
+        sentence_lengths: (S,) tokens per sentence.
+        paragraph_sizes: (P,) sentences per paragraph (runs of consecutive sentences), each >= 2.
         max_len: the longest allowed example, ``[CLS]``/``[SEP]`` included.
         rng: a ``numpy.random.Generator``.
         truncate: shorten pairs that do not fit instead of dropping them (d2l drops them).
         path: named in error messages.
+        sentence_starts: (S,) offset of each sentence in the flat token array (default: sentences
+            are contiguous, in order).
     Returns:
         :class:`SentencePairs` of the kept pairs, in sentence order.
     """
+    sentence_lengths = np.asarray(sentence_lengths, dtype=np.int64)
+    paragraph_sizes = np.asarray(paragraph_sizes, dtype=np.int64)
     num_sentences = len(sentence_lengths)
     if len(paragraph_sizes) < 2:
         raise DataError(f"{path} has only one paragraph of two or more sentences; next-sentence pairs "
                         "need a second paragraph to draw 'not next' sentences from: use a larger corpus")
-    sentence_start = np.concatenate(([0], np.cumsum(sentence_lengths)[:-1]))
+    sentence_start = (np.concatenate(([0], np.cumsum(sentence_lengths)[:-1])) if sentence_starts is None
+                      else np.asarray(sentence_starts, dtype=np.int64))
     paragraph_first = np.repeat(np.cumsum(paragraph_sizes) - paragraph_sizes, paragraph_sizes)
     paragraph_size = np.repeat(paragraph_sizes, paragraph_sizes)
     last_in_paragraph = np.arange(num_sentences) == paragraph_first + paragraph_size - 1
