@@ -165,3 +165,17 @@ def test_an_examples_masks_do_not_depend_on_its_batch(wiki_dir):
         np.testing.assert_array_equal(field_alone[1], field_mixed[0])
     item = dataset[9]
     np.testing.assert_array_equal(item.tokens, mixed.tokens[0])
+
+
+def test_shards_split_each_epoch_into_disjoint_equal_parts(wiki_dir):
+    def loader(index):
+        it, _ = load_data_wiki(500, 64, data_dir=str(wiki_dir), seed=1)
+        return it.shard(index, 3)
+    shards = [loader(i) for i in range(3)]
+    assert len({len(s) for s in shards}) == 1
+    seen = [np.concatenate([_numpy(b).tokens for b in s]) for s in shards]
+    assert len({len(x) for x in seen}) == 1 and len(seen[0]) == len(shards[0].dataset) // 3
+    rows = [set(map(bytes, x)) for x in seen]
+    assert not (rows[0] & rows[1]) and not (rows[1] & rows[2]) and not (rows[0] & rows[2])
+    with pytest.raises(ValueError, match="shard index"):
+        shards[0].shard(3, 3)

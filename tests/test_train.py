@@ -42,6 +42,14 @@ def test_two_devices_match_one_device_on_the_same_global_batches():
     assert all(np.array_equal(r[0].asnumpy(), r[1].asnumpy()) for r in replicas), "replicas drifted apart"
 
 
+def test_two_devices_match_one_device_with_sgd():
+    # Adam hides a wrongly scaled loss (its update is scale-free); plain SGD's update does not.
+    _, net_one, _ = run([mx.cpu()], batch_size=17, optimizer="sgd", lr=2.0)
+    _, net_two, _ = run([mx.cpu(0), mx.cpu(1)], batch_size=17, optimizer="sgd", lr=2.0)
+    for a, b in zip(params_of(net_one), params_of(net_two)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
 def test_history_has_one_entry_per_step_and_losses_fall():
     history, _, _ = run(num_steps=30, batch_size=32)
     assert history["step"] == list(range(1, 31))

@@ -47,6 +47,9 @@ class PretrainingLoader:
     order when ``shuffle`` is False), the last batch smaller when the batch size does not divide the
     dataset. :meth:`state_dict` / :meth:`load_state_dict` save and restore the position (epoch and
     batches already given), so an interrupted run can resume exactly where it stopped.
+
+    For data-parallel training over several processes, :meth:`shard` makes each process read its
+    own share of every epoch.
     """
 
     def __init__(self, dataset, batch_size, shuffle=True, num_workers=0):
@@ -61,13 +64,32 @@ class PretrainingLoader:
         self._next_epoch = 0        # the epoch a fresh iter() starts
         self._position = (0, 0)     # (epoch, batches given): just after the last batch given
         self._resume = False        # True after load_state_dict: the next iter() starts at _position
+        self.shard_index, self.num_shards = 0, 1
+
+    def shard(self, index, count):
+        """Read only share ``index`` of ``count`` of every epoch (e.g. this worker's, by rank).
+
+        Every shard draws the same epoch order (from the seed) and takes every ``count``-th example
+        of it, starting at ``index``, cut to the same length for all shards (so that workers take
+        the same number of steps per epoch). Returns the loader.
+        """
+        if not 0 <= index < count:
+            raise ValueError(f"shard index must be in [0, {count}), got {index}")
+        if len(self.dataset) < count:
+            raise ValueError(f"{len(self.dataset)} examples cannot be shared by {count} workers")
+        self.shard_index, self.num_shards = int(index), int(count)
+        return self
+
+    def _examples_per_epoch(self):
+        return len(self.dataset) // self.num_shards
 
     def __len__(self):
-        return math.ceil(len(self.dataset) / self.batch_size)
+        return math.ceil(self._examples_per_epoch() / self.batch_size)
 
     def _epoch_batches(self, epoch):
         order = (seeding.stream(self.dataset.seed, seeding.EPOCH_ORDER, epoch).permutation(len(self.dataset))
                  if self.shuffle else np.arange(len(self.dataset)))
+        order = order[self.shard_index:self._examples_per_epoch() * self.num_shards:self.num_shards]
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def __iter__(self):

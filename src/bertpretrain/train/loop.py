@@ -12,6 +12,7 @@ import numpy as np
 from mxnet import gluon, init
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data import Vocab
 from ..model import BERTForPretraining
 from . import checkpoint as ckpt
@@ -22,6 +23,7 @@ from .step import summarise, train_step
 
 logger = logging.getLogger(__name__)
 
+_COUNTS_KEY = 1 << 30  # a kvstore key no parameter uses (the Trainer numbers them from 0)
 HISTORY_KEYS = ("step", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "seq_per_sec")
 
 
@@ -29,7 +31,7 @@ class TrainingHistory(dict):
     """Per-step lists under :data:`HISTORY_KEYS` (equal lengths), and ``'eval'``: a list of dicts.
 
     ``interrupted`` is True when Ctrl-C stopped the run; ``checkpoint`` is the last checkpoint
-    written (or None).
+    written (or None); ``rank`` is this worker's rank (0 unless training is distributed).
     """
 
     def __init__(self, lists=None, evals=None):
@@ -37,6 +39,7 @@ class TrainingHistory(dict):
         self["eval"] = list(evals or [])
         self.interrupted = False
         self.checkpoint = None
+        self.rank = 0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,6 +100,14 @@ def _seed_devices(seed, step, devices):
         mx.random.seed(base + i if device.device_type == "gpu" else base, ctx=device)
 
 
+def _global_counts(kv, num_preds, batch_size):
+    """(predictions, examples) of the global batch: this worker's counts summed over all workers."""
+    counts = mx.nd.array([num_preds, batch_size])
+    kv.pushpull(_COUNTS_KEY, counts, out=counts)
+    total_preds, total_examples = counts.asnumpy()
+    return float(total_preds), float(total_examples)
+
+
 def _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir, checkpoint_interval, resume):
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
@@ -147,6 +158,16 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
     _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir, checkpoint_interval, resume)
     schedule = LearningRateSchedule(lr, num_steps, warmup_steps, lr_decay)
     seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else int(seed)
+    dist = distributed.is_distributed(kvstore)
+    if dist and isinstance(kvstore, str):
+        kvstore = distributed.create_kvstore(kvstore)
+    rank, workers = (kvstore.rank, kvstore.num_workers) if dist else (0, 1)
+    if dist:
+        if not hasattr(train_iter, "shard"):
+            raise ValueError("distributed training needs each worker to read its own share of the data: pass a "
+                             "PretrainingLoader (from load_data_wiki), whose shard() train_bert calls by rank")
+        train_iter.shard(rank, workers)
+        kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
     model = net if isinstance(net, BERTForPretraining) else BERTForPretraining(net)
     _place_parameters(model, devices, seed)
     model.hybridize(static_alloc=True, static_shape=True)
@@ -155,7 +176,11 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
                             kvstore=kvstore, update_on_kvstore=False)
 
     history, step, saved_step = TrainingHistory(), 0, None
-    source = ckpt.latest_checkpoint(checkpoint_dir) if resume else None
+    history.rank = rank
+    source = ckpt.latest_checkpoint(checkpoint_dir) if resume else None  # every worker resumes
+    if rank != 0:  # one worker writes checkpoints, logs, evaluates and shows progress; all train
+        checkpoint_dir, progress, eval_iter = None, False, None
+        logger.disabled = True
     if source:
         state = ckpt.read_state(source)
         model.bert.load_parameters(f"{source}/{ckpt.PARAMS_FILE}", ctx=devices)
@@ -170,7 +195,8 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         logger.info("resumed from %s at step %d", source, step)
     elif resume:
         logger.info("no checkpoint in %s yet: starting from step 0", checkpoint_dir)
-    logger.info("training on %s for %d steps (seed %d)", ", ".join(map(str, devices)), num_steps, seed)
+    logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, devices)),
+                f" x {workers} workers" if workers > 1 else "", num_steps, seed)
 
     def save():
         nonlocal saved_step
@@ -203,7 +229,9 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             step += 1
             trainer.set_learning_rate(schedule(step))
             _seed_devices(seed, step, devices)
-            sums = train_step(model, trainer, batch, devices, use_nsp, clip_gradient)
+            num_preds = float(batch.mlm_weights.sum())  # a host-side array: no device synchronisation
+            totals = _global_counts(kvstore, num_preds, batch_size) if dist else (num_preds, batch_size)
+            sums = train_step(model, trainer, batch, devices, totals, use_nsp, clip_gradient)
             metrics = summarise(sums, batch_size)
             if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
                 raise NonFiniteLossError(

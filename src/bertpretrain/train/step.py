@@ -46,19 +46,19 @@ def clip_global_norm(params, devices, max_norm):
             g *= scale
 
 
-def train_step(model, trainer, batch, devices, use_nsp=True, clip_gradient=None):
-    """Forward, backward and update on one global batch split over ``devices``; return its sums.
+def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradient=None):
+    """Forward, backward and update on one batch split over ``devices``; return this batch's sums.
 
-    The loss is normalised over the GLOBAL batch: each device backpropagates
-    ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / batch_size`` and the kvstore adds the
+    The loss is normalised over the GLOBAL batch, whose ``totals = (real predictions, examples)``
+    cover every device (and every worker, when training is distributed): each device backpropagates
+    ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / total_examples`` and the kvstore adds the
     gradients, so the update, and the learning rate's meaning, do not depend on the number of devices.
     """
-    batch_size = batch.tokens.shape[0]
-    total_preds = float(batch.mlm_weights.sum())  # a host-side array: no device synchronisation
+    total_preds, total_examples = totals
     slices = split_batch(batch, devices)
     with autograd.record():
         outputs = [model(*part) for part in slices]
-        losses = [out[0] / total_preds + out[2] / batch_size if use_nsp else out[0] / total_preds
+        losses = [out[0] / total_preds + out[2] / total_examples if use_nsp else out[0] / total_preds
                   for out in outputs]
     autograd.backward(losses)
     trainer.allreduce_grads()
