@@ -1,0 +1,156 @@
+"""Helpers a training loop calls to train data-parallel on MXNet's parameter-server kvstore.
+
+Run the training script under the launcher (:mod:`bertpretrain.launch`), which starts the
+scheduler, the servers and the workers with the ``DMLC_*`` variables ps-lite reads::
+
+    python -m bertpretrain.launch -n 2 -s 1 -- python train.py --kvstore dist_sync
+
+and in the training loop::
+
+    from bertpretrain import distributed
+
+    kv = distributed.create_kvstore(args.kvstore)        # "device", "dist_sync", ...
+    rank, workers = distributed.worker_rank(kv), distributed.num_workers(kv)
+    my_batches = distributed.shard(all_batches, rank, workers)
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-4},
+                            kvstore=kv, update_on_kvstore=False)
+    distributed.sync_initial_params(trainer)             # before the first forward pass
+    ...
+    trainer.step(distributed.step_batch_size(local_batch_size, kv))
+    if rank == 0:
+        save_checkpoint(...)
+
+Why these exist:
+
+* ``dist_*`` kvstores only work inside processes started by a launcher; creating one in a plain
+  process fails with an obscure ``MXNetError: Check notnull: ...("DMLC_NUM_WORKER")``, so
+  :func:`create_kvstore` checks first and says how to launch.
+* The rank comes from the kvstore (the ps-lite scheduler assigns it when the workers connect), not
+  from the order the launcher started the workers in.
+* With ``dist_sync`` and ``update_on_kvstore=False`` the gradients of all workers are **summed**,
+  then ``trainer.step(n)`` divides by ``n``: ``n`` must be the *global* batch size (the sum of the
+  workers' batches), or the effective learning rate is multiplied by the number of workers.
+* MXNet 1.9.1's Trainer sets up its kvstore lazily, in the first ``step`` (or ``allreduce_grads``,
+  ``load_states``): it then broadcasts rank 0's parameters to the other workers, and that broadcast
+  races with the first gradient exchange: workers other than rank 0 sometimes get the summed
+  gradient instead of the weights, and drift apart for good (3 to 5 runs in 10 of a 2-worker job
+  on one Dense layer).
+  :func:`sync_initial_params` does that set-up before training starts, and waits for it.
+* A worker that raises an exception does not exit: at interpreter exit MXNet's kvstore waits in a
+  barrier for the other workers, which themselves wait for its gradients, so the whole job hangs
+  and the launcher sees nothing die.  :func:`exit_on_error` makes such a worker exit at once.
+"""
+import contextlib
+import os
+import sys
+import traceback
+
+from ._mxnet import mxnet as mx  # MXNet, imported after bertpretrain's numpy fixes
+
+_LAUNCH_HINT = (
+    "kvstore {kind!r} needs the scheduler, servers and workers that the launcher starts; run the "
+    "training command under it, e.g.:  python -m bertpretrain.launch -n 2 -s 1 -- {command}  "
+    "(or use a local kvstore such as 'device' to train in one process)"
+)
+
+
+def is_distributed(kvstore):
+    """Whether ``kvstore`` (a KVStore, a kvstore type name such as ``"dist_sync"``, or None) is a
+    multi-process ``dist_*`` kvstore."""
+    if kvstore is None:
+        return False
+    kind = kvstore if isinstance(kvstore, str) else kvstore.type
+    return kind.startswith("dist")
+
+
+def create_kvstore(kind="device"):
+    """Create the kvstore ``kind`` (``"device"``, ``"local"``, ``"dist_sync"``, ...).
+
+    For a ``dist_*`` kind, first check that this process was started by a launcher (``DMLC_ROLE``
+    is set); otherwise raise a RuntimeError that says how to launch, instead of MXNet's error.
+    """
+    if is_distributed(kind) and "DMLC_ROLE" not in os.environ:
+        command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "python train.py ..."
+        raise RuntimeError(_LAUNCH_HINT.format(kind=kind, command=command))
+    return mx.kv.create(kind)
+
+
+def worker_rank(kvstore):
+    """This worker's rank, 0 .. num_workers-1 (0 without a kvstore)."""
+    return 0 if kvstore is None else kvstore.rank
+
+
+def num_workers(kvstore):
+    """How many workers train together (1 without a kvstore)."""
+    return 1 if kvstore is None else kvstore.num_workers
+
+
+def shard(items, rank, workers):
+    """Worker ``rank``'s share of ``items`` (a sequence): every ``workers``-th item from ``rank``.
+
+    With equal-sized local batches cut from each worker's shard, the i-th local batches of all
+    workers together hold exactly the items of the i-th global batch (``workers`` times larger)
+    cut from ``items``, so distributed training sees the same global batches as one process.
+    Every shard has ``len(items) // workers`` items (the last ``len(items) % workers`` items are
+    left out), so that every worker makes the same number of steps: a worker with one step more
+    would wait forever for the others' gradients.
+    """
+    if not 0 <= rank < workers:
+        raise ValueError(f"rank must be in 0..{workers - 1} for {workers} workers, got {rank}")
+    per_worker = len(items) // workers
+    return items[rank::workers][:per_worker]
+
+
+def step_batch_size(local_batch_size, kvstore):
+    """The batch size to pass to ``trainer.step``: the global batch of one synchronous step.
+
+    ``dist_sync`` sums the gradients of all workers before the update, so the update must be
+    divided by the number of samples of all workers, not of this one.  Assumes every worker uses
+    the same local batch size.
+    """
+    if is_distributed(kvstore) and "async" not in kvstore.type:
+        return local_batch_size * kvstore.num_workers
+    return local_batch_size
+
+
+def sync_initial_params(trainer):
+    """Set up ``trainer``'s kvstore now and give every worker rank 0's parameters, and wait for it.
+
+    Call it once, after creating the Trainer (and after loading a checkpoint into the model), before
+    the first forward pass; see the module docstring for the race it avoids.  Parameters must be
+    initialised (not deferred: give layers their input sizes, or run one forward pass first).
+    Harmless without a kvstore or with a local one.
+    """
+    # Trainer.step does the same two calls on first use; MXNet 1.9 has no public API for them.
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    deferred = [param.name for param in trainer._params_to_init]
+    if deferred:
+        raise RuntimeError(f"parameters {', '.join(deferred)} are not initialised yet (deferred "
+                           "initialisation): give their layers input sizes, or run one forward pass "
+                           "before sync_initial_params")
+    mx.nd.waitall()
+
+
+@contextlib.contextmanager
+def exit_on_error(kvstore):
+    """Wrap a worker's training so that an exception ends the process at once, with exit code 1.
+
+    Without it, an exception in one ``dist_*`` worker leaves every process waiting on the others
+    forever (see the module docstring).  With it, the traceback is printed, the process exits, and
+    the launcher sees the failure and stops the job.  Does nothing special for local kvstores.
+    """
+    try:
+        yield
+    except BaseException as error:  # SystemExit and KeyboardInterrupt too: any way out hangs
+        if not is_distributed(kvstore) or (isinstance(error, SystemExit) and not error.code):
+            raise
+        if not isinstance(error, SystemExit):
+            traceback.print_exc()
+        elif not isinstance(error.code, int):
+            print(error.code, file=sys.stderr)  # sys.exit("message"), as Python would print it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1)
