@@ -1,0 +1,133 @@
+"""Decide once per process whether the fused kernels are usable, and load them.
+
+What: :func:`load` reads ``BERTPRETRAIN_KERNELS``, builds (or finds in the cache) the
+kernel library and registers its operators with ``mx.library.load``, at most once per
+process. It returns a :class:`KernelStatus`; when the kernels are off it logs one line
+on the ``bertpretrain.kernels`` logger saying why.
+
+Why: MXNet refuses to register the same operators twice, a build is slow, and the
+model must keep working (on MXNet's builtin operators) where no compiler exists.
+
+``BERTPRETRAIN_KERNELS``: ``0`` turns the kernels off, ``1`` makes their absence an
+error (:class:`KernelsUnavailableError`), unset or empty uses them when possible.
+"""
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import mxnet
+
+from . import build
+
+ENV_VAR = "BERTPRETRAIN_KERNELS"
+logger = logging.getLogger("bertpretrain.kernels")
+
+
+class KernelsUnavailableError(RuntimeError):
+    """``BERTPRETRAIN_KERNELS=1`` was set but the kernels cannot be built or loaded."""
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    """Whether the kernels are loaded; if not, ``reason`` says why; ``path`` is the library."""
+
+    available: bool
+    reason: str
+    path: Optional[str] = None
+
+
+_lock = threading.Lock()
+_status = None
+_warned_contexts = set()
+_builtin_only_depth = 0
+
+
+def _mode():
+    value = os.environ.get(ENV_VAR, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{ENV_VAR}={value!r} is not understood: use 0 (off), "
+                         "1 (required) or leave it unset (use when possible)")
+    return value
+
+
+def _try_load():
+    """Build and load the library; a :class:`KernelStatus` either way."""
+    try:
+        path = build.build()
+    except build.BuildError as error:
+        return KernelStatus(False, f"the kernel library could not be built: {error}")
+    try:
+        mxnet.library.load(str(path), False)
+    except (mxnet.base.MXNetError, OSError) as error:
+        return KernelStatus(False, f"loading the kernel library {path} failed: {error}")
+    return KernelStatus(True, "loaded", str(path))
+
+
+def load():
+    """The process-wide :class:`KernelStatus`, building and loading the library on first call.
+
+    Raises :class:`KernelsUnavailableError` when ``BERTPRETRAIN_KERNELS=1`` and the kernels
+    cannot be used, and ``ValueError`` for any other value than 0, 1 or unset.
+    """
+    global _status
+    with _lock:
+        if _status is None:
+            mode = _mode()
+            if mode == "0":
+                status = KernelStatus(False, f"turned off by {ENV_VAR}=0")
+                logger.info("bertpretrain kernels off, using MXNet's builtin operators: %s",
+                            status.reason)
+            else:
+                status = _try_load()
+                if not status.available:
+                    if mode == "1":
+                        raise KernelsUnavailableError(
+                            f"{ENV_VAR}=1 requires the fused kernels, but {status.reason}")
+                    logger.warning("bertpretrain kernels off, using MXNet's builtin "
+                                   "operators: %s (set %s=0 to silence this)",
+                                   status.reason, ENV_VAR)
+            _status = status
+        return _status
+
+
+def available():
+    """True when the kernels are loaded in this process (see :func:`load`)."""
+    return load().available
+
+
+@contextlib.contextmanager
+def builtin_only():
+    """Within this block the ops use MXNet's builtin operators even if the kernels are loaded.
+
+    A hybridized block keeps the operators it was traced with: run its first call
+    inside this block to get a builtin-only copy (e.g. to compare both paths in one run).
+    """
+    global _builtin_only_depth
+    with _lock:
+        _builtin_only_depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _builtin_only_depth -= 1
+
+
+def usable_on(ctx):
+    """True when the kernels are loaded and ``ctx`` is a CPU context (they are CPU-only).
+
+    False inside :func:`builtin_only`. Logs once per non-CPU context that MXNet's
+    builtin operators are used there.
+    """
+    if _builtin_only_depth or not available():
+        return False
+    if ctx.device_type == "cpu" or ctx.device_type == "cpu_pinned":
+        return True
+    with _lock:
+        if str(ctx) not in _warned_contexts:
+            _warned_contexts.add(str(ctx))
+            logger.info("bertpretrain kernels are CPU-only: using MXNet's builtin operators "
+                        "on %s", ctx)
+    return False

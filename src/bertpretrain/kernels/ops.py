@@ -1,0 +1,163 @@
+"""The fused operators, callable from ``hybrid_forward`` of numpy-interface HybridBlocks.
+
+What: each function takes ``F`` (``mx.ndarray`` or ``mx.symbol``, as Gluon passes it)
+and numpy-interface arrays or symbols, and returns the same result whether it runs
+the fused C++ kernel (when :func:`loader.usable_on` says so for the current context)
+or MXNet's builtin operators. Only float32 is supported by the kernels.
+
+Why: MXNet's builtin CPU kernels for these steps (LayerNorm backward, broadcast-reduce
+backwards, dropout, length-masked softmax, log-softmax over the vocabulary) dominate a
+BERT training step on a CPU; these do the same math in one pass each.
+
+Semantics shared by both paths:
+
+- Dropout is active only in training mode (``autograd.is_training()`` when the graph
+  runs). The kernels draw their mask from a 64-entry key made by builtin dropout of
+  ones, so ``mx.random.seed`` makes runs reproducible and inference is exact identity.
+  Kernel and builtin draw different masks (both Bernoulli(1 - p), scaled by 1/(1 - p)).
+- Gradients: parameters (``gamma``, ``beta``) pass through a builtin identity before
+  a kernel, so ``grad_req='add'`` accumulates correctly. Lengths, labels and weights
+  receive no gradient.
+"""
+import mxnet
+import numpy
+
+from . import loader
+
+KEY_SIZE = 64
+
+
+def _ctx_of(F, x):
+    """The context the computation runs in: the array's, or the one being traced under."""
+    if F is mxnet.symbol:
+        return mxnet.context.current_context()
+    return x.ctx
+
+
+def enabled_for(F, x):
+    """True when the ops below run their fused kernel on ``x`` (array or symbol being traced).
+
+    For callers that keep a faster builtin formulation of their own for the fallback.
+    """
+    return loader.usable_on(_ctx_of(F, x))
+
+
+def _legacy(x):
+    return x.as_nd_ndarray()
+
+
+def _check_p(p):
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability p={p} must be in [0, 1)")
+
+
+def _identity(F, param):
+    """``param`` through a builtin copy, so the copy's backward honours grad_req='add'."""
+    return F.np.copy(param)
+
+
+def _dropout_key(F, x, p):
+    """The kernels' dropout key (see DropoutMask in common.h): builtin dropout of ones.
+
+    Training: 64 entries of 0 or 2 (random bits from MXNet's RNG). Inference: all 1.
+    With p == 0 a constant of ones, which the kernels treat as "keep everything".
+    """
+    if F is mxnet.symbol:
+        ones = F.np.ones((KEY_SIZE,))
+    else:
+        ones = mxnet.np.ones((KEY_SIZE,), ctx=x.ctx)
+    return F.npx.dropout(ones, p=0.5) if p > 0 else ones
+
+
+def _check_float32(F, **arrays):
+    """In imperative mode, reject non-float32 arrays early with a clear message."""
+    if F is mxnet.symbol:
+        return
+    for name, a in arrays.items():
+        if a.dtype != numpy.float32:
+            raise TypeError(f"'{name}' must be float32 for the fused kernels, got {a.dtype}; "
+                            "cast it with .astype('float32')")
+
+
+def layer_norm(F, x, gamma, beta, eps=1e-5):
+    """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * gamma + beta``.
+
+    x: (..., D) float32; gamma, beta: (D,). Returns (..., D).
+    """
+    if not enabled_for(F, x):
+        return F.npx.layer_norm(x, gamma, beta, axis=-1, eps=eps)
+    _check_float32(F, x=x, gamma=gamma, beta=beta)
+    return F.bp_layer_norm(_legacy(x), _legacy(_identity(F, gamma)),
+                           _legacy(_identity(F, beta)), eps=eps).as_np_ndarray()
+
+
+def add_layer_norm(F, x, residual, gamma, beta, p=0.0, eps=1e-5):
+    """The post-LN residual block ``layer_norm(dropout(x, p) + residual)`` in one pass.
+
+    x, residual: (..., D) float32; gamma, beta: (D,). Returns (..., D).
+    """
+    _check_p(p)
+    if not enabled_for(F, x):
+        h = (F.npx.dropout(x, p=p) if p > 0 else x) + residual
+        return F.npx.layer_norm(h, gamma, beta, axis=-1, eps=eps)
+    _check_float32(F, x=x, residual=residual, gamma=gamma, beta=beta)
+    key = _dropout_key(F, x, p)
+    return F.bp_add_layer_norm(_legacy(x), _legacy(residual), _legacy(_identity(F, gamma)),
+                               _legacy(_identity(F, beta)), _legacy(key),
+                               eps=eps, p=p).as_np_ndarray()
+
+
+def dropout(F, x, p):
+    """Inverted dropout: in training, zero each element with probability p and scale by 1/(1-p).
+
+    x: any shape, float32. Identity in inference mode or when p == 0.
+    """
+    _check_p(p)
+    if p == 0:
+        return x
+    if not enabled_for(F, x):
+        return F.npx.dropout(x, p=p)
+    _check_float32(F, x=x)
+    return F.bp_dropout(_legacy(x), _legacy(_dropout_key(F, x, p)), p=p).as_np_ndarray()
+
+
+def masked_softmax(F, scores, lengths, p=0.0):
+    """Softmax over the last axis of each row's first ``lengths`` entries, then dropout(p).
+
+    scores: (..., K) float32, e.g. (batch * heads, queries, K); lengths: (...) int32, one
+    per row (e.g. per-sequence valid lengths repeated over heads and queries), each in
+    [0, K]. Entries at or beyond a row's length get probability 0; a row of length 0 is
+    all zeros. Returns (..., K).
+    """
+    _check_p(p)
+    if not enabled_for(F, scores):
+        probs = F.npx.softmax(scores, length=lengths, use_length=True, axis=-1)
+        return F.npx.dropout(probs, p=p) if p > 0 else probs
+    _check_float32(F, scores=scores)
+    out = F.bp_masked_softmax(_legacy(scores), _legacy(lengths),
+                              _legacy(_dropout_key(F, scores, p)), p=p)
+    return out[0].as_np_ndarray()
+
+
+def softmax_ce(F, logits, labels, weights, return_correct=False):
+    """Per-row weighted softmax cross-entropy, without materialising the probabilities.
+
+    logits: (N, V) float32; labels: (N,) int32 in [0, V); weights: (N,) float32 (no
+    gradient). Returns loss (N,): ``weights * (logsumexp(logits) - logits[labels])``;
+    rows of weight 0 cost nothing and give 0. Sum it and divide by ``weights.sum()`` for
+    the mean. With ``return_correct``, returns ``(loss, correct)`` where correct (N,) is
+    ``weights`` where the first arg-max of a row is its label and 0 elsewhere (the
+    weighted accuracy count, for free: the kernel already scans each row for its max).
+    """
+    weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
+    if not enabled_for(F, logits):
+        loss = -F.npx.pick(F.npx.log_softmax(logits, axis=-1), labels, axis=-1) * weights
+        if not return_correct:
+            return loss
+        hits = F.np.equal(F.np.argmax(logits, axis=-1).astype("int32"), labels.astype("int32"))
+        return loss, hits.astype("float32") * weights
+    _check_float32(F, logits=logits, weights=weights)
+    out = F.bp_softmax_ce(_legacy(logits), _legacy(labels), _legacy(weights))
+    loss = out[0].as_np_ndarray()
+    return (loss, out[2].as_np_ndarray()) if return_correct else loss
+

@@ -1,0 +1,148 @@
+"""Building, caching and loading the fused kernels, and the fallback when that is impossible.
+
+Needs no C++ compiler: the cache tests use a fake compiler script, and the fallback
+tests run in fresh processes (a kernel library can be loaded only once per process).
+"""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
+from bertpretrain.kernels import build
+
+SRC = Path(bertpretrain.__file__).resolve().parent.parent
+
+FAKE_CXX = """#!/bin/sh
+# A stand-in compiler: prints a version, or logs the call and writes the -o file.
+if [ "$1" = "--version" ]; then echo "fake-c++ 1.0"; exit 0; fi
+echo "$@" >> "$FAKE_CXX_LOG"
+[ -n "$FAKE_CXX_FAIL" ] && { echo "error: $FAKE_CXX_FAIL" >&2; exit 1; }
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-o" ]; then echo "library" > "$2"; fi
+  shift
+done
+"""
+
+
+@pytest.fixture
+def fake_cxx(tmp_path, monkeypatch):
+    """A fake compiler as $CXX; returns a function giving how many compiles it ran."""
+    script = tmp_path / "fake-cxx"
+    script.write_text(FAKE_CXX)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "cxx.log"
+    monkeypatch.setenv("CXX", str(script))
+    monkeypatch.setenv("FAKE_CXX_LOG", str(log))
+    return lambda: len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """A copy of the kernel sources that a test may edit."""
+    target = tmp_path / "src"
+    target.mkdir()
+    for path in build.kernel_sources():
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def test_cache_reused_and_rebuilt_when_a_source_changes(fake_cxx, sources, tmp_path):
+    cache = tmp_path / "cache"
+    first = build.build(sources, cache)
+    assert first.is_file() and fake_cxx() == 1
+    assert build.build(sources, cache) == first and fake_cxx() == 1  # cache hit
+    header = sources / "common.h"
+    header.write_text(header.read_text() + "\n// changed\n")
+    second = build.build(sources, cache)
+    assert second != first and second.is_file() and fake_cxx() == 2
+    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])
+
+
+def test_cache_key_covers_flags_and_compiler(fake_cxx, sources, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = build.build(sources, cache)
+    monkeypatch.setattr(build, "FLAGS", build.FLAGS + ("-DEXTRA",))
+    assert build.build(sources, cache) != first and fake_cxx() == 2
+
+
+def test_failed_compile_raises_and_leaves_nothing(fake_cxx, sources, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_CXX_FAIL", "broken kernel")
+    cache = tmp_path / "cache"
+    with pytest.raises(build.BuildError, match="broken kernel"):
+        build.build(sources, cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(build.BuildError, match="CXX"):
+        build.find_compiler()
+
+
+def test_cache_dir_lookup(monkeypatch, tmp_path):
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "home"))
+    assert build.cache_dir() == tmp_path / "home" / "kernels"
+    monkeypatch.delenv("BERTPRETRAIN_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build.cache_dir() == tmp_path / "xdg" / "bertpretrain" / "kernels"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert build.cache_dir() == Path.home() / ".cache" / "bertpretrain" / "kernels"
+
+
+# A fresh process: report the kernel status, and check the ops still match builtin math.
+PROBE = textwrap.dedent("""
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(name)s %(message)s")
+    import bertpretrain, mxnet as mx
+    from mxnet import np, npx
+    from bertpretrain import kernels
+    try:
+        status = kernels.load()
+    except Exception as error:
+        print("RAISED", type(error).__name__, error)
+        sys.exit(0)
+    print("AVAILABLE", status.available)
+    x = np.arange(12, dtype="float32").reshape(3, 4)
+    g, b = np.ones((4,)), np.zeros((4,))
+    same = (kernels.layer_norm(mx.nd, x, g, b) == npx.layer_norm(x, g, b, axis=-1)).all()
+    print("SAME", bool(same))
+""")
+
+
+def probe(tmp_path, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("CXX", "BERTPRETRAIN_KERNELS")}
+    environ.update(PYTHONPATH=str(SRC), BERTPRETRAIN_HOME=str(tmp_path / "home"), **env)
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                            env=environ, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_fallback_when_the_build_is_impossible(tmp_path):
+    out = probe(tmp_path, CXX="/nonexistent/c++")
+    assert "AVAILABLE False" in out and "SAME True" in out
+    log_lines = [l for l in out.splitlines() if l.startswith("LOG bertpretrain.kernels")]
+    assert len(log_lines) == 1 and "CXX" in log_lines[0] and "builtin" in log_lines[0]
+
+
+def test_env_off_skips_the_build(tmp_path):
+    out = probe(tmp_path, BERTPRETRAIN_KERNELS="0", CXX="/nonexistent/c++")
+    assert "AVAILABLE False" in out and "SAME True" in out
+    assert "BERTPRETRAIN_KERNELS=0" in out
+    assert not (tmp_path / "home").exists()
+
+
+def test_env_required_makes_absence_an_error(tmp_path):
+    out = probe(tmp_path, BERTPRETRAIN_KERNELS="1", CXX="/nonexistent/c++")
+    assert "RAISED KernelsUnavailableError" in out and "CXX" in out
+
+
+def test_env_rejects_unknown_values(tmp_path):
+    out = probe(tmp_path, BERTPRETRAIN_KERNELS="yes")
+    assert "RAISED ValueError" in out
