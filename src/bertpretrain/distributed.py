@@ -75,6 +75,25 @@ def create_kvstore(kind="device"):
     return mx.kv.create(kind)
 
 
+HOROVOD_INSTALL = ("HOROVOD_WITH_MXNET=1 pip install --no-build-isolation horovod  (after MXNet; add "
+                   "HOROVOD_GPU_OPERATIONS=NCCL for GPUs)")
+
+
+def import_horovod():
+    """``horovod.mxnet``, initialised; an ImportError with the build command when it is missing.
+
+    Horovod is an alternative to the parameter server: run the training command under
+    ``horovodrun -np N ...`` (or mpirun) instead of :mod:`bertpretrain.launch`.
+    """
+    try:
+        import horovod.mxnet as hvd
+    except ImportError as error:
+        raise ImportError(f"kvstore='horovod' needs Horovod built with MXNet support: {HOROVOD_INSTALL}; "
+                          f"or use kvstore='dist_sync' with bertpretrain.launch ({error})") from error
+    hvd.init()
+    return hvd
+
+
 def worker_rank(kvstore):
     """This worker's rank, 0 .. num_workers-1 (0 without a kvstore)."""
     return 0 if kvstore is None else kvstore.rank

@@ -87,6 +87,22 @@ def _place_parameters(model, devices, seed):
     model.collect_params().reset_ctx(devices)
 
 
+def _parameters_by_structure(model):
+    """{structural name: Parameter}, each parameter once (tied weights appear under two names).
+
+    Gluon names parameters from process-wide counters (``dense12_weight``), and the Trainer numbers
+    them in sorted name order; structural names (``bert.encoder...``) give every model of the same
+    configuration the same order, so optimizer states saved from one load into another, even
+    in the same process.
+    """
+    unique, seen = {}, set()
+    for name, param in sorted(model._collect_params_with_prefix().items()):
+        if id(param) not in seen:
+            seen.add(id(param))
+            unique[name] = param
+    return unique
+
+
 def _seed_devices(seed, step, devices):
     """Seed the random generators from (seed, step), so that dropout depends on the step alone, not on the
     history: what makes a resumed run reproduce an uninterrupted one.
@@ -98,14 +114,6 @@ def _seed_devices(seed, step, devices):
     mx.random.seed(base, ctx=mx.cpu())
     for i, device in enumerate(devices):
         mx.random.seed(base + i if device.device_type == "gpu" else base, ctx=device)
-
-
-def _global_counts(kv, num_preds, batch_size):
-    """(predictions, examples) of the global batch: this worker's counts summed over all workers."""
-    counts = mx.nd.array([num_preds, batch_size])
-    kv.pushpull(_COUNTS_KEY, counts, out=counts)
-    total_preds, total_examples = counts.asnumpy()
-    return float(total_preds), float(total_examples)
 
 
 def _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir, checkpoint_interval, resume):
@@ -133,7 +141,8 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             iterated over as many epochs as needed. A :class:`~bertpretrain.data.PretrainingLoader`
             also has its position saved in checkpoints, for exact resumption.
         net: a :class:`~bertpretrain.model.BERTModel` (uninitialised parameters get Xavier).
-        devices: MXNet contexts (default: all GPUs, else the CPU). Each batch is split over them.
+        devices: MXNet contexts (default: all GPUs, else the CPU; with Horovod, the GPU of the process's
+            local rank). Each batch is split over them.
         num_steps: optimiser steps to reach (counted from the start, resumed steps included).
         lr, optimizer, optimizer_params: any MXNet optimiser by name (Adam and lr 0.01, as d2l).
         warmup_steps, lr_decay: linear warm-up, then ``'none'`` (constant) or ``'linear'`` decay.
@@ -143,7 +152,9 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         checkpoint_dir, checkpoint_interval, keep_checkpoints: where and how often to checkpoint
             (always at the end and on Ctrl-C when a directory is given), and how many to keep.
         resume: continue from the latest checkpoint in ``checkpoint_dir`` (if there is one).
-        kvstore: how gradients are added across devices (``'device'``, ``'local'``).
+        kvstore: how gradients are added across devices (``'device'``, ``'local'``) and processes
+            (``'dist_sync'`` under :mod:`bertpretrain.launch`, or ``'horovod'`` under ``horovodrun``,
+            one device per process); each process then reads its own shard of ``train_iter``.
         progress: show a progress bar (None: only when the output is a terminal).
         seed: seeds initialisation and dropout (None: a random seed, logged).
         vocab: saved with each checkpoint so that it is self-contained.
@@ -154,26 +165,49 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
     """
+    if kvstore == "horovod" and not devices:  # one process per GPU: the one of its local rank
+        local_rank = distributed.import_horovod().local_rank()
+        devices = [mx.gpu(local_rank)] if mx.context.num_gpus() else [mx.cpu()]
     devices = list(devices) if devices else default_devices()
     _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir, checkpoint_interval, resume)
     schedule = LearningRateSchedule(lr, num_steps, warmup_steps, lr_decay)
     seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else int(seed)
-    dist = distributed.is_distributed(kvstore)
-    if dist and isinstance(kvstore, str):
-        kvstore = distributed.create_kvstore(kvstore)
-    rank, workers = (kvstore.rank, kvstore.num_workers) if dist else (0, 1)
-    if dist:
-        if not hasattr(train_iter, "shard"):
-            raise ValueError("distributed training needs each worker to read its own share of the data: pass a "
-                             "PretrainingLoader (from load_data_wiki), whose shard() train_bert calls by rank")
-        train_iter.shard(rank, workers)
-        kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
     model = net if isinstance(net, BERTForPretraining) else BERTForPretraining(net)
     _place_parameters(model, devices, seed)
     model.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(model.collect_params(), optimizer,
-                            {"learning_rate": schedule(1), **(optimizer_params or {})},
-                            kvstore=kvstore, update_on_kvstore=False)
+    optimizer_params = {"learning_rate": schedule(1), **(optimizer_params or {})}
+    horovod = kvstore == "horovod"
+    dist = distributed.is_distributed(kvstore)
+    if horovod:
+        hvd = distributed.import_horovod()
+        if len(devices) != 1:
+            raise ValueError("with Horovod each process trains on one device: pass devices=[mx.gpu(hvd.local_rank())]")
+        rank, workers = hvd.rank(), hvd.size()
+        trainer = hvd.DistributedTrainer(_parameters_by_structure(model), optimizer, optimizer_params)
+        hvd.broadcast_parameters(_parameters_by_structure(model), root_rank=0)
+    else:
+        if dist and isinstance(kvstore, str):
+            kvstore = distributed.create_kvstore(kvstore)
+        rank, workers = (kvstore.rank, kvstore.num_workers) if dist else (0, 1)
+        trainer = gluon.Trainer(_parameters_by_structure(model), optimizer, optimizer_params, kvstore=kvstore,
+                                update_on_kvstore=False)
+    if dist:
+        kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
+    if workers > 1:
+        if not hasattr(train_iter, "shard"):
+            raise ValueError("training over several processes needs each one to read its own share of the data: "
+                             "pass a PretrainingLoader (from load_data_wiki), whose shard() train_bert calls by rank")
+        train_iter.shard(rank, workers)
+
+    def global_counts(num_preds, batch_size):
+        """(predictions, examples) of the global batch: this worker's counts summed over all workers."""
+        counts = mx.nd.array([num_preds, batch_size])
+        if horovod:
+            counts = hvd.allreduce(counts, average=False, name="bertpretrain_counts")
+        elif dist:
+            kvstore.pushpull(_COUNTS_KEY, counts, out=counts)
+        total_preds, total_examples = counts.asnumpy()
+        return float(total_preds), float(total_examples)
 
     history, step, saved_step = TrainingHistory(), 0, None
     history.rank = rank
@@ -195,6 +229,8 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         logger.info("resumed from %s at step %d", source, step)
     elif resume:
         logger.info("no checkpoint in %s yet: starting from step 0", checkpoint_dir)
+    if dist:
+        distributed.sync_initial_params(trainer)  # before the first forward: see its docstring
     logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, devices)),
                 f" x {workers} workers" if workers > 1 else "", num_steps, seed)
 
@@ -230,8 +266,11 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             trainer.set_learning_rate(schedule(step))
             _seed_devices(seed, step, devices)
             num_preds = float(batch.mlm_weights.sum())  # a host-side array: no device synchronisation
-            totals = _global_counts(kvstore, num_preds, batch_size) if dist else (num_preds, batch_size)
-            sums = train_step(model, trainer, batch, devices, totals, use_nsp, clip_gradient)
+            totals = global_counts(num_preds, batch_size) if workers > 1 else (num_preds, batch_size)
+            # Horovod's trainer averages the workers' gradients; the loss is already normalised over
+            # the global batch, so undo the 1/workers with the update's batch size.
+            sums = train_step(model, trainer, batch, devices, totals, use_nsp, clip_gradient,
+                              update_batch_size=1 / workers if horovod else 1)
             metrics = summarise(sums, batch_size)
             if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
                 raise NonFiniteLossError(

@@ -46,13 +46,14 @@ def clip_global_norm(params, devices, max_norm):
             g *= scale
 
 
-def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradient=None):
+def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradient=None, update_batch_size=1):
     """Forward, backward and update on one batch split over ``devices``; return this batch's sums.
 
     The loss is normalised over the GLOBAL batch, whose ``totals = (real predictions, examples)``
     cover every device (and every worker, when training is distributed): each device backpropagates
     ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / total_examples`` and the kvstore adds the
     gradients, so the update, and the learning rate's meaning, do not depend on the number of devices.
+    ``update_batch_size`` is what ``trainer.update`` divides the gradients by (1: they are final).
     """
     total_preds, total_examples = totals
     slices = split_batch(batch, devices)
@@ -64,7 +65,7 @@ def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradie
     trainer.allreduce_grads()
     if clip_gradient:
         clip_global_norm(list(model.collect_params().values()), devices, clip_gradient)
-    trainer.update(1)
+    trainer.update(update_batch_size)
     return _gather_sums(outputs)
 
 

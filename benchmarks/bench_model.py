@@ -1,0 +1,270 @@
+"""Benchmark one BERT pretraining step (forward + backward + Adam) at d2l's configuration.
+
+Prints, for 1 and 2 OpenMP threads (each measured in a fresh process, since MXNet reads
+OMP_NUM_THREADS at import): sequences/s, the model's floating point operations per step, two
+ceilings measured in the same process -- the float32 GEMM rate of a large FullyConnected, and the
+time the model's own GEMM shapes take (forward and backward) at oneDNN's rates -- and the model
+FLOP utilisation against each. It also prints the MLM and NSP losses at the start and the end of
+the timed steps: a speed figure is meaningless unless the loss falls (the model actually trains).
+The batches are synthetic, in bertpretrain.data's layout, with Zipf-distributed words so that the
+masked LM has something to learn; the vocabulary size is that of the real WikiText-2 splits.
+
+Usage (one benchmark at a time on a shared machine):
+    flock /tmp/bertpretrain-bench.lock python benchmarks/bench_model.py [--threads 1 2]
+"""
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                        "wikitext-2")
+NUM_SPECIAL_TOKENS = 5  # <unk>, [PAD], [CLS], [SEP], [MASK]
+PAD, CLS, SEP, MASK = 1, 2, 3, 4
+
+
+def wikitext_vocab_size(data_dir=DATA_DIR, min_freq=5):
+    """Vocabulary size of WikiText-2 valid+test as d2l builds it (6,899).
+
+    d2l keeps only lines with at least two " . "-separated parts (and drops those periods),
+    lower-cases and splits on whitespace; words seen >= min_freq times plus the special tokens
+    (the corpus's own "<unk>" is the vocabulary's unknown token).
+    """
+    counts = collections.Counter()
+    for split in ("wiki.valid.tokens", "wiki.test.tokens"):
+        with open(os.path.join(data_dir, split), encoding="utf-8") as file:
+            for line in file:
+                if len(line.split(" . ")) >= 2:  # d2l tests the unstripped line
+                    for sentence in line.strip().lower().split(" . "):
+                        counts.update(sentence.split())
+    counts.pop("<unk>", None)
+    return NUM_SPECIAL_TOKENS + sum(count >= min_freq for count in counts.values())
+
+
+def synthetic_batches(num_batches, batch_size, max_len, vocab_size, seed=0):
+    """Batches in bertpretrain.data's layout with Zipf-distributed words (so the MLM can learn).
+
+    Returns numpy arrays (tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels,
+    nsp_labels) per batch; 15% of the valid non-special tokens are replaced by [MASK] and predicted.
+    """
+    import numpy as onp
+    rng = onp.random.RandomState(seed)
+    num_preds = round(0.15 * max_len)
+    words = onp.arange(NUM_SPECIAL_TOKENS, vocab_size)
+    zipf = 1.0 / onp.arange(1, len(words) + 1)
+    zipf /= zipf.sum()
+    batches = []
+    for _ in range(num_batches):
+        tokens = onp.full((batch_size, max_len), PAD, dtype="int32")
+        segments = onp.zeros((batch_size, max_len), dtype="int32")
+        valid_lens = rng.randint(max_len // 2, max_len + 1, size=batch_size).astype("int32")
+        positions = onp.zeros((batch_size, num_preds), dtype="int32")
+        weights = onp.zeros((batch_size, num_preds), dtype="float32")
+        labels = onp.zeros((batch_size, num_preds), dtype="int32")
+        for row, length in enumerate(valid_lens):
+            len_a = rng.randint(1, length - 3)
+            tokens[row, :length] = rng.choice(words, size=length, p=zipf)
+            tokens[row, [0, len_a + 1, length - 1]] = [CLS, SEP, SEP]
+            segments[row, len_a + 2:length] = 1
+            candidates = [i for i in range(1, length - 1) if i != len_a + 1]
+            count = min(num_preds, max(1, round(0.15 * length)))
+            chosen = rng.choice(candidates, size=count, replace=False)
+            positions[row, :count] = chosen
+            weights[row, :count] = 1.0
+            labels[row, :count] = tokens[row, chosen]
+            tokens[row, chosen] = MASK
+        nsp_labels = rng.randint(0, 2, size=batch_size).astype("int32")
+        batches.append((tokens, segments, valid_lens, positions, weights, labels, nsp_labels))
+    return batches
+
+
+def model_gemms(batch_size, max_len, num_preds, vocab_size, hiddens, ffn_hiddens, heads, layers):
+    """The model's matrix products per forward pass, as it runs them: (name, kind, shape, count).
+
+    kind "fc": input (M, K) times weight (N, K)^T; kind "bmm": batch of (M, K) x (K, N).
+    The attention projections run per head (see MultiHeadSelfAttention).
+    """
+    tokens, preds, head_size = batch_size * max_len, batch_size * num_preds, hiddens // heads
+    return [
+        ("q/k/v projections", "fc", (tokens, hiddens, head_size), 3 * heads * layers),
+        ("output projection", "fc", (tokens, head_size, hiddens), heads * layers),
+        ("FFN in", "fc", (tokens, hiddens, ffn_hiddens), layers),
+        ("FFN out", "fc", (tokens, ffn_hiddens, hiddens), layers),
+        ("attention scores", "bmm", (batch_size, max_len, head_size, max_len), heads * layers),
+        ("attention context", "bmm", (batch_size, max_len, max_len, head_size), heads * layers),
+        ("MLM transform", "fc", (preds, hiddens, hiddens), 1),
+        ("MLM decoder", "fc", (preds, hiddens, vocab_size), 1),
+        ("NSP pooler", "fc", (batch_size, hiddens, hiddens), 1),
+        ("NSP classifier", "fc", (batch_size, hiddens, 2), 1),
+    ]
+
+
+def gemm_flops(kind, shape):
+    if kind == "fc":
+        rows, inner, cols = shape
+        return 2 * rows * inner * cols
+    batch, rows, inner, cols = shape
+    return 2 * batch * rows * inner * cols
+
+
+def _median_seconds(run, repeats, warmup=2):
+    from mxnet import npx
+    times = []
+    for index in range(warmup + repeats):
+        npx.waitall()
+        start = time.perf_counter()
+        run()
+        npx.waitall()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def peak_gemm_rate():
+    """FLOP/s of a large float32 FullyConnected (8192 x 1024 by 1024 x 1024), forward only."""
+    from mxnet import np, npx
+    x, w = np.random.normal(size=(8192, 1024)), np.random.normal(size=(1024, 1024))
+    seconds = _median_seconds(lambda: npx.fully_connected(x, w, num_hidden=1024, no_bias=True), 7)
+    return 2 * 8192 * 1024 * 1024 / seconds
+
+
+def gemm_shape_seconds(kind, shape):
+    """Forward + backward (both input gradients) time of one of the model's GEMM shapes."""
+    from mxnet import autograd, np, npx
+    if kind == "fc":
+        rows, inner, cols = shape
+        x, w = np.random.normal(size=(rows, inner)), np.random.normal(size=(cols, inner))
+
+        def product():
+            return npx.fully_connected(x, w, num_hidden=cols, no_bias=True)
+    else:
+        batch, rows, inner, cols = shape
+        x, w = np.random.normal(size=(batch, rows, inner)), np.random.normal(size=(batch, inner, cols))
+
+        def product():
+            return npx.batch_dot(x, w)
+    x.attach_grad()
+    w.attach_grad()
+
+    def step():
+        with autograd.record():
+            out = product()
+        out.backward()
+    return _median_seconds(step, 5)
+
+
+def measure(args):
+    """Run in a process whose OMP_NUM_THREADS is already set; returns a dict of results."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+    import numpy as onp
+    import mxnet as mx
+    from mxnet import autograd, gluon, init, np, npx
+    from bertpretrain.model import BERTForPretraining, BERTModel
+
+    vocab_size = args.vocab_size or wikitext_vocab_size()
+    num_preds = round(0.15 * args.max_len)
+    mx.random.seed(0)
+    net = BERTModel(vocab_size, num_hiddens=args.num_hiddens, ffn_num_hiddens=args.ffn_num_hiddens,
+                    num_heads=args.num_heads, num_layers=args.num_layers, dropout=0.2,
+                    max_len=args.max_len, check_token_ids=not args.no_check_token_ids)
+    net.initialize(init.Xavier())
+    model = BERTForPretraining(net, count_correct=args.count_correct)
+    model.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": args.lr})
+    batches = [tuple(np.array(a) for a in batch) for batch in
+               synthetic_batches(4, args.batch_size, args.max_len, vocab_size)]
+
+    losses, times = [], []
+    for step in range(args.warmup + args.steps):
+        tokens, segments, valid_lens, positions, weights, labels, nsp_labels = batches[step % 4]
+        num_real_preds = float(weights.sum())  # known before the step (global count)
+        npx.waitall()
+        start = time.perf_counter()
+        with autograd.record():
+            mlm_sum, _, nsp_sum, *_ = model(tokens, segments, valid_lens, positions, weights,
+                                            labels, nsp_labels)
+            loss = mlm_sum / num_real_preds + nsp_sum / args.batch_size
+        loss.backward()
+        trainer.step(1)
+        npx.waitall()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+        losses.append((mlm_sum.item() / num_real_preds, nsp_sum.item() / args.batch_size))
+    step_seconds = sorted(times)[len(times) // 2]
+
+    gemms = model_gemms(args.batch_size, args.max_len, num_preds, vocab_size, args.num_hiddens,
+                        args.ffn_num_hiddens, args.num_heads, args.num_layers)
+    step_flops = 3 * sum(gemm_flops(kind, shape) * count for _, kind, shape, count in gemms)
+    gemm_seconds = {name: gemm_shape_seconds(kind, shape) * count for name, kind, shape, count in gemms}
+    peak = peak_gemm_rate()
+    return {
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
+        "count_correct": args.count_correct,
+        "vocab_size": vocab_size,
+        "step_ms": 1e3 * step_seconds,
+        "sequences_per_s": args.batch_size / step_seconds,
+        "step_gflop": step_flops / 1e9,
+        "achieved_gflops": step_flops / step_seconds / 1e9,
+        "peak_gemm_gflops": peak / 1e9,
+        "gemm_shapes_ms": 1e3 * sum(gemm_seconds.values()),
+        "gemm_bound_sequences_per_s": args.batch_size / sum(gemm_seconds.values()),
+        "gemm_shapes_breakdown_ms": {k: round(1e3 * v, 1) for k, v in gemm_seconds.items()},
+        "mfu_vs_peak": step_flops / step_seconds / peak,
+        "mfu_vs_gemm_shapes": sum(gemm_seconds.values()) / step_seconds,
+        "first_losses": onp.mean(losses[:3], axis=0).round(3).tolist(),
+        "last_losses": onp.mean(losses[-3:], axis=0).round(3).tolist(),
+    }
+
+
+def report(result):
+    counts = "with" if result["count_correct"] else "without"
+    print(f"--- OMP_NUM_THREADS={result['threads']} (vocab {result['vocab_size']}, loss in the graph, "
+          f"{counts} accuracy counts)")
+    print(f"  step {result['step_ms']:.0f} ms = {result['sequences_per_s']:.0f} sequences/s; "
+          f"{result['step_gflop']:.1f} GFLOP per step (forward+backward), "
+          f"{result['achieved_gflops']:.1f} GFLOP/s achieved")
+    print(f"  ceiling 1, large float32 FullyConnected: {result['peak_gemm_gflops']:.1f} GFLOP/s -> "
+          f"model FLOP utilisation {100 * result['mfu_vs_peak']:.1f}%")
+    print(f"  ceiling 2, the model's GEMM shapes alone (fwd+bwd): {result['gemm_shapes_ms']:.0f} ms "
+          f"per step (<= {result['gemm_bound_sequences_per_s']:.0f} sequences/s) -> utilisation "
+          f"{100 * result['mfu_vs_gemm_shapes']:.1f}%")
+    print(f"    {result['gemm_shapes_breakdown_ms']}")
+    falls = result["last_losses"][0] < result["first_losses"][0] - 1.0
+    print(f"  (MLM, NSP) loss over the first 3 steps {result['first_losses']} -> "
+          f"last 3 steps {result['last_losses']}: the MLM loss "
+          f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--max-len", type=int, default=64)
+    parser.add_argument("--num-hiddens", type=int, default=128)
+    parser.add_argument("--ffn-num-hiddens", type=int, default=256)
+    parser.add_argument("--num-heads", type=int, default=2)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--vocab-size", type=int, default=0, help="default: WikiText-2 valid+test")
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no-check-token-ids", action="store_true")
+    parser.add_argument("--count-correct", action="store_true",
+                        help="also count correct MLM/NSP predictions (the arg-max costs ~3%%)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+    for threads in args.threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        output = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *sys.argv[1:]],
+                                env=env, check=True, capture_output=True, text=True).stdout
+        report(json.loads(output.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The hyperparameters that define a BERT architecture, validated and (de)serialisable as a dict.
+
+A :class:`BERTConfig` is everything needed to rebuild a :class:`~bertpretrain.model.BERTModel`
+before loading its parameters, so it is saved next to them (``config.json``).
+"""
+import dataclasses
+from dataclasses import dataclass
+
+ACTIVATIONS = ("relu", "gelu")
+
+
+@dataclass(frozen=True)
+class BERTConfig:
+    """Sizes and options of a BERT encoder with its masked-LM and next-sentence heads.
+
+    The defaults are d2l's small BERT (ReLU, post-LN, no LayerNorm after the embeddings, untied
+    MLM decoder). ``activation="gelu"``, ``embedding_layer_norm=True`` and ``tie_mlm_weights=True``
+    together give the original BERT architecture (use ``layer_norm_eps=1e-12`` to match its
+    checkpoints exactly).
+
+    Attributes:
+        vocab_size: number of token ids; every id must lie in ``[0, vocab_size)``.
+        num_hiddens: width H of every hidden state (must be divisible by ``num_heads``).
+        ffn_num_hiddens: inner width of the position-wise feed-forward network.
+        num_heads: attention heads per layer.
+        num_layers: transformer encoder layers.
+        dropout: drop probability for attention weights and after every sublayer (and after the
+            embeddings when ``embedding_layer_norm``).
+        max_len: size of the learned position table: the longest sequence the model accepts.
+        num_segments: size of the segment (token type) table; 2 for sentence pairs.
+        activation: ``"relu"`` (d2l) or ``"gelu"`` (BERT), used in the FFN and the MLM transform.
+        embedding_layer_norm: LayerNorm and dropout after summing the three embeddings (BERT).
+        tie_mlm_weights: use the token embedding matrix as the MLM output projection (BERT).
+        layer_norm_eps: epsilon of every LayerNorm.
+    """
+
+    vocab_size: int
+    num_hiddens: int = 128
+    ffn_num_hiddens: int = 256
+    num_heads: int = 2
+    num_layers: int = 2
+    dropout: float = 0.2
+    max_len: int = 512
+    num_segments: int = 2
+    activation: str = "relu"
+    embedding_layer_norm: bool = False
+    tie_mlm_weights: bool = False
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
+                     "max_len", "num_segments"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_hiddens % self.num_heads:
+            raise ValueError(
+                f"num_hiddens ({self.num_hiddens}) must be divisible by num_heads ({self.num_heads}): "
+                f"each head gets num_hiddens // num_heads features; choose e.g. num_heads="
+                f"{_largest_divisor_at_most(self.num_hiddens, self.num_heads)} or num_hiddens="
+                f"{-(-self.num_hiddens // self.num_heads) * self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+
+    @property
+    def head_size(self):
+        """Features per attention head."""
+        return self.num_hiddens // self.num_heads
+
+    def to_dict(self):
+        """The configuration as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build a configuration from :meth:`to_dict` output; unknown keys are an error."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown BERTConfig keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**values)
+
+
+def _largest_divisor_at_most(number, limit):
+    return max(d for d in range(1, limit + 1) if number % d == 0)

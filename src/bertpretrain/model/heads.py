@@ -1,0 +1,66 @@
+"""The two pretraining heads: masked language model (at chosen positions) and next-sentence."""
+from mxnet.gluon import HybridBlock, nn
+
+from . import ops
+from .layers import LayerNorm
+
+
+def gather_positions(F, encoded, positions):
+    """The hidden states at given positions of each sequence.
+
+    ``encoded`` (B, T, H), integer ``positions`` (B, P) -> (B, P, H) with
+    ``out[b, i] = encoded[b, positions[b, i]]``.
+    """
+    positions = positions.astype("int32")
+    rows = F.npx.arange_like(positions, axis=0).astype("int32")  # (B,)
+    rows = F.np.expand_dims(rows, axis=-1) + F.np.zeros_like(positions)  # (B, P)
+    return F.npx.gather_nd(encoded, F.np.stack([rows, positions], axis=0))
+
+
+class MaskedLMHead(HybridBlock):
+    """Predicts the original tokens at the masked positions only.
+
+    ``encoded`` (B, T, H), ``pred_positions`` (B, P) -> logits (B, P, vocab_size), through
+    Dense(H) -> activation -> LayerNorm -> Dense(vocab_size). The states are gathered before the
+    transform, so the cost scales with P, not T. With ``tied_weight`` (the token embedding
+    matrix, (vocab_size, H)) the output projection reuses it and only a bias is learned.
+    """
+
+    def __init__(self, config, tied_weight=None, **kwargs):
+        super().__init__(**kwargs)
+        self._activation = config.activation
+        self._vocab_size = config.vocab_size
+        self.transform = nn.Dense(config.num_hiddens, flatten=False, in_units=config.num_hiddens)
+        self.norm = LayerNorm(config.num_hiddens, config.layer_norm_eps)
+        if tied_weight is None:
+            self.decoder = nn.Dense(config.vocab_size, flatten=False, in_units=config.num_hiddens)
+        else:
+            self.decoder = None
+            self.decoder_weight = tied_weight
+            self.decoder_bias = self.params.get("decoder_bias", shape=(config.vocab_size,),
+                                                init="zeros")
+
+    def hybrid_forward(self, F, encoded, pred_positions, decoder_weight=None, decoder_bias=None):
+        hidden = ops.activation(F, self.transform(gather_positions(F, encoded, pred_positions)),
+                                self._activation)
+        hidden = self.norm(hidden)
+        if self.decoder is not None:
+            return self.decoder(hidden)
+        return F.npx.fully_connected(hidden, decoder_weight, decoder_bias,
+                                     num_hidden=self._vocab_size, flatten=False)
+
+
+class NextSentenceHead(HybridBlock):
+    """Classifies whether segment B follows segment A, from the ``[CLS]`` (position 0) state.
+
+    ``encoded`` (B, T, H) -> logits (B, 2) via a tanh Dense(H) "pooler" and Dense(2).
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.pooler = nn.Dense(config.num_hiddens, activation="tanh", flatten=False,
+                               in_units=config.num_hiddens)
+        self.classifier = nn.Dense(2, flatten=False, in_units=config.num_hiddens)
+
+    def hybrid_forward(self, F, encoded):
+        return self.classifier(self.pooler(encoded[:, 0, :]))

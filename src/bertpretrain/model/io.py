@@ -1,0 +1,81 @@
+"""Saving a model with its configuration, rebuilding it from the folder, and exporting its graph."""
+import json
+import os
+import tempfile
+
+import mxnet as mx
+
+from .bert import BERTModel
+from .config import BERTConfig
+
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "model.params"
+
+
+def save_pretrained(net, folder):
+    """Write ``config.json`` and ``model.params`` of ``net`` (a BERTModel) into ``folder``.
+
+    Each file is written to a temporary name in the folder first and then moved into place with
+    ``os.replace``, so an interrupted save never leaves a truncated file under the final name.
+    Returns the folder.
+    """
+    if not isinstance(net, BERTModel):
+        raise ValueError(f"net must be a BERTModel (pass `.bert` of a BERTForPretraining), "
+                         f"got {type(net).__name__}")
+    os.makedirs(folder, exist_ok=True)
+    _write_atomically(os.path.join(folder, CONFIG_FILE),
+                      lambda path: _write_json(path, net.config.to_dict()))
+    _write_atomically(os.path.join(folder, PARAMS_FILE),
+                      lambda path: net.save_parameters(path, deduplicate=True))
+    return folder
+
+
+def load_pretrained(folder, device=None, **model_kwargs):
+    """Rebuild the BERTModel saved by :func:`save_pretrained` in ``folder``, on ``device``.
+
+    ``device`` is an MXNet context (default: the current one); ``model_kwargs`` go to
+    :class:`BERTModel` (e.g. ``check_token_ids``).
+    """
+    config_path = os.path.join(folder, CONFIG_FILE)
+    params_path = os.path.join(folder, PARAMS_FILE)
+    for path in (config_path, params_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: a folder written by save_pretrained() holds "
+                                    f"{CONFIG_FILE} and {PARAMS_FILE}")
+    with open(config_path) as file:
+        config = BERTConfig.from_dict(json.load(file))
+    net = BERTModel.from_config(config, **model_kwargs)
+    net.load_parameters(params_path, ctx=device or mx.current_context())
+    return net
+
+
+def export(net, path_prefix, *example_inputs):
+    """Hybridize ``net``, run it once on ``example_inputs`` and export the graph and parameters.
+
+    Writes ``<path_prefix>-symbol.json`` and ``<path_prefix>-0000.params`` and returns their paths.
+    Load them with ``SymbolBlock.imports(symbol_file, ["data0", "data1", ...], params_file)``,
+    one input name per example input, in order.
+    """
+    net.hybridize(static_alloc=True, static_shape=True)
+    net(*example_inputs)
+    net.export(path_prefix, epoch=0)
+    return f"{path_prefix}-symbol.json", f"{path_prefix}-0000.params"
+
+
+def _write_json(path, values):
+    with open(path, "w") as file:
+        json.dump(values, file, indent=2, sort_keys=True)
+        file.write("\n")
+
+
+def _write_atomically(path, write):
+    folder, name = os.path.split(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

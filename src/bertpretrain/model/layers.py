@@ -1,0 +1,27 @@
+"""Small building blocks shared by the encoder and the heads."""
+from mxnet.gluon import HybridBlock
+
+from . import ops
+
+
+class LayerNorm(HybridBlock):
+    """Layer normalisation over the last axis with learned scale and shift.
+
+    ``norm(x)`` normalises ``x`` (..., num_features); ``norm(x, residual)`` is the post-LN
+    sublayer output ``layer_norm(residual + dropout(x))`` with the ``dropout`` rate given here.
+    Computed by :func:`ops.layer_norm` / :func:`ops.add_layer_norm`.
+    """
+
+    def __init__(self, num_features, eps, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self._num_features = num_features
+        self._eps = eps
+        self._dropout = dropout
+        self.gamma = self.params.get("gamma", shape=(num_features,), init="ones")
+        self.beta = self.params.get("beta", shape=(num_features,), init="zeros")
+
+    def hybrid_forward(self, F, x, residual=None, gamma=None, beta=None):
+        if residual is None:
+            return ops.layer_norm(F, x, gamma, beta, self._eps, self._num_features)
+        return ops.add_layer_norm(F, x, residual, gamma, beta, self._eps, self._num_features,
+                                  self._dropout)

@@ -1,0 +1,95 @@
+"""The non-GEMM primitives of the model, each a function of ``F`` (``mx.nd``/``mx.sym``) and arrays.
+
+Every block calls these instead of MXNet operators directly, so that this one module decides how
+layer normalisation (alone or after a residual add with dropout), dropout, the masked attention
+softmax, activations and the pretraining losses are computed: a later change can route them to
+fused custom C++ kernels without touching the blocks. All functions work imperatively and inside
+hybridized graphs. The choices below were each measured to speed up the d2l training step with
+MXNet 1.9.1 on CPU (see benchmarks/bench_model.py).
+"""
+
+# Added to the attention scores of keys that must be ignored: exp() of it underflows to exactly 0.
+_MASKED_SCORE = -1e30
+
+
+def add(F, *arrays):
+    """Elementwise sum of same-shape arrays.
+
+    MXNet's ``add_n`` hands the output gradient to every input unchanged, with no backward
+    kernel, while numpy ``add`` runs a broadcast-aware backward that copies the gradient.
+    """
+    return F.add_n(*[array.as_nd_ndarray() for array in arrays]).as_np_ndarray()
+
+
+def dropout(F, x, rate):
+    """Zero each element of ``x`` with probability ``rate`` (and rescale), in training mode only."""
+    return F.npx.dropout(x, p=rate) if rate > 0 else x
+
+
+def layer_norm(F, x, gamma, beta, eps, num_features):
+    """Normalise ``x`` (..., H) over its last axis, then scale by ``gamma`` (H,) and shift by ``beta``.
+
+    ``num_features`` is H (graph operators need it as a number). The affine part runs as a
+    (H, H) diagonal fully-connected layer after an affine-free ``layer_norm``: MXNet 1.9.1's CPU
+    LayerNorm backward is slow at the gamma/beta gradients (77 ms -> 41 ms forward+backward for
+    a 32768 x 128 input, 2 threads) while a small GEMM computes them cheaply. Same function.
+    """
+    normalized = F.npx.layer_norm(x, F.np.ones_like(gamma), F.np.zeros_like(beta), axis=-1, eps=eps)
+    return F.npx.fully_connected(normalized, F.np.diag(gamma), beta, num_hidden=num_features,
+                                 flatten=False)
+
+
+def add_layer_norm(F, x, residual, gamma, beta, eps, num_features, rate):
+    """The post-LN sublayer output ``layer_norm(residual + dropout(x, rate))``; shapes (..., H)."""
+    return layer_norm(F, add(F, residual, dropout(F, x, rate)), gamma, beta, eps, num_features)
+
+
+def activation(F, x, name):
+    """Apply the named elementwise activation: ``"relu"``, ``"gelu"`` (exact, erf) or ``"tanh"``."""
+    if name == "gelu":
+        return F.npx.leaky_relu(x, act_type="gelu")
+    return F.npx.activation(x, act_type=name)
+
+
+def attention_mask(F, valid_lens, positions):
+    """The per-batch mask that :func:`masked_softmax` applies, built once and shared by all layers.
+
+    ``valid_lens`` (B,) int, ``positions`` (T,) the key positions 0..T-1 -> (B, T, T) float32:
+    ``mask[b, query, key]`` is 0 for keys before sequence b's valid length and a huge negative
+    number from there on.
+    """
+    key_is_padding = F.np.expand_dims(positions.astype("float32"), 0) >= F.np.expand_dims(
+        valid_lens.astype("float32"), -1)  # (B, T)
+    bias = key_is_padding.astype("float32") * _MASKED_SCORE
+    return F.np.expand_dims(bias, 1) + F.np.expand_dims(F.np.zeros_like(bias[0]), -1)
+
+
+def masked_softmax(F, scores, mask, rate):
+    """Attention weights: softmax over the last axis of ``scores`` (B, T_query, T_key), then dropout.
+
+    ``mask`` comes from :func:`attention_mask`; masked keys get weight exactly 0. A same-shape add
+    and the plain softmax (which oneDNN runs) were measured ~2x faster per layer, forward plus
+    backward, than MXNet 1.9.1's ``softmax(..., use_length=True)`` and much faster than a
+    broadcast mask. Scale the scores beforehand: a softmax ``temperature`` disables oneDNN.
+    """
+    return dropout(F, F.npx.softmax(add(F, scores, mask), axis=-1), rate)
+
+
+def softmax_cross_entropy(F, logits, labels, weights=None, count_correct=False):
+    """Per-row cross-entropy of ``logits`` (..., C) against integer ``labels`` (...).
+
+    Returns the losses (...), multiplied by ``weights`` (...) when given; with ``count_correct``
+    returns ``(losses, num_correct)`` where ``num_correct`` is the (weighted) number of rows whose
+    arg-max is the label, a float32 scalar without gradient. The arg-max over a large vocabulary
+    costs ~3% of a d2l training step, hence optional.
+    """
+    losses = -F.npx.pick(F.npx.log_softmax(logits, axis=-1), labels, axis=-1)
+    if weights is not None:
+        losses = losses * weights
+    if not count_correct:
+        return losses
+    predictions = F.np.argmax(logits, axis=-1).astype("int32")
+    correct = F.np.equal(predictions, labels.astype("int32")).astype("float32")
+    if weights is not None:
+        correct = correct * weights
+    return losses, F.np.sum(correct)

@@ -1,0 +1,108 @@
+"""The end-to-end pretraining recipe behind ``bertpretrain pretrain`` and ``examples/pretrain_wikitext2.py``.
+
+Reproduces d2l's BERT chapter as one job: get WikiText-2, build the pretraining data, build d2l's
+small BERT, pretrain, evaluate on the validation split, save the model and vocabulary, draw the loss
+curves, and print BERT encodings of a sentence and of a sentence pair.
+"""
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+from . import distributed
+from .data import DownloadError, download_extract, load_data_wiki
+from .encoding import get_bert_encoding
+from .model import BERTModel, save_pretrained
+from .train import parse_devices, train_bert
+from .train.plot import plot_history
+
+logger = logging.getLogger(__name__)
+
+SAMPLE = "wikitext-2-sample"
+
+
+@dataclass
+class PretrainOptions:
+    """Options of the recipe; the defaults are d2l's published run (batch 512, max_len 64, 50 steps, lr 0.01)."""
+    dataset: str = "wikitext-2"
+    data_dir: str = None
+    num_steps: int = 50
+    batch_size: int = 512
+    max_len: int = 64
+    lr: float = 0.01
+    devices: str = None
+    output_dir: str = os.path.join("runs", "wikitext-2")
+    resume: bool = False
+    fallback: bool = True
+    seed: int = 0
+    checkpoint_interval: int = None
+    progress: bool = None
+    kvstore: str = "device"
+
+
+def _data_folder(options):
+    """The folder of the split files: ``data_dir``, a download, or, offline, the bundled sample (loudly)."""
+    if options.data_dir:
+        return options.data_dir, options.dataset
+    try:
+        return download_extract(options.dataset), options.dataset
+    except DownloadError as error:
+        if not options.fallback or options.dataset == SAMPLE:
+            raise
+        banner = "!" * 78
+        print(f"\n{banner}\n!! Could not download {options.dataset!r}:\n{error}\n!! FALLING BACK to the small "
+              f"bundled sample {SAMPLE!r} (about 59K words): results will NOT match a WikiText-2 run.\n!! "
+              f"Pass --no-fallback to fail instead, or --data-dir to use files you downloaded.\n{banner}\n",
+              file=sys.stderr, flush=True)
+        return download_extract(SAMPLE), SAMPLE
+
+
+def print_encodings(net, vocab, device):
+    """Encode a sentence and a sentence pair as d2l's chapter does, and print a few numbers of each."""
+    tokens_a = ["a", "crane", "is", "flying"]
+    encoded = get_bert_encoding(net, tokens_a, vocab=vocab, device=device)
+    print(f"encoding of {' '.join(tokens_a)!r}: shape {encoded.shape}; [CLS] {encoded[0, 0, :3]}, "
+          f"'crane' {encoded[0, 2, :3]}")
+    tokens_a, tokens_b = ["a", "crane", "driver", "came"], ["he", "just", "left"]
+    encoded = get_bert_encoding(net, tokens_a, tokens_b, vocab=vocab, device=device)
+    print(f"encoding of the pair {' '.join(tokens_a)!r} / {' '.join(tokens_b)!r}: shape {encoded.shape}; "
+          f"[CLS] {encoded[0, 0, :3]}, 'crane' {encoded[0, 2, :3]}")
+
+
+def run_pretraining(options):
+    """Run the whole recipe; return a summary dict (dataset used, final losses, evaluation, paths).
+
+    Under the launcher with ``kvstore='dist_sync'`` every worker trains; rank 0 alone writes files.
+    """
+    devices = parse_devices(options.devices) if options.devices else None  # None: train_bert's default
+    kvstore = (distributed.create_kvstore(options.kvstore) if distributed.is_distributed(options.kvstore)
+               else options.kvstore)
+    folder, dataset = _data_folder(options)
+    train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed)
+    eval_iter, _ = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, split="valid", vocab=vocab,
+                                  seed=options.seed, shuffle=False)
+    net = BERTModel(len(vocab), max_len=options.max_len)
+    history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr, eval_iter=eval_iter,
+                         checkpoint_dir=os.path.join(options.output_dir, "checkpoints"),
+                         checkpoint_interval=options.checkpoint_interval, resume=options.resume,
+                         progress=options.progress, seed=options.seed, vocab=vocab, kvstore=kvstore)
+    if history.rank != 0:
+        return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
+    model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"))
+    vocab.save(os.path.join(model_dir, "vocab.json"))
+    summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
+               "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
+               "options": asdict(options)}
+    if history["step"]:
+        summary.update(mlm_loss=history["mlm_loss"][-1], nsp_loss=history["nsp_loss"][-1])
+    if history["eval"]:
+        summary["eval"] = history["eval"][-1]
+    try:
+        summary["loss_curves"] = plot_history(history, os.path.join(options.output_dir, "loss_curves.png"))
+    except ImportError as error:
+        logger.warning("%s; skipping the loss-curve plot", error)
+    with open(os.path.join(options.output_dir, "history.json"), "w") as f:
+        json.dump({"history": history, "summary": summary}, f, indent=1)
+    print_encodings(net, vocab, net.collect_params().list_ctx()[0])
+    return summary

@@ -1,0 +1,82 @@
+"""The example script and the ``bertpretrain pretrain`` command, end to end on the bundled sample."""
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bertpretrain import cli
+from bertpretrain.data import DATA_HUB, DatasetEntry
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--num-steps", "3", "--batch-size", "32", "--max-len", "32", "--no-progress"]
+
+
+def _check_outputs(folder, steps):
+    model = folder / "model"
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.params", "vocab.json"]
+    assert (folder / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((folder / "history.json").read_text())
+    assert saved["history"]["step"] == list(range(1, steps + 1))
+    assert saved["summary"]["eval"]["num_examples"] > 0
+    assert (folder / "checkpoints" / "latest").read_text().strip() == f"step-{steps:08d}"
+
+
+def test_example_script_runs_end_to_end_on_the_sample(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "pretrain_wikitext2.py"), "--dataset",
+                           "wikitext-2-sample", "--output-dir", str(tmp_path), *QUICK],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _check_outputs(tmp_path, 3)
+    assert "encoding of 'a crane is flying'" in done.stdout
+    assert "encoding of the pair" in done.stdout
+
+
+@pytest.fixture
+def offline_wikitext2(monkeypatch):
+    """Make the wikitext-2 mirrors a closed loopback port, as on a machine without network."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = DATA_HUB["wikitext-2"]
+    monkeypatch.setitem(DATA_HUB, "wikitext-2", DatasetEntry(urls=[f"http://127.0.0.1:{port}/wikitext-2-v1.zip"],
+                                                             sha1=entry.sha1, files=entry.files))
+
+
+def test_command_falls_back_to_the_sample_loudly_and_resumes(offline_wikitext2, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    assert cli.main(["pretrain", "--output-dir", str(tmp_path / "run"), *QUICK]) == 0
+    err = capsys.readouterr().err
+    assert "Could not download 'wikitext-2'" in err and "FALLING BACK" in err and "--no-fallback" in err
+    _check_outputs(tmp_path / "run", 3)
+
+    more = [a if a != "3" else "5" for a in QUICK]
+    assert cli.main(["pretrain", "--output-dir", str(tmp_path / "run"), "--resume", *more]) == 0
+    _check_outputs(tmp_path / "run", 5)
+
+
+def test_no_fallback_fails_with_the_download_error(offline_wikitext2, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    assert cli.main(["pretrain", "--no-fallback", "--output-dir", str(tmp_path), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert "could not download dataset 'wikitext-2'" in err and "FALLING BACK" not in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_usage_and_bad_devices(capsys):
+    assert cli.main([]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["pretrain", "--devices", "tpu:0", "--dataset", "wikitext-2-sample", *QUICK])
+    assert exit_.value.code == 2
+    assert "cannot read device 'tpu:0'" in capsys.readouterr().err
+
+
+def test_console_script_help_lists_the_options():
+    done = subprocess.run([sys.executable, "-m", "bertpretrain.cli", "pretrain", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0
+    for option in ("--dataset", "--data-dir", "--num-steps", "--batch-size", "--max-len", "--lr", "--devices",
+                   "--output-dir", "--resume", "--no-fallback", "--kvstore"):
+        assert option in done.stdout

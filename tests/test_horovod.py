@@ -1,0 +1,36 @@
+"""The optional Horovod backend (skipped unless Horovod is installed with MXNet support)."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bertpretrain import distributed
+from bertpretrain.data import load_data_wiki
+from bertpretrain.model import BERTModel
+from bertpretrain.train import train_bert
+
+TINY = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, max_len=32, dropout=0.0)
+
+
+def test_missing_horovod_says_how_to_build_it(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_horovod(name, *args, **kwargs):
+        if name.startswith("horovod"):
+            raise ImportError("No module named 'horovod'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_horovod)
+    with pytest.raises(ImportError, match="HOROVOD_WITH_MXNET=1 pip install --no-build-isolation horovod"):
+        distributed.import_horovod()
+
+
+def test_one_process_horovod_trains_like_plain_training():
+    pytest.importorskip("horovod.mxnet", reason="Horovod with MXNet support is not installed")
+    params = []
+    for kvstore in ("device", "horovod"):
+        train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
+        net = BERTModel(len(vocab), **TINY)
+        train_bert(train_iter, net, [mx.cpu()], 3, seed=1, progress=False, kvstore=kvstore, optimizer="sgd", lr=2.0)
+        params.append([p.data().asnumpy() for p in net.collect_params().values()])
+    for a, b in zip(*params):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
