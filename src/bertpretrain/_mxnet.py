@@ -25,11 +25,18 @@ except ImportError as error:
         raise ImportError(_INSTALL_HINT) from error
     raise
 
-# bertpretrain's blocks use MXNet's numpy interface. set_np() announces itself with two INFO lines
-# on the root logger; keep them out of the users' logs.
+# bertpretrain's blocks use MXNet's numpy interface. set_np() announces itself through the root
+# logger's module-level functions, which would also install a root handler (logging.basicConfig) as
+# a side effect, so that the user's own basicConfig later does nothing. A temporary NullHandler
+# keeps both the announcement and the side effect out.
+_quiet = logging.NullHandler()
+_root_had_handlers = bool(logging.root.handlers)
+if not _root_had_handlers:
+    logging.root.addHandler(_quiet)
 _disabled = logging.root.manager.disable
 logging.disable(logging.INFO)
 try:
     mxnet.npx.set_np()
 finally:
     logging.disable(_disabled)
+    logging.root.removeHandler(_quiet)

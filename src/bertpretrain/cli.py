@@ -20,6 +20,10 @@ def add_pretrain_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--max-len", type=int, default=defaults.max_len)
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps,
+                        help="steps of linear learning-rate warm-up")
+    parser.add_argument("--lr-decay", choices=("none", "linear"), default=defaults.lr_decay,
+                        help="after warm-up: constant (d2l) or linear decay to zero (BERT)")
     parser.add_argument("--devices", help="e.g. cpu, gpu, cpu:0,cpu:1 or gpu:0,gpu:1 (default: all GPUs, else cpu)")
     parser.add_argument("--output-dir", default=defaults.output_dir,
                         help="where the model, checkpoints, loss curves and history go")

@@ -31,6 +31,8 @@ class PretrainOptions:
     batch_size: int = 512
     max_len: int = 64
     lr: float = 0.01
+    warmup_steps: int = 0
+    lr_decay: str = "none"
     devices: str = None
     output_dir: str = os.path.join("runs", "wikitext-2")
     resume: bool = False
@@ -83,7 +85,8 @@ def run_pretraining(options):
     eval_iter, _ = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, split="valid", vocab=vocab,
                                   seed=options.seed, shuffle=False)
     net = BERTModel(len(vocab), max_len=options.max_len)
-    history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr, eval_iter=eval_iter,
+    history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr,
+                         warmup_steps=options.warmup_steps, lr_decay=options.lr_decay, eval_iter=eval_iter,
                          checkpoint_dir=os.path.join(options.output_dir, "checkpoints"),
                          checkpoint_interval=options.checkpoint_interval, resume=options.resume,
                          progress=options.progress, seed=options.seed, vocab=vocab, kvstore=kvstore)
