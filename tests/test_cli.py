@@ -80,3 +80,13 @@ def test_console_script_help_lists_the_options():
     for option in ("--dataset", "--data-dir", "--num-steps", "--batch-size", "--max-len", "--lr", "--devices",
                    "--output-dir", "--resume", "--no-fallback", "--kvstore"):
         assert option in done.stdout
+
+
+def test_data_dir_without_a_validation_split_trains_without_evaluation(tmp_path, wikitext2_splits, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wiki.train.tokens").write_bytes((wikitext2_splits / "wiki.test.tokens").read_bytes())
+    assert cli.main(["pretrain", "--data-dir", str(data), "--output-dir", str(tmp_path / "run"), *QUICK]) == 0
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert saved["history"]["step"] == [1, 2, 3] and "eval" not in saved["summary"]
+    assert "no wiki.valid.tokens" in caplog.text

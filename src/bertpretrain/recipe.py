@@ -82,8 +82,12 @@ def run_pretraining(options):
                else options.kvstore)
     folder, dataset = _data_folder(options)
     train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed)
-    eval_iter, _ = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, split="valid", vocab=vocab,
-                                  seed=options.seed, shuffle=False)
+    eval_iter = None
+    if os.path.isfile(os.path.join(folder, "wiki.valid.tokens")):
+        eval_iter, _ = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, split="valid",
+                                      vocab=vocab, seed=options.seed, shuffle=False)
+    else:
+        logger.warning("%s has no wiki.valid.tokens: training without held-out evaluation", folder)
     net = BERTModel(len(vocab), max_len=options.max_len)
     history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr,
                          warmup_steps=options.warmup_steps, lr_decay=options.lr_decay, eval_iter=eval_iter,
