@@ -1,11 +1,17 @@
 """Benchmark one BERT pretraining step (forward + backward + Adam) at d2l's configuration.
 
-Prints, for 1 and 2 OpenMP threads (each measured in a fresh process, since MXNet reads
-OMP_NUM_THREADS at import): sequences/s, the model's floating point operations per step, two
-ceilings measured in the same process -- the float32 GEMM rate of a large FullyConnected, and the
-time the model's own GEMM shapes take (forward and backward) at oneDNN's rates -- and the model
-FLOP utilisation against each. It also prints the MLM and NSP losses at the start and the end of
-the timed steps: a speed figure is meaningless unless the loss falls (the model actually trains).
+Compares the model's two paths in the same process: with the fused CPU kernels
+(bertpretrain.kernels) and with MXNet's builtin operators only (a second model with the same
+initial parameters, traced under ``kernels.builtin_only()``); their steps are interleaved so that
+other load on the machine hits both alike. Prints, for 1 and 2 OpenMP threads (each measured in a
+fresh process, since MXNet reads OMP_NUM_THREADS at import): sequences/s of each path and the
+speed-up, the model's floating point operations per step, two ceilings measured in the same
+process -- the float32 GEMM rate of a large FullyConnected, and the time the model's own GEMM
+shapes take (forward and backward) at oneDNN's rates -- and the model FLOP utilisation against
+each; then a per-operator profile of a few steps of each path (MXNet's profiler, aggregate
+statistics, top operators by total time). It also prints the MLM and NSP losses at the start and
+the end of the timed steps for both paths: a speed figure is meaningless unless the loss falls
+(the model actually trains).
 The batches are synthetic, in bertpretrain.data's layout, with Zipf-distributed words so that the
 masked LM has something to learn; the vocabulary size is that of the real WikiText-2 splits.
 
@@ -14,6 +20,7 @@ Usage (one benchmark at a time on a shared machine):
 """
 import argparse
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -156,86 +163,165 @@ def gemm_shape_seconds(kind, shape):
     return _median_seconds(step, 5)
 
 
+def _profile(model_step, steps):
+    """Aggregate per-operator times (ms per step) of ``steps`` calls of ``model_step``."""
+    import mxnet as mx
+    from mxnet import npx
+    mx.profiler.set_config(profile_symbolic=True, profile_imperative=True, profile_memory=False,
+                           profile_api=False, aggregate_stats=True,
+                           filename=os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                 f"bench_model_profile_{os.getpid()}.json"))
+    npx.waitall()
+    mx.profiler.set_state("run")
+    for _ in range(steps):
+        model_step()
+    npx.waitall()
+    mx.profiler.set_state("stop")
+    stats = json.loads(mx.profiler.dumps(reset=True, format="json"))
+    operators = stats.get("Time", {}).get("operator", {})
+    rows = [(name, values["Total"] / steps, values["Count"] / steps)
+            for name, values in operators.items()]
+    return sorted(rows, key=lambda row: -row[1])
+
+
 def measure(args):
     """Run in a process whose OMP_NUM_THREADS is already set; returns a dict of results."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
     import numpy as onp
     import mxnet as mx
     from mxnet import autograd, gluon, init, np, npx
+    from bertpretrain import kernels
     from bertpretrain.model import BERTForPretraining, BERTModel
 
     vocab_size = args.vocab_size or wikitext_vocab_size()
     num_preds = round(0.15 * args.max_len)
+    paths = ["kernels", "builtin"] if kernels.available() else ["builtin"]
     mx.random.seed(0)
-    net = BERTModel(vocab_size, num_hiddens=args.num_hiddens, ffn_num_hiddens=args.ffn_num_hiddens,
-                    num_heads=args.num_heads, num_layers=args.num_layers, dropout=0.2,
-                    max_len=args.max_len, check_token_ids=not args.no_check_token_ids)
-    net.initialize(init.Xavier())
-    model = BERTForPretraining(net, count_correct=args.count_correct)
-    model.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": args.lr})
+    nets = []
+    for _ in paths:
+        net = BERTModel(vocab_size, num_hiddens=args.num_hiddens,
+                        ffn_num_hiddens=args.ffn_num_hiddens, num_heads=args.num_heads,
+                        num_layers=args.num_layers, dropout=0.2, max_len=args.max_len,
+                        check_token_ids=not args.no_check_token_ids)
+        net.initialize(init.Xavier())
+        if nets:  # the same initial parameters on both paths
+            for mine, first in zip(net.collect_params().values(), nets[0].collect_params().values()):
+                mine.set_data(first.data())
+        nets.append(net)
+    models = {path: BERTForPretraining(net, count_correct=args.count_correct)
+              for path, net in zip(paths, nets)}
+    trainers = {}
+    for path, model in models.items():
+        model.hybridize(static_alloc=True, static_shape=True)
+        trainers[path] = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": args.lr})
     batches = [tuple(np.array(a) for a in batch) for batch in
                synthetic_batches(4, args.batch_size, args.max_len, vocab_size)]
 
-    losses, times = [], []
-    for step in range(args.warmup + args.steps):
-        tokens, segments, valid_lens, positions, weights, labels, nsp_labels = batches[step % 4]
+    def train_step(path, batch):
+        tokens, segments, valid_lens, positions, weights, labels, nsp_labels = batch
         num_real_preds = float(weights.sum())  # known before the step (global count)
-        npx.waitall()
-        start = time.perf_counter()
         with autograd.record():
-            mlm_sum, _, nsp_sum, *_ = model(tokens, segments, valid_lens, positions, weights,
-                                            labels, nsp_labels)
+            mlm_sum, _, nsp_sum, *_ = models[path](tokens, segments, valid_lens, positions,
+                                                   weights, labels, nsp_labels)
             loss = mlm_sum / num_real_preds + nsp_sum / args.batch_size
         loss.backward()
-        trainer.step(1)
-        npx.waitall()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-        losses.append((mlm_sum.item() / num_real_preds, nsp_sum.item() / args.batch_size))
-    step_seconds = sorted(times)[len(times) // 2]
+        trainers[path].step(1)
+        return mlm_sum, nsp_sum, num_real_preds
+
+    with kernels.builtin_only():  # trace the builtin model's graph without the kernels
+        train_step("builtin", batches[0])
+    if "kernels" in models:
+        train_step("kernels", batches[0])
+
+    losses = {path: [] for path in paths}
+    times = {path: [] for path in paths}
+    for step in range(args.warmup + args.steps):
+        for path in (paths if step % 2 == 0 else paths[::-1]):  # interleaved, alternating order
+            npx.waitall()
+            start = time.perf_counter()
+            mlm_sum, nsp_sum, num_real_preds = train_step(path, batches[step % 4])
+            npx.waitall()
+            if step >= args.warmup:
+                times[path].append(time.perf_counter() - start)
+            losses[path].append((mlm_sum.item() / num_real_preds, nsp_sum.item() / args.batch_size))
+    step_seconds = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
+
+    # Profile: each graph traced again without bulk execution, so that the profiler sees every
+    # operator (bulked segments are reported as one entry); the timings above are with bulking.
+    profiles, profile_totals = {}, {}
+    for path in paths if args.profile_steps > 0 else []:
+        models[path].hybridize(static_alloc=True, static_shape=True, forward_bulk_size=1,
+                               backward_bulk_size=1)
+        with kernels.builtin_only() if path == "builtin" else contextlib.nullcontext():
+            train_step(path, batches[0])
+        train_step(path, batches[1])
+        profile_batches = iter(range(args.profile_steps))
+        rows = _profile(lambda: train_step(path, batches[next(profile_batches) % 4]),
+                        args.profile_steps)
+        profiles[path] = rows[:args.profile_top]
+        profile_totals[path] = sum(ms for _, ms, _ in rows)
 
     gemms = model_gemms(args.batch_size, args.max_len, num_preds, vocab_size, args.num_hiddens,
                         args.ffn_num_hiddens, args.num_heads, args.num_layers)
     step_flops = 3 * sum(gemm_flops(kind, shape) * count for _, kind, shape, count in gemms)
     gemm_seconds = {name: gemm_shape_seconds(kind, shape) * count for name, kind, shape, count in gemms}
     peak = peak_gemm_rate()
+    per_path = {}
+    for path in paths:
+        seconds = step_seconds[path]
+        per_path[path] = {
+            "step_ms": 1e3 * seconds,
+            "sequences_per_s": args.batch_size / seconds,
+            "achieved_gflops": step_flops / seconds / 1e9,
+            "mfu_vs_peak": step_flops / seconds / peak,
+            "mfu_vs_gemm_shapes": sum(gemm_seconds.values()) / seconds,
+            "first_losses": onp.mean(losses[path][:3], axis=0).round(3).tolist(),
+            "last_losses": onp.mean(losses[path][-3:], axis=0).round(3).tolist(),
+            "profile": [(name, round(ms, 2), round(count, 1)) for name, ms, count in
+                        profiles.get(path, [])],
+            "profile_total_ms": profile_totals.get(path, 0.0),
+        }
     return {
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
         "count_correct": args.count_correct,
         "vocab_size": vocab_size,
-        "step_ms": 1e3 * step_seconds,
-        "sequences_per_s": args.batch_size / step_seconds,
+        "kernels": kernels.load().reason,
+        "paths": per_path,
         "step_gflop": step_flops / 1e9,
-        "achieved_gflops": step_flops / step_seconds / 1e9,
         "peak_gemm_gflops": peak / 1e9,
         "gemm_shapes_ms": 1e3 * sum(gemm_seconds.values()),
         "gemm_bound_sequences_per_s": args.batch_size / sum(gemm_seconds.values()),
         "gemm_shapes_breakdown_ms": {k: round(1e3 * v, 1) for k, v in gemm_seconds.items()},
-        "mfu_vs_peak": step_flops / step_seconds / peak,
-        "mfu_vs_gemm_shapes": sum(gemm_seconds.values()) / step_seconds,
-        "first_losses": onp.mean(losses[:3], axis=0).round(3).tolist(),
-        "last_losses": onp.mean(losses[-3:], axis=0).round(3).tolist(),
     }
 
 
 def report(result):
     counts = "with" if result["count_correct"] else "without"
+    paths = result["paths"]
     print(f"--- OMP_NUM_THREADS={result['threads']} (vocab {result['vocab_size']}, loss in the graph, "
-          f"{counts} accuracy counts)")
-    print(f"  step {result['step_ms']:.0f} ms = {result['sequences_per_s']:.0f} sequences/s; "
-          f"{result['step_gflop']:.1f} GFLOP per step (forward+backward), "
-          f"{result['achieved_gflops']:.1f} GFLOP/s achieved")
-    print(f"  ceiling 1, large float32 FullyConnected: {result['peak_gemm_gflops']:.1f} GFLOP/s -> "
-          f"model FLOP utilisation {100 * result['mfu_vs_peak']:.1f}%")
-    print(f"  ceiling 2, the model's GEMM shapes alone (fwd+bwd): {result['gemm_shapes_ms']:.0f} ms "
-          f"per step (<= {result['gemm_bound_sequences_per_s']:.0f} sequences/s) -> utilisation "
-          f"{100 * result['mfu_vs_gemm_shapes']:.1f}%")
+          f"{counts} accuracy counts; kernels: {result['kernels']})")
+    print(f"  {result['step_gflop']:.1f} GFLOP per step (forward+backward); ceiling 1, large "
+          f"float32 FullyConnected: {result['peak_gemm_gflops']:.1f} GFLOP/s; ceiling 2, the "
+          f"model's GEMM shapes alone (fwd+bwd): {result['gemm_shapes_ms']:.0f} ms per step "
+          f"(<= {result['gemm_bound_sequences_per_s']:.0f} sequences/s)")
     print(f"    {result['gemm_shapes_breakdown_ms']}")
-    falls = result["last_losses"][0] < result["first_losses"][0] - 1.0
-    print(f"  (MLM, NSP) loss over the first 3 steps {result['first_losses']} -> "
-          f"last 3 steps {result['last_losses']}: the MLM loss "
-          f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
+    for path, r in paths.items():
+        falls = r["last_losses"][0] < r["first_losses"][0] - 1.0
+        print(f"  {path:>8}: step {r['step_ms']:.0f} ms = {r['sequences_per_s']:.0f} sequences/s, "
+              f"{r['achieved_gflops']:.1f} GFLOP/s, utilisation {100 * r['mfu_vs_peak']:.1f}% of "
+              f"ceiling 1, {100 * r['mfu_vs_gemm_shapes']:.1f}% of ceiling 2")
+        print(f"            (MLM, NSP) loss, first 3 steps {r['first_losses']} -> last 3 "
+              f"{r['last_losses']}: the MLM loss "
+              f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
+    if "kernels" in paths:
+        print(f"  speed-up of the kernels: x{paths['builtin']['step_ms'] / paths['kernels']['step_ms']:.2f}")
+    for path, r in paths.items():
+        if not r["profile"]:
+            continue
+        print(f"  top operators, {path} path (profiler, no bulk execution; ms and calls per step; "
+              f"all operators {r['profile_total_ms']:.0f} ms per step):")
+        for name, ms, count in r["profile"]:
+            print(f"    {ms:8.2f} ms  {count:5.1f}x  {name}")
 
 
 def main():
@@ -252,6 +338,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-check-token-ids", action="store_true")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="steps of each path run under the profiler (0: no profile)")
+    parser.add_argument("--profile-top", type=int, default=12, help="operators listed per path")
     parser.add_argument("--count-correct", action="store_true",
                         help="also count correct MLM/NSP predictions (the arg-max costs ~3%%)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

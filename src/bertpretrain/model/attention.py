@@ -9,7 +9,7 @@ from . import ops
 class MultiHeadSelfAttention(HybridBlock):
     """Scaled dot-product self-attention over ``num_heads`` heads, then an output projection.
 
-    Input ``x`` (B, T, H) and the batch's ``mask`` (B, T, T) from :func:`ops.attention_mask`;
+    Input ``x`` (B, T, H) and the batch's ``mask`` from :func:`ops.attention_mask`;
     output (B, T, H). The query, key, value and output projections are the usual (H, H) weights
     with (H,) biases; head ``h`` uses rows ``h*d:(h+1)*d`` of the first three (d = H / heads) and
     the same columns of the output weight.

@@ -5,6 +5,7 @@ import tempfile
 
 import mxnet as mx
 
+from .. import kernels
 from .bert import BERTModel
 from .config import BERTConfig
 
@@ -49,16 +50,28 @@ def load_pretrained(folder, device=None, **model_kwargs):
     return net
 
 
-def export(net, path_prefix, *example_inputs):
+def export(net, path_prefix, *example_inputs, builtin_ops=False):
     """Hybridize ``net``, run it once on ``example_inputs`` and export the graph and parameters.
 
     Writes ``<path_prefix>-symbol.json`` and ``<path_prefix>-0000.params`` and returns their paths.
     Load them with ``SymbolBlock.imports(symbol_file, ["data0", "data1", ...], params_file)``,
     one input name per example input, in order.
+
+    Where the fused CPU kernels are enabled (see :mod:`bertpretrain.kernels`) the graph holds
+    their operators (``bp_*``): a process must call ``bertpretrain.kernels.load()`` before
+    importing it, and it runs on CPUs only. ``builtin_ops=True`` exports a graph of MXNet's builtin
+    operators instead, loadable anywhere MXNet is (the same function, a slower CPU graph). Either
+    way ``net`` is left hybridized, to be traced again (with the kernels if enabled) on its next call.
     """
     net.hybridize(static_alloc=True, static_shape=True)
-    net(*example_inputs)
+    if builtin_ops:
+        with kernels.builtin_only():
+            net(*example_inputs)
+    else:
+        net(*example_inputs)
     net.export(path_prefix, epoch=0)
+    if builtin_ops:
+        net.hybridize(static_alloc=True, static_shape=True)  # drop the builtin-only graph
     return f"{path_prefix}-symbol.json", f"{path_prefix}-0000.params"
 
 

@@ -28,7 +28,8 @@ class BERTForPretraining(HybridBlock):
     forward pass; backward that scalar. Outputs 1, 3 and 4 carry no gradient.
 
     Computing the losses inside the hybridized graph was measured ~9% faster per step than
-    computing them outside. The MLM arg-max over the vocabulary costs ~3% of a d2l step: a
+    computing them outside. On MXNet's builtin operators the MLM arg-max over the vocabulary
+    costs ~3% of a d2l step (with the fused CPU kernels the counts are free): a
     trainer can use ``count_correct=False`` for training steps and a second wrapper of the same
     ``bert`` with counts for evaluation. The wrapped model stays available as ``net.bert``.
     """

@@ -1,0 +1,216 @@
+"""The model routed through the fused CPU kernels: same training as the builtin path, seeded
+dropout, gradient accumulation, export/import, and tests/test_model.py with the kernels off.
+
+Each comparison builds two models with identical parameters in one process, one of them traced
+under ``kernels.builtin_only()``, and checks that the graphs really differ (``bp_*`` operators in
+one, none in the other). Skipped, with the reason, where the kernels cannot be built.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as onp
+import pytest
+
+import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
+import mxnet as mx
+from mxnet import autograd, gluon, init, np
+
+from bertpretrain import kernels
+from bertpretrain.model import BERTForPretraining, BERTModel
+from bertpretrain.model import export as export_model
+
+from test_model import BERT_STYLE, TINY, VOCAB, make_batch
+
+TESTS = pathlib.Path(__file__).resolve().parent
+FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_masked_softmax", "bp_softmax_ce"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loaded():
+    status = kernels.load()
+    if not status.available:
+        pytest.skip(f"fused kernels unavailable here: {status.reason}")
+    return status
+
+
+def make_nets(options, dropout=0.0, copies=2):
+    """``copies`` BERTModels with the same initial parameters (copied from the first)."""
+    nets = []
+    for index in range(copies):
+        mx.random.seed(index)
+        net = BERTModel(VOCAB, **dict(TINY, dropout=dropout, **options))
+        net.initialize(init.Xavier())
+        if nets:
+            for mine, reference in zip(net.collect_params().values(),
+                                       nets[0].collect_params().values()):
+                mine.set_data(reference.data())
+        nets.append(net)
+    return nets
+
+
+def graph_ops(block):
+    """The operator names of a hybridized block's traced graph."""
+    return {node["op"] for node in json.loads(block._cached_graph[1].tojson())["nodes"]}
+
+
+def first_call(model, batch, builtin):
+    """Trace ``model`` on ``batch`` with the kernels, or with builtin operators only."""
+    if builtin:
+        with kernels.builtin_only():
+            return model(*batch)
+    return model(*batch)
+
+
+def train(model, batches, steps, builtin=False, seed=None, lr=0.01):
+    """Adam steps as train_step does them; per step the five sums as float64 numpy."""
+    model.hybridize(static_alloc=True, static_shape=True)
+    first_call(model, batches[0], builtin)  # trace (inference mode: draws no random numbers)
+    trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": lr})
+    if seed is not None:
+        mx.random.seed(seed)
+    history = []
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        num_preds, num_examples = float(batch[4].sum()), batch[0].shape[0]
+        with autograd.record():
+            sums = model(*batch)
+            loss = sums[0] / num_preds + sums[2] / num_examples
+        loss.backward()
+        trainer.step(1)
+        history.append(onp.array([s.item() for s in sums], dtype="float64"))
+    return onp.stack(history)
+
+
+BATCHES = [make_batch(seed=seed) for seed in range(3)]
+
+
+@pytest.mark.parametrize("options", [{}, BERT_STYLE])
+def test_kernels_and_builtin_give_the_same_outputs_and_gradients(options):
+    models = [BERTForPretraining(net) for net in make_nets(options)]
+    results = []
+    for model, builtin in zip(models, (False, True)):
+        model.hybridize(static_alloc=True, static_shape=True)
+        first_call(model, BATCHES[0], builtin)
+        with autograd.record():
+            sums = model(*BATCHES[0])
+            (sums[0] / 10 + sums[2] / 4).backward()
+        results.append(([s.item() for s in sums],
+                        [p.grad().asnumpy().copy() for p in model.collect_params().values()]))
+    assert FUSED_OPS <= graph_ops(models[0]), "the kernels path does not use the kernels"
+    assert not any(op.startswith("bp_") for op in graph_ops(models[1]))
+    (fused_sums, fused_grads), (builtin_sums, builtin_grads) = results
+    onp.testing.assert_allclose(fused_sums, builtin_sums, rtol=1e-5)
+    names = list(models[0].collect_params().keys())
+    for name, got, want in zip(names, fused_grads, builtin_grads):
+        onp.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("options", [{}, BERT_STYLE])
+def test_kernels_and_builtin_train_to_the_same_losses(options):
+    histories = [train(BERTForPretraining(net), BATCHES, steps=8, builtin=builtin)
+                 for net, builtin in zip(make_nets(options), (False, True))]
+    fused, builtin = histories
+    onp.testing.assert_allclose(fused[:, :3], builtin[:, :3], rtol=2e-4)  # losses, pred count
+    onp.testing.assert_allclose(fused[:, 3:], builtin[:, 3:], atol=1.0)  # counts: rare arg-max ties
+    assert fused[-3:, 0].mean() < 0.9 * fused[:3, 0].mean(), "the MLM loss does not fall"
+
+
+def test_seeded_dropout_training_is_reproducible_with_the_kernels():
+    nets = make_nets(BERT_STYLE, dropout=0.3, copies=3)
+    runs = [train(BERTForPretraining(net), BATCHES, steps=4, seed=seed)
+            for net, seed in zip(nets, (7, 7, 8))]
+    onp.testing.assert_array_equal(runs[0], runs[1])
+    assert not onp.allclose(runs[0][:, 0], runs[2][:, 0], rtol=1e-4)
+    # dropout is on in training and off in inference
+    model = BERTForPretraining(nets[0])
+    assert model(*BATCHES[0])[0].item() == model(*BATCHES[0])[0].item()
+    with autograd.record():
+        trained_twice = [model(*BATCHES[0])[0].item() for _ in range(2)]
+    assert trained_twice[0] != trained_twice[1]
+
+
+def test_gradient_accumulation_with_grad_req_add():
+    """LayerNorm parameters feed the kernels; 'add' must accumulate, not overwrite."""
+    net, = make_nets(BERT_STYLE, copies=1)
+    model = BERTForPretraining(net)
+    model.hybridize(static_alloc=True, static_shape=True)
+    model(*BATCHES[0])
+    assert FUSED_OPS <= graph_ops(model)
+
+    def backward():
+        with autograd.record():
+            sums = model(*BATCHES[0])
+            (sums[0] + sums[2]).backward()
+
+    params = model.collect_params()
+    backward()
+    once = {name: p.grad().asnumpy().copy() for name, p in params.items()}
+    for p in params.values():
+        p.grad_req = "add"
+        p.grad()[:] = 0  # (Parameter.zero_grad fails on numpy arrays in MXNet 1.9.1)
+    backward()
+    backward()
+    for name, p in params.items():
+        onp.testing.assert_allclose(p.grad().asnumpy(), 2 * once[name], rtol=1e-4, atol=1e-6,
+                                    err_msg=name)
+
+
+IMPORT_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as onp
+    import bertpretrain
+    from bertpretrain import kernels
+    import mxnet as mx
+    from mxnet import gluon, np
+    prefix, load_kernels = sys.argv[1], sys.argv[2] == "1"
+    if load_kernels:
+        assert kernels.load().available
+    inputs = [np.array(a) for a in onp.load(prefix + "-inputs.npz").values()]
+    block = gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data0", "data1", "data2", "data3"],
+                                      prefix + "-0000.params")
+    onp.savez(prefix + "-outputs.npz", *[out.asnumpy() for out in block(*inputs)])
+""")
+
+
+@pytest.mark.filterwarnings("ignore:Cannot decide type")  # SymbolBlock.imports on untyped inputs
+@pytest.mark.parametrize("builtin_ops", [False, True])
+def test_export_imports_in_this_and_a_fresh_process(tmp_path, builtin_ops):
+    net, = make_nets(BERT_STYLE, copies=1)
+    batch = make_batch()[:4]
+    expected = [out.asnumpy() for out in net(*batch)]
+    prefix = str(tmp_path / "bert")
+    symbol_file, params_file = export_model(net, prefix, *batch, builtin_ops=builtin_ops)
+    with open(symbol_file) as file:
+        exported_ops = {node["op"] for node in json.load(file)["nodes"]}
+    assert bool(FUSED_OPS & exported_ops) != builtin_ops
+    net(*batch)
+    assert FUSED_OPS - {"bp_softmax_ce"} <= graph_ops(net), "not traced with the kernels again"
+
+    imported = gluon.SymbolBlock.imports(symbol_file, ["data0", "data1", "data2", "data3"], params_file)
+    for got, want in zip(imported(*batch), expected):
+        onp.testing.assert_allclose(got.asnumpy(), want, rtol=1e-5, atol=1e-5)
+
+    # A fresh process: the kernels' graph needs kernels.load() first; the builtin one needs nothing.
+    onp.savez(prefix + "-inputs.npz", *[a.asnumpy() for a in batch])
+    script = tmp_path / "import_graph.py"
+    script.write_text(IMPORT_SCRIPT)
+    env = dict(os.environ, BERTPRETRAIN_KERNELS="0" if builtin_ops else "")
+    done = subprocess.run([sys.executable, str(script), prefix, "0" if builtin_ops else "1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs = onp.load(prefix + "-outputs.npz")
+    for got, want in zip(outputs.values(), expected):
+        onp.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_model_tests_pass_with_the_kernels_turned_off():
+    env = dict(os.environ, BERTPRETRAIN_KERNELS="0", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(TESTS / "test_model.py")], cwd=str(TESTS.parent), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout
