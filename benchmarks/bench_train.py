@@ -88,9 +88,10 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         make_data(folder)
-        bare, loop, losses = measure_speed(args, folder)
+        # First, while this process is small: a child's peak RSS counts the pages it inherits at fork.
         rss = json.loads(subprocess.run([sys.executable, "-c", RSS_CHILD, folder, str(args.steps)], check=True,
                                         capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        bare, loop, losses = measure_speed(args, folder)
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (MXNet: 1)')}, batch 512, max_len 64")
     print(f"bare hybridized step: {bare:.0f} seq/s")
     print(f"train_bert:           {loop:.0f} seq/s ({100 * (loop / bare - 1):+.1f}% vs the bare step)")
