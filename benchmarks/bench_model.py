@@ -188,10 +188,10 @@ def measure(args):
     """Run in a process whose OMP_NUM_THREADS is already set; returns a dict of results."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
     import numpy as onp
+    from bertpretrain import kernels  # first: bertpretrain's numpy fixes precede MXNet's import
+    from bertpretrain.model import BERTForPretraining, BERTModel
     import mxnet as mx
     from mxnet import autograd, gluon, init, np, npx
-    from bertpretrain import kernels
-    from bertpretrain.model import BERTForPretraining, BERTModel
 
     vocab_size = args.vocab_size or wikitext_vocab_size()
     num_preds = round(0.15 * args.max_len)

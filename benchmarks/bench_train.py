@@ -43,10 +43,10 @@ def bare_steps(model, trainer, batches, autograd):
 
 
 def measure_speed(args, folder):
+    from bertpretrain.data import load_data_wiki  # first: bertpretrain's numpy fixes precede MXNet's import
     import mxnet as mx
     from mxnet import autograd, gluon, init
 
-    from bertpretrain.data import load_data_wiki
     from bertpretrain.model import BERTForPretraining, BERTModel
     from bertpretrain.train import train_bert
 
@@ -71,6 +71,7 @@ def measure_speed(args, folder):
 
 RSS_CHILD = """
 import json, resource, sys
+import bertpretrain  # its numpy fixes first
 import mxnet as mx
 from bertpretrain.data import load_data_wiki
 from bertpretrain.model import BERTModel

@@ -10,6 +10,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+import bertpretrain  # noqa: E402,F401  (its numpy fixes must precede every test module's `import mxnet`)
+
 WIKITEXT2 = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
 
 

@@ -135,7 +135,9 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_process_killed_while_checkpointing_leaves_the_previous_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
-        import os, mxnet as mx
+        import os
+        import bertpretrain
+        import mxnet as mx
         from bertpretrain.data import load_data_wiki
         from bertpretrain.model import BERTModel
         from bertpretrain.train import checkpoint, train_bert

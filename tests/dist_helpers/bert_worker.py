@@ -7,6 +7,7 @@ per-step MLM losses of this worker's shard).
 import os
 import sys
 
+import bertpretrain  # noqa: F401  (its numpy fixes must precede `import mxnet`)
 import mxnet as mx
 import numpy as onp
 

@@ -1,6 +1,7 @@
 """A tiny Gluon regression (one Dense layer on fixed random data), trained the same way in one
 process (the reference) and in every dist_sync worker, so that the tests can compare parameters."""
 import numpy as onp
+import bertpretrain  # noqa: F401  (its numpy fixes must precede `import mxnet`)
 from mxnet import autograd, gluon, np
 
 from bertpretrain import distributed
