@@ -41,11 +41,13 @@ Why these exist:
   and the launcher sees nothing die.  :func:`exit_on_error` makes such a worker exit at once.
 """
 import contextlib
+import importlib.util
 import os
 import sys
 import traceback
 
 from ._mxnet import mxnet as mx  # MXNet, imported after bertpretrain's numpy fixes
+from . import kernels
 
 _LAUNCH_HINT = (
     "kvstore {kind!r} needs the scheduler, servers and workers that the launcher starts; run the "
@@ -83,13 +85,23 @@ def import_horovod():
     """``horovod.mxnet``, initialised; an ImportError with the build command when it is missing.
 
     Horovod is an alternative to the parameter server: run the training command under
-    ``horovodrun -np N ...`` (or mpirun) instead of :mod:`bertpretrain.launch`.
+    ``horovodrun -np N ...`` (or mpirun) instead of :mod:`bertpretrain.launch`. The fused CPU
+    kernels are turned off in the process (see below): import Horovod through this function, before
+    any model is traced.
     """
+    missing = ImportError(f"kvstore='horovod' needs Horovod built with MXNet support: {HOROVOD_INSTALL}; "
+                          "or use kvstore='dist_sync' with bertpretrain.launch")
+    if importlib.util.find_spec("horovod") is None:
+        raise missing
+    # Horovod's MXNet extension and bertpretrain's kernel library cannot share a process (with
+    # Horovod 0.28.1 and MXNet 1.9.1: SIGFPE when the library loads after `import horovod.mxnet`,
+    # heap corruption in the first step when it loads before). Horovod runs on GPUs, where the
+    # kernels are not used anyway.
+    kernels.keep_off("Horovod's MXNet extension cannot share a process with the kernel library")
     try:
         import horovod.mxnet as hvd
     except ImportError as error:
-        raise ImportError(f"kvstore='horovod' needs Horovod built with MXNet support: {HOROVOD_INSTALL}; "
-                          f"or use kvstore='dist_sync' with bertpretrain.launch ({error})") from error
+        raise missing from error
     hvd.init()
     return hvd
 

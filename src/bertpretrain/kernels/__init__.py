@@ -10,11 +10,11 @@ Use: call the functions of :mod:`.ops` (re-exported here) from ``hybrid_forward`
 fall back to builtin operators, with the same results, when the kernels are off:
 ``BERTPRETRAIN_KERNELS=0`` (off), ``=1`` (required), unset (use when possible).
 """
-from .loader import (KernelStatus, KernelsUnavailableError, available, builtin_only, load,
+from .loader import (KernelStatus, KernelsUnavailableError, available, builtin_only, keep_off, load,
                      usable_on)
 from .ops import add_layer_norm, dropout, enabled_for, layer_norm, masked_softmax, softmax_ce
 
 __all__ = [
-    "KernelStatus", "KernelsUnavailableError", "available", "builtin_only", "load", "usable_on",
+    "KernelStatus", "KernelsUnavailableError", "available", "builtin_only", "keep_off", "load", "usable_on",
     "add_layer_norm", "dropout", "enabled_for", "layer_norm", "masked_softmax", "softmax_ce",
 ]

@@ -93,6 +93,25 @@ def load():
         return _status
 
 
+def keep_off(reason):
+    """Use MXNet's builtin operators for the rest of this process, because of ``reason``.
+
+    For uses the kernel library cannot share a process with (Horovod's MXNet extension). Call it
+    before any model is traced; an error if the library is already loaded, since MXNet cannot
+    unload it. Logs one line, like :func:`load` does when the kernels are off.
+    """
+    global _status
+    with _lock:
+        if _status is not None and _status.available:
+            raise RuntimeError(f"the fused kernels are already loaded in this process, but {reason}: "
+                               f"set {ENV_VAR}=0 before starting it")
+        if _mode() == "1":
+            raise KernelsUnavailableError(f"{ENV_VAR}=1 requires the fused kernels, but {reason}")
+        if _status is None:
+            _status = KernelStatus(False, reason)
+            logger.info("bertpretrain kernels off, using MXNet's builtin operators: %s", reason)
+
+
 def available():
     """True when the kernels are loaded in this process (see :func:`load`)."""
     return load().available
