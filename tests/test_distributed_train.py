@@ -44,14 +44,20 @@ def _launcher(backend):
     return [runner, "-np", "2", "-H", "localhost:2", "--gloo", "--network-interface", "lo"]
 
 
+def _run_job(backend, out_dir, steps, optimizer, lr, *checkpoint_dir):
+    out_dir.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([*_launcher(backend), sys.executable, str(HELPERS / "bert_worker.py"), str(out_dir),
+                           str(steps), optimizer, str(lr), backend, *map(str, checkpoint_dir)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [np.load(out_dir / f"bert-rank{r}.npz") for r in (0, 1)]
+
+
 @pytest.mark.parametrize("backend", ["dist_sync", "horovod"])
 def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path, backend):
     # Plain SGD: unlike Adam, its update scales with the loss, so a wrong normalisation would show.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([*_launcher(backend), sys.executable, str(HELPERS / "bert_worker.py"), str(tmp_path),
-                           str(STEPS), "sgd", "2.0", backend], env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout + done.stderr
-    ranks = [np.load(tmp_path / f"bert-rank{r}.npz") for r in (0, 1)]
+    ranks = _run_job(backend, tmp_path, STEPS, "sgd", 2.0)
     names = [n for n in ranks[0].files if n.startswith("p")]
     for name in names:
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg="workers ended with different parameters")
@@ -67,3 +73,16 @@ def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path,
     for i, (p0, reference) in enumerate(zip(initial, (p.data().asnumpy() for p in net.collect_params().values()))):
         change, worker_change = reference - p0, ranks[0][f"p{i}"] - p0
         assert np.linalg.norm(worker_change - change) <= 1e-2 * np.linalg.norm(change) + 1e-7
+
+
+def test_every_worker_resumes_from_rank_0s_checkpoint(tmp_path):
+    straight = _run_job("dist_sync", tmp_path / "straight", 4, "adam", 0.01)
+    first = _run_job("dist_sync", tmp_path / "first", 2, "adam", 0.01, tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step-00000002"
+    resumed = _run_job("dist_sync", tmp_path / "resumed", 4, "adam", 0.01, tmp_path / "ckpt")
+    np.testing.assert_allclose(resumed[0]["mlm_loss"], straight[0]["mlm_loss"], rtol=1e-5)
+    for rank in (0, 1):  # the history of steps 1-2 is rank 0's (from the checkpoint); 3-4 each worker's own
+        np.testing.assert_allclose(resumed[rank]["mlm_loss"][2:], straight[rank]["mlm_loss"][2:], rtol=1e-5)
+        np.testing.assert_allclose(first[rank]["mlm_loss"], straight[rank]["mlm_loss"][:2], rtol=1e-5)
+        for name in (n for n in straight[rank].files if n.startswith("p")):
+            np.testing.assert_allclose(resumed[rank][name], straight[rank][name], rtol=1e-4, atol=1e-6)

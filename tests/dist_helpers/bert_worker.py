@@ -1,8 +1,9 @@
 """A worker for the distributed train_bert tests: trains a tiny BERT on the bundled sample.
 
-Usage: bert_worker.py OUT_DIR STEPS OPTIMIZER LR KVSTORE (dist_sync under bertpretrain.launch, or
-horovod under horovodrun). Writes OUT_DIR/bert-rank<R>.npz (the parameters in order, and the
-per-step MLM losses of this worker's shard).
+Usage: bert_worker.py OUT_DIR STEPS OPTIMIZER LR KVSTORE [CHECKPOINT_DIR] (KVSTORE: dist_sync under
+bertpretrain.launch, or horovod under horovodrun; with CHECKPOINT_DIR, checkpoints there every step
+and resumes from it). Writes OUT_DIR/bert-rank<R>.npz (the parameters in order, and the per-step
+MLM losses of this worker's shard).
 """
 import os
 import sys
@@ -19,18 +20,19 @@ from bertpretrain.train import train_bert
 TINY = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, max_len=32, dropout=0.0)
 
 
-def main(out_dir, steps, optimizer, lr, kvstore):
+def main(out_dir, steps, optimizer, lr, kvstore, checkpoint_dir=None):
     if distributed.is_distributed(kvstore):
         kvstore = distributed.create_kvstore(kvstore)
     with distributed.exit_on_error(kvstore):
         train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
         net = BERTModel(len(vocab), **TINY)
         history = train_bert(train_iter, net, [mx.cpu()], steps, seed=1, progress=False, kvstore=kvstore,
-                             optimizer=optimizer, lr=lr)
+                             optimizer=optimizer, lr=lr, checkpoint_dir=checkpoint_dir,
+                             checkpoint_interval=1 if checkpoint_dir else None, resume=bool(checkpoint_dir))
     params = [p.data().asnumpy() for p in net.collect_params().values()]
     onp.savez(os.path.join(out_dir, f"bert-rank{history.rank}.npz"), mlm_loss=history["mlm_loss"],
               **{f"p{i}": p for i, p in enumerate(params)})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5], *sys.argv[6:7])

@@ -31,7 +31,9 @@ class TrainingHistory(dict):
     """Per-step lists under :data:`HISTORY_KEYS` (equal lengths), and ``'eval'``: a list of dicts.
 
     ``interrupted`` is True when Ctrl-C stopped the run; ``checkpoint`` is the last checkpoint
-    written (or None); ``rank`` is this worker's rank (0 unless training is distributed).
+    written (or None); ``rank`` is this worker's rank (0 unless training is distributed). Each worker
+    records the losses of its own shard; after a resume, the steps before it are rank 0's (the
+    checkpoint's).
     """
 
     def __init__(self, lists=None, evals=None):
@@ -222,6 +224,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         step, seed = state["step"], state["seed"]
         saved_step = step
         history = TrainingHistory(state["history"], state["history"].get("eval"))
+        history.rank = rank
         if vocab is None and os.path.isfile(f"{source}/{ckpt.VOCAB_FILE}"):
             vocab = Vocab.load(f"{source}/{ckpt.VOCAB_FILE}")
         if state.get("data") is not None and hasattr(train_iter, "load_state_dict"):
@@ -236,6 +239,8 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
 
     def save():
         nonlocal saved_step
+        if checkpoint_dir is None:  # no directory, or not rank 0
+            return
         data = train_iter.state_dict() if hasattr(train_iter, "state_dict") else None
         history.checkpoint = ckpt.save_checkpoint(
             checkpoint_dir, step, model.bert, trainer,
@@ -299,6 +304,6 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         logger.warning("interrupted at step %d of %d", step, num_steps)
     elif eval_iter is not None and (not history["eval"] or history["eval"][-1]["step"] != step):
         evaluate()
-    if checkpoint_dir is not None and saved_step != step:
+    if saved_step != step:
         save()
     return history
