@@ -32,3 +32,13 @@ def wiki_dir(tmp_path_factory, wikitext2_splits):
     for split in ("valid", "test"):
         (folder / f"wiki.{split}.tokens").write_bytes((wikitext2_splits / f"wiki.{split}.tokens").read_bytes())
     return folder
+
+
+@pytest.fixture(scope="session")
+def kernels_available():
+    """Load the fused CPU kernels once; skip the test (with the reason) where they cannot be used."""
+    from bertpretrain import kernels
+    status = kernels.load()
+    if not status.available:
+        pytest.skip(f"fused kernels unavailable here: {status.reason}")
+    return status

@@ -19,12 +19,7 @@ from bertpretrain.kernels import ops
 RTOL, ATOL = 1e-4, 1e-5
 
 
-@pytest.fixture(scope="session", autouse=True)
-def loaded():
-    status = kernels.load()
-    if not status.available:
-        pytest.skip(f"fused kernels unavailable here: {status.reason}")
-    return status
+pytestmark = pytest.mark.usefixtures("kernels_available")
 
 
 def rand(*shape, seed=0, scale=1.0):

@@ -29,12 +29,7 @@ TESTS = pathlib.Path(__file__).resolve().parent
 FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_masked_softmax", "bp_softmax_ce"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def loaded():
-    status = kernels.load()
-    if not status.available:
-        pytest.skip(f"fused kernels unavailable here: {status.reason}")
-    return status
+pytestmark = pytest.mark.usefixtures("kernels_available")
 
 
 def make_nets(options, dropout=0.0, copies=2):
