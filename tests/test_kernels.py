@@ -4,7 +4,6 @@ Compiles the kernel library once per session (into the user's cache); every test
 needs it is skipped, with the reason, where it cannot be built. The build, cache and
 fallback machinery is tested in tests/test_kernels_build.py.
 """
-import json
 
 import numpy as onp
 import pytest

@@ -17,7 +17,7 @@ import pytest
 
 import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
 import mxnet as mx
-from mxnet import autograd, gluon, init, np
+from mxnet import autograd, gluon, init
 
 from bertpretrain import kernels
 from bertpretrain.model import BERTForPretraining, BERTModel

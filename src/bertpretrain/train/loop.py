@@ -178,6 +178,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
     _place_parameters(model, devices, seed)
     model.hybridize(static_alloc=True, static_shape=True)
     optimizer_params = {"learning_rate": schedule(1), **(optimizer_params or {})}
+    params = _parameters_by_structure(model)
     horovod = kvstore == "horovod"
     dist = distributed.is_distributed(kvstore)
     if horovod:
@@ -185,13 +186,13 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         if len(devices) != 1:
             raise ValueError("with Horovod each process trains on one device: pass devices=[mx.gpu(hvd.local_rank())]")
         rank, workers = hvd.rank(), hvd.size()
-        trainer = hvd.DistributedTrainer(_parameters_by_structure(model), optimizer, optimizer_params)
-        hvd.broadcast_parameters(_parameters_by_structure(model), root_rank=0)
+        trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params)
+        hvd.broadcast_parameters(params, root_rank=0)
     else:
         if dist and isinstance(kvstore, str):
             kvstore = distributed.create_kvstore(kvstore)
         rank, workers = (kvstore.rank, kvstore.num_workers) if dist else (0, 1)
-        trainer = gluon.Trainer(_parameters_by_structure(model), optimizer, optimizer_params, kvstore=kvstore,
+        trainer = gluon.Trainer(params, optimizer, optimizer_params, kvstore=kvstore,
                                 update_on_kvstore=False)
     if dist:
         kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
@@ -212,7 +213,6 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         return float(total_preds), float(total_examples)
 
     history, step, saved_step = TrainingHistory(), 0, None
-    history.rank = rank
     source = ckpt.latest_checkpoint(checkpoint_dir) if resume else None  # every worker resumes
     if rank != 0:  # one worker writes checkpoints, logs, evaluates and shows progress; all train
         checkpoint_dir, progress, eval_iter = None, False, None
@@ -224,7 +224,6 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         step, seed = state["step"], state["seed"]
         saved_step = step
         history = TrainingHistory(state["history"], state["history"].get("eval"))
-        history.rank = rank
         if vocab is None and os.path.isfile(f"{source}/{ckpt.VOCAB_FILE}"):
             vocab = Vocab.load(f"{source}/{ckpt.VOCAB_FILE}")
         if state.get("data") is not None and hasattr(train_iter, "load_state_dict"):
@@ -232,6 +231,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         logger.info("resumed from %s at step %d", source, step)
     elif resume:
         logger.info("no checkpoint in %s yet: starting from step 0", checkpoint_dir)
+    history.rank = rank
     if dist:
         distributed.sync_initial_params(trainer)  # before the first forward: see its docstring
     logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, devices)),
