@@ -20,6 +20,7 @@ import requests
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..files import cache_root
 from .errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -71,16 +72,6 @@ DATA_HUB = {
         files={"wiki.train.tokens": "0c8183b715615a21cec4743c64fb7ebbe603c25d",
                "wiki.valid.tokens": "0d3cb5f1f61b5636a4ca7f67b3ba687aab9ed5ca"}),
 }
-
-
-def cache_root(cache_dir=None):
-    """The cache folder: ``cache_dir``, else ``$BERTPRETRAIN_HOME``, else the user's cache folder."""
-    if cache_dir is not None:
-        return os.path.abspath(cache_dir)
-    if os.environ.get("BERTPRETRAIN_HOME"):
-        return os.path.abspath(os.environ["BERTPRETRAIN_HOME"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "bertpretrain")
 
 
 def sha1_of_file(path):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import mxnet
 
+from ..files import cache_root
+
 SOURCE_DIR = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 COMPILE_TIMEOUT_S = 600
@@ -56,11 +58,7 @@ def find_compiler():
 
 def cache_dir():
     """The folder holding built libraries (see the module docstring for the lookup order)."""
-    home = os.environ.get("BERTPRETRAIN_HOME")
-    if home:
-        return Path(home).expanduser() / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(xdg).expanduser() / "bertpretrain" / "kernels"
+    return Path(cache_root()) / "kernels"
 
 
 def mxnet_api_files():
