@@ -1,6 +1,7 @@
 """Loss curves of a training history as a PNG (needs matplotlib: ``pip install 'bertpretrain[plot]'``)."""
 import os
-import tempfile
+
+from ..files import atomic_path
 
 
 def plot_history(history, path):
@@ -26,15 +27,10 @@ def plot_history(history, path):
         ax.grid(alpha=0.3)
         ax.legend()
     figure.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".plot-", suffix=".png")
-    os.close(fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(figure)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
