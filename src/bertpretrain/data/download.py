@@ -225,7 +225,7 @@ def download_extract(name, cache_dir=None, verify=False):
     The folder is ``<cache root>/datasets/<name>`` (cache root: ``cache_dir``, else
     ``$BERTPRETRAIN_HOME``, else the user's cache folder). A verified cache is returned without any
     network access. It is trusted without hashing while each split file keeps the size and mtime
-    recorded when it was verified; ``verify=True`` hashes every file again (about 1 s per GB) and
+    recorded when it was verified; ``verify=True`` hashes every file again (a few seconds per GB) and
     downloads the dataset anew if one differs. Raises :class:`DownloadError` naming each mirror and
     why it failed.
     """
