@@ -97,3 +97,34 @@ def test_streaming_encoding_matches_a_plain_reading(corpus_file):
     assert vocab.to_tokens(corpus.token_ids[:50]) == [w if w in vocab else "<unk>" for w in words[:50]]
     assert corpus.token_ids.tolist() == vocab[words]
     assert corpus.sentence_lengths.tolist() == lengths and corpus.paragraph_sizes.tolist() == sizes
+
+
+def test_an_entry_another_process_completed_first_is_kept(corpus_file, tmp_path, monkeypatch):
+    """Two processes encode the same file at once: the second to finish keeps the first one's entry."""
+    real_read = EncodedCorpus.read
+    inodes = []
+
+    def read_while_another_process_finishes(*args, **kwargs):
+        monkeypatch.setattr(EncodedCorpus, "read", real_read)
+        load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path)  # the other process
+        inodes.append(os.stat(os.path.join(tmp_path, "preprocessed", _entries(tmp_path)[0])).st_ino)
+        return real_read(*args, **kwargs)
+    monkeypatch.setattr(EncodedCorpus, "read", read_while_another_process_finishes)
+    result = load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path)
+    entry = os.path.join(tmp_path, "preprocessed", _entries(tmp_path)[0])
+    assert os.stat(entry).st_ino == inodes[0], "a complete entry was replaced under its readers"
+    assert sorted(os.listdir(os.path.join(tmp_path, "preprocessed"))) == [os.path.basename(entry)]
+    _same(result, load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path))
+
+
+def test_build_folders_left_by_killed_processes_are_removed(corpus_file, tmp_path):
+    preprocessed = tmp_path / "preprocessed"
+    stale, fresh = preprocessed / ".0123.tmp-old", preprocessed / ".4567.tmp-new"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "token_ids.npy").write_bytes(b"partial")
+    two_hours_ago = os.path.getmtime(stale) - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path)
+    assert not stale.exists(), "a build folder two hours old is a killed process's"
+    assert fresh.exists(), "a recent build folder may belong to a process still encoding"

@@ -3,12 +3,18 @@ import hashlib
 import http.server
 import io
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 
 import pytest
 
 from bertpretrain.data import DATA_HUB, DatasetEntry, DownloadError, download_extract, load_data_wiki
+from bertpretrain.data import download as download_module
 
 SPLITS = ("train", "valid", "test")
 
@@ -40,10 +46,38 @@ def server(split_bytes):
         "/error-page.zip": b"<html><body>it works!</body></html>",
     }
     requests_seen = []
+    release = threading.Event()  # lets /gated.zip and /silent.zip go on
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             requests_seen.append(self.path)
+            body = routes["/wikitext-2-v1.zip"]
+            if self.path in ("/trickle.zip", "/silent.zip"):
+                # A whole archive announced; then 20 bytes every 0.1 s, or 100 bytes and a wait.
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    if self.path == "/silent.zip":
+                        self.wfile.write(body[:100])
+                        self.wfile.flush()
+                        release.wait(30)
+                        self.wfile.write(body[100:])
+                        return
+                    deadline = time.monotonic() + 30
+                    for start in range(0, len(body), 20):
+                        if time.monotonic() > deadline:
+                            break
+                        self.wfile.write(body[start:start + 20])
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:  # the client gave up
+                    pass
+                self.close_connection = True
+                return
+            if self.path == "/gated.zip":
+                release.wait(30)
+                self.path = "/wikitext-2-v1.zip"
             if self.path == "/forbidden.zip":
                 body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>"
                 self.send_response(403)
@@ -73,6 +107,7 @@ def server(split_bytes):
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.requests = requests_seen
+    httpd.release = release
     httpd.archive_sha1 = hashlib.sha1(routes["/wikitext-2-v1.zip"]).hexdigest()
     yield httpd
     httpd.shutdown()
@@ -89,12 +124,14 @@ def register(server, split_bytes, monkeypatch):
         monkeypatch.setitem(DATA_HUB, "test-wiki", DatasetEntry(
             urls=[server.url + p for p in paths], sha1=server.archive_sha1, files=files))
         server.requests.clear()
+        server.release.clear()
     return add
 
 
 def _leftovers(cache):
     datasets = cache / "datasets"
-    return sorted(p.name for p in datasets.iterdir() if p.name != "test-wiki") if datasets.exists() else []
+    kept = ("test-wiki", ".download.lock")
+    return sorted(p.name for p in datasets.iterdir() if p.name not in kept) if datasets.exists() else []
 
 
 def test_published_split_checksums_match_the_real_files(wikitext2_splits):
@@ -186,3 +223,119 @@ def test_load_data_wiki_downloads_by_name(register, server, tmp_path):
     train_iter, vocab = load_data_wiki(16, 64, "test-wiki", cache_dir=tmp_path, seed=0)
     assert next(iter(train_iter)).tokens.shape == (16, 64) and len(vocab) > 5000
     assert server.requests == ["/wikitext-2-v1.zip"]
+
+
+def _in_thread(function, *args, **kwargs):
+    """Start ``function`` in a daemon thread; return the thread and a dict that gets its result or error."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = function(*args, **kwargs)
+        except BaseException as error:  # reported by the test
+            outcome["error"] = error
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("path, reason", [
+    ("/trickle.zip", r"stalled: \d+ bytes in the last \d+ s \(less than 1024 B/s\)"),
+    ("/silent.zip", r"stalled: no data for 1 s after 100 bytes"),
+])
+def test_stalled_mirror_is_abandoned_for_the_next_one(register, server, tmp_path, caplog, monkeypatch,
+                                                      path, reason):
+    monkeypatch.setattr(download_module, "STALL_SECONDS", 1)
+    register(path, "/wikitext-2-v1.zip")
+    thread, outcome = _in_thread(download_extract, "test-wiki", cache_dir=tmp_path)
+    thread.join(15)
+    server.release.set()
+    assert not thread.is_alive(), f"{path} held the download for 15 s; the stall rule allows 1 s"
+    assert "error" not in outcome, outcome.get("error")
+    assert server.requests == [path, "/wikitext-2-v1.zip"]
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert server.url + path in warning and re.search(reason, warning) and "trying the next mirror" in warning
+
+
+def test_verify_rehashes_files_whose_size_and_mtime_were_restored(register, server, tmp_path):
+    register("/wikitext-2-v1.zip")
+    folder = download_extract("test-wiki", cache_dir=tmp_path)
+    path = os.path.join(folder, "wiki.valid.tokens")
+    info = os.stat(path)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data.replace(b" the ", b" tha "))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert download_extract("test-wiki", cache_dir=tmp_path) == folder
+    assert server.requests == ["/wikitext-2-v1.zip"], "the documented shortcut trusts size and mtime"
+    assert download_extract("test-wiki", cache_dir=tmp_path, verify=True) == folder
+    assert server.requests == ["/wikitext-2-v1.zip"] * 2
+    assert open(path, "rb").read() == data
+
+
+def test_verify_data_flag_reaches_the_download(register, server, tmp_path, monkeypatch):
+    import argparse
+    from bertpretrain.cli import add_pretrain_arguments
+    from bertpretrain.recipe import PretrainOptions, _data_folder
+    register("/wikitext-2-v1.zip")
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path))
+    args = add_pretrain_arguments(argparse.ArgumentParser()).parse_args(["--dataset", "test-wiki", "--verify-data"])
+    folder, _ = _data_folder(PretrainOptions(**vars(args)))
+    path = os.path.join(folder, "wiki.test.tokens")
+    info = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"X")
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert _data_folder(PretrainOptions(**vars(args)))[0] == folder
+    assert server.requests == ["/wikitext-2-v1.zip"] * 2
+    assert open(path, "rb").read(1) != b"X"
+
+
+def test_concurrent_downloads_take_turns_and_keep_the_first_folder(register, server, tmp_path):
+    """Two processes downloading at once: one fetches, the other waits and reuses its folder untouched."""
+    register("/gated.zip")
+    first, first_outcome = _in_thread(download_extract, "test-wiki", cache_dir=tmp_path)
+    deadline = time.monotonic() + 10
+    while not server.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second, second_outcome = _in_thread(download_extract, "test-wiki", cache_dir=tmp_path)
+    while len(server.requests) < 2 and time.monotonic() < deadline - 8:  # give it 2 s to ask too
+        time.sleep(0.01)
+    server.release.set()
+    first.join(20)
+    folder = first_outcome["result"]
+    inode = os.stat(folder).st_ino
+    second.join(20)
+    assert second_outcome["result"] == folder
+    assert os.stat(folder).st_ino == inode, "the first verified folder was replaced under its readers"
+    assert server.requests == ["/gated.zip"], "the second download should have waited and reused the first"
+
+
+KILLED_DOWNLOAD = """
+import sys
+from bertpretrain.data import DATA_HUB, DatasetEntry, download_extract
+DATA_HUB["test-wiki"] = DatasetEntry(urls=[sys.argv[1]], files={"wiki.train.tokens": "0" * 40})
+download_extract("test-wiki", cache_dir=sys.argv[2])
+"""
+
+
+def test_staging_left_by_a_killed_download_is_removed_by_the_next(register, server, tmp_path):
+    register("/silent.zip")
+    datasets = tmp_path / "datasets"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.Popen([sys.executable, "-c", KILLED_DOWNLOAD, server.url + "/silent.zip", str(tmp_path)],
+                             env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the first 100 bytes are in the staging folder
+        assert _leftovers(tmp_path), "the download should be under way in a staging folder"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    server.release.set()
+    register("/wikitext-2-v1.zip")
+    download_extract("test-wiki", cache_dir=tmp_path)
+    assert _leftovers(tmp_path) == [], "the killed download's staging folder is still there"
+    assert sorted(p.name for p in datasets.iterdir()) == [".download.lock", "test-wiki"]

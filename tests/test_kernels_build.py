@@ -3,12 +3,15 @@
 Needs no C++ compiler: the cache tests use a fake compiler script, and the fallback
 tests run in fresh processes (a kernel library can be loaded only once per process).
 """
+import logging
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -61,7 +64,7 @@ def test_cache_reused_and_rebuilt_when_a_source_changes(fake_cxx, sources, tmp_p
     header.write_text(header.read_text() + "\n// changed\n")
     second = build.build(sources, cache)
     assert second != first and second.is_file() and fake_cxx() == 2
-    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])
+    assert sorted(p.name for p in cache.glob("*.so")) == sorted([first.name, second.name])
 
 
 def test_cache_key_covers_flags_and_compiler(fake_cxx, sources, tmp_path, monkeypatch):
@@ -76,7 +79,82 @@ def test_failed_compile_raises_and_leaves_nothing(fake_cxx, sources, tmp_path, m
     cache = tmp_path / "cache"
     with pytest.raises(build.BuildError, match="broken kernel"):
         build.build(sources, cache)
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == [".build.lock"]
+
+
+def _library_files(cache):
+    return sorted(p.name for p in cache.iterdir() if p.name != ".build.lock")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage of the same size", "no record"])
+def test_damaged_cached_library_is_rebuilt_with_one_log_line(fake_cxx, sources, tmp_path, caplog, damage):
+    cache = tmp_path / "cache"
+    library = build.build(sources, cache)
+    good = library.read_bytes()
+    if damage == "truncated":
+        os.truncate(library, 3)
+    elif damage == "garbage of the same size":
+        library.write_bytes(b"\x7fELF" + b"\0" * (len(good) - 4))
+    else:
+        build.record_path(library).unlink()
+    caplog.set_level(logging.INFO, logger="bertpretrain.kernels")
+    assert build.build(sources, cache) == library and fake_cxx() == 2
+    assert library.read_bytes() == good
+    lines = [r.getMessage() for r in caplog.records if r.name == "bertpretrain.kernels"]
+    assert len(lines) == 1 and str(library) in lines[0] and "rebuilding" in lines[0], lines
+    assert build.build(sources, cache) == library and fake_cxx() == 2, "the rebuilt library must be trusted"
+    assert _library_files(cache) == [library.name, library.name + ".json"]
+
+
+SLOW_CXX = """#!/bin/sh
+# A compiler that starts a long-running child (as g++ starts cc1plus) and reports both process ids.
+if [ "$1" = "--version" ]; then echo "slow-c++ 1.0"; exit 0; fi
+sleep 120 &
+echo "$$ $!" > "$SLOW_CXX_PIDS"
+wait
+"""
+
+BUILD = "import sys; from bertpretrain.kernels import build; build.build(sys.argv[1], sys.argv[2])"
+
+
+def _running(pid):
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_killed_build_takes_its_compiler_along_and_the_next_build_cleans_up(fake_cxx, sources, tmp_path,
+                                                                            monkeypatch):
+    script = tmp_path / "slow-cxx"
+    script.write_text(SLOW_CXX)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    pids_file = tmp_path / "pids"
+    cache = tmp_path / "cache"
+    env = dict(os.environ, CXX=str(script), SLOW_CXX_PIDS=str(pids_file), PYTHONPATH=str(SRC))
+    parent = subprocess.Popen([sys.executable, "-c", BUILD, str(sources), str(cache)], env=env)
+    pids = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (pids_file.exists() and len(pids_file.read_text().split()) == 2):
+            assert time.monotonic() < deadline and parent.poll() is None, "the slow compiler never started"
+            time.sleep(0.05)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(p) for p in pids), "the compiler outlived the build killed with SIGKILL"
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert _library_files(cache), "the killed build should have left its temporary file"
+    library = build.build(sources, cache)  # the quick fake compiler of fake_cxx
+    assert _library_files(cache) == [library.name, library.name + ".json"]
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch):

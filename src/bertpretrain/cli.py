@@ -16,6 +16,8 @@ def add_pretrain_arguments(parser):
                         help="DATA_HUB dataset to download (wikitext-2, wikitext-103, wikitext-2-sample)")
     parser.add_argument("--data-dir", help="folder already holding wiki.train.tokens and wiki.valid.tokens "
                                            "(no download)")
+    parser.add_argument("--verify-data", action="store_true",
+                        help="hash the cached dataset files again instead of trusting their recorded size and mtime")
     parser.add_argument("--num-steps", type=int, default=defaults.num_steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--max-len", type=int, default=defaults.max_len)

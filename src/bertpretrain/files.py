@@ -11,6 +11,7 @@ use it.
 """
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -119,6 +120,29 @@ def atomic_folder(folder, replace=True):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     fsync_dir(parent)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path):
+    """Hold an exclusive lock on the file ``path`` (created if missing, never removed) for the block.
+
+    Serialises writers of a shared cache across processes (e.g. every worker of a distributed job
+    downloading the same dataset): the second waits, then finds the first one's result. The
+    operating system releases the lock when its holder dies, even by ``kill -9``. Yields True, or
+    False where the file system cannot lock (then the block runs unlocked).
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def remove_stale(parent, older_than=3600.0):

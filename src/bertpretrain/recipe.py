@@ -27,6 +27,7 @@ class PretrainOptions:
     """Options of the recipe; the defaults are d2l's published run (batch 512, max_len 64, 50 steps, lr 0.01)."""
     dataset: str = "wikitext-2"
     data_dir: str = None
+    verify_data: bool = False
     num_steps: int = 50
     batch_size: int = 512
     max_len: int = 64
@@ -48,7 +49,7 @@ def _data_folder(options):
     if options.data_dir:
         return options.data_dir, options.dataset
     try:
-        return download_extract(options.dataset), options.dataset
+        return download_extract(options.dataset, verify=options.verify_data), options.dataset
     except DownloadError as error:
         if not options.fallback or options.dataset == SAMPLE:
             raise

@@ -4,19 +4,19 @@ An entry is keyed by the corpus file's SHA1, every option that changes the encod
 or the given vocabulary), and :data:`FORMAT_VERSION`. It holds the flat id arrays, the vocabulary
 and a ``meta.json`` with each file's size and SHA1. It is built in a temporary folder and renamed
 into place; on load every file is checked, and an entry that is incomplete or corrupt is rebuilt,
-never trusted.
+never trusted. An entry another process completed first is kept (not replaced under its readers),
+and build folders that killed processes left behind are removed by the next build.
 """
 import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
+from ..files import atomic_folder, atomic_write, cache_root, remove_stale
 from .corpus import EncodedCorpus
-from .download import cache_root, sha1_of_file
+from .download import sha1_of_file
 from .vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -60,24 +60,21 @@ def _load(folder, path):
     return EncodedCorpus(path=path, **arrays), vocab
 
 
-def _store(folder, corpus, vocab, corpus_sha1, min_freq):
+def _store(folder, corpus, vocab, corpus_sha1, min_freq, replace):
+    """Write the entry ``folder``; ``replace``: whether an existing (corrupt) one goes, else it wins."""
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".build-")
-    try:
+    for stale in remove_stale(parent):
+        logger.info("removed %s, left in %s by an interrupted build", stale, parent)
+    with atomic_folder(folder, replace=replace) as staging:
         for name in _ARRAYS:
             np.save(os.path.join(staging, f"{name}.npy"), getattr(corpus, name))
         vocab.save(os.path.join(staging, _VOCAB))
         files = {name: [os.path.getsize(os.path.join(staging, name)), sha1_of_file(os.path.join(staging, name))]
                  for name in [f"{a}.npy" for a in _ARRAYS] + [_VOCAB]}
-        with open(os.path.join(staging, _META), "w") as f:
-            json.dump({"format": FORMAT_VERSION, "source": corpus.path, "source_sha1": corpus_sha1,
-                       "min_freq": min_freq, "files": files}, f, indent=1)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        atomic_write(os.path.join(staging, _META), json.dumps(
+            {"format": FORMAT_VERSION, "source": corpus.path, "source_sha1": corpus_sha1, "min_freq": min_freq,
+             "files": files}, indent=1))
 
 
 def load_encoded_corpus(path, vocab=None, min_freq=5, cache="auto", cache_dir=None, progress=None):
@@ -97,12 +94,13 @@ def load_encoded_corpus(path, vocab=None, min_freq=5, cache="auto", cache_dir=No
         return EncodedCorpus.read(path, vocab, min_freq, progress)
     corpus_sha1 = sha1_of_file(path)
     folder = os.path.join(cache_root(cache_dir), "preprocessed", entry_key(corpus_sha1, vocab, min_freq))
+    corrupt = os.path.isdir(folder)  # when _load finds nothing usable in an existing folder
     cached = _load(folder, path)
     if cached is not None:
         logger.info("using the cached encoding of %s (%s)", path, folder)
         corpus, cached_vocab = cached
         return corpus, vocab if vocab is not None else cached_vocab
     corpus, vocab = EncodedCorpus.read(path, vocab, min_freq, progress)
-    _store(folder, corpus, vocab, corpus_sha1, min_freq)
+    _store(folder, corpus, vocab, corpus_sha1, min_freq, replace=corrupt)
     logger.info("cached the encoding of %s in %s", path, folder)
     return corpus, vocab

@@ -5,6 +5,12 @@ once verified: the archive's SHA1 matches, or, since a mirror may re-zip the sam
 split file inside matches its own SHA1. Split files are checked after every extraction and the
 verified folder is moved into place in one rename, so a crash never leaves a folder a later run
 would trust. A verified cache is reused without any network access.
+
+A mirror that stalls (less than :data:`MIN_BYTES_PER_SECOND` over any :data:`STALL_SECONDS`) is
+given up for the next one. Downloads into one cache take turns under a lock, so that every worker
+of a distributed job can call :func:`download_extract`: the first downloads, the others then find
+its verified folder, which is never replaced while they read it. Staging folders that a killed
+download left behind are removed by the next one.
 """
 import dataclasses
 import hashlib
@@ -13,20 +19,25 @@ import logging
 import os
 import posixpath
 import shutil
-import tempfile
+import time
 import zipfile
 
 import requests
+import urllib3
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..files import cache_root
+from ..files import atomic_folder, atomic_write, cache_root, exclusive_lock, remove_stale
 from .errors import DownloadError
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"bertpretrain/{__version__} (+https://pypi.org/project/bertpretrain/)"
 TIMEOUT_SECONDS = 30
+#: A mirror that delivers less than MIN_BYTES_PER_SECOND on average over STALL_SECONDS (or nothing at all
+#: for STALL_SECONDS) is abandoned for the next one.
+STALL_SECONDS = 30
+MIN_BYTES_PER_SECOND = 1024
 _CHUNK_BYTES = 1 << 20
 _STAMP = ".verified.json"
 
@@ -105,10 +116,12 @@ def _stamp(folder, entry):
     return stamp
 
 
-def _cache_is_verified(folder, entry):
+def _cache_is_verified(folder, entry, verify=False):
     """True when every split file in ``folder`` has its expected SHA1.
 
-    Files whose size and mtime still match the stamp written at verification are not hashed again.
+    Shortcut: files whose size and mtime (to the nanosecond) still match the stamp written at
+    verification are not hashed again, so an edit that restores both is not noticed; ``verify=True``
+    hashes every file regardless.
     """
     try:
         with open(os.path.join(folder, _STAMP)) as f:
@@ -120,7 +133,7 @@ def _cache_is_verified(folder, entry):
         if not os.path.isfile(path):
             return False
         info = os.stat(path)
-        if recorded.get(file) == [info.st_size, info.st_mtime_ns, sha1]:
+        if not verify and recorded.get(file) == [info.st_size, info.st_mtime_ns, sha1]:
             continue
         if sha1_of_file(path) != sha1:
             logger.warning("cached %s does not match its SHA1 %s: downloading it again", path, sha1)
@@ -133,22 +146,41 @@ class _MirrorFailed(Exception):
 
 
 def _fetch(url, destination):
-    """Stream ``url`` into ``destination``; return the SHA1 of the bytes received."""
+    """Stream ``url`` into ``destination``; return the SHA1 of the bytes received.
+
+    Reads whatever has arrived (``read1``), so that a mirror trickling bytes is measured against the
+    stall rule as it goes rather than once a whole chunk has come.
+    """
+    received, expected = 0, None
     try:
-        with requests.get(url, stream=True, timeout=TIMEOUT_SECONDS, headers={"User-Agent": USER_AGENT}) as r:
+        with requests.get(url, stream=True, timeout=(TIMEOUT_SECONDS, STALL_SECONDS),
+                          headers={"User-Agent": USER_AGENT}) as r:
             if r.status_code != 200:
                 raise _MirrorFailed(f"HTTP {r.status_code} {r.reason}")
             expected = r.headers.get("Content-Length")
             expected = int(expected) if expected and "Content-Encoding" not in r.headers else None
-            digest, received = hashlib.sha1(), 0
+            digest = hashlib.sha1()
             with open(destination, "wb") as f, tqdm(total=expected, unit="B", unit_scale=True,
                                                     desc=posixpath.basename(url), disable=None) as bar:
-                for chunk in r.iter_content(_CHUNK_BYTES):
+                window_start, window_bytes = time.monotonic(), 0
+                for chunk in iter(lambda: r.raw.read1(_CHUNK_BYTES, decode_content=True), b""):
                     f.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-    except requests.RequestException as error:
+                    elapsed = time.monotonic() - window_start
+                    if elapsed >= STALL_SECONDS:
+                        if received - window_bytes < MIN_BYTES_PER_SECOND * elapsed:
+                            raise _MirrorFailed(
+                                f"stalled: {received - window_bytes} bytes in the last {elapsed:.0f} s "
+                                f"(less than {MIN_BYTES_PER_SECOND} B/s) after {received} bytes")
+                        window_start, window_bytes = time.monotonic(), received
+    except urllib3.exceptions.ReadTimeoutError:
+        raise _MirrorFailed(f"stalled: no data for {STALL_SECONDS} s after {received} bytes") from None
+    except urllib3.exceptions.ProtocolError as error:
+        raise _MirrorFailed(f"truncated download: the connection broke after {received} of "
+                            f"{expected or 'unknown'} bytes ({error})") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
         raise _MirrorFailed(f"{type(error).__name__}: {error}") from None
     if expected is not None and received != expected:
         raise _MirrorFailed(f"truncated download: {received} of {expected} bytes")
@@ -185,14 +217,17 @@ def _extract_splits(archive, entry, target):
             raise _MirrorFailed(f"SHA1 mismatch for {file}: expected {sha1}, got {actual}")
 
 
-def download_extract(name, cache_dir=None):
+def download_extract(name, cache_dir=None, verify=False):
     """Download the dataset ``name`` of :data:`DATA_HUB` if needed; return the folder of its split files.
 
     Datasets with a ``local_dir`` (``wikitext-2-sample``) are only verified, never downloaded.
 
     The folder is ``<cache root>/datasets/<name>`` (cache root: ``cache_dir``, else
     ``$BERTPRETRAIN_HOME``, else the user's cache folder). A verified cache is returned without any
-    network access. Raises :class:`DownloadError` naming each mirror and why it failed.
+    network access. It is trusted without hashing while each split file keeps the size and mtime
+    recorded when it was verified; ``verify=True`` hashes every file again (a few seconds per GB) and
+    downloads the dataset anew if one differs. Raises :class:`DownloadError` naming each mirror and
+    why it failed.
     """
     entry = _entry(name)
     if entry.local_dir:
@@ -204,34 +239,45 @@ def download_extract(name, cache_dir=None):
         return entry.local_dir
     datasets = os.path.join(cache_root(cache_dir), "datasets")
     folder = os.path.join(datasets, name)
-    if _cache_is_verified(folder, entry):
+    if _cache_is_verified(folder, entry, verify):
         return folder
-    os.makedirs(datasets, exist_ok=True)
+    with exclusive_lock(os.path.join(datasets, ".download.lock")) as locked:
+        # Another process may have finished this download while we waited for the lock.
+        if _cache_is_verified(folder, entry, verify):
+            return folder
+        # Under the lock no other download runs, so every staging folder is a killed one's.
+        for stale in remove_stale(datasets, older_than=0 if locked else 3600):
+            logger.info("removed %s, left in %s by an interrupted download", stale, datasets)
+        return _download(name, entry, folder)
+
+
+def _download(name, entry, folder):
+    """Fetch ``entry`` from its first mirror that gives a verified archive into ``folder``; return it.
+
+    An existing ``folder`` has failed verification and is replaced; a folder that appears meanwhile
+    (a process that does not take the lock) wins over this download.
+    """
     failures = []
-    for url in entry.urls:
-        staging = tempfile.mkdtemp(dir=datasets, prefix=f".{name}-")
+    for number, url in enumerate(entry.urls, 1):
         try:
-            archive_sha1 = _fetch(url, os.path.join(staging, "archive.zip"))
-            try:
-                _extract_splits(os.path.join(staging, "archive.zip"), entry, staging)
-            except _MirrorFailed as error:
-                if entry.sha1 and archive_sha1 != entry.sha1:
-                    raise _MirrorFailed(f"archive SHA1 {archive_sha1} differs from the expected {entry.sha1} "
-                                        f"and {error}") from None
-                raise
-            os.unlink(os.path.join(staging, "archive.zip"))
-            with open(os.path.join(staging, _STAMP), "w") as f:
-                json.dump(_stamp(staging, entry), f)
-            if os.path.isdir(folder):
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
+            with atomic_folder(folder, replace=os.path.isdir(folder)) as staging:
+                archive = os.path.join(staging, "archive.zip")
+                archive_sha1 = _fetch(url, archive)
+                try:
+                    _extract_splits(archive, entry, staging)
+                except _MirrorFailed as error:
+                    if entry.sha1 and archive_sha1 != entry.sha1:
+                        raise _MirrorFailed(f"archive SHA1 {archive_sha1} differs from the expected "
+                                            f"{entry.sha1} and {error}") from None
+                    raise
+                os.unlink(archive)
+                atomic_write(os.path.join(staging, _STAMP), json.dumps(_stamp(staging, entry)))
             logger.info("downloaded %s from %s into %s", name, url, folder)
             return folder
         except _MirrorFailed as error:
-            logger.warning("mirror %s failed: %s", url, error)
+            logger.warning("mirror %s failed: %s%s", url, error,
+                           "; trying the next mirror" if number < len(entry.urls) else "")
             failures.append(f"  {url}: {error}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     raise DownloadError(
         f"could not download dataset {name!r}; every mirror failed:\n" + "\n".join(failures) +
         f"\nCheck your network connection, or download the archive yourself, extract it and pass its folder "

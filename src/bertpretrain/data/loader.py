@@ -146,7 +146,7 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, cache="auto", cache_dir=None):
+                   truncate_pairs=False, cache="auto", cache_dir=None, verify=False):
     """Pretraining batches of a WikiText split, and its vocabulary.
 
     Args:
@@ -165,13 +165,14 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (files >= 32 MB).
         cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
             user's cache folder).
+        verify: hash a cached download's files again rather than trust their recorded size and mtime.
     Returns:
         ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary.
     """
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if data_dir is None:
-        data_dir = download_extract(dataset, cache_dir=cache_dir)
+        data_dir = download_extract(dataset, cache_dir=cache_dir, verify=verify)
     data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
                                 dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs, cache=cache,
                                 cache_dir=cache_dir)

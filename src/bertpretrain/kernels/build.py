@@ -14,25 +14,37 @@ library built for another CPU or MXNet is never picked up by mistake.
 Cache folder: ``$BERTPRETRAIN_HOME/kernels`` when set, else
 ``$XDG_CACHE_HOME/bertpretrain/kernels`` (default ``~/.cache/bertpretrain/kernels``).
 The library is written to a temporary file in that folder and renamed into place, so
-concurrent processes never load a half-written file.
+concurrent processes never load a half-written file, and its size and sha256 are recorded
+beside it (``<library>.json``): a cached library that does not match its record (truncated,
+overwritten, or from before records) is rebuilt, with one log line, rather than loaded, since
+loading a truncated library kills the process with a bus error. Builds into one cache take
+turns under a lock; the next build removes the temporary files of a killed one. The compiler
+and everything it starts run in their own process group, killed when the build fails or
+times out, and by a small guard process when this one dies, even by ``kill -9``.
 """
+import contextlib
 import hashlib
+import json
+import logging
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import mxnet
 
-from ..files import cache_root
+from ..files import atomic_path, atomic_write, cache_root, exclusive_lock, file_digest, remove_stale
 
 SOURCE_DIR = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 COMPILE_TIMEOUT_S = 600
 LIBRARY_PREFIX = "libbertpretrain_kernels-"
+logger = logging.getLogger("bertpretrain.kernels")
+# Kills the compiler's process group (pgid $1) when its stdin closes: when the building process dies.
+_GUARD = 'read _; kill -9 -"$1"'
 
 
 class BuildError(RuntimeError):
@@ -116,8 +128,72 @@ def library_key(compiler, sources, api_files):
     return digest.hexdigest()
 
 
+def record_path(library):
+    """Where the size and sha256 of ``library`` are recorded: ``<library>.json`` beside it."""
+    return library.with_name(library.name + ".json")
+
+
+def _damage(library):
+    """Why the cached ``library`` cannot be trusted, or None when it matches its recorded size and sha256."""
+    try:
+        record = json.loads(record_path(library).read_text())
+        size, sha256 = record["size"], record["sha256"]
+    except FileNotFoundError:
+        return "it has no recorded size and sha256"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its record {record_path(library)} is unreadable ({error})"
+    actual = library.stat().st_size
+    if actual != size:
+        return f"it has {actual} bytes, {size} were recorded"
+    if file_digest(library) != sha256:
+        return "its sha256 differs from the recorded one"
+    return None
+
+
+def _run_compiler(command):
+    """Run ``command`` in a process group of its own; return ``(exit status, stdout, stderr)``.
+
+    The group (the compiler driver and the compiler, assembler and linker it starts) is killed
+    when this function is left early (timeout, Ctrl-C) and, through a guard process reading a
+    pipe only this process holds, when this process dies.
+    """
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+    except OSError as error:
+        raise BuildError(f"cannot run the C++ compiler {command[0]}: {error}") from error
+    guard = subprocess.Popen(["sh", "-c", _GUARD, "guard", str(process.pid)], stdin=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"compiling the kernels took longer than {COMPILE_TIMEOUT_S} s; stopped it:\n"
+                         f"{' '.join(command)}") from None
+    finally:
+        if process.returncode is None:  # not yet reaped, so the group id is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        guard.kill()
+        guard.wait()
+        guard.stdin.close()
+    return process.returncode, stdout, stderr
+
+
+def _compile(command, target):
+    """Compile with ``command`` (its output path last) into ``target``, recording its size and sha256."""
+    with atomic_path(target) as tmp:
+        returncode, stdout, stderr = _run_compiler(command + [tmp])
+        if returncode != 0:
+            tail = "\n".join((stderr or stdout).strip().splitlines()[-15:])
+            raise BuildError(f"compiling the kernels failed (exit {returncode}):\n"
+                             f"{' '.join(command + [str(target)])}\n{tail}")
+        atomic_write(record_path(target), json.dumps(
+            {"size": os.path.getsize(tmp), "sha256": file_digest(tmp)}))
+
+
 def build(source_dir=SOURCE_DIR, cache=None):
-    """Path to the compiled kernel library, compiling it first when not cached.
+    """Path to the compiled kernel library, compiling it first when not cached or not intact.
 
     ``source_dir`` and ``cache`` (default :func:`cache_dir`) exist for tests.
     Raises :class:`BuildError` naming the problem when the library cannot be built.
@@ -129,30 +205,24 @@ def build(source_dir=SOURCE_DIR, cache=None):
         raise BuildError(f"no kernel sources (*.cc) in {source_dir}; the install is incomplete")
     cache = Path(cache) if cache is not None else cache_dir()
     target = cache / f"{LIBRARY_PREFIX}{library_key(compiler, sources, api_files)[:24]}.so"
-    if target.is_file():
+    if target.is_file() and _damage(target) is None:
         return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=cache)
-        os.close(fd)
-    except OSError as error:
-        raise BuildError(f"cannot write to the kernel cache folder {cache}: {error}; "
-                         "set BERTPRETRAIN_HOME to a writable folder") from error
     include, lib_api = api_files
     command = (compiler + list(FLAGS) + ["-I", str(include)]
-               + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api), "-o", tmp])
+               + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api), "-o"])
     try:
-        result = subprocess.run(command, capture_output=True, text=True,
-                                timeout=COMPILE_TIMEOUT_S)
-        if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-            raise BuildError(f"compiling the kernels failed (exit {result.returncode}):\n"
-                             f"{' '.join(command)}\n{tail}")
-        os.replace(tmp, target)
-    except (OSError, subprocess.SubprocessError) as error:
-        raise BuildError(f"running the C++ compiler failed: {error}") from error
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        cache.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(cache / ".build.lock") as locked:
+            if target.is_file():  # damaged, or built by another process while this one waited
+                damage = _damage(target)
+                if damage is None:
+                    return target
+                logger.warning("the cached kernel library %s is damaged (%s): rebuilding it", target, damage)
+            # Under the lock no other build runs, so every temporary file is a killed one's.
+            for stale in remove_stale(cache, older_than=0 if locked else 2 * COMPILE_TIMEOUT_S):
+                logger.info("removed %s, left in %s by an interrupted build", stale, cache)
+            _compile(command, target)
+    except OSError as error:
+        raise BuildError(f"cannot build the kernels in the cache folder {cache}: {error}; "
+                         "set BERTPRETRAIN_HOME to a writable folder") from error
     return target
-
