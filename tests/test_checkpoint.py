@@ -2,7 +2,6 @@
 
 Full and read-only disks are small tmpfs mounts made by the test (root only; skipped elsewhere).
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -133,21 +132,9 @@ def test_files_and_folders_are_synced_before_latest_moves(tmp_path, monkeypatch)
     assert str(tmp_path) in synced_before_latest, "the checkpoint directory was not synced"
 
 
-@contextlib.contextmanager
-def tmpfs(folder, options):
-    """Mount a tmpfs at ``folder`` for the block (needs root); skip the test where mounting is impossible."""
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                          text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 class CountTaken:
+    """Wraps a loader; counts the batches taken from it."""
+
     def __init__(self, loader):
         self.loader, self.taken = loader, 0
 
@@ -157,26 +144,25 @@ class CountTaken:
             yield batch
 
 
-def test_a_read_only_checkpoint_folder_is_refused_before_the_first_step(tmp_path):
-    loaders = []
-    with tmpfs(tmp_path / "ro", "size=1m,ro") as folder:
-        with pytest.raises(CheckpointError, match=f"{folder / 'checkpoints'} cannot be written .*before training"):
-            train(folder / "checkpoints", 4, loader=lambda it: loaders.append(CountTaken(it)) or loaders[-1])
+def test_a_read_only_checkpoint_folder_is_refused_before_the_first_step(tmpfs):
+    folder, loaders = tmpfs("ro", "size=1m,ro"), []
+    with pytest.raises(CheckpointError, match=f"{folder / 'checkpoints'} cannot be written .*before training"):
+        train(folder / "checkpoints", 4, loader=lambda it: loaders.append(CountTaken(it)) or loaders[-1])
     assert loaders[0].taken == 0
 
 
 @pytest.mark.parametrize("full_at", ["model.params", "trainer.states"])
-def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, saved, full_at):
+def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmpfs, saved, full_at):
     sizes = {f.name: f.stat().st_size for f in (saved / "step-00000002").iterdir()}
     # room for one checkpoint, the files written before ``full_at`` in the next one, and half of ``full_at``
     order = ["config.json", "model.params", "trainer.states"]
     room = sum(sizes.values()) + sum(sizes[n] for n in order[:order.index(full_at)]) + sizes[full_at] // 2
-    with tmpfs(tmp_path / "small", f"size={room}") as folder:
-        with pytest.raises(CheckpointError) as error:
-            train(folder, 4)
-        message = str(error.value)
-        assert f"cannot write {folder / 'step-00000004' / full_at}: the disk is full" in message
-        assert f"previous checkpoint {folder / 'step-00000002'} is kept" in message
-        assert latest_checkpoint(str(folder)).endswith("step-00000002")
-        assert sorted(os.listdir(folder)) == ["latest", "step-00000002"]
-        ckpt.verify_checkpoint(str(folder / "step-00000002"), ckpt.read_state(str(folder / "step-00000002")))
+    folder = tmpfs("small", f"size={room}")
+    with pytest.raises(CheckpointError) as error:
+        train(folder, 4)
+    message = str(error.value)
+    assert f"cannot write {folder / 'step-00000004' / full_at}: the disk is full" in message
+    assert f"previous checkpoint {folder / 'step-00000002'} is kept" in message
+    assert latest_checkpoint(str(folder)).endswith("step-00000002")
+    assert sorted(os.listdir(folder)) == ["latest", "step-00000002"]
+    ckpt.verify_checkpoint(str(folder / "step-00000002"), ckpt.read_state(str(folder / "step-00000002")))

@@ -5,7 +5,8 @@ import sys
 
 from . import distributed
 from .data import DataError, DownloadError
-from .train import NonFiniteLossError, parse_devices
+from .train import NonFiniteLossError
+from .train.checkpoint import CheckpointError
 from .recipe import PretrainOptions, run_pretraining
 
 
@@ -46,15 +47,14 @@ def pretrain_main(argv=None, prog=None):
     parser = add_pretrain_arguments(argparse.ArgumentParser(prog=prog, description=__doc__))
     args = parser.parse_args(argv)
     try:
-        parse_devices(args.devices)
-    except ValueError as error:
+        options = PretrainOptions(**vars(args))
+    except ValueError as error:  # a bad value: a usage message and exit status 2, as argparse gives
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    options = PretrainOptions(**vars(args))
     try:
         with distributed.exit_on_error(options.kvstore):
             summary = run_pretraining(options)
-    except (DataError, DownloadError, NonFiniteLossError) as error:
+    except (DataError, DownloadError, NonFiniteLossError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if summary["interrupted"]:
