@@ -128,3 +128,26 @@ def test_a_read_only_output_folder_fails_before_training(tmpfs, capsys, caplog):
     err = capsys.readouterr().err
     assert f"error: the output folder {folder / 'run'} cannot be written (Read-only file system)" in err
     assert "training on" not in caplog.text
+
+
+def test_a_full_disk_is_an_error_naming_the_file_not_a_traceback(tmp_path, tmpfs, capsys):
+    args = ["pretrain", "--dataset", "wikitext-2-sample", *QUICK]
+    assert cli.main([*args, "--output-dir", str(tmp_path / "measure")]) == 0
+    pages = lambda path: -(-path.stat().st_size // 4096) * 4096  # noqa: E731  (tmpfs counts whole pages)
+    checkpoint = sum(pages(f) for f in (tmp_path / "measure" / "checkpoints").rglob("*") if f.is_file())
+    params = (tmp_path / "measure" / "model" / "model.params").stat().st_size
+
+    small = tmpfs("small", f"size={checkpoint + 4096 + params // 2}")  # the checkpoint fits, model/ does not
+    assert cli.main([*args, "--output-dir", str(small)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: the disk is full: [Errno 28] No space left on device (the disk is full): " \
+           f"'{small / 'model' / 'model.params'}'" in err
+    assert f"checkpoints in {small / 'checkpoints'} are kept" in err and "--resume" in err
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)  # space freed: the way out works
+    assert cli.main([*args, "--output-dir", str(small), "--resume"]) == 0
+    _check_outputs(small, 3)
+
+    tiny = tmpfs("tiny", "size=64k")  # not even the checkpoint fits
+    assert cli.main([*args, "--output-dir", str(tiny)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write {tiny / 'checkpoints' / 'step-00000003'}" in err and "the disk is full" in err

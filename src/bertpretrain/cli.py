@@ -1,6 +1,8 @@
 """The ``bertpretrain`` command: ``bertpretrain pretrain [options]`` and ``bertpretrain launch ...``."""
 import argparse
+import errno
 import logging
+import os
 import sys
 
 from . import distributed
@@ -56,6 +58,13 @@ def pretrain_main(argv=None, prog=None):
             summary = run_pretraining(options)
     except (DataError, DownloadError, NonFiniteLossError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the disk filled up after the last checkpoint, writing the outputs
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: the disk is full: {error}. The checkpoints in "
+              f"{os.path.join(options.output_dir, 'checkpoints')} are kept: free some space and run the same "
+              "command with --resume to write the outputs", file=sys.stderr)
         return 1
     if summary["interrupted"]:
         print(f"interrupted at step {summary['steps']}; resume with --resume (checkpoint {summary['checkpoint']})")
