@@ -5,6 +5,7 @@ validation and test splits live in ``../shared/data/wikitext-2`` beside the chec
 """
 import os
 import pathlib
+import subprocess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -42,3 +43,25 @@ def kernels_available():
     if not status.available:
         pytest.skip(f"fused kernels unavailable here: {status.reason}")
     return status
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, options)``: mount a small tmpfs (e.g. ``"size=1m"``, ``"size=1m,ro"``) at
+    ``tmp_path / name`` for the test and return the folder: a full or read-only disk, which chmod cannot
+    give root. Skips the test (with the reason) where mounting is impossible (not root)."""
+    mounted = []
+
+    def mount(name, options):
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)

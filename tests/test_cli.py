@@ -90,3 +90,64 @@ def test_data_dir_without_a_validation_split_trains_without_evaluation(tmp_path,
     saved = json.loads((tmp_path / "run" / "history.json").read_text())
     assert saved["history"]["step"] == [1, 2, 3] and "eval" not in saved["summary"]
     assert "no wiki.valid.tokens" in caplog.text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-steps", "0"], "--num-steps must be an integer >= 1, got 0"),
+    (["--dataset", "wikitext-9"], "unknown dataset 'wikitext-9' (--dataset): choose one of"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "-0.1"], "--lr must be a finite number > 0, got -0.1"),
+    (["--max-len", "4"], "--max-len must be an integer >= 5"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be an integer >= 0, got -1"),
+    (["--checkpoint-interval", "0"], "--checkpoint-interval must be an integer >= 1, got 0"),
+])
+def test_bad_arguments_are_usage_errors(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["pretrain", "--dataset", "wikitext-2-sample", "--output-dir", str(tmp_path), *QUICK, *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: bertpretrain pretrain") and message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir()), "nothing is written for a bad argument"
+
+
+def test_a_gpu_that_does_not_exist_is_a_usage_error(capsys):
+    import mxnet as mx
+    missing = mx.context.num_gpus()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["pretrain", "--devices", f"gpu:{missing}", "--dataset", "wikitext-2-sample", *QUICK])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    sees = f"{missing} GPU(s)" if missing else "no GPU"
+    assert f"'gpu:{missing}' was asked for but MXNet sees {sees}" in err and "Traceback" not in err
+
+
+def test_a_read_only_output_folder_fails_before_training(tmpfs, capsys, caplog):
+    folder = tmpfs("ro", "size=1m,ro")
+    assert cli.main(["pretrain", "--dataset", "wikitext-2-sample", "--output-dir", str(folder / "run"), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert f"error: the output folder {folder / 'run'} cannot be written (Read-only file system)" in err
+    assert "training on" not in caplog.text
+
+
+def test_a_full_disk_is_an_error_naming_the_file_not_a_traceback(tmp_path, tmpfs, capsys):
+    args = ["pretrain", "--dataset", "wikitext-2-sample", *QUICK]
+    assert cli.main([*args, "--output-dir", str(tmp_path / "measure")]) == 0
+    pages = lambda path: -(-path.stat().st_size // 4096) * 4096  # noqa: E731  (tmpfs counts whole pages)
+    checkpoint = sum(pages(f) for f in (tmp_path / "measure" / "checkpoints").rglob("*") if f.is_file())
+    params = (tmp_path / "measure" / "model" / "model.params").stat().st_size
+
+    small = tmpfs("small", f"size={checkpoint + 4096 + params // 2}")  # the checkpoint fits, model/ does not
+    assert cli.main([*args, "--output-dir", str(small)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: the disk is full: [Errno 28] No space left on device (the disk is full): " \
+           f"'{small / 'model' / 'model.params'}'" in err
+    assert f"checkpoints in {small / 'checkpoints'} are kept" in err and "--resume" in err
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)  # space freed: the way out works
+    assert cli.main([*args, "--output-dir", str(small), "--resume"]) == 0
+    _check_outputs(small, 3)
+
+    tiny = tmpfs("tiny", "size=64k")  # not even the checkpoint fits
+    assert cli.main([*args, "--output-dir", str(tiny)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write {tiny / 'checkpoints' / 'step-00000003'}" in err and "the disk is full" in err

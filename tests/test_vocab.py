@@ -67,3 +67,27 @@ def test_load_missing_file_names_it(tmp_path):
 def test_min_freq_must_be_positive():
     with pytest.raises(ValueError, match="min_freq"):
         Vocab(["a"], min_freq=0)
+
+
+def test_vocab_records_the_unk_rate_of_its_own_corpus(tmp_path):
+    # 6 known words, 2 rare ones and 2 literal <unk>: 4 of 10 tokens are <unk>
+    vocab = Vocab(["a"] * 6 + ["rare"] * 2 + ["<unk>"] * 2, min_freq=3)
+    assert vocab.unk_rate == pytest.approx(0.4)
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocab.load(tmp_path / "vocab.json").unk_rate == pytest.approx(0.4)
+
+
+def test_a_vocabulary_from_another_corpus_is_warned_about(tmp_path, caplog):
+    from bertpretrain.data import build_dataset, download_extract
+    sample = download_extract("wikitext-2-sample")
+    _, own = build_dataset(f"{sample}/wiki.train.tokens", 32, seed=0)
+    other = tmp_path / "other.tokens"
+    other.write_text("".join(f" w{i} w{i + 1} w{i + 2} . w{i + 3} w{i + 4} . \n" for i in range(0, 200)) * 5)
+    _, foreign = build_dataset(str(other), 32, seed=0)
+    caplog.clear()
+    build_dataset(f"{sample}/wiki.valid.tokens", 32, seed=0, vocab=own)  # the validation split: no warning
+    assert "<unk>" not in caplog.text
+    build_dataset(f"{sample}/wiki.train.tokens", 32, seed=0, vocab=foreign)
+    assert f"{sample}/wiki.train.tokens:" in caplog.text
+    assert "% of its tokens become <unk> with the vocabulary given, against 0% in the corpus it was built" \
+           in caplog.text and "another corpus" in caplog.text

@@ -1,11 +1,14 @@
 """The ``bertpretrain`` command: ``bertpretrain pretrain [options]`` and ``bertpretrain launch ...``."""
 import argparse
+import errno
 import logging
+import os
 import sys
 
 from . import distributed
 from .data import DataError, DownloadError
-from .train import NonFiniteLossError, parse_devices
+from .train import NonFiniteLossError
+from .train.checkpoint import CheckpointError
 from .recipe import PretrainOptions, run_pretraining
 
 
@@ -48,16 +51,22 @@ def pretrain_main(argv=None, prog=None):
     parser = add_pretrain_arguments(argparse.ArgumentParser(prog=prog, description=__doc__))
     args = parser.parse_args(argv)
     try:
-        parse_devices(args.devices)
-    except ValueError as error:
+        options = PretrainOptions(**vars(args))
+    except ValueError as error:  # a bad value: a usage message and exit status 2, as argparse gives
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    options = PretrainOptions(**vars(args))
     try:
         with distributed.exit_on_error(options.kvstore):
             summary = run_pretraining(options)
-    except (DataError, DownloadError, NonFiniteLossError) as error:
+    except (DataError, DownloadError, NonFiniteLossError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the disk filled up after the last checkpoint, writing the outputs
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: the disk is full: {error}. The checkpoints in "
+              f"{os.path.join(options.output_dir, 'checkpoints')} are kept: free some space and run the same "
+              "command with --resume to write the outputs", file=sys.stderr)
         return 1
     if summary["interrupted"]:
         print(f"interrupted at step {summary['steps']}; resume with --resume (checkpoint {summary['checkpoint']})")

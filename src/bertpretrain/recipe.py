@@ -6,15 +6,17 @@ curves, and print BERT encodings of a sentence and of a sentence pair.
 """
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
 
 from . import distributed
-from .data import DownloadError, download_extract, load_data_wiki
+from .data import DATA_HUB, DownloadError, download_extract, load_data_wiki
 from .encoding import get_bert_encoding
 from .model import BERTModel, save_pretrained
 from .train import parse_devices, train_bert
+from .train.checkpoint import check_writable
 from .train.plot import plot_history
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,26 @@ class PretrainOptions:
     checkpoint_interval: int = None
     progress: bool = None
     kvstore: str = "device"
+
+    def __post_init__(self):
+        """Check every option before anything is downloaded or trained; a bad one raises ValueError naming its
+        command-line flag, what was expected and what was given."""
+        def integer(name, least):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+
+        for name, least in (("num_steps", 1), ("batch_size", 1), ("max_len", 5), ("warmup_steps", 0)):
+            integer(name, least)
+        if self.checkpoint_interval is not None:
+            integer("checkpoint_interval", 1)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        if self.data_dir is None and self.dataset not in DATA_HUB:
+            raise ValueError(f"unknown dataset {self.dataset!r} (--dataset): choose one of "
+                             f"{', '.join(sorted(DATA_HUB))}, or pass --data-dir with your own split files")
+        if self.devices:
+            parse_devices(self.devices)
 
 
 def _data_folder(options):
@@ -81,6 +103,8 @@ def run_pretraining(options):
     devices = parse_devices(options.devices) if options.devices else None  # None: train_bert's default
     kvstore = (distributed.create_kvstore(options.kvstore) if distributed.is_distributed(options.kvstore)
                else options.kvstore)
+    if getattr(kvstore, "rank", 0) == 0:  # the worker that writes: find an unwritable folder before any work
+        check_writable(options.output_dir, "output folder")
     folder, dataset = _data_folder(options)
     train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed)
     eval_iter = None

@@ -12,6 +12,7 @@ from .corpus import split_file
 from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
 from .pairs import make_nsp_pairs
+from .vocab import UNK_ID
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,21 @@ class PretrainingLoader:
         self._position, self._resume = (int(state["epoch"]), int(state["batches_given"])), True
 
 
+def _warn_if_foreign(path, token_ids, vocab):
+    """Warn when far more of ``token_ids`` (T,) are ``<unk>`` than in the corpus ``vocab`` was built from
+    (more than twice its rate plus 2 points): the vocabulary then most likely comes from another corpus.
+    A split of the same corpus stays well below (WikiText-2's test split has 1.5 times its valid split's rate
+    with the valid split's vocabulary)."""
+    if vocab.unk_rate is None or not len(token_ids):
+        return
+    rate = np.count_nonzero(token_ids == UNK_ID) / len(token_ids)
+    if rate > 2 * vocab.unk_rate + 0.02:
+        logger.warning("%s: %.0f%% of its tokens become <unk> with the vocabulary given, against %.0f%% in the "
+                       "corpus it was built from: the vocabulary most likely comes from another corpus. Build it "
+                       "from this corpus's training split (vocab=None), or pass the vocabulary that belongs to "
+                       "it", path, 100 * rate, 100 * vocab.unk_rate)
+
+
 def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
                   truncate_pairs=False, cache="auto", cache_dir=None):
     """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
@@ -131,7 +147,10 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
     if not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
         raise ValueError(f"min_freq must be an integer >= 1, got {min_freq!r}")
     seed = seeding.resolve_seed(seed)
+    given = vocab
     corpus, vocab = load_encoded_corpus(path, vocab, min_freq, cache, cache_dir)
+    if given is not None:
+        _warn_if_foreign(path, corpus.token_ids, given)
     if vocab.num_words < 1:
         raise ValueError(f"the vocabulary of {path} has no word seen at least min_freq={min_freq} times; "
                          "lower min_freq or use a larger corpus")

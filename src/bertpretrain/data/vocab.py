@@ -34,6 +34,10 @@ class Vocab:
     Args:
         tokens: an iterable of tokens (str), or a mapping token -> count.
         min_freq: the least count for a word to get its own id.
+
+    ``unk_rate`` is the share of those tokens that map to ``<unk>`` (rare words and WikiText's literal
+    ``<unk>``; None for an empty corpus): what a corpus encoded with this vocabulary is expected to
+    show, so that a vocabulary from another corpus can be recognised.
     """
 
     def __init__(self, tokens=(), min_freq=5):
@@ -45,6 +49,9 @@ class Vocab:
                        key=lambda word: (-counts[word], word))
         self._set_tokens(list(RESERVED_TOKENS) + words)
         self.min_freq = int(min_freq)
+        total = sum(counts.values())
+        unknown = total - sum(counts[token] for token in counts if self.token_to_idx[token] != UNK_ID)
+        self.unk_rate = unknown / total if total else None
 
     def _set_tokens(self, idx_to_token):
         self.idx_to_token = idx_to_token
@@ -79,7 +86,8 @@ class Vocab:
 
     def save(self, path):
         """Write the vocabulary as JSON (atomically: a crash never leaves a half-written file)."""
-        payload = {"format": _FORMAT, "min_freq": self.min_freq, "idx_to_token": self.idx_to_token}
+        payload = {"format": _FORMAT, "min_freq": self.min_freq, "unk_rate": self.unk_rate,
+                   "idx_to_token": self.idx_to_token}
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vocab-", suffix=".tmp")
@@ -110,6 +118,7 @@ class Vocab:
         vocab = cls.__new__(cls)
         vocab._set_tokens(tokens)
         vocab.min_freq = int(payload.get("min_freq", 1))
+        vocab.unk_rate = payload.get("unk_rate")  # None in files written before it was recorded
         return vocab
 
     def __repr__(self):

@@ -1,24 +1,27 @@
 """Saving a model with its configuration, rebuilding it from the folder, and exporting its graph."""
+import errno
 import json
 import os
-import tempfile
+import shutil
 
 import mxnet as mx
 
 from .. import kernels
+from ..files import atomic_path
 from .bert import BERTModel
 from .config import BERTConfig
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "model.params"
+_FULL_BYTES = 1 << 20  # a write that failed with less free space than this failed for want of space
 
 
 def save_pretrained(net, folder):
     """Write ``config.json`` and ``model.params`` of ``net`` (a BERTModel) into ``folder``.
 
-    Each file is written to a temporary name in the folder first and then moved into place with
-    ``os.replace``, so an interrupted save never leaves a truncated file under the final name.
-    Returns the folder.
+    Each file is written to a temporary name in the folder first, synced and then moved into place,
+    so an interrupted save never leaves a truncated file under the final name. Returns the folder.
+    A full disk raises ``OSError(ENOSPC)`` naming the file.
     """
     if not isinstance(net, BERTModel):
         raise ValueError(f"net must be a BERTModel (pass `.bert` of a BERTForPretraining), "
@@ -82,13 +85,23 @@ def _write_json(path, values):
 
 
 def _write_atomically(path, write):
-    folder, name = os.path.split(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Run ``write(temporary)`` and move the file into place (:func:`~bertpretrain.files.atomic_path`).
+
+    A full disk raises ``OSError(ENOSPC)`` naming ``path``: MXNet's own writer only says
+    "FileStream.Write incomplete", with no file name and no reason.
+    """
+    with atomic_path(path) as temporary:
+        try:
+            write(temporary)
+        except (OSError, mx.base.MXNetError) as error:
+            if not _disk_full(error, temporary):
+                raise
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the disk is full)", path) from error
+
+
+def _disk_full(error, temporary):
+    """Whether writing ``temporary`` (still on disk) failed because its disk is full."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return ("Write incomplete" in str(error)
+            and shutil.disk_usage(os.path.dirname(os.path.abspath(temporary))).free < _FULL_BYTES)

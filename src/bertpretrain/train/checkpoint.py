@@ -2,33 +2,76 @@
 
 A checkpoint is a folder ``step-00000050`` inside the checkpoint directory holding the model
 (``config.json``, ``model.params``), the optimiser state (``trainer.states``), the vocabulary
-(``vocab.json``, when known) and ``state.json`` (step, seed, data position, history, options).
-It is written under a temporary name and renamed into place; only then does the ``latest`` file
-(itself replaced atomically) point to it, and only then are older checkpoints pruned. A process
-killed while saving thus leaves the previous checkpoint, and ``latest``, untouched.
+(``vocab.json``, when known) and ``state.json`` (step, seed, data position, history, options, and
+the SHA-256 of every other file). It is filled under a temporary name, its files and folder are
+synced to disk and it is renamed into place (:func:`~bertpretrain.files.atomic_folder`); only then
+does the ``latest`` file (itself replaced atomically) point to it, and only then are older
+checkpoints pruned. A process killed while saving thus leaves the previous checkpoint, and
+``latest``, untouched; a disk that fills up does the same, and says so.
+
+On resume every file is checked against its recorded digest, and the saved model configuration
+and vocabulary against the ones passed, so that a damaged checkpoint or a changed setting is
+refused with the file or setting named instead of silently continuing.
 """
+import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 
+from ..files import TMP_MARK, atomic_folder, atomic_write, file_digest, remove_stale
 from ..model import save_pretrained
+from ..model.io import CONFIG_FILE
 
-FORMAT = "bertpretrain-checkpoint-v1"
+FORMAT = "bertpretrain-checkpoint-v2"
 LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.states"
 VOCAB_FILE = "vocab.json"
 PARAMS_FILE = "model.params"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _write_text_atomically(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or cannot be trusted for resuming; the message says what to do."""
+
+
+def check_writable(folder, what="checkpoint folder"):
+    """Create ``folder`` if needed and write a small temporary file in it (removed again), so that a
+    read-only or unwritable folder is found before training rather than after it.
+
+    Raises:
+        CheckpointError: naming the folder and the reason.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"probe")
+            probe.flush()
+    except OSError as error:
+        raise CheckpointError(f"the {what} {folder} cannot be written ({error.strerror or error}); checked "
+                              "before training so that no work is lost: choose a writable folder "
+                              "(--output-dir) or fix its permissions") from None
+
+
+@contextlib.contextmanager
+def _disk_full_names(folder, previous, name=None):
+    """Turn "no space left" while writing file ``name`` of ``folder`` into a :class:`CheckpointError`
+    that names the file, says the disk is full and that ``previous`` (the last complete checkpoint) is
+    kept. ``name=None``: the file the error names, else the folder itself."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _DISK_FULL:
+            raise
+        if name is None and error.filename and TMP_MARK not in os.path.basename(error.filename):
+            name = os.path.basename(error.filename)
+        path = os.path.join(folder, name) if name else folder
+        kept = (f"the previous checkpoint {previous} is kept and resumable" if previous
+                else "no earlier checkpoint exists")
+        raise CheckpointError(f"cannot write {path}: the disk is full ({error.strerror}); {kept}. Free some "
+                              "space (or choose a folder on another disk) and resume") from error
 
 
 def save_checkpoint(directory, step, bert, trainer, state, vocab=None, keep=2):
@@ -42,59 +85,157 @@ def save_checkpoint(directory, step, bert, trainer, state, vocab=None, keep=2):
         state: a JSON-serialisable dict (step, seed, data position, history, ...).
         vocab: the vocabulary, saved beside the model so the folder is self-contained.
         keep: how many checkpoints to keep (older ones are deleted after the new one is in place).
+    Raises:
+        CheckpointError: the disk is full (naming the file; the previous checkpoint stays the latest).
     """
     os.makedirs(directory, exist_ok=True)
     name = f"step-{step:08d}"
     final = os.path.join(directory, name)
-    staging = tempfile.mkdtemp(dir=directory, prefix=f".{name}.tmp-")
-    try:
-        save_pretrained(bert, staging)
-        trainer.save_states(os.path.join(staging, TRAINER_FILE))
+    previous = _read_latest_name(directory)
+    previous = os.path.join(directory, previous) if previous else None
+    with _disk_full_names(final, previous), atomic_folder(final) as staging:
+        with _disk_full_names(final, previous):  # save_pretrained's error names its file
+            save_pretrained(bert, staging)
+        with _disk_full_names(final, previous, TRAINER_FILE):
+            trainer.save_states(os.path.join(staging, TRAINER_FILE))
         if vocab is not None:
-            vocab.save(os.path.join(staging, VOCAB_FILE))
-        with open(os.path.join(staging, STATE_FILE), "w") as f:
-            json.dump({"format": FORMAT, **state}, f)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _write_text_atomically(os.path.join(directory, LATEST), name + "\n")
+            with _disk_full_names(final, previous, VOCAB_FILE):
+                vocab.save(os.path.join(staging, VOCAB_FILE))
+        files = {file: file_digest(os.path.join(staging, file)) for file in sorted(os.listdir(staging))}
+        with _disk_full_names(final, previous, STATE_FILE):
+            atomic_write(os.path.join(staging, STATE_FILE), json.dumps({"format": FORMAT, "files": files, **state}))
+    with _disk_full_names(directory, previous, LATEST):
+        atomic_write(os.path.join(directory, LATEST), name + "\n")
     _prune(directory, keep, current=name)
     return final
 
 
 def _prune(directory, keep, current):
-    """Delete all but the ``keep`` newest checkpoints, and leftovers of interrupted saves."""
-    names = sorted(n for n in os.listdir(directory) if n.startswith("step-") and not n.endswith(".tmp"))
-    for name in names[:-keep] if keep else []:
+    """Delete all but the ``keep`` newest checkpoints, and leftovers of interrupted saves (one process
+    writes a checkpoint folder, so any temporary name in it is a leftover)."""
+    for name in _checkpoint_names(directory)[:-keep] if keep else []:
         if name != current:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-    for name in os.listdir(directory):
-        if name.startswith(".step-") and ".tmp-" in name:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    remove_stale(directory, older_than=0)
+
+
+def _checkpoint_names(directory):
+    """The ``step-*`` folder names in ``directory``, oldest first."""
+    try:
+        return sorted(n for n in os.listdir(directory) if n.startswith("step-")
+                      and os.path.isdir(os.path.join(directory, n)))
+    except FileNotFoundError:
+        return []
+
+
+def _read_latest_name(directory):
+    try:
+        with open(os.path.join(directory, LATEST)) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _previous_complete(directory, before):
+    """A sentence offering the newest checkpoint older than ``before`` that verifies, or saying there is none."""
+    for name in reversed([n for n in _checkpoint_names(directory) if n < before]):
+        folder = os.path.join(directory, name)
+        try:
+            verify_checkpoint(folder, read_state(folder, offer_previous=False))
+        except CheckpointError:
+            continue
+        return (f"the previous complete checkpoint is {folder}: resume from it with "
+                f"`echo {name} > {os.path.join(directory, LATEST)}`, or start afresh in a new checkpoint folder")
+    return "there is no earlier complete checkpoint: start afresh in a new checkpoint folder"
 
 
 def latest_checkpoint(directory):
     """The folder of the latest complete checkpoint in ``directory``, or None if there is none."""
-    try:
-        with open(os.path.join(directory, LATEST)) as f:
-            name = f.read().strip()
-    except FileNotFoundError:
+    name = _read_latest_name(directory)
+    if name is None:
         return None
     folder = os.path.join(directory, name)
     if not os.path.isfile(os.path.join(folder, STATE_FILE)):
-        raise RuntimeError(f"{directory}/{LATEST} points to {name}, which is missing or incomplete; "
-                           f"remove {LATEST} to start afresh or point it to an existing step-* folder")
+        raise CheckpointError(f"{directory}/{LATEST} points to {name}, which is missing or incomplete; "
+                              f"{_previous_complete(directory, name)}")
     return folder
 
 
-def read_state(folder):
-    """The ``state.json`` of a checkpoint folder, checked to be one this version can resume."""
-    with open(os.path.join(folder, STATE_FILE)) as f:
-        state = json.load(f)
-    if state.get("format") != FORMAT:
-        raise RuntimeError(f"{folder} holds a checkpoint of format {state.get('format')!r}, not {FORMAT!r}; "
-                           "it cannot be resumed by this version of bertpretrain")
+def read_state(folder, offer_previous=True):
+    """The ``state.json`` of a checkpoint folder, checked to be one this version can resume.
+
+    Raises:
+        CheckpointError: the file is unreadable, not JSON, or of another format (naming the file and,
+            with ``offer_previous``, the previous complete checkpoint).
+    """
+    path = os.path.join(folder, STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        problem = None if isinstance(state, dict) else "it does not hold a JSON object"
+    except (OSError, ValueError) as error:  # missing, unreadable, not UTF-8, not JSON
+        problem = f"it cannot be read ({error})"
+    if problem is None and state.get("format") != FORMAT:
+        problem = f"it is of format {state.get('format')!r}, not {FORMAT!r}, which this version resumes"
+    if problem is None and not isinstance(state.get("files"), dict):
+        problem = "it records no checksums of the checkpoint's files"
+    if problem:
+        raise _untrusted(folder, path, problem, offer_previous)
     return state
+
+
+def verify_checkpoint(folder, state, offer_previous=True):
+    """Check every file of the checkpoint against the SHA-256 recorded in its ``state``.
+
+    Raises:
+        CheckpointError: a file is missing, truncated or altered (naming it and, with ``offer_previous``,
+            the previous complete checkpoint).
+    """
+    for name, digest in sorted(state["files"].items()):
+        path = os.path.join(folder, name)
+        try:
+            actual = file_digest(path)
+        except OSError as error:
+            raise _untrusted(folder, path, f"it cannot be read ({error.strerror})", offer_previous) from None
+        if actual != digest:
+            raise _untrusted(folder, path, "its SHA-256 differs from the one recorded when it was saved (the file "
+                             "is truncated or corrupted)", offer_previous)
+
+
+def _untrusted(folder, path, problem, offer_previous):
+    directory, name = os.path.split(os.path.abspath(folder))
+    offer = f"; {_previous_complete(directory, name)}" if offer_previous else ""
+    return CheckpointError(f"checkpoint file {path} cannot be trusted: {problem}{offer}")
+
+
+def check_compatible(folder, config, vocab):
+    """Refuse to resume the checkpoint in ``folder`` with a different model configuration or vocabulary.
+
+    Args:
+        folder: a verified checkpoint folder.
+        config: the :class:`~bertpretrain.model.BERTConfig` of the model passed to train_bert.
+        vocab: the :class:`~bertpretrain.data.Vocab` passed to train_bert, or None (then not compared).
+    Raises:
+        CheckpointError: listing every setting that differs (saved and passed value) and the two ways out.
+    """
+    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+        saved = json.load(f)
+    passed = config.to_dict()
+    differences = [f"{key}: {saved.get(key)!r} in the checkpoint, {passed.get(key)!r} now"
+                   for key in sorted(set(saved) | set(passed)) if saved.get(key) != passed.get(key)]
+    vocab_path = os.path.join(folder, VOCAB_FILE)
+    if vocab is not None and os.path.isfile(vocab_path):
+        with open(vocab_path, encoding="utf-8") as f:
+            saved_tokens = json.load(f)["idx_to_token"]
+        tokens = list(vocab.idx_to_token)
+        if saved_tokens != tokens:
+            moved = [i for i, (a, b) in enumerate(zip(saved_tokens, tokens)) if a != b]
+            first = (f"; first at id {moved[0]}: {saved_tokens[moved[0]]!r} in the checkpoint, "
+                     f"{tokens[moved[0]]!r} now" if moved else "")
+            differences.append(f"vocabulary: {len(saved_tokens)} tokens in the checkpoint, {len(tokens)} now, "
+                               f"{len(moved)} ids map to other tokens{first}")
+    if differences:
+        raise CheckpointError(
+            f"cannot resume from {folder}: the model or vocabulary passed differs from the checkpoint's:\n  "
+            + "\n  ".join(differences) + "\nEither pass the same settings (and data) as the checkpoint, or "
+            "use a new checkpoint folder (--output-dir) to start a new run")

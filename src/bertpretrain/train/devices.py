@@ -23,13 +23,17 @@ def parse_devices(spec):
         if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
             raise ValueError(f"cannot read device {item!r} in {spec!r}: use cpu, gpu, cpu:N or gpu:N, "
                              "separated by commas (e.g. 'gpu:0,gpu:1')")
-        if kind == "gpu" and not index:
+        if kind == "gpu":
             gpus = mx.context.num_gpus()
             if not gpus:
-                raise ValueError("'gpu' was asked for but MXNet sees no GPU: install a CUDA build "
+                raise ValueError(f"{item.strip()!r} was asked for but MXNet sees no GPU: install a CUDA build "
                                  "(e.g. mxnet-cu112) or use --devices cpu")
-            devices += [mx.gpu(i) for i in range(gpus)]
-            continue
+            if not index:
+                devices += [mx.gpu(i) for i in range(gpus)]
+                continue
+            if int(index) >= gpus:
+                raise ValueError(f"{item.strip()!r} was asked for but MXNet sees {gpus} GPU(s): gpu:0 to "
+                                 f"gpu:{gpus - 1}")
         devices.append(mx.Context(kind, int(index or 0)))
     if len(set(devices)) != len(devices):
         raise ValueError(f"device list {spec!r} names a device twice")

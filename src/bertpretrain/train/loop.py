@@ -166,6 +166,9 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         ``lr``, ``seq_per_sec``, and ``eval`` (a dict per evaluation, with its ``step``).
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+        CheckpointError: the checkpoint folder cannot be written (found before the first step), the disk
+            filled up while saving (the previous checkpoint is kept), or the checkpoint to resume is damaged
+            or was saved with another model configuration or vocabulary.
     """
     if kvstore == "horovod" and not devices:  # one process per GPU: the one of its local rank
         local_rank = distributed.import_horovod().local_rank()
@@ -217,8 +220,12 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
     if rank != 0:  # one worker writes checkpoints, logs, evaluates and shows progress; all train
         checkpoint_dir, progress, eval_iter = None, False, None
         logger.disabled = True
+    if checkpoint_dir is not None:  # before the first step: a read-only folder must not cost the run
+        ckpt.check_writable(checkpoint_dir)
     if source:
         state = ckpt.read_state(source)
+        ckpt.verify_checkpoint(source, state)
+        ckpt.check_compatible(source, model.bert.config, vocab)
         model.bert.load_parameters(f"{source}/{ckpt.PARAMS_FILE}", ctx=devices)
         trainer.load_states(f"{source}/{ckpt.TRAINER_FILE}")
         step, seed = state["step"], state["seed"]
