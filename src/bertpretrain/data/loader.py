@@ -12,6 +12,7 @@ from .corpus import split_file
 from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
 from .pairs import make_nsp_pairs
+from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +120,17 @@ class PretrainingLoader:
 
 
 def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False, cache="auto", cache_dir=None):
+                  truncate_pairs=False, cache="auto", cache_dir=None, tokenizer=None, whole_word_masking=False):
     """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
 
-    The vocabulary is counted from this split unless ``vocab`` is given. ``cache`` and ``cache_dir``:
+    The vocabulary is counted from this split unless ``vocab`` is given, or ``tokenizer`` (see
+    :func:`load_data_wiki`), which is then returned as ``vocab``. ``cache`` and ``cache_dir``:
     see :func:`~bertpretrain.data.cache.load_encoded_corpus`.
     """
+    if tokenizer is not None:
+        if vocab is not None:
+            raise ValueError("pass either vocab= (word-level) or tokenizer=, not both")
+        vocab, _ = load_tokenizer(tokenizer)
     if not isinstance(max_len, (int, np.integer)) or max_len < 5:
         raise ValueError(f"max_len must be an integer >= 5 ([CLS] a [SEP] b [SEP] with one word each), "
                          f"got {max_len!r}")
@@ -138,7 +144,8 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
     starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
     pairs = make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
                            truncate=truncate_pairs, path=path, sentence_starts=starts)
-    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking)
+    continuation = getattr(vocab, "continuation", None) if whole_word_masking else None
+    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, continuation)
     logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
                 len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
@@ -146,8 +153,8 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, cache="auto", cache_dir=None):
-    """Pretraining batches of a WikiText split, and its vocabulary.
+                   truncate_pairs=False, cache="auto", cache_dir=None, tokenizer=None, whole_word_masking=False):
+    """Pretraining batches of a WikiText split, and its vocabulary (or tokenizer).
 
     Args:
         batch_size: examples per batch (the last batch of an epoch may be smaller).
@@ -165,6 +172,11 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (files >= 32 MB).
         cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
             user's cache folder).
+        tokenizer: encode subword pieces instead of words: a
+            :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer` (e.g. from ``train_wordpiece``), a
+            ``tokenizer.json`` or a BERT ``vocab.txt`` (see ``load_tokenizer``); ``min_freq`` is then unused.
+        whole_word_masking: mask all pieces of a chosen word together (with a WordPiece tokenizer;
+            words are single tokens otherwise).
     Returns:
         ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary.
     """
@@ -174,5 +186,5 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         data_dir = download_extract(dataset, cache_dir=cache_dir)
     data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
                                 dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs, cache=cache,
-                                cache_dir=cache_dir)
+                                cache_dir=cache_dir, tokenizer=tokenizer, whole_word_masking=whole_word_masking)
     return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab
