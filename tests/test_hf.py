@@ -219,3 +219,39 @@ def test_random_transformers_model_imports_with_the_same_outputs(tmp_path, refer
     assert np.abs(moved[0] - theirs[0])[real].max() < 1e-4
     assert np.abs(moved[2] - theirs[2]).max() < 1e-4
     np.testing.assert_allclose(moved[1][..., new_id], theirs[1], atol=1e-4)
+
+
+def test_wordpiece_pretraining_export_and_continue_from_the_export(tmp_path, monkeypatch, capsys):
+    """The README's commands: pretrain with WordPiece, export-hf, pretrain again from the export."""
+    from bertpretrain import cli
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    quick = ["--dataset", "wikitext-2-sample", "--num-steps", "2", "--batch-size", "16", "--max-len", "32",
+             "--no-progress"]
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", *quick, "--output-dir", str(run), "--tokenizer", "wordpiece", "--vocab-size", "800",
+                     "--whole-word-masking", "--architecture", "bert"]) == 0
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.params", "tokenizer.json"]
+    assert "encoding of the pair" in capsys.readouterr().out
+
+    assert cli.main(["export-hf", str(run), str(tmp_path / "hf")]) == 0
+    net, tokenizer = import_huggingface(str(tmp_path / "hf"))
+    assert len(tokenizer) == net.config.vocab_size <= 800
+    assert net.config.embedding_layer_norm and net.config.activation == "gelu"
+
+    again = tmp_path / "again"
+    assert cli.main(["pretrain", *quick, "--output-dir", str(again), "--init-from-hf", str(tmp_path / "hf")]) == 0
+    history = json.loads((again / "history.json").read_text())
+    assert history["summary"]["steps"] == 2
+    assert json.loads((again / "model" / "config.json").read_text())["vocab_size"] == len(tokenizer)
+
+
+def test_export_hf_refuses_a_d2l_run_with_the_option_to_use(tmp_path, monkeypatch, capsys):
+    from bertpretrain import cli
+    from bertpretrain.model import save_pretrained
+    net = BERTModel(30)
+    net.initialize()
+    save_pretrained(net, str(tmp_path / "model"))
+    Vocab([f"w{i}" for i in range(25)], min_freq=1).save(str(tmp_path / "model" / "vocab.json"))
+    assert cli.main(["export-hf", str(tmp_path), str(tmp_path / "hf")]) == 1
+    assert "--architecture bert" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

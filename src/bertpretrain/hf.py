@@ -259,3 +259,26 @@ def import_huggingface(folder, device=None):
             raise ValueError(f"{folder}: {name} has shape {array.shape}, config.json implies {param.shape}")
         param.set_data(mx.np.array(array, dtype=np.float32, ctx=device))
     return net, tokenizer
+
+
+def export_run(run_or_model_dir, folder):
+    """Export a model saved by bertpretrain (a run folder of ``bertpretrain pretrain``, or its ``model/``).
+
+    The model folder holds ``config.json`` and ``model.params`` (see
+    :func:`~bertpretrain.model.save_pretrained`) and the tokenizer: ``vocab.json`` (word level) or
+    ``tokenizer.json`` (WordPiece). Returns the exported folder (see :func:`export_huggingface`).
+    """
+    from .model import load_pretrained
+
+    model_dir = os.path.join(run_or_model_dir, "model")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        model_dir = run_or_model_dir
+    vocab_file, tokenizer_file = os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, TOKENIZER_FILE)
+    if os.path.isfile(tokenizer_file):
+        vocab = load_tokenizer(tokenizer_file)[0]
+    elif os.path.isfile(vocab_file):
+        vocab = Vocab.load(vocab_file)
+    else:
+        raise FileNotFoundError(f"{model_dir} holds no vocab.json or {TOKENIZER_FILE}: pass a run folder of "
+                                "'bertpretrain pretrain' or the model folder inside it")
+    return export_huggingface(load_pretrained(model_dir), vocab, folder)

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from . import distributed
-from .data import DownloadError, download_extract, load_data_wiki
+from .data import DataError, DownloadError, download_extract, load_data_wiki, load_tokenizer, split_file, train_wordpiece
 from .encoding import get_bert_encoding
 from .model import BERTModel, save_pretrained
 from .train import parse_devices, train_bert
@@ -41,6 +41,17 @@ class PretrainOptions:
     checkpoint_interval: int = None
     progress: bool = None
     kvstore: str = "device"
+    tokenizer: str = "word"
+    vocab_size: int = 30522
+    whole_word_masking: bool = False
+    architecture: str = "d2l"
+    init_from_hf: str = None
+
+
+#: BERTModel options of each ``architecture``: d2l's small BERT, or the original BERT's layout (exportable
+#: to Hugging Face).
+ARCHITECTURES = {"d2l": {}, "bert": dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True,
+                                         layer_norm_eps=1e-12)}
 
 
 def _data_folder(options):
@@ -60,13 +71,34 @@ def _data_folder(options):
         return download_extract(SAMPLE), SAMPLE
 
 
+def _tokenizer_and_model(options, folder):
+    """The tokenizer to encode the data with (None: count a word vocabulary) and the model, if already made.
+
+    ``init_from_hf``: the model and tokenizer of a Hugging Face folder; ``tokenizer``: ``'word'``, ``'wordpiece'``
+    (trained on the training split, ``vocab_size`` ids) or a ``tokenizer.json`` / ``vocab.txt`` file.
+    """
+    if options.init_from_hf:
+        from .hf import import_huggingface
+        net, tokenizer = import_huggingface(options.init_from_hf)
+        if tokenizer is None:
+            raise DataError(f"{options.init_from_hf} holds no tokenizer (tokenizer.json or vocab.txt): pretraining "
+                            "needs the one the model was trained with; copy it into the folder")
+        return tokenizer, net
+    if options.tokenizer == "word":
+        return None, None
+    if options.tokenizer == "wordpiece":
+        return train_wordpiece([split_file(folder, "train")], vocab_size=options.vocab_size), None
+    return load_tokenizer(options.tokenizer)[0], None
+
+
 def print_encodings(net, vocab, device):
     """Encode a sentence and a sentence pair as d2l's chapter does, and print a few numbers of each."""
-    tokens_a = ["a", "crane", "is", "flying"]
+    net_tokens = vocab.tokenize if hasattr(vocab, "tokenize") else str.split  # subword pieces or words
+    tokens_a = net_tokens("a crane is flying")
     encoded = get_bert_encoding(net, tokens_a, vocab=vocab, device=device)
     print(f"encoding of {' '.join(tokens_a)!r}: shape {encoded.shape}; [CLS] {encoded[0, 0, :3]}, "
           f"'crane' {encoded[0, 2, :3]}")
-    tokens_a, tokens_b = ["a", "crane", "driver", "came"], ["he", "just", "left"]
+    tokens_a, tokens_b = net_tokens("a crane driver came"), net_tokens("he just left")
     encoded = get_bert_encoding(net, tokens_a, tokens_b, vocab=vocab, device=device)
     print(f"encoding of the pair {' '.join(tokens_a)!r} / {' '.join(tokens_b)!r}: shape {encoded.shape}; "
           f"[CLS] {encoded[0, 0, :3]}, 'crane' {encoded[0, 2, :3]}")
@@ -81,14 +113,21 @@ def run_pretraining(options):
     kvstore = (distributed.create_kvstore(options.kvstore) if distributed.is_distributed(options.kvstore)
                else options.kvstore)
     folder, dataset = _data_folder(options)
-    train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed)
+    tokenizer, net = _tokenizer_and_model(options, folder)
+    train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed,
+                                       tokenizer=tokenizer, whole_word_masking=options.whole_word_masking)
     eval_iter = None
     if os.path.isfile(os.path.join(folder, "wiki.valid.tokens")):
         eval_iter, _ = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, split="valid",
-                                      vocab=vocab, seed=options.seed, shuffle=False)
+                                      tokenizer=vocab, seed=options.seed, shuffle=False,
+                                      whole_word_masking=options.whole_word_masking)
     else:
         logger.warning("%s has no wiki.valid.tokens: training without held-out evaluation", folder)
-    net = BERTModel(len(vocab), max_len=options.max_len)
+    if net is None:
+        net = BERTModel(len(vocab), max_len=options.max_len, **ARCHITECTURES[options.architecture])
+    elif net.config.max_len < options.max_len:
+        raise DataError(f"{options.init_from_hf} has {net.config.max_len} positions, fewer than --max-len "
+                        f"{options.max_len}: lower --max-len")
     history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr,
                          warmup_steps=options.warmup_steps, lr_decay=options.lr_decay, eval_iter=eval_iter,
                          checkpoint_dir=os.path.join(options.output_dir, "checkpoints"),
@@ -97,7 +136,7 @@ def run_pretraining(options):
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
     model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"))
-    vocab.save(os.path.join(model_dir, "vocab.json"))
+    vocab.save(os.path.join(model_dir, "tokenizer.json" if hasattr(vocab, "tokenize") else "vocab.json"))
     summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
                "options": asdict(options)}
