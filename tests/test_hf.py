@@ -232,6 +232,13 @@ def test_wordpiece_pretraining_export_and_continue_from_the_export(tmp_path, mon
                      "--whole-word-masking", "--architecture", "bert"]) == 0
     assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.params", "tokenizer.json"]
     assert "encoding of the pair" in capsys.readouterr().out
+    trained = (run / "tokenizer.json").read_text()
+    assert trained == (run / "model" / "tokenizer.json").read_text()
+    # training the tokenizer again could give other ids: --resume must keep the run's own
+    assert cli.main(["pretrain", *quick[:2], "--num-steps", "3", *quick[4:], "--output-dir", str(run), "--resume",
+                     "--tokenizer", "wordpiece", "--vocab-size", "800", "--architecture", "bert"]) == 0
+    assert (run / "model" / "tokenizer.json").read_text() == trained
+    assert json.loads((run / "history.json").read_text())["summary"]["steps"] == 3
 
     assert cli.main(["export-hf", str(run), str(tmp_path / "hf")]) == 0
     net, tokenizer = import_huggingface(str(tmp_path / "hf"))

@@ -71,13 +71,15 @@ def _data_folder(options):
         return download_extract(SAMPLE), SAMPLE
 
 
-def _tokenizer_and_model(options, folder):
+def _tokenizer_and_model(options, folder, kvstore):
     """The tokenizer to encode the data with (None: count a word vocabulary) and the model, if already made.
 
     ``init_from_hf``: the model and tokenizer of a Hugging Face folder; ``tokenizer``: ``'word'``, ``'wordpiece'``
     (trained on the training split, ``vocab_size`` ids) or a ``tokenizer.json`` / ``vocab.txt`` file.
     """
     if options.init_from_hf:
+        if options.tokenizer != "word":
+            raise DataError("--init-from-hf uses the tokenizer in its folder: drop --tokenizer")
         from .hf import import_huggingface
         net, tokenizer = import_huggingface(options.init_from_hf)
         if tokenizer is None:
@@ -87,7 +89,18 @@ def _tokenizer_and_model(options, folder):
     if options.tokenizer == "word":
         return None, None
     if options.tokenizer == "wordpiece":
-        return train_wordpiece([split_file(folder, "train")], vocab_size=options.vocab_size), None
+        # Training is not reproducible (ties between pieces), so a run keeps its tokenizer for --resume.
+        path = os.path.join(options.output_dir, "tokenizer.json")
+        if options.resume and os.path.isfile(path):
+            return load_tokenizer(path)[0], None
+        if distributed.num_workers(kvstore if distributed.is_distributed(options.kvstore) else None) > 1:
+            raise DataError("--tokenizer wordpiece trains a tokenizer, which several workers would each do "
+                            "differently: train it once (bertpretrain.train_wordpiece(files).save('tokenizer.json')) "
+                            "and pass --tokenizer tokenizer.json")
+        tokenizer = train_wordpiece([split_file(folder, "train")], vocab_size=options.vocab_size)
+        os.makedirs(options.output_dir, exist_ok=True)
+        tokenizer.save(path)
+        return tokenizer, None
     return load_tokenizer(options.tokenizer)[0], None
 
 
@@ -113,7 +126,7 @@ def run_pretraining(options):
     kvstore = (distributed.create_kvstore(options.kvstore) if distributed.is_distributed(options.kvstore)
                else options.kvstore)
     folder, dataset = _data_folder(options)
-    tokenizer, net = _tokenizer_and_model(options, folder)
+    tokenizer, net = _tokenizer_and_model(options, folder, kvstore)
     train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed,
                                        tokenizer=tokenizer, whole_word_masking=options.whole_word_masking)
     eval_iter = None

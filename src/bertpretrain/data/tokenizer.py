@@ -31,11 +31,20 @@ def _tokenizers():
     return tokenizers
 
 
-def _pair_template(tokenizers):
+def _pair_template(tokenizers, cls_id=CLS_ID, sep_id=SEP_ID):
     """BERT's post-processor: ``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]`` (B's segment id 1)."""
     return tokenizers.processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, CLS_ID), (SEP, SEP_ID)])
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+
+
+def _wordpiece_pipeline(tk, model, lowercase):
+    """A ``tokenizers.Tokenizer`` of a WordPiece ``model`` with BERT's normalizer, pre-tokenizer and decoder."""
+    tokenizer = tk.Tokenizer(model)
+    tokenizer.normalizer = tk.normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = tk.decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+    return tokenizer
 
 
 class WordPieceTokenizer:
@@ -47,7 +56,8 @@ class WordPieceTokenizer:
 
     Args:
         tokenizer: a ``tokenizers.Tokenizer`` with a WordPiece model whose first five ids are
-            :data:`~bertpretrain.data.RESERVED_TOKENS` (``<unk>`` may be spelled ``[UNK]``).
+            :data:`~bertpretrain.data.RESERVED_TOKENS` (``<unk>`` may be spelled ``[UNK]``); its padding
+            and truncation are turned off (a sentence must encode whole).
         source: where it came from, named in error messages.
     """
 
@@ -129,6 +139,10 @@ def train_wordpiece(files, vocab_size=30522, min_frequency=2, lowercase=True):
     BERT's normalizer (lower-casing when ``lowercase``) and pre-tokenizer (whitespace and
     punctuation); the reserved tokens take ids 0-4, so the literal ``<unk>`` of WikiText is the
     unknown token. Returns a :class:`WordPieceTokenizer` of at most ``vocab_size`` ids.
+
+    Training twice on the same text may give different pieces or ids (``tokenizers`` breaks ties
+    between equally frequent pieces arbitrarily): save the result (:meth:`WordPieceTokenizer.save`)
+    and load it (:func:`load_tokenizer`) wherever the same ids are needed.
     """
     files = [os.fspath(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
     for path in files:
@@ -137,10 +151,8 @@ def train_wordpiece(files, vocab_size=30522, min_frequency=2, lowercase=True):
     if not isinstance(vocab_size, (int, np.integer)) or vocab_size <= NUM_RESERVED:
         raise ValueError(f"vocab_size must be an integer > {NUM_RESERVED} (the reserved tokens), got {vocab_size!r}")
     tk = _tokenizers()
-    tokenizer = tk.Tokenizer(tk.models.WordPiece(unk_token=UNK, continuing_subword_prefix=CONTINUATION_PREFIX))
-    tokenizer.normalizer = tk.normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = tk.decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+    tokenizer = _wordpiece_pipeline(
+        tk, tk.models.WordPiece(unk_token=UNK, continuing_subword_prefix=CONTINUATION_PREFIX), lowercase)
     trainer = tk.trainers.WordPieceTrainer(vocab_size=int(vocab_size), min_frequency=min_frequency,
                                            special_tokens=list(RESERVED_TOKENS), show_progress=False,
                                            continuing_subword_prefix=CONTINUATION_PREFIX)
@@ -163,11 +175,6 @@ def word_level_tokenizer(vocab):
     return tokenizer
 
 
-def _special_roles(config, unk_token):
-    """Our reserved token names -> the token strings in a tokenizer (only ``<unk>`` may be spelled otherwise)."""
-    return dict(zip(RESERVED_TOKENS, (unk_token, PAD, CLS, SEP, MASK)))
-
-
 def _move_specials(config, source):
     """Rewrite a tokenizer's JSON so its reserved tokens take ids 0-4 by swapping ids.
 
@@ -176,7 +183,7 @@ def _move_specials(config, source):
     """
     vocab = config["model"]["vocab"]
     unk = config["model"].get("unk_token", UNK)
-    names = list(_special_roles(config, unk).values())
+    names = [unk, PAD, CLS, SEP, MASK]  # the reserved tokens; only <unk> may be spelled otherwise ([UNK])
     missing = [name for name in names if name not in vocab]
     if missing:
         raise DataError(f"{source} has no {missing} token(s); a BERT tokenizer needs {names}")
@@ -251,18 +258,15 @@ def load_tokenizer(source, lowercase=True):
 
 
 def _from_vocab_txt(tk, path, lowercase):
+    """BERT's tokenizer for a ``vocab.txt`` (one piece per line, the line number is the id)."""
     with open(path, encoding="utf-8") as f:
         pieces = [line.rstrip("\n") for line in f]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     unk = "[UNK]" if "[UNK]" in vocab else UNK
-    tokenizer = tk.Tokenizer(tk.models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix=CONTINUATION_PREFIX))
-    tokenizer.normalizer = tk.normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = tk.decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+    tokenizer = _wordpiece_pipeline(
+        tk, tk.models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix=CONTINUATION_PREFIX), lowercase)
     tokenizer.add_special_tokens([t for t in (unk, PAD, CLS, SEP, MASK) if t in vocab])
-    tokenizer.post_processor = tk.processors.TemplateProcessing(
-        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, vocab.get(CLS, CLS_ID)), (SEP, vocab.get(SEP, SEP_ID))])
+    tokenizer.post_processor = _pair_template(tk, vocab.get(CLS, CLS_ID), vocab.get(SEP, SEP_ID))
     return tokenizer
 
 
