@@ -9,7 +9,8 @@ pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not instal
 
 from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, PAD_ID, RESERVED_TOKENS, SEP_ID, DataError,  # noqa: E402
                                Vocab, WordPieceTokenizer, build_dataset, choose_mlm_positions,
-                               choose_whole_word_positions, download_extract, load_data_wiki, load_encoded_corpus,
+                               choose_whole_word_positions, download_extract, iter_paragraphs, load_data_wiki,
+                               load_encoded_corpus,
                                load_tokenizer, train_wordpiece, word_level_tokenizer)
 from bertpretrain.data.cache import entry_key  # noqa: E402
 
@@ -80,9 +81,7 @@ def test_bad_tokenizer_sources_name_the_file(tmp_path):
 
 def test_wordpiece_corpus_is_cached_under_the_tokenizers_key(sample_file, wordpiece, tmp_path):
     direct, _ = load_encoded_corpus(sample_file, wordpiece, cache=False)
-    sentences = [s for line in open(sample_file, encoding="utf-8")
-                 for s in [t for t in line.strip().lower().split(" . ") if t.strip()] if len(
-                     [t for t in line.strip().lower().split(" . ") if t.strip()]) >= 2]
+    sentences = [sentence for paragraph in iter_paragraphs(sample_file) for sentence in paragraph]
     assert direct.token_ids.tolist() == wordpiece.encode_sentences(sentences)[0].tolist()
     cached, _ = load_encoded_corpus(sample_file, wordpiece, cache=True, cache_dir=tmp_path)
     again, tokenizer = load_encoded_corpus(sample_file, wordpiece, cache=True, cache_dir=tmp_path)
