@@ -1,4 +1,5 @@
-"""The ``bertpretrain`` command: ``bertpretrain pretrain [options]`` and ``bertpretrain launch ...``."""
+"""The ``bertpretrain`` command: ``bertpretrain pretrain [options]``, ``bertpretrain launch ...`` and
+``bertpretrain export-hf RUN_OR_MODEL_DIR OUT``."""
 import argparse
 import errno
 import logging
@@ -43,7 +44,39 @@ def add_pretrain_arguments(parser):
     parser.add_argument("--progress", dest="progress", action="store_true", default=None,
                         help="always show the progress bar (default: only on a terminal)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--tokenizer", default=defaults.tokenizer,
+                        help="word (d2l's word vocabulary), wordpiece (BERT's, trained on the training split), "
+                             "or a tokenizer.json / vocab.txt file")
+    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size,
+                        help="ids of the WordPiece vocabulary trained with --tokenizer wordpiece")
+    parser.add_argument("--whole-word-masking", action="store_true",
+                        help="mask all pieces of a chosen word together (WordPiece)")
+    parser.add_argument("--architecture", choices=("d2l", "bert"), default=defaults.architecture,
+                        help="d2l's small BERT, or BERT's layout (GELU, LayerNorm after the embeddings, tied "
+                             "MLM decoder), which 'bertpretrain export-hf' can export to Hugging Face")
+    parser.add_argument("--init-from-hf", metavar="DIR",
+                        help="start from a Hugging Face BERT folder (model.safetensors and its tokenizer) "
+                             "instead of a fresh model; its sizes and tokenizer are used")
     return parser
+
+
+def export_hf_main(argv=None, prog=None):
+    """``export-hf RUN_OR_MODEL_DIR OUT``: write a bertpretrain model as a Hugging Face BERT folder."""
+    parser = argparse.ArgumentParser(prog=prog, description="Export a model trained with bertpretrain as a "
+                                     "folder that transformers' BertForPreTraining and AutoTokenizer load.")
+    parser.add_argument("model_dir", metavar="RUN_OR_MODEL_DIR",
+                        help="a run folder of 'bertpretrain pretrain' (--output-dir) or its model/ folder")
+    parser.add_argument("out", metavar="OUT", help="the folder to write (replaced if it exists)")
+    args = parser.parse_args(argv)
+    from .hf import export_run
+    try:
+        folder = export_run(args.model_dir, args.out)
+    except (ValueError, ImportError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"exported {args.model_dir} to {folder}: load it with transformers' "
+          f"BertForPreTraining.from_pretrained({folder!r}) and AutoTokenizer.from_pretrained({folder!r})")
+    return 0
 
 
 def pretrain_main(argv=None, prog=None):
@@ -77,12 +110,15 @@ def pretrain_main(argv=None, prog=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     commands = {"pretrain": "pretrain BERT on WikiText (d2l's run by default)",
-                "launch": "start distributed training with MXNet's parameter server"}
+                "launch": "start distributed training with MXNet's parameter server",
+                "export-hf": "write a trained model as a Hugging Face (transformers) BERT folder"}
     if not argv or argv[0] not in commands:
-        print("usage: bertpretrain {pretrain,launch} [options]\n\n" +
+        print("usage: bertpretrain {pretrain,launch,export-hf} [options]\n\n" +
               "\n".join(f"  {name:10s} {text}" for name, text in commands.items()) +
               "\n\n'bertpretrain COMMAND --help' lists a command's options.", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if argv[0] == "export-hf":
+        return export_hf_main(argv[1:], prog="bertpretrain export-hf")
     if argv[0] == "launch":
         from .launch import main as launch_main
         return launch_main(argv[1:], prog="bertpretrain launch")

@@ -12,7 +12,8 @@ import sys
 from dataclasses import asdict, dataclass
 
 from . import distributed
-from .data import DATA_HUB, DownloadError, download_extract, load_data_wiki
+from .data import (DATA_HUB, DataError, DownloadError, download_extract, load_data_wiki, load_tokenizer, split_file,
+                   train_wordpiece)
 from .encoding import get_bert_encoding
 from .model import BERTModel, save_pretrained
 from .train import parse_devices, train_bert
@@ -44,6 +45,11 @@ class PretrainOptions:
     checkpoint_interval: int = None
     progress: bool = None
     kvstore: str = "device"
+    tokenizer: str = "word"
+    vocab_size: int = 30522
+    whole_word_masking: bool = False
+    architecture: str = "d2l"
+    init_from_hf: str = None
 
     def __post_init__(self):
         """Check every option before anything is downloaded or trained; a bad one raises ValueError naming its
@@ -66,6 +72,12 @@ class PretrainOptions:
             parse_devices(self.devices)
 
 
+#: BERTModel options of each ``architecture``: d2l's small BERT, or the original BERT's layout (exportable
+#: to Hugging Face).
+ARCHITECTURES = {"d2l": {}, "bert": dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True,
+                                         layer_norm_eps=1e-12)}
+
+
 def _data_folder(options):
     """The folder of the split files: ``data_dir``, a download, or, offline, the bundled sample (loudly)."""
     if options.data_dir:
@@ -83,13 +95,47 @@ def _data_folder(options):
         return download_extract(SAMPLE), SAMPLE
 
 
+def _tokenizer_and_model(options, folder, kvstore):
+    """The tokenizer to encode the data with (None: count a word vocabulary) and the model, if already made.
+
+    ``init_from_hf``: the model and tokenizer of a Hugging Face folder; ``tokenizer``: ``'word'``, ``'wordpiece'``
+    (trained on the training split, ``vocab_size`` ids) or a ``tokenizer.json`` / ``vocab.txt`` file.
+    """
+    if options.init_from_hf:
+        if options.tokenizer != "word":
+            raise DataError("--init-from-hf uses the tokenizer in its folder: drop --tokenizer")
+        from .hf import import_huggingface
+        net, tokenizer = import_huggingface(options.init_from_hf)
+        if tokenizer is None:
+            raise DataError(f"{options.init_from_hf} holds no tokenizer (tokenizer.json or vocab.txt): pretraining "
+                            "needs the one the model was trained with; copy it into the folder")
+        return tokenizer, net
+    if options.tokenizer == "word":
+        return None, None
+    if options.tokenizer == "wordpiece":
+        # Training is not reproducible (ties between pieces), so a run keeps its tokenizer for --resume.
+        path = os.path.join(options.output_dir, "tokenizer.json")
+        if options.resume and os.path.isfile(path):
+            return load_tokenizer(path)[0], None
+        if distributed.num_workers(kvstore if distributed.is_distributed(options.kvstore) else None) > 1:
+            raise DataError("--tokenizer wordpiece trains a tokenizer, which several workers would each do "
+                            "differently: train it once (bertpretrain.train_wordpiece(files).save('tokenizer.json')) "
+                            "and pass --tokenizer tokenizer.json")
+        tokenizer = train_wordpiece([split_file(folder, "train")], vocab_size=options.vocab_size)
+        os.makedirs(options.output_dir, exist_ok=True)
+        tokenizer.save(path)
+        return tokenizer, None
+    return load_tokenizer(options.tokenizer)[0], None
+
+
 def print_encodings(net, vocab, device):
     """Encode a sentence and a sentence pair as d2l's chapter does, and print a few numbers of each."""
-    tokens_a = ["a", "crane", "is", "flying"]
+    net_tokens = vocab.tokenize if hasattr(vocab, "tokenize") else str.split  # subword pieces or words
+    tokens_a = net_tokens("a crane is flying")
     encoded = get_bert_encoding(net, tokens_a, vocab=vocab, device=device)
     print(f"encoding of {' '.join(tokens_a)!r}: shape {encoded.shape}; [CLS] {encoded[0, 0, :3]}, "
           f"'crane' {encoded[0, 2, :3]}")
-    tokens_a, tokens_b = ["a", "crane", "driver", "came"], ["he", "just", "left"]
+    tokens_a, tokens_b = net_tokens("a crane driver came"), net_tokens("he just left")
     encoded = get_bert_encoding(net, tokens_a, tokens_b, vocab=vocab, device=device)
     print(f"encoding of the pair {' '.join(tokens_a)!r} / {' '.join(tokens_b)!r}: shape {encoded.shape}; "
           f"[CLS] {encoded[0, 0, :3]}, 'crane' {encoded[0, 2, :3]}")
@@ -106,14 +152,21 @@ def run_pretraining(options):
     if getattr(kvstore, "rank", 0) == 0:  # the worker that writes: find an unwritable folder before any work
         check_writable(options.output_dir, "output folder")
     folder, dataset = _data_folder(options)
-    train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed)
+    tokenizer, net = _tokenizer_and_model(options, folder, kvstore)
+    train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed,
+                                       tokenizer=tokenizer, whole_word_masking=options.whole_word_masking)
     eval_iter = None
     if os.path.isfile(os.path.join(folder, "wiki.valid.tokens")):
         eval_iter, _ = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, split="valid",
-                                      vocab=vocab, seed=options.seed, shuffle=False)
+                                      tokenizer=vocab, seed=options.seed, shuffle=False,
+                                      whole_word_masking=options.whole_word_masking)
     else:
         logger.warning("%s has no wiki.valid.tokens: training without held-out evaluation", folder)
-    net = BERTModel(len(vocab), max_len=options.max_len)
+    if net is None:
+        net = BERTModel(len(vocab), max_len=options.max_len, **ARCHITECTURES[options.architecture])
+    elif net.config.max_len < options.max_len:
+        raise DataError(f"{options.init_from_hf} has {net.config.max_len} positions, fewer than --max-len "
+                        f"{options.max_len}: lower --max-len")
     history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr,
                          warmup_steps=options.warmup_steps, lr_decay=options.lr_decay, eval_iter=eval_iter,
                          checkpoint_dir=os.path.join(options.output_dir, "checkpoints"),
@@ -122,7 +175,7 @@ def run_pretraining(options):
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
     model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"))
-    vocab.save(os.path.join(model_dir, "vocab.json"))
+    vocab.save(os.path.join(model_dir, "tokenizer.json" if hasattr(vocab, "tokenize") else "vocab.json"))
     summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
                "options": asdict(options)}

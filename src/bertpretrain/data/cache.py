@@ -34,12 +34,14 @@ def entry_key(corpus_sha1, vocab=None, min_freq=5):
     digest = hashlib.sha1(f"bertpretrain-corpus-v{FORMAT_VERSION}\n{corpus_sha1}\n".encode())
     if vocab is None:
         digest.update(f"min_freq={min_freq}".encode())
+    elif hasattr(vocab, "digest"):  # a subword tokenizer: its whole definition, not just the pieces
+        digest.update(f"tokenizer\n{vocab.digest}".encode())
     else:
         digest.update("vocab\n".encode() + "\n".join(vocab.idx_to_token).encode())
     return digest.hexdigest()
 
 
-def _load(folder, path):
+def _load(folder, path, vocab=None):
     """The cached corpus and vocabulary in ``folder``, or None when it is missing, incomplete or corrupt."""
     try:
         with open(os.path.join(folder, _META)) as f:
@@ -49,7 +51,7 @@ def _load(folder, path):
             if os.path.getsize(file) != size or sha1_of_file(file) != sha1:
                 raise ValueError(f"{name} does not match its recorded size and SHA1")
         arrays = {name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False) for name in _ARRAYS}
-        vocab = Vocab.load(os.path.join(folder, _VOCAB))
+        vocab = vocab if vocab is not None else Vocab.load(os.path.join(folder, _VOCAB))
     except FileNotFoundError:
         if os.path.isdir(folder):
             logger.warning("cache %s is incomplete: rebuilding it", folder)
@@ -95,7 +97,7 @@ def load_encoded_corpus(path, vocab=None, min_freq=5, cache="auto", cache_dir=No
     corpus_sha1 = sha1_of_file(path)
     folder = os.path.join(cache_root(cache_dir), "preprocessed", entry_key(corpus_sha1, vocab, min_freq))
     corrupt = os.path.isdir(folder)  # when _load finds nothing usable in an existing folder
-    cached = _load(folder, path)
+    cached = _load(folder, path, vocab)
     if cached is not None:
         logger.info("using the cached encoding of %s (%s)", path, folder)
         corpus, cached_vocab = cached

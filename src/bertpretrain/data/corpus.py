@@ -19,6 +19,7 @@ from .errors import DataError
 from .vocab import Vocab
 
 _FLUSH_TOKENS = 1 << 20       # tokens encoded per numpy conversion
+_FLUSH_SENTENCES = 1 << 14    # sentences per batch call of a subword tokenizer
 _PROGRESS_MIN_BYTES = 32 << 20  # show a progress bar for files at least this large
 
 
@@ -115,8 +116,11 @@ class EncodedCorpus:
     def read(cls, path, vocab=None, min_freq=5, progress=None):
         """Encode ``path`` in one streaming pass; return ``(corpus, vocab)``.
 
-        With ``vocab=None`` the vocabulary is counted from this file (words seen ``min_freq`` times).
+        With ``vocab=None`` the vocabulary is counted from this file (words seen ``min_freq`` times);
+        a :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer` as ``vocab`` encodes subword pieces.
         """
+        if hasattr(vocab, "encode_sentences"):
+            return cls._read_pieces(path, vocab, progress), vocab
         lookup = vocab.token_to_idx if vocab is not None else _FirstSeenIds()
         chunks, buffer, sentence_lengths, paragraph_sizes = [], [], [], []
         for paragraph in iter_paragraphs(path, progress):
@@ -137,6 +141,28 @@ class EncodedCorpus:
             vocab = cls._vocab_and_final_ids(lookup, token_ids, min_freq)
         return cls(token_ids, np.asarray(sentence_lengths, dtype=np.int32),
                    np.asarray(paragraph_sizes, dtype=np.int32), path), vocab
+
+    @classmethod
+    def _read_pieces(cls, path, tokenizer, progress):
+        """Encode ``path`` with a subword tokenizer, many sentences per call of its batch encoder."""
+        chunks, lengths, sentences, paragraph_sizes = [], [], [], []
+
+        def flush():
+            ids, sizes = tokenizer.encode_sentences(sentences)
+            chunks.append(ids)
+            lengths.append(sizes)
+            sentences.clear()
+
+        for paragraph in iter_paragraphs(path, progress):
+            sentences += paragraph
+            paragraph_sizes.append(len(paragraph))
+            if len(sentences) >= _FLUSH_SENTENCES:
+                flush()
+        if not paragraph_sizes:
+            raise _no_paragraph_error(path)
+        flush()
+        return cls(np.concatenate(chunks), np.concatenate(lengths), np.asarray(paragraph_sizes, dtype=np.int32),
+                   path)
 
     @staticmethod
     def _vocab_and_final_ids(first_seen, token_ids, min_freq):

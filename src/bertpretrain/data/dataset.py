@@ -5,7 +5,7 @@ import numpy as np
 from mxnet import gluon
 
 from . import seeding
-from .masking import choose_mlm_positions, num_mlm_slots, replace_masked_tokens
+from .masking import choose_mlm_positions, choose_whole_word_positions, num_mlm_slots, replace_masked_tokens
 from .pairs import NUM_PAIR_SPECIALS, SentencePairs
 from .vocab import CLS_ID, PAD_ID, SEP_ID
 
@@ -53,9 +53,12 @@ class PretrainingDataset(gluon.data.Dataset):
         max_len: tokens per padded example.
         seed: the seed of every random draw (see :mod:`bertpretrain.data.seeding`).
         dynamic_masking: draw new masks every epoch (RoBERTa) instead of once at construction (d2l).
+        continuation: (vocab_size,) bool, True for ids of pieces that continue a word (WordPiece's
+            ``##`` pieces): with it, all pieces of a chosen word are masked together (whole-word
+            masking); None masks tokens independently.
     """
 
-    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False):
+    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False, continuation=None):
         if len(pairs) and int(pairs.lengths().max()) > max_len:
             raise ValueError(f"a pair has {int(pairs.lengths().max())} tokens, more than max_len={max_len}")
         self.token_ids = np.asarray(token_ids, dtype=np.int32)
@@ -65,6 +68,7 @@ class PretrainingDataset(gluon.data.Dataset):
         self.num_slots = num_mlm_slots(max_len)
         self.seed = seed
         self.dynamic_masking = dynamic_masking
+        self.continuation = None if continuation is None else np.asarray(continuation, dtype=bool)
 
     def __len__(self):
         return len(self.pairs)
@@ -76,7 +80,15 @@ class PretrainingDataset(gluon.data.Dataset):
         """Masks of the examples ``indices``: (n, P) positions (0 = padding slot), validity and the ids to put there."""
         key = (seeding.DYNAMIC_MASKS, epoch) if self.dynamic_masking else (seeding.STATIC_MASKS,)
         rng = seeding.KeyedRandom(self.seed, key, indices)
-        positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng)
+        if self.continuation is None:
+            positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng)
+        else:
+            width = int((pairs.a_len + pairs.b_len).max(initial=0))
+            pieces = np.arange(width)
+            pieces = np.where(pieces < pairs.a_len[:, None], pieces + 1, pieces + 2)  # piece j -> its position
+            word_start = ~self.continuation[self._tokens_at(pairs, pieces)]
+            positions, counts = choose_whole_word_positions(pairs.a_len, pairs.b_len, word_start,
+                                                            self.num_slots, rng)
         valid = np.arange(self.num_slots) < counts[:, None]
         replacements = replace_masked_tokens(self._tokens_at(pairs, positions), valid, self.vocab_size, rng)
         return positions, valid, replacements

@@ -13,6 +13,7 @@ from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
 from .pairs import make_nsp_pairs
 from .vocab import UNK_ID
+from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _warn_if_foreign(path, token_ids, vocab):
     (more than twice its rate plus 2 points): the vocabulary then most likely comes from another corpus.
     A split of the same corpus stays well below (WikiText-2's test split has 1.5 times its valid split's rate
     with the valid split's vocabulary)."""
-    if vocab.unk_rate is None or not len(token_ids):
+    if getattr(vocab, "unk_rate", None) is None or not len(token_ids):  # tokenizers record no rate
         return
     rate = np.count_nonzero(token_ids == UNK_ID) / len(token_ids)
     if rate > 2 * vocab.unk_rate + 0.02:
@@ -135,12 +136,17 @@ def _warn_if_foreign(path, token_ids, vocab):
 
 
 def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False, cache="auto", cache_dir=None):
+                  truncate_pairs=False, cache="auto", cache_dir=None, tokenizer=None, whole_word_masking=False):
     """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
 
-    The vocabulary is counted from this split unless ``vocab`` is given. ``cache`` and ``cache_dir``:
+    The vocabulary is counted from this split unless ``vocab`` is given, or ``tokenizer`` (see
+    :func:`load_data_wiki`), which is then returned as ``vocab``. ``cache`` and ``cache_dir``:
     see :func:`~bertpretrain.data.cache.load_encoded_corpus`.
     """
+    if tokenizer is not None:
+        if vocab is not None:
+            raise ValueError("pass either vocab= (word-level) or tokenizer=, not both")
+        vocab, _ = load_tokenizer(tokenizer)
     if not isinstance(max_len, (int, np.integer)) or max_len < 5:
         raise ValueError(f"max_len must be an integer >= 5 ([CLS] a [SEP] b [SEP] with one word each), "
                          f"got {max_len!r}")
@@ -157,7 +163,8 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
     starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
     pairs = make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
                            truncate=truncate_pairs, path=path, sentence_starts=starts)
-    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking)
+    continuation = getattr(vocab, "continuation", None) if whole_word_masking else None
+    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, continuation)
     logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
                 len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
@@ -165,8 +172,9 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, cache="auto", cache_dir=None, verify=False):
-    """Pretraining batches of a WikiText split, and its vocabulary.
+                   truncate_pairs=False, cache="auto", cache_dir=None, verify=False, tokenizer=None,
+                   whole_word_masking=False):
+    """Pretraining batches of a WikiText split, and its vocabulary (or tokenizer).
 
     Args:
         batch_size: examples per batch (the last batch of an epoch may be smaller).
@@ -185,6 +193,11 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
             user's cache folder).
         verify: hash a cached download's files again rather than trust their recorded size and mtime.
+        tokenizer: encode subword pieces instead of words: a
+            :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer` (e.g. from ``train_wordpiece``), a
+            ``tokenizer.json`` or a BERT ``vocab.txt`` (see ``load_tokenizer``); ``min_freq`` is then unused.
+        whole_word_masking: mask all pieces of a chosen word together (with a WordPiece tokenizer;
+            words are single tokens otherwise).
     Returns:
         ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary.
     """
@@ -194,5 +207,5 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         data_dir = download_extract(dataset, cache_dir=cache_dir, verify=verify)
     data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
                                 dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs, cache=cache,
-                                cache_dir=cache_dir)
+                                cache_dir=cache_dir, tokenizer=tokenizer, whole_word_masking=whole_word_masking)
     return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab

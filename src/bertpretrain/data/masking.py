@@ -61,6 +61,52 @@ def choose_mlm_positions(a_len, b_len, num_slots, rng):
     return out, counts
 
 
+def choose_whole_word_positions(a_len, b_len, word_start, num_slots, rng):
+    """Like :func:`choose_mlm_positions`, but all pieces of a chosen word are predicted together.
+
+    Words are visited in a uniformly random order and taken whole while the example's
+    ``max(1, round(0.15 * L))`` predictions are not exceeded; a word that does not fit is skipped
+    (Google's whole-word masking), so an example may get fewer predictions when its words are long.
+
+    Args:
+        a_len, b_len: (E,) lengths of the two sentences, in pieces.
+        word_start: (E, W) bool, W >= every ``a_len + b_len``: whether piece j of "a b" starts a word
+            (the first piece of each sentence always does).
+        num_slots: width of the output.
+        rng: a ``numpy.random.Generator`` or a :class:`~bertpretrain.data.seeding.KeyedRandom`.
+    Returns:
+        positions (E, num_slots) int64 and counts (E,) int64, as :func:`choose_mlm_positions`.
+    """
+    a_len, b_len = np.asarray(a_len), np.asarray(b_len)
+    num_examples, width = len(a_len), int((a_len + b_len).max(initial=0))
+    targets = np.minimum(num_mlm_predictions(a_len + b_len + 3), num_slots)
+    columns = np.arange(width)
+    real = columns < (a_len + b_len)[:, None]
+    starts = real & (np.asarray(word_start)[:, :width] | (columns == 0) | (columns == a_len[:, None]))
+    word_of = np.cumsum(starts, axis=1) - 1                                  # (E, W) word index of each piece
+    rows = np.broadcast_to(np.arange(num_examples)[:, None], (num_examples, width))
+    sizes = np.bincount((rows * width + word_of)[real], minlength=num_examples * width).reshape(
+        num_examples, width)                                                # (E, W) pieces per word
+    keys = np.where(sizes > 0, rng.random((num_examples, width)), 2.0)
+    order = np.argsort(keys, axis=1)                                         # words in random order
+    ordered_sizes = np.take_along_axis(sizes, order, axis=1)
+    totals = np.zeros(num_examples, dtype=np.int64)
+    taken = np.zeros((num_examples, width), dtype=bool)
+    for rank in range(int(starts.sum(axis=1).max(initial=0))):  # vectorised over examples
+        size = ordered_sizes[:, rank]
+        fits = (size > 0) & (totals + size <= targets)
+        totals += np.where(fits, size, 0)
+        taken[:, rank] = fits
+    word_taken = np.zeros_like(taken)
+    np.put_along_axis(word_taken, order, taken, axis=1)
+    chosen = real & np.take_along_axis(word_taken, np.maximum(word_of, 0), axis=1)
+    positions = np.where(columns < a_len[:, None], columns + 1, columns + 2)
+    positions = np.sort(np.where(chosen, positions, np.iinfo(np.int64).max), axis=1)[:, :num_slots]
+    out = np.zeros((num_examples, num_slots), dtype=np.int64)
+    out[:, :positions.shape[1]] = np.where(np.arange(positions.shape[1]) < totals[:, None], positions, 0)
+    return out, totals
+
+
 def replace_masked_tokens(labels, valid, vocab_size, rng):
     """The ids to put at the chosen positions: 80% ``[MASK]``, 10% a random word, 10% unchanged.
 

@@ -208,6 +208,21 @@ def _untrusted(folder, path, problem, offer_previous):
     return CheckpointError(f"checkpoint file {path} cannot be trusted: {problem}{offer}")
 
 
+def _saved_tokens(path):
+    """The id -> token list of a saved vocabulary: a :class:`~bertpretrain.data.Vocab`'s JSON
+    (``idx_to_token``) or a Hugging Face ``tokenizer.json`` (its model's ``vocab`` and added tokens)."""
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if "idx_to_token" in saved:
+        return saved["idx_to_token"]
+    ids = dict(saved["model"]["vocab"])
+    ids.update({token["content"]: token["id"] for token in saved.get("added_tokens", [])})
+    tokens = [None] * (max(ids.values()) + 1)
+    for token, idx in ids.items():
+        tokens[idx] = token
+    return tokens
+
+
 def check_compatible(folder, config, vocab):
     """Refuse to resume the checkpoint in ``folder`` with a different model configuration or vocabulary.
 
@@ -225,8 +240,7 @@ def check_compatible(folder, config, vocab):
                    for key in sorted(set(saved) | set(passed)) if saved.get(key) != passed.get(key)]
     vocab_path = os.path.join(folder, VOCAB_FILE)
     if vocab is not None and os.path.isfile(vocab_path):
-        with open(vocab_path, encoding="utf-8") as f:
-            saved_tokens = json.load(f)["idx_to_token"]
+        saved_tokens = _saved_tokens(vocab_path)
         tokens = list(vocab.idx_to_token)
         if saved_tokens != tokens:
             moved = [i for i, (a, b) in enumerate(zip(saved_tokens, tokens)) if a != b]
