@@ -17,8 +17,11 @@ and in the training loop::
     distributed.sync_initial_params(trainer)             # before the first forward pass
     ...
     trainer.step(distributed.step_batch_size(local_batch_size, kv))
+    distributed.report_progress(f"step {step}")          # for the launcher's watchdog
     if rank == 0:
         save_checkpoint(...)
+    ...
+    distributed.finish_together(kv)                      # every worker, after rank 0's last save
 
 Why these exist:
 
