@@ -12,7 +12,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -23,125 +22,13 @@ import pytest
 from bertpretrain import distributed, launch
 
 HELPERS = Path(__file__).resolve().parent / "dist_helpers"
-SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(HELPERS))
 import tiny_model  # noqa: E402
+from jobs import (RUN_TIMEOUT_S, Launcher, assert_nothing_left, launcher_env, run_launcher,  # noqa: E402
+                  started_pids)
 
 WORKER = [sys.executable, str(HELPERS / "train_worker.py")]
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
-RUN_TIMEOUT_S = 60
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-def launcher_env(**extra):
-    """This environment, with this checkout's src/ first on PYTHONPATH and ``extra`` added."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def started_pids(log):
-    """{process name: pid} from the launcher's "started NAME (pid N)" messages."""
-    return {name: int(pid) for name, pid in re.findall(r"started (.+?) \(pid (\d+)\)", log)}
-
-
-def running(pids):
-    """The pids (or process groups) among ``pids`` that still have a running, non-zombie process,
-    read from /proc, independently of the launcher's own check."""
-    found = set()
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat.rsplit(b")", 1)[1].split()[:3]
-        if state not in (b"Z", b"X"):
-            found |= {int(entry), int(pgrp)} & set(pids)
-    return found
-
-
-def kill_leftovers(pids):
-    """Last resort after a failed test: SIGKILL the process groups of ``pids``."""
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-class Launcher:
-    """A launcher subprocess whose stderr is collected as it comes (to wait for messages)."""
-
-    def __init__(self, args, cwd, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "bertpretrain.launch", *args], cwd=cwd,
-                                     env=env or launcher_env(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.started = time.monotonic()
-        self.out, self.err = [], []
-        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream, lines):
-        for line in stream:
-            lines.append(line)
-
-    @property
-    def log(self):
-        return "".join(self.err)
-
-    @property
-    def output(self):
-        return "".join(self.out)
-
-    def wait_for(self, pattern, timeout=RUN_TIMEOUT_S):
-        """Wait until the launcher's messages match ``pattern``; fail (stopping it) on timeout."""
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.log):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.abort()
-                pytest.fail(f"launcher never said {pattern!r}; it said:\n{self.log}")
-            time.sleep(0.05)
-
-    def finish(self, timeout=RUN_TIMEOUT_S):
-        """Wait for the launcher to exit; returns (exit status, seconds since it started)."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.abort()
-            pytest.fail(f"launcher still running after {timeout} s; it said:\n{self.log}")
-        for reader in self._readers:
-            reader.join(timeout=5)
-        return self.proc.returncode, time.monotonic() - self.started
-
-    def abort(self):
-        """Stop the launcher (which stops its job), then kill whatever it reported."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        kill_leftovers(started_pids(self.log).values())
-
-
-def run_launcher(args, cwd, env=None, timeout=RUN_TIMEOUT_S):
-    """Run the launcher to the end; returns (exit status, seconds, Launcher)."""
-    launcher = Launcher(args, cwd, env)
-    status, seconds = launcher.finish(timeout)
-    return status, seconds, launcher
-
-
-def assert_nothing_left(launcher, extra_pids=()):
-    pids = set(started_pids(launcher.log).values()) | set(extra_pids)
-    assert pids, f"the launcher reported no process:\n{launcher.log}"
-    left = running(pids)
-    kill_leftovers(left)
-    assert not left, f"processes left running: {sorted(left)}\n{launcher.log}"
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -251,17 +138,22 @@ def test_a_command_that_cannot_start_stops_the_job(tmp_path):
     assert_nothing_left(launcher)
 
 
-def test_hostfile_job_runs_over_ssh(tmp_path):
-    # A stand-in `ssh` that logs its arguments and runs the remote command here, so that the whole
-    # remote path (placement, exported variables, quoting, cd) runs on the loopback interface.
-    bin_dir = tmp_path / "bin"
+def stand_in_ssh(folder):
+    """A folder holding an `ssh` that logs its arguments to ``folder``/ssh.log and runs the remote
+    command here, so that the whole remote path (placement, exported variables, quoting, cd) runs
+    on the loopback interface; returns the environment that puts it first on PATH."""
+    bin_dir = folder / "bin"
     bin_dir.mkdir()
     fake_ssh = bin_dir / "ssh"
-    fake_ssh.write_text(f"#!/bin/sh\necho \"$@\" >> {shlex.quote(str(tmp_path / 'ssh.log'))}\n"
+    fake_ssh.write_text(f"#!/bin/sh\necho \"$@\" >> {shlex.quote(str(folder / 'ssh.log'))}\n"
                         "for last; do :; done\nexec sh -c \"$last\"\n")
     fake_ssh.chmod(0o755)
+    return launcher_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_hostfile_job_runs_over_ssh(tmp_path):
+    env = stand_in_ssh(tmp_path)
     (tmp_path / "hosts").write_text("# two machines\nnode-a:1\n\nnode-b   # one worker slot\n")
-    env = launcher_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     work_dir = tmp_path / "work dir"
     work_dir.mkdir()
     status, _, launcher = run_launcher(
@@ -276,6 +168,164 @@ def test_hostfile_job_runs_over_ssh(tmp_path):
     assert_nothing_left(launcher)
 
 
+# ------------------------------------------------------------- the README's launch commands
+
+SAMPLE = Path(launch.__file__).resolve().parent / "data" / "sample"  # in the repository
+README_TIMEOUT_S = 240  # a job that reaches its last step used to hang forever
+
+
+def bertpretrain_command():
+    """The `bertpretrain` console script of this Python (else the same entry point via -m)."""
+    script = Path(sys.executable).with_name("bertpretrain")
+    return (str(script),) if script.exists() else (sys.executable, "-m", "bertpretrain.cli")
+
+
+def assert_rank_0_wrote_its_outputs(output_dir, steps):
+    assert (output_dir / "checkpoints" / "latest").read_text().strip() == f"step-{steps:08d}"
+    assert (output_dir / "model" / "vocab.json").is_file()
+    assert (output_dir / "history.json").is_file()
+
+
+def test_readme_launch_on_this_machine_finishes_with_every_output(tmp_path):
+    # The README's first command, with tiny sizes and the bundled sample (it has a validation split,
+    # so rank 0 evaluates after the last step, which is where the job hung).
+    pretrain = [*bertpretrain_command(), "pretrain", "--kvstore", "dist_sync", "--data-dir", str(SAMPLE),
+                "--batch-size", "32", "--max-len", "32", "--num-steps", "3", "--output-dir", "run"]
+    status, _, launcher = run_launcher(["-n", "2", "-s", "1", "--", *pretrain], tmp_path,
+                                       timeout=README_TIMEOUT_S,
+                                       program=(*bertpretrain_command(), "launch"))
+
+    assert status == 0, launcher.log + launcher.output
+    assert "job done: all 2 workers exited with code 0" in launcher.log
+    assert "step 3 eval: mlm loss" in launcher.output
+    assert_rank_0_wrote_its_outputs(tmp_path / "run", 3)
+    assert_nothing_left(launcher)
+
+
+def test_readme_launch_with_a_hostfile_finishes_with_every_output(tmp_path):
+    # The README's second command on loopback: the hosts are this machine under two names, reached
+    # by the stand-in ssh; a data folder without a validation split (rank 0 saves right after the
+    # last step); --devices cpu for gpu.
+    env = stand_in_ssh(tmp_path)
+    (tmp_path / "hosts").write_text("localhost:1\n127.0.0.1:1\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wiki.train.tokens").write_bytes((SAMPLE / "wiki.train.tokens").read_bytes())
+    work_dir = tmp_path / "shared"
+    work_dir.mkdir()
+    pretrain = [*bertpretrain_command(), "pretrain", "--kvstore", "dist_sync", "--devices", "cpu",
+                "--data-dir", str(data), "--batch-size", "32", "--max-len", "32", "--num-steps", "3",
+                "--output-dir", str(work_dir / "run")]
+    status, _, launcher = run_launcher(
+        ["-n", "2", "-s", "2", "--hostfile", str(tmp_path / "hosts"), "--host-ip", "127.0.0.1",
+         "--interface", "lo", "--", *pretrain], work_dir, env, timeout=README_TIMEOUT_S,
+        program=(*bertpretrain_command(), "launch"))
+
+    assert status == 0, launcher.log + launcher.output
+    assert "job done: all 2 workers exited with code 0" in launcher.log
+    hosts = [line.split()[3] for line in (tmp_path / "ssh.log").read_text().splitlines()]
+    assert sorted(hosts) == ["127.0.0.1", "127.0.0.1", "localhost", "localhost"]
+    assert_rank_0_wrote_its_outputs(work_dir / "run", 3)
+    assert_nothing_left(launcher)
+
+
+# ------------------------------------------------------------------------ progress watchdog
+
+def test_a_stopped_pretrain_worker_stops_the_readme_job(tmp_path):
+    # The first README command, training long enough to stop one of its workers with SIGSTOP.
+    pretrain = [*bertpretrain_command(), "pretrain", "--kvstore", "dist_sync", "--data-dir", str(SAMPLE),
+                "--batch-size", "32", "--max-len", "32", "--num-steps", "100000", "--output-dir", "run"]
+    launcher = Launcher(["-n", "2", "-s", "1", "--timeout", "5", "--grace", "2", "--", *pretrain], tmp_path,
+                        program=(*bertpretrain_command(), "launch"))
+    wait_for_output(launcher, "bertpretrain.train.loop: step 10/100000", timeout=README_TIMEOUT_S)
+    worker = started_pids(launcher.log)["worker 1"]
+    os.kill(worker, signal.SIGSTOP)
+    status, _ = launcher.finish(timeout=60)
+
+    assert status == 124, launcher.log
+    assert f"worker 1 (pid {worker}) is stopped (SIGSTOP?)" in launcher.log
+    # worker 0 waits for worker 1's gradients: silent from about the same step on, so either one
+    # (or both) may be the first past the limit; the stopped one is named as such
+    assert re.search(r"job FAILED: no progress from worker [01](, worker 1)? for 5 s \(--timeout\)", launcher.log)
+    assert_nothing_left(launcher)
+
+
+
+# A worker that reports progress as train_bert does, every 0.1 s; "STALL" makes it stop reporting
+# (but keep running) after its first report.
+REPORTER = """
+import os, sys, time
+from bertpretrain import distributed
+for step in range(1, 6000):
+    distributed.report_progress(f"step {step}")
+    if step == 1:
+        print("reported", flush=True)
+    if step == 1 and os.environ["BERTPRETRAIN_LAUNCH_INDEX"] in sys.argv[1:]:
+        time.sleep(600)  # alive but silent
+    time.sleep(0.1)
+"""
+
+
+def wait_for_output(launcher, text, timeout=RUN_TIMEOUT_S):
+    """Wait until the workers' relayed output holds ``text``; fail (stopping the job) otherwise."""
+    deadline = time.monotonic() + timeout
+    while text not in launcher.output:
+        if time.monotonic() > deadline or launcher.proc.poll() is not None:
+            launcher.abort()
+            pytest.fail(f"the workers never printed {text!r}:\n{launcher.log}{launcher.output}")
+        time.sleep(0.05)
+
+
+def test_a_stopped_worker_is_named_and_the_job_stopped(tmp_path):
+    launcher = Launcher(["-n", "2", "-s", "1", "--timeout", "3", "--grace", "1", "--", sys.executable,
+                         "-c", REPORTER], tmp_path)
+    wait_for_output(launcher, "[worker 1] reported")
+    worker = started_pids(launcher.log)["worker 1"]
+    os.kill(worker, signal.SIGSTOP)
+    status, _ = launcher.finish(timeout=30)
+
+    assert status == 124, launcher.log
+    assert re.search(r"worker 1 \(pid \d+\) made no progress for 3 s \(last: step 1\)", launcher.log)
+    assert f"worker 1 (pid {worker}) is stopped (SIGSTOP?)" in launcher.log
+    assert "job FAILED: no progress from worker 1 for 3 s (--timeout)" in launcher.log
+    assert "worker 0 (pid" not in launcher.log.split("made no progress")[1]  # it kept reporting
+    assert "@bertpretrain" not in launcher.output  # progress reports are not relayed
+    assert_nothing_left(launcher)
+
+
+@pytest.mark.parametrize("timeout, command, status", [
+    ("1", [sys.executable, "-c", REPORTER, "1"], 124),  # worker 1 alive, silent after step 1
+    ("0", [sys.executable, "-c", "from bertpretrain import distributed; import time; "
+                                 "distributed.report_progress('step 1'); time.sleep(3)"], 0),  # off
+    ("1", ["sleep", "3"], 0),  # a command that never reports is not watched
+])
+def test_the_watchdog_only_stops_workers_silent_after_their_first_report(tmp_path, timeout, command,
+                                                                          status):
+    got, _, launcher = run_launcher(["-n", "2", "-s", "1", "--timeout", timeout, "--grace", "1", "--",
+                                     *command], tmp_path)
+
+    assert got == status, launcher.log
+    if status:
+        assert re.search(r"worker 1 \(pid \d+\) made no progress for 1 s \(last: step 1\)", launcher.log)
+        assert "job FAILED: no progress from worker 1 for 1 s (--timeout)" in launcher.log
+        assert "is stopped" not in launcher.log  # it is running: stuck, not stopped
+    assert_nothing_left(launcher)
+
+
+def test_report_progress_writes_only_under_the_launcher(monkeypatch, capsys):
+    monkeypatch.delenv(launch.PROGRESS_ENV, raising=False)
+    distributed.report_progress("step 1")
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv(launch.PROGRESS_ENV, "1")
+    distributed.report_progress("step 2")
+    assert capsys.readouterr().err == f"{launch.PROGRESS_MARK} step 2\n"
+
+
+def test_workers_are_told_to_report_progress():
+    tasks = launch.plan(1, 1, ["python"], host_ip="127.0.0.1", port=9000, python="py")
+    assert [task.env.get(launch.PROGRESS_ENV) for task in tasks] == [None, None, "1"]
+
+
 # ---------------------------------------------------------------------------- command line
 
 @pytest.mark.parametrize("argv, message", [
@@ -287,6 +337,7 @@ def test_hostfile_job_runs_over_ssh(tmp_path):
     (["--", "python"], "the following arguments are required: -n/--num-workers"),
     (["-n", "1", "--hostfile", "hosts", "--", "python"], "--hostfile needs --host-ip"),
     (["-n", "1", "--grace", "-1", "--", "python"], "--grace must be >= 0 seconds"),
+    (["-n", "1", "--timeout", "-5", "--", "python"], "--timeout must be >= 0 seconds (0: no watchdog)"),
 ])
 def test_usage_errors_say_what_is_wrong(capsys, argv, message):
     assert launch.main(argv) == 2

@@ -17,8 +17,11 @@ and in the training loop::
     distributed.sync_initial_params(trainer)             # before the first forward pass
     ...
     trainer.step(distributed.step_batch_size(local_batch_size, kv))
+    distributed.report_progress(f"step {step}")          # for the launcher's watchdog
     if rank == 0:
         save_checkpoint(...)
+    ...
+    distributed.finish_together(kv)                      # every worker, after rank 0's last save
 
 Why these exist:
 
@@ -39,6 +42,14 @@ Why these exist:
 * A worker that raises an exception does not exit: at interpreter exit MXNet's kvstore waits in a
   barrier for the other workers, which themselves wait for its gradients, so the whole job hangs
   and the launcher sees nothing die.  :func:`exit_on_error` makes such a worker exit at once.
+* Workers must also leave training together.  MXNet runs the last step's gradient push
+  asynchronously; a worker that returns from training and exits at once can shut its engine down
+  before the push is sent, while rank 0 waits for that push (in its final evaluation or save)
+  and the exiting worker waits for rank 0 in the kvstore's exit barrier: the job hangs forever
+  after its last step.  :func:`finish_together` waits for this worker's queued work, then for
+  every other worker.
+* The launcher's watchdog stops a job whose workers stop making progress (a stopped or stuck
+  process); :func:`report_progress` is how a worker tells it that it is still going.
 """
 import contextlib
 import importlib.util
@@ -48,6 +59,7 @@ import traceback
 
 from ._mxnet import mxnet as mx  # MXNet, imported after bertpretrain's numpy fixes
 from . import kernels
+from .launch import PROGRESS_ENV, PROGRESS_MARK
 
 _LAUNCH_HINT = (
     "kvstore {kind!r} needs the scheduler, servers and workers that the launcher starts; run the "
@@ -163,6 +175,26 @@ def sync_initial_params(trainer):
                            "initialisation): give their layers input sizes, or run one forward pass "
                            "before sync_initial_params")
     mx.nd.waitall()
+
+
+def finish_together(kvstore):
+    """Wait until this worker's queued engine work (the last gradient push) is done, then until every
+    worker gets here (a kvstore barrier).  Call it on every worker at the end of training, after
+    rank 0's final evaluation and checkpoint, so that no worker exits while another one still needs
+    it.  Does nothing without a ``dist_*`` kvstore."""
+    if not is_distributed(kvstore):
+        return
+    mx.nd.waitall()
+    kvstore._barrier()  # MXNet 1.9 has no public barrier; the kvstore uses this one itself at exit
+
+
+def report_progress(what):
+    """Tell the launcher's watchdog that this worker made progress: ``what`` is ``"step 5"``,
+    ``"eval 5"``, ``"checkpoint 5"``, or ``"done"`` once it has finished training (no longer
+    watched).  Writes one line to stderr, only in a worker started by :mod:`bertpretrain.launch`
+    (which takes these lines out of the output); does nothing elsewhere."""
+    if os.environ.get(PROGRESS_ENV) == "1":
+        print(f"{PROGRESS_MARK} {what}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

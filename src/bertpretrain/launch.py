@@ -18,6 +18,18 @@ naming the process that died.  When every worker has exited 0 it stops what is l
 scheduler and servers (normally they have exited by themselves) and exits 0.  Ctrl-C, SIGTERM or
 SIGHUP to the launcher stop the job the same way.
 
+Progress watchdog: a worker that is alive but stuck (stopped with SIGSTOP, waiting on a peer that
+is) would hang the job just the same, and nothing dies.  So the launcher tells every worker (the
+``BERTPRETRAIN_LAUNCH_PROGRESS`` variable) to report its progress: ``train_bert`` writes a line
+``@bertpretrain-progress step N`` to stderr after every step, evaluation and checkpoint, and
+``... done`` once every worker has finished training (:func:`bertpretrain.distributed.report_progress`).
+The launcher takes these lines out of the relayed output.  A worker that has reported once and
+then reports nothing for ``--timeout`` seconds (default 300; 0 turns the watchdog off) stops the
+job: the launcher names every silent worker, its last report, and the processes the system shows
+as stopped, and exits with 124.  A worker before its first report (loading data, compiling the
+kernels) or after ``done`` (rank 0 saving the model) is not watched, nor is a command that never
+reports.
+
 Where processes run:
 
 * Without ``--hostfile`` everything runs on this machine and talks over ``--host-ip`` (default
@@ -45,8 +57,9 @@ used in the launcher's messages and output prefixes).  It is *not* the kvstore r
 assigns ranks as workers connect; use ``kvstore.rank`` (:mod:`bertpretrain.distributed`).
 
 Exit status: 0 when every worker exited 0; the exit code of the first process that failed (128 + N
-if signal N killed it); 128 + N when the launcher got signal N (130 for Ctrl-C); 127 when a
-process could not be started; 2 for usage errors.
+if signal N killed it); 124 when the watchdog stopped a job that made no progress; 128 + N when
+the launcher got signal N (130 for Ctrl-C); 127 when a process could not be started; 2 for usage
+errors.
 """
 import argparse
 import os
@@ -62,6 +75,12 @@ from dataclasses import dataclass, field
 PROG = "python -m bertpretrain.launch"
 LOCAL = None  # Task.host of processes that run on this machine
 DEFAULT_GRACE_S = 5.0
+DEFAULT_TIMEOUT_S = 300.0
+WATCHDOG_STATUS = 124  # the launcher's exit status when the watchdog stops a job (as timeout(1))
+# Workers whose environment has PROGRESS_ENV=1 report progress as lines PROGRESS_MARK + " step 5"
+# (or " done" when they have finished training); see the module docstring.
+PROGRESS_ENV = "BERTPRETRAIN_LAUNCH_PROGRESS"
+PROGRESS_MARK = "@bertpretrain-progress"
 POLL_S = 0.1
 # Variables of the launcher's environment that remote (ssh) processes get too; local ones get all.
 FORWARDED_PREFIXES = ("BERTPRETRAIN_", "MXNET_", "OMP_", "PS_")
@@ -174,7 +193,8 @@ def plan(num_workers, num_servers, command, *, host_ip, port, python, hosts=None
     tasks += [Task("server", i, server_command, {**common, **local_env, "DMLC_ROLE": "server"}, host)
               for i, host in enumerate(server_hosts)]
     tasks += [Task("worker", i, tuple(command),
-                   {**common, **local_env, "DMLC_ROLE": "worker", "BERTPRETRAIN_LAUNCH_INDEX": str(i)},
+                   {**common, **local_env, "DMLC_ROLE": "worker", "BERTPRETRAIN_LAUNCH_INDEX": str(i),
+                    PROGRESS_ENV: "1"},
                    host)
               for i, host in enumerate(worker_hosts)]
     return tasks
@@ -245,6 +265,24 @@ def _group_alive(pgid):
     return False
 
 
+def _is_stopped(pid):
+    """Whether process ``pid`` (on this machine) is stopped (state T: SIGSTOP, SIGTSTP, a debugger)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return file.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):  # gone, or no procfs
+        return False
+
+
+@dataclass
+class Progress:
+    """What the watchdog knows of a worker: when it last reported, what, and whether it is done."""
+
+    since: float  # time.monotonic() of the last report
+    last: str
+    done: bool = False
+
+
 class Job:
     """The started processes of a job: output relay, watchdog and shutdown.
 
@@ -253,10 +291,12 @@ class Job:
     the launcher, which then stops the processes in order.
     """
 
-    def __init__(self, out, log, grace_s=DEFAULT_GRACE_S):
+    def __init__(self, out, log, grace_s=DEFAULT_GRACE_S, timeout_s=DEFAULT_TIMEOUT_S):
         self.out = out  # where the processes' output goes, each line prefixed with their name
         self.log = log  # where the launcher's own messages go
         self.grace_s = grace_s
+        self.timeout_s = timeout_s  # the watchdog's limit on a worker's silence (0: no watchdog)
+        self.progress = {}  # task name: Progress, from the worker's first report on
         self.procs = []  # (task, Popen), in start order
         self.readers = []
         self.interrupt = None  # the signal number the launcher received, if any
@@ -275,14 +315,19 @@ class Job:
         self.procs.append((task, proc))
         where = "this machine" if task.host is LOCAL else task.host
         self.say(f"started {task.name} (pid {proc.pid}) on {where}: {shlex.join(task.command)}")
-        reader = threading.Thread(target=self._relay, args=(task.name, proc.stdout), daemon=True)
+        reader = threading.Thread(target=self._relay, args=(task, proc.stdout), daemon=True)
         reader.start()
         self.readers.append(reader)
 
-    def _relay(self, name, stream):
-        prefix = f"[{name}] "
+    def _relay(self, task, stream):
+        """Copy ``task``'s output lines to ``out`` with its prefix; take progress reports out."""
+        prefix = f"[{task.name}] "
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\r\n")  # ssh -tt ends lines with \r\n
+            shown, _, report = line.rpartition("\r")[2].partition(PROGRESS_MARK + " ")
+            if report and not shown and task.role == "worker":  # a report, alone on its line
+                self.progress[task.name] = Progress(time.monotonic(), report, done=report == "done")
+                continue
             with self._out_lock:
                 try:
                     self.out.write(prefix + line + "\n")
@@ -311,6 +356,9 @@ class Job:
                     self.stop()
                     self.say(f"job FAILED: {task.name} (pid {proc.pid}) {describe_exit(returncode)}")
                     return exit_status(returncode)
+            silent = self._silent_workers()
+            if silent:
+                return self._stop_silent(silent)
             if all(proc.returncode == 0 for proc in workers):
                 self._wait(self.grace_s)  # the scheduler and servers exit by themselves, normally
                 self.stop()
@@ -320,6 +368,33 @@ class Job:
         self.say(f"got {signal.Signals(self.interrupt).name}: stopping the job")
         self.stop()
         return 128 + self.interrupt
+
+    def _silent_workers(self):
+        """The (task, process) of every running worker that reported progress once, is not done,
+        and has not reported for longer than ``timeout_s``."""
+        if not self.timeout_s:
+            return []
+        now = time.monotonic()
+        return [(task, proc) for task, proc in self.procs
+                if task.name in self.progress and proc.poll() is None
+                and not self.progress[task.name].done
+                and now - self.progress[task.name].since > self.timeout_s]
+
+    def _stop_silent(self, silent):
+        """The watchdog's verdict: name the silent workers and the stopped processes, stop the job."""
+        for task, proc in silent:
+            self.say(f"{task.name} (pid {proc.pid}) made no progress for {self.timeout_s:g} s "
+                     f"(last: {self.progress[task.name].last})")
+        for task, proc in self.procs:
+            if task.host is LOCAL and proc.poll() is None and _is_stopped(proc.pid):
+                self.say(f"{task.name} (pid {proc.pid}) is stopped (SIGSTOP?): it cannot go on "
+                         "until it gets SIGCONT")
+        names = ", ".join(task.name for task, _ in silent)
+        self.say(f"stopping the job: no progress from {names} for {self.timeout_s:g} s; if a step "
+                 "legitimately takes longer, raise --timeout (0 turns the watchdog off)")
+        self.stop()
+        self.say(f"job FAILED: no progress from {names} for {self.timeout_s:g} s (--timeout)")
+        return WATCHDOG_STATUS
 
     def _wait(self, seconds):
         """Wait up to ``seconds`` for every process group to be empty; whether they all are."""
@@ -339,6 +414,8 @@ class Job:
         Returns once every started process is reaped and its output relayed."""
         started = time.monotonic()
         signalled = [proc for _, proc in self.procs if _signal_group(proc.pid, signal.SIGTERM)]
+        for proc in signalled:  # a stopped process acts on SIGTERM only once it runs again
+            _signal_group(proc.pid, signal.SIGCONT)
         if not self._wait(self.grace_s):
             killed = [task.name for task, proc in self.procs
                       if _group_alive(proc.pid) and _signal_group(proc.pid, signal.SIGKILL)]
@@ -383,6 +460,10 @@ def build_parser(prog=PROG):
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
                         help="how long processes get to exit after SIGTERM before SIGKILL "
                              f"(default {DEFAULT_GRACE_S:g})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help="stop the job (exit 124) when a worker that has reported progress "
+                             "reports none for this long, e.g. because it is stopped or stuck "
+                             f"(default {DEFAULT_TIMEOUT_S:g}; 0: no watchdog)")
     return parser
 
 
@@ -405,6 +486,8 @@ def parse_args(argv, prog=PROG):
                      f"got {args.num_servers}")
     if args.grace < 0:
         parser.error(f"--grace must be >= 0 seconds, got {args.grace:g}")
+    if not args.timeout >= 0:  # NaN too
+        parser.error(f"--timeout must be >= 0 seconds (0: no watchdog), got {args.timeout:g}")
     if args.hostfile and not args.host_ip:
         parser.error("--hostfile needs --host-ip: the address of this machine that the hosts can "
                      "reach (the scheduler runs here)")
@@ -419,7 +502,7 @@ def main(argv=None, prog=PROG):
         args = parse_args(argv, prog)
     except SystemExit as exit_:  # usage errors and --help: argparse printed the message
         return exit_.code
-    job = Job(out=sys.stdout, log=sys.stderr, grace_s=args.grace)
+    job = Job(out=sys.stdout, log=sys.stderr, grace_s=args.grace, timeout_s=args.timeout)
     host_ip = args.host_ip or "127.0.0.1"
     try:
         hosts = read_hostfile(args.hostfile) if args.hostfile else None

@@ -2,8 +2,8 @@
 
 Usage: bert_worker.py OUT_DIR STEPS OPTIMIZER LR KVSTORE [CHECKPOINT_DIR] (KVSTORE: dist_sync under
 bertpretrain.launch, or horovod under horovodrun; with CHECKPOINT_DIR, checkpoints there every step
-and resumes from it). Writes OUT_DIR/bert-rank<R>.npz (the parameters in order, and the per-step
-MLM losses of this worker's shard).
+and resumes from it). Writes OUT_DIR/bert-rank<R>.npz: the per-step MLM losses of this worker's
+shard, and for rank 0 the parameters in order (p0, p1, ...).
 """
 import os
 import sys
@@ -17,7 +17,10 @@ from bertpretrain.data import load_data_wiki
 from bertpretrain.model import BERTModel
 from bertpretrain.train import train_bert
 
-TINY = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, max_len=32, dropout=0.0)
+# The model `bertpretrain pretrain` trains (BERTModel's default sizes), short sequences, no dropout.
+# Not smaller: with a 1-layer model the last step's gradient push was quick enough that a job whose
+# workers left train_bert with it still queued did not hang, and the test missed that hang.
+MODEL = dict(max_len=32, dropout=0.0)
 
 
 def main(out_dir, steps, optimizer, lr, kvstore, checkpoint_dir=None):
@@ -25,11 +28,14 @@ def main(out_dir, steps, optimizer, lr, kvstore, checkpoint_dir=None):
         kvstore = distributed.create_kvstore(kvstore)
     with distributed.exit_on_error(kvstore):
         train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
-        net = BERTModel(len(vocab), **TINY)
+        net = BERTModel(len(vocab), **MODEL)
         history = train_bert(train_iter, net, [mx.cpu()], steps, seed=1, progress=False, kvstore=kvstore,
                              optimizer=optimizer, lr=lr, checkpoint_dir=checkpoint_dir,
                              checkpoint_interval=1 if checkpoint_dir else None, resume=bool(checkpoint_dir))
-    params = [p.data().asnumpy() for p in net.collect_params().values()]
+    # Only rank 0 reads its parameters, after train_bert (as `bertpretrain pretrain` saves the model):
+    # a worker that waited for its own arrays here would send its last gradients before it exits,
+    # and so hide a job that hangs when workers leave train_bert with work still queued.
+    params = [p.data().asnumpy() for p in net.collect_params().values()] if history.rank == 0 else []
     onp.savez(os.path.join(out_dir, f"bert-rank{history.rank}.npz"), mlm_loss=history["mlm_loss"],
               **{f"p{i}": p for i, p in enumerate(params)})
 

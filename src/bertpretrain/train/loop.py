@@ -254,6 +254,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             {"step": step, "seed": seed, "data": data, "history": history}, vocab, keep_checkpoints)
         saved_step = step
         logger.info("checkpoint saved: %s", history.checkpoint)
+        distributed.report_progress(f"checkpoint {step}")
 
     def evaluate():
         metrics = evaluate_bert(model, eval_iter, devices)
@@ -261,6 +262,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         logger.info("step %d eval: mlm loss %.3f (acc %.3f, perplexity %.1f), nsp loss %.3f (acc %.3f)", step,
                     metrics["mlm_loss"], metrics["mlm_acc"], metrics["mlm_perplexity"], metrics["nsp_loss"],
                     metrics["nsp_acc"])
+        distributed.report_progress(f"eval {step}")
 
     batches = _batches_forever(train_iter)
     bar = tqdm(total=num_steps, initial=step, unit="step", disable=None if progress is None else not progress,
@@ -296,6 +298,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
                 history[key].append(value)
             tick = now
             bar.update(1)
+            distributed.report_progress(f"step {step}")
             bar.set_postfix(mlm=f"{metrics['mlm_loss']:.3f}", nsp=f"{metrics['nsp_loss']:.3f}",
                             seq_s=f"{history['seq_per_sec'][-1]:.0f}", refresh=False)
             if step % log_interval == 0 or step == num_steps:
@@ -313,4 +316,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         evaluate()
     if saved_step != step:
         save()
+    if dist:  # no worker may exit while another still needs it: see finish_together
+        distributed.finish_together(kvstore)
+    distributed.report_progress("done")
     return history
