@@ -19,6 +19,12 @@ import time
 
 TMP_MARK = ".tmp-"
 
+# The files of a saved model (save_pretrained, checkpoints, recipes): the names model, train and
+# data all use.
+CONFIG_FILE = "config.json"  # the BERTConfig, as JSON
+PARAMS_FILE = "model.params"  # the BERTModel's parameters
+VOCAB_FILE = "vocab.json"  # the Vocab
+
 
 def cache_root(cache_dir=None):
     """The cache folder: ``cache_dir``, else ``$BERTPRETRAIN_HOME``, else ``$XDG_CACHE_HOME/bertpretrain``,

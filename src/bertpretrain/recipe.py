@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from . import distributed
 from .data import DownloadError, download_extract, load_data_wiki
 from .encoding import get_bert_encoding
+from .files import VOCAB_FILE
 from .model import BERTModel, save_pretrained
 from .train import parse_devices, train_bert
 from .train.plot import plot_history
@@ -97,7 +98,7 @@ def run_pretraining(options):
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
     model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"))
-    vocab.save(os.path.join(model_dir, "vocab.json"))
+    vocab.save(os.path.join(model_dir, VOCAB_FILE))
     summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
                "options": asdict(options)}

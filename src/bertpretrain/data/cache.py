@@ -15,6 +15,7 @@ import tempfile
 
 import numpy as np
 
+from ..files import VOCAB_FILE
 from .corpus import EncodedCorpus
 from .download import cache_root, sha1_of_file
 from .vocab import Vocab
@@ -26,7 +27,6 @@ FORMAT_VERSION = 1
 AUTO_CACHE_BYTES = 32 << 20   # cache='auto' caches files at least this large
 _ARRAYS = ("token_ids", "sentence_lengths", "paragraph_sizes")
 _META = "meta.json"
-_VOCAB = "vocab.json"
 
 
 def entry_key(corpus_sha1, vocab=None, min_freq=5):
@@ -49,7 +49,7 @@ def _load(folder, path):
             if os.path.getsize(file) != size or sha1_of_file(file) != sha1:
                 raise ValueError(f"{name} does not match its recorded size and SHA1")
         arrays = {name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False) for name in _ARRAYS}
-        vocab = Vocab.load(os.path.join(folder, _VOCAB))
+        vocab = Vocab.load(os.path.join(folder, VOCAB_FILE))
     except FileNotFoundError:
         if os.path.isdir(folder):
             logger.warning("cache %s is incomplete: rebuilding it", folder)
@@ -67,9 +67,9 @@ def _store(folder, corpus, vocab, corpus_sha1, min_freq):
     try:
         for name in _ARRAYS:
             np.save(os.path.join(staging, f"{name}.npy"), getattr(corpus, name))
-        vocab.save(os.path.join(staging, _VOCAB))
+        vocab.save(os.path.join(staging, VOCAB_FILE))
         files = {name: [os.path.getsize(os.path.join(staging, name)), sha1_of_file(os.path.join(staging, name))]
-                 for name in [f"{a}.npy" for a in _ARRAYS] + [_VOCAB]}
+                 for name in [f"{a}.npy" for a in _ARRAYS] + [VOCAB_FILE]}
         with open(os.path.join(staging, _META), "w") as f:
             json.dump({"format": FORMAT_VERSION, "source": corpus.path, "source_sha1": corpus_sha1,
                        "min_freq": min_freq, "files": files}, f, indent=1)

@@ -12,14 +12,13 @@ import os
 import shutil
 import tempfile
 
+from ..files import PARAMS_FILE, VOCAB_FILE  # noqa: F401  (PARAMS_FILE: read by loop.py as ckpt.PARAMS_FILE)
 from ..model import save_pretrained
 
 FORMAT = "bertpretrain-checkpoint-v1"
 LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.states"
-VOCAB_FILE = "vocab.json"
-PARAMS_FILE = "model.params"
 
 
 def _write_text_atomically(path, text):
