@@ -1,33 +1,29 @@
 """Saving a model with its configuration, rebuilding it from the folder, and exporting its graph."""
 import json
 import os
-import tempfile
 
 import mxnet as mx
 
-from .. import kernels
+from ..files import CONFIG_FILE, PARAMS_FILE, atomic_path, atomic_write
 from .bert import BERTModel
 from .config import BERTConfig
-
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "model.params"
+from .pretraining import BERTForPretraining
 
 
 def save_pretrained(net, folder):
     """Write ``config.json`` and ``model.params`` of ``net`` (a BERTModel) into ``folder``.
 
-    Each file is written to a temporary name in the folder first and then moved into place with
-    ``os.replace``, so an interrupted save never leaves a truncated file under the final name.
-    Returns the folder.
+    Each file is written atomically (:mod:`bertpretrain.files`), so an interrupted save never
+    leaves a truncated file under the final name. Returns the folder.
     """
     if not isinstance(net, BERTModel):
         raise ValueError(f"net must be a BERTModel (pass `.bert` of a BERTForPretraining), "
                          f"got {type(net).__name__}")
     os.makedirs(folder, exist_ok=True)
-    _write_atomically(os.path.join(folder, CONFIG_FILE),
-                      lambda path: _write_json(path, net.config.to_dict()))
-    _write_atomically(os.path.join(folder, PARAMS_FILE),
-                      lambda path: net.save_parameters(path, deduplicate=True))
+    atomic_write(os.path.join(folder, CONFIG_FILE),
+                 json.dumps(net.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    with atomic_path(os.path.join(folder, PARAMS_FILE)) as temporary:
+        net.save_parameters(temporary, deduplicate=True)
     return folder
 
 
@@ -35,7 +31,7 @@ def load_pretrained(folder, device=None, **model_kwargs):
     """Rebuild the BERTModel saved by :func:`save_pretrained` in ``folder``, on ``device``.
 
     ``device`` is an MXNet context (default: the current one); ``model_kwargs`` go to
-    :class:`BERTModel` (e.g. ``check_token_ids``).
+    :meth:`BERTModel.from_config` (``check_token_ids``, ``backend``).
     """
     config_path = os.path.join(folder, CONFIG_FILE)
     params_path = os.path.join(folder, PARAMS_FILE)
@@ -57,38 +53,35 @@ def export(net, path_prefix, *example_inputs, builtin_ops=False):
     Load them with ``SymbolBlock.imports(symbol_file, ["data0", "data1", ...], params_file)``,
     one input name per example input, in order.
 
-    Where the fused CPU kernels are enabled (see :mod:`bertpretrain.kernels`) the graph holds
-    their operators (``bp_*``): a process must call ``bertpretrain.kernels.load()`` before
-    importing it, and it runs on CPUs only. ``builtin_ops=True`` exports a graph of MXNet's builtin
-    operators instead, loadable anywhere MXNet is (the same function, a slower CPU graph). Either
-    way ``net`` is left hybridized, to be traced again (with the kernels if enabled) on its next call.
+    Where ``net`` (a BERTModel or BERTForPretraining) runs the fused CPU kernels (its ``"fused"``
+    backend, see :mod:`bertpretrain.model.ops`) the graph holds their operators (``bp_*``): a
+    process must call ``bertpretrain.kernels.load()`` before importing it, and it runs on CPUs
+    only. ``builtin_ops=True`` exports the graph of a copy of ``net`` on the ``"builtin"`` backend
+    with the same parameter values instead, loadable anywhere MXNet is (the same function, a
+    slower CPU graph). Either way ``net`` itself is left hybridized.
     """
     net.hybridize(static_alloc=True, static_shape=True)
-    if builtin_ops:
-        with kernels.builtin_only():
-            net(*example_inputs)
-    else:
-        net(*example_inputs)
-    net.export(path_prefix, epoch=0)
-    if builtin_ops:
-        net.hybridize(static_alloc=True, static_shape=True)  # drop the builtin-only graph
+    exported = _on_builtin_backend(net) if builtin_ops else net
+    if exported is not net:
+        exported.hybridize(static_alloc=True, static_shape=True)
+    exported(*example_inputs)
+    exported.export(path_prefix, epoch=0)
     return f"{path_prefix}-symbol.json", f"{path_prefix}-0000.params"
 
 
-def _write_json(path, values):
-    with open(path, "w") as file:
-        json.dump(values, file, indent=2, sort_keys=True)
-        file.write("\n")
-
-
-def _write_atomically(path, write):
-    folder, name = os.path.split(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+def _on_builtin_backend(net):
+    """``net`` itself if its backend is builtin, else a builtin-backend copy holding its parameter values."""
+    bert = net.bert if isinstance(net, BERTForPretraining) else net
+    if not isinstance(bert, BERTModel):
+        raise ValueError(f"export(builtin_ops=True) rebuilds a BERTModel or BERTForPretraining on the "
+                         f"builtin backend, got {type(net).__name__}: export it with builtin_ops=False")
+    if bert.backend == "builtin":
+        return net
+    copy = BERTModel.from_config(bert.config, check_token_ids=bert.check_token_ids, backend="builtin")
+    if isinstance(net, BERTForPretraining):
+        copy = BERTForPretraining(copy, count_correct=net._count_correct)
+    sources = net._collect_params_with_prefix()
+    copy.initialize(ctx=next(iter(sources.values())).list_ctx())
+    for name, param in copy._collect_params_with_prefix().items():
+        param.set_data(sources[name].data())
+    return copy
