@@ -5,8 +5,8 @@ built with (``BERTModel(..., backend=...)``, see :func:`for_backend`) instead of
 so that this one module decides how layer normalisation (alone or after a residual add with
 dropout), dropout, the masked attention softmax, activations and the pretraining losses are
 computed. Each method takes ``F`` (``mx.nd`` or ``mx.sym``, as Gluon passes it) and works
-imperatively and inside hybridized graphs. No global state: two models of different backends
-can run side by side in one process (and one thread each).
+imperatively and inside hybridized graphs. No global switch: models of different backends run
+side by side in one process.
 
 Backends:
 
