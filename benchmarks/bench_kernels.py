@@ -1,8 +1,9 @@
 """Time each fused CPU kernel against MXNet's builtin operators at BERT's shapes.
 
-What: for every operator in :mod:`bertpretrain.kernels.ops`, the median and best time
-of a training-mode forward, and of forward + backward, through the fused kernel and
-through the builtin operators (interleaved, so that other load hits both alike), at 1 and 2 OpenMP threads (each thread count in
+What: for every operator with a fused kernel, the median and best time of a
+training-mode forward, and of forward + backward, through the model's op layer
+(:mod:`bertpretrain.model.ops`) on its two backends: the fused kernel, and the builtin
+formulation the model uses without it (interleaved, so that other load hits both alike), at 1 and 2 OpenMP threads (each thread count in
 its own process, since OpenMP reads OMP_NUM_THREADS at start-up).
 
 Shapes are those of d2l's small BERT (batch 512, max_len 64, hidden 128, 2 heads,
@@ -15,7 +16,6 @@ Usage (the machine is shared: take the benchmark lock)::
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_kernels.py [--threads 1 2]
 """
 import argparse
-import contextlib
 import functools
 import os
 import statistics
@@ -24,8 +24,8 @@ import sys
 import time
 
 
-def cases(np, ops, mx):
-    """(name, make_inputs, fn(F, *inputs), indices of inputs that need gradients)."""
+def cases(np, mx, attention_mask):
+    """(name, make_inputs, fn(ops, F, *inputs), indices of inputs that need gradients)."""
     rng = mx.np.random
 
     def ln_inputs():
@@ -36,8 +36,9 @@ def cases(np, ops, mx):
                 rng.normal(size=(128,)), rng.normal(size=(128,))]
 
     def softmax_inputs():
-        lens = rng.randint(1, 65, size=(1024, 1)).astype("int32")
-        return [rng.normal(size=(1024, 64, 64)), np.broadcast_to(lens, (1024, 64)).copy()]
+        lens = rng.randint(1, 65, size=(1024,)).astype("int32")
+        return [rng.normal(size=(1024, 64, 64)),
+                attention_mask(mx.nd, lens, np.arange(64).astype("int32"))]
 
     def ce_inputs():
         labels = rng.randint(0, 6898, size=(5120,)).astype("int32")
@@ -45,17 +46,18 @@ def cases(np, ops, mx):
 
     return [
         ("layer_norm 32768x128", ln_inputs,
-         lambda F, x, g, b: ops.layer_norm(F, x, g, b), [0, 1, 2]),
+         lambda ops, F, x, g, b: ops.layer_norm(F, x, g, b, 1e-5, 128), [0, 1, 2]),
         ("add_layer_norm p=0.1 32768x128", aln_inputs,
-         lambda F, x, r, g, b: ops.add_layer_norm(F, x, r, g, b, p=0.1), [0, 1, 2, 3]),
+         lambda ops, F, x, r, g, b: ops.add_layer_norm(F, x, r, g, b, 1e-5, 128, 0.1),
+         [0, 1, 2, 3]),
         ("dropout p=0.1 4M", lambda: [rng.normal(size=(1024, 64, 64))],
-         lambda F, x: ops.dropout(F, x, 0.1), [0]),
+         lambda ops, F, x: ops.dropout(F, x, 0.1), [0]),
         ("masked_softmax 1024x64x64", softmax_inputs,
-         lambda F, s, l: ops.masked_softmax(F, s, l), [0]),
+         lambda ops, F, s, m: ops.masked_softmax(F, s, m, 0.0), [0]),
         ("masked_softmax+dropout p=0.1", softmax_inputs,
-         lambda F, s, l: ops.masked_softmax(F, s, l, p=0.1), [0]),
+         lambda ops, F, s, m: ops.masked_softmax(F, s, m, 0.1), [0]),
         ("softmax_ce 5120x6898", ce_inputs,
-         lambda F, x, y, w: ops.softmax_ce(F, x, y, w), [0]),
+         lambda ops, F, x, y, w: ops.softmax_cross_entropy(F, x, y, w), [0]),
     ]
 
 
@@ -81,29 +83,28 @@ def measure(repeats):
     from mxnet import autograd, np
 
     from bertpretrain import kernels
-    from bertpretrain.kernels import ops
+    from bertpretrain.model import ops
 
     status = kernels.load()
     if not status.available:
         sys.exit(f"fused kernels unavailable: {status.reason}")
     threads = os.environ["OMP_NUM_THREADS"]
     mx.random.seed(0)
-    for name, make_inputs, fn, grad_of in cases(np, ops, mx):
+    layers = {True: ops.for_backend("builtin"), False: ops.for_backend("fused")}
+    for name, make_inputs, fn, grad_of in cases(np, mx, layers[True].attention_mask):
         inputs = make_inputs()
         for i in grad_of:
             inputs[i].attach_grad()
 
         def forward(builtin):
-            with (kernels.builtin_only() if builtin else contextlib.nullcontext()):
-                with autograd.train_mode():
-                    fn(mx.nd, *inputs).wait_to_read()
+            with autograd.train_mode():
+                fn(layers[builtin], mx.nd, *inputs).wait_to_read()
 
         def forward_backward(builtin):
-            with (kernels.builtin_only() if builtin else contextlib.nullcontext()):
-                with autograd.record():
-                    out = fn(mx.nd, *inputs)
-                out.backward()
-                mx.nd.waitall()
+            with autograd.record():
+                out = fn(layers[builtin], mx.nd, *inputs)
+            out.backward()
+            mx.nd.waitall()
 
         variants = [functools.partial(step, builtin)
                     for step in (forward, forward_backward) for builtin in (True, False)]

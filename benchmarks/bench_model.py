@@ -2,7 +2,7 @@
 
 Compares the model's two paths in the same process: with the fused CPU kernels
 (bertpretrain.kernels) and with MXNet's builtin operators only (a second model with the same
-initial parameters, traced under ``kernels.builtin_only()``); their steps are interleaved so that
+initial parameters, on the ``"builtin"`` backend); their steps are interleaved so that
 other load on the machine hits both alike. Prints, for 1 and 2 OpenMP threads (each measured in a
 fresh process, since MXNet reads OMP_NUM_THREADS at import): sequences/s of each path and the
 speed-up, the model's floating point operations per step, two ceilings measured in the same
@@ -20,7 +20,6 @@ Usage (one benchmark at a time on a shared machine):
 """
 import argparse
 import collections
-import contextlib
 import json
 import os
 import subprocess
@@ -198,8 +197,9 @@ def measure(args):
     paths = ["kernels", "builtin"] if kernels.available() else ["builtin"]
     mx.random.seed(0)
     nets = []
-    for _ in paths:
-        net = BERTModel(vocab_size, num_hiddens=args.num_hiddens,
+    for path in paths:
+        net = BERTModel(vocab_size, backend="fused" if path == "kernels" else "builtin",
+                        num_hiddens=args.num_hiddens,
                         ffn_num_hiddens=args.ffn_num_hiddens, num_heads=args.num_heads,
                         num_layers=args.num_layers, dropout=0.2, max_len=args.max_len,
                         check_token_ids=not args.no_check_token_ids)
@@ -221,17 +221,15 @@ def measure(args):
         tokens, segments, valid_lens, positions, weights, labels, nsp_labels = batch
         num_real_preds = float(weights.sum())  # known before the step (global count)
         with autograd.record():
-            mlm_sum, _, nsp_sum, *_ = models[path](tokens, segments, valid_lens, positions,
-                                                   weights, labels, nsp_labels)
+            out = models[path](tokens, segments, valid_lens, positions, weights, labels, nsp_labels)
+            mlm_sum, nsp_sum = out.mlm_loss_sum, out.nsp_loss_sum
             loss = mlm_sum / num_real_preds + nsp_sum / args.batch_size
         loss.backward()
         trainers[path].step(1)
         return mlm_sum, nsp_sum, num_real_preds
 
-    with kernels.builtin_only():  # trace the builtin model's graph without the kernels
-        train_step("builtin", batches[0])
-    if "kernels" in models:
-        train_step("kernels", batches[0])
+    for path in reversed(paths):  # trace, the builtin graph first
+        train_step(path, batches[0])
 
     losses = {path: [] for path in paths}
     times = {path: [] for path in paths}
@@ -252,8 +250,7 @@ def measure(args):
     for path in paths if args.profile_steps > 0 else []:
         models[path].hybridize(static_alloc=True, static_shape=True, forward_bulk_size=1,
                                backward_bulk_size=1)
-        with kernels.builtin_only() if path == "builtin" else contextlib.nullcontext():
-            train_step(path, batches[0])
+        train_step(path, batches[0])
         train_step(path, batches[1])
         profile_batches = iter(range(args.profile_steps))
         rows = _profile(lambda: train_step(path, batches[next(profile_batches) % 4]),

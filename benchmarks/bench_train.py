@@ -35,7 +35,8 @@ def bare_steps(model, trainer, batches, autograd):
     for batch in batches:
         with autograd.record():
             out = model(*batch)
-            loss = out[0] / float(batch.mlm_weights.sum()) + out[2] / batch.tokens.shape[0]
+            loss = (out.mlm_loss_sum / float(batch.mlm_weights.sum())
+                    + out.nsp_loss_sum / batch.tokens.shape[0])
         loss.backward()
         trainer.step(1)
         loss.item()

@@ -1,4 +1,4 @@
-"""The fused CPU kernels against MXNet's builtin operators (outputs, gradients, modes).
+"""The raw fused CPU kernels against MXNet's builtin operators (outputs, gradients, modes).
 
 Compiles the kernel library once per session (into the user's cache); every test that
 needs it is skipped, with the reason, where it cannot be built. The build, cache and
@@ -45,11 +45,41 @@ def run(fn, inputs, grad_of, head_seed=99):
     return out.asnumpy(), [inputs[i].grad.asnumpy() for i in grad_of]
 
 
+class Builtin:
+    """Each raw op of ``bertpretrain.kernels.ops``, same signature, as MXNet builtin operators:
+    the reference the kernels must match."""
+
+    @staticmethod
+    def layer_norm(F, x, gamma, beta, eps=1e-5):
+        return F.npx.layer_norm(x, gamma, beta, axis=-1, eps=eps)
+
+    @staticmethod
+    def add_layer_norm(F, x, residual, gamma, beta, p=0.0, eps=1e-5):
+        return F.npx.layer_norm(Builtin.dropout(F, x, p) + residual, gamma, beta, axis=-1, eps=eps)
+
+    @staticmethod
+    def dropout(F, x, p):
+        return F.npx.dropout(x, p=p) if p > 0 else x
+
+    @staticmethod
+    def masked_softmax(F, scores, lengths, p=0.0):
+        probs = F.npx.softmax(scores, length=lengths, use_length=True, axis=-1)
+        return Builtin.dropout(F, probs, p)
+
+    @staticmethod
+    def softmax_ce(F, logits, labels, weights, return_correct=False):
+        weights = F.stop_gradient(weights.as_nd_ndarray()).as_np_ndarray()
+        loss = -F.npx.pick(F.npx.log_softmax(logits, axis=-1), labels, axis=-1) * weights
+        if not return_correct:
+            return loss
+        hits = F.np.equal(F.np.argmax(logits, axis=-1).astype("int32"), labels.astype("int32"))
+        return loss, hits.astype("float32") * weights
+
+
 def both_paths(fn, inputs, grad_of):
-    """fn run with the kernels and with builtin operators: ((out, grads), (out, grads))."""
-    fused = run(fn, inputs, grad_of)
-    with kernels.builtin_only():
-        builtin = run(fn, inputs, grad_of)
+    """``fn(impl, *inputs)`` with the kernels and with builtin operators: ((out, grads), (out, grads))."""
+    fused = run(lambda *a: fn(ops, *a), inputs, grad_of)
+    builtin = run(lambda *a: fn(Builtin, *a), inputs, grad_of)
     return fused, builtin
 
 
@@ -64,7 +94,7 @@ def assert_same(fused, builtin, rtol=RTOL, atol=ATOL):
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5, 7), (17, 128), (2, 1, 33)])
 def test_layer_norm_matches_builtin(shape):
     x, g, b = rand(*shape), rand(shape[-1], seed=1), rand(shape[-1], seed=2)
-    fused, builtin = both_paths(lambda x, g, b: ops.layer_norm(mx.nd, x, g, b), [x, g, b],
+    fused, builtin = both_paths(lambda impl, x, g, b: impl.layer_norm(mx.nd, x, g, b), [x, g, b],
                                 [0, 1, 2])
     assert_same(fused, builtin, atol=1e-4)
 
@@ -73,7 +103,7 @@ def test_layer_norm_matches_builtin(shape):
 def test_add_layer_norm_matches_builtin(shape):
     x, r = rand(*shape), rand(*shape, seed=3)
     g, b = rand(shape[-1], seed=1), rand(shape[-1], seed=2)
-    fn = lambda x, r, g, b: ops.add_layer_norm(mx.nd, x, r, g, b, eps=1e-3)  # noqa: E731
+    fn = lambda impl, x, r, g, b: impl.add_layer_norm(mx.nd, x, r, g, b, eps=1e-3)  # noqa: E731
     fused, builtin = both_paths(fn, [x, r, g, b], [0, 1, 2, 3])
     assert_same(fused, builtin, atol=1e-4)
 
@@ -81,8 +111,8 @@ def test_add_layer_norm_matches_builtin(shape):
 @pytest.mark.parametrize("shape", [(6, 5, 7), (2, 3, 4, 9), (3, 1, 1), (4, 64, 64)])
 def test_masked_softmax_matches_builtin(shape):
     scores, lens = rand(*shape, scale=3.0), lengths(shape[:-1], shape[-1])
-    fused, builtin = both_paths(lambda s, l: ops.masked_softmax(mx.nd, s, l), [scores, lens],
-                                [0])
+    fused, builtin = both_paths(lambda impl, s, l: impl.masked_softmax(mx.nd, s, l),
+                                [scores, lens], [0])
     assert_same(fused, builtin)
     probs = fused[0]
     valid = onp.arange(shape[-1]) < lens.asnumpy()[..., None]
@@ -92,8 +122,8 @@ def test_masked_softmax_matches_builtin(shape):
 
 def test_masked_softmax_length_zero_gives_zeros():
     scores, lens = rand(2, 3, 5), np.array([[0, 2, 5], [5, 0, 1]], dtype="int32")
-    fused, builtin = both_paths(lambda s, l: ops.masked_softmax(mx.nd, s, l), [scores, lens],
-                                [0])
+    fused, builtin = both_paths(lambda impl, s, l: impl.masked_softmax(mx.nd, s, l),
+                                [scores, lens], [0])
     assert_same(fused, builtin)
     assert (fused[0][0, 0] == 0).all() and (fused[1][0][0, 0] == 0).all()
 
@@ -107,7 +137,7 @@ def test_softmax_ce_matches_builtin(n, v):
     weights = (rng.rand(n) < 0.7).astype("float32") * rng.rand(n).astype("float32")
     weights[0] = 1.0
     labels, weights = np.array(labels, dtype="int32"), np.array(weights)
-    fn = lambda x, y, w: ops.softmax_ce(mx.nd, x, y, w)  # noqa: E731
+    fn = lambda impl, x, y, w: impl.softmax_ce(mx.nd, x, y, w)  # noqa: E731
     fused, builtin = both_paths(fn, [logits, labels, weights], [0])
     assert_same(fused, builtin)
     assert (fused[0][weights.asnumpy() == 0] == 0).all()
@@ -120,8 +150,7 @@ def test_softmax_ce_correct_count_matches_builtin():
     labels[[1, 3]] = np.array([0, 7], dtype="int32")
     weights = np.array([1, 0, 2, 1, 1, 1, 0.5, 1, 0], dtype="float32")
     fused = ops.softmax_ce(mx.nd, logits, labels, weights, return_correct=True)
-    with kernels.builtin_only():
-        builtin = ops.softmax_ce(mx.nd, logits, labels, weights, return_correct=True)
+    builtin = Builtin.softmax_ce(mx.nd, logits, labels, weights, return_correct=True)
     onp.testing.assert_allclose(fused[0].asnumpy(), builtin[0].asnumpy(), rtol=RTOL, atol=ATOL)
     onp.testing.assert_array_equal(fused[1].asnumpy(), builtin[1].asnumpy())
     assert float(fused[1].sum()) == 6.5  # rows 0, 2, 4, 5, 6, 7; not 1, 3 (tie), 8 (weight 0)
@@ -129,12 +158,11 @@ def test_softmax_ce_correct_count_matches_builtin():
 
 def test_dropout_inference_is_identity():
     x = rand(5, 7)
-    for fn in (lambda: ops.dropout(mx.nd, x, 0.4),
-               lambda: ops.masked_softmax(mx.nd, x, lengths((5,), 7), p=0.4)):
+    for fn in (lambda impl: impl.dropout(mx.nd, x, 0.4),
+               lambda impl: impl.masked_softmax(mx.nd, x, lengths((5,), 7), p=0.4)):
         with autograd.predict_mode():
-            out = fn()
-        with kernels.builtin_only():
-            expected = fn()
+            out = fn(ops)
+            expected = fn(Builtin)
         onp.testing.assert_allclose(out.asnumpy(), expected.asnumpy(), rtol=1e-6, atol=1e-7)
 
 
@@ -262,14 +290,16 @@ def test_finite_differences_with_a_fixed_dropout_mask():
 class TinyBlock(gluon.HybridBlock):
     """Every op once, the way a BERT encoder layer and MLM head use them."""
 
-    def __init__(self, dim, p, **kwargs):
+    def __init__(self, dim, p, impl, **kwargs):
         super().__init__(**kwargs)
         self.p = p
+        self.impl = impl
         self.dense = gluon.nn.Dense(dim, flatten=False, in_units=dim)
         self.gamma = self.params.get("gamma", shape=(dim,), init="ones")
         self.beta = self.params.get("beta", shape=(dim,), init="zeros")
 
     def hybrid_forward(self, F, x, lens, labels, weights, gamma, beta):
+        ops = self.impl
         scores = F.npx.batch_dot(x, x, transpose_b=True)
         attn = ops.masked_softmax(F, scores, lens, p=self.p)
         h = ops.add_layer_norm(F, F.npx.batch_dot(attn, x), x, gamma, beta, p=self.p)
@@ -291,14 +321,11 @@ def block_inputs(batch=3, seq=5, dim=8, seed=0):
 
 def make_block(p=0.0, hybridize=True, grad_req="write", builtin=False):
     mx.random.seed(0)
-    net = TinyBlock(8, p)
+    net = TinyBlock(8, p, Builtin if builtin else ops)
     net.initialize(mx.init.Normal(0.5))
     net.collect_params().setattr("grad_req", grad_req)
     if hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
-    if builtin:  # trace the builtin graph now
-        with kernels.builtin_only(), autograd.record():
-            net(*block_inputs())
     return net
 
 
@@ -317,8 +344,7 @@ def test_block_matches_builtin(hybridize):
     for seed in range(2):
         inputs = block_inputs(seed=seed)
         loss_f, grads_f = step(fused_net, inputs)
-        with kernels.builtin_only():
-            loss_b, grads_b = step(builtin_net, inputs)
+        loss_b, grads_b = step(builtin_net, inputs)
         assert loss_f == pytest.approx(loss_b, rel=1e-5)
         for name in grads_f:
             onp.testing.assert_allclose(grads_f[name], grads_b[name], rtol=1e-4, atol=1e-5)

@@ -173,13 +173,16 @@ def test_cache_dir_lookup(monkeypatch, tmp_path):
     assert build.cache_dir() == Path.home() / ".cache" / "bertpretrain" / "kernels"
 
 
-# A fresh process: report the kernel status, and check the ops still match builtin math.
+# A fresh process: report the kernel status, check that the model's fused op layer still matches
+# builtin math, and that a raw kernel op says what is missing.
 PROBE = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(name)s %(message)s")
     import bertpretrain, mxnet as mx
     from mxnet import np, npx
     from bertpretrain import kernels
+    from bertpretrain.kernels import ops as raw
+    from bertpretrain.model import ops
     try:
         status = kernels.load()
     except Exception as error:
@@ -188,8 +191,13 @@ PROBE = textwrap.dedent("""
     print("AVAILABLE", status.available)
     x = np.arange(12, dtype="float32").reshape(3, 4)
     g, b = np.ones((4,)), np.zeros((4,))
-    same = (kernels.layer_norm(mx.nd, x, g, b) == npx.layer_norm(x, g, b, axis=-1)).all()
-    print("SAME", bool(same))
+    out = ops.for_backend("fused").layer_norm(mx.nd, x, g, b, 1e-5, 4)
+    print("SAME", float(abs(out - npx.layer_norm(x, g, b, axis=-1)).max()) < 1e-5)
+    if not status.available:
+        try:
+            raw.dropout(mx.nd, x, 0.5)
+        except kernels.KernelsUnavailableError as error:
+            print("RAW", error)
 """)
 
 
@@ -205,6 +213,7 @@ def probe(tmp_path, **env):
 def test_fallback_when_the_build_is_impossible(tmp_path):
     out = probe(tmp_path, CXX="/nonexistent/c++")
     assert "AVAILABLE False" in out and "SAME True" in out
+    assert "RAW the fused operator bp_dropout is not registered: call bertpretrain.kernels.load()" in out
     log_lines = [l for l in out.splitlines() if l.startswith("LOG bertpretrain.kernels")]
     assert len(log_lines) == 1 and "CXX" in log_lines[0] and "builtin" in log_lines[0]
 

@@ -7,7 +7,9 @@ import pytest
 import bertpretrain  # noqa: F401  (sets up MXNet's numpy mode)
 import mxnet as mx
 from mxnet import autograd, gluon, init, np
-from bertpretrain.model import BERTConfig, BERTForPretraining, BERTModel, load_pretrained, save_pretrained
+from bertpretrain.model import (BERTConfig, BERTForPretraining, BERTModel, PretrainingOutput, bert_base,
+                                bert_d2l_small, bert_mini, bert_small, bert_tiny, load_pretrained,
+                                save_pretrained)
 from bertpretrain.model import export as export_model
 
 VOCAB = 40
@@ -260,14 +262,15 @@ def test_attention_matches_a_reference_multi_head_attention():
 
     mx.random.seed(3)
     hiddens, heads, batch_size, seq_len = 12, 3, 2, 5
-    attention = MultiHeadSelfAttention(hiddens, heads, dropout=0.0)
+    layer = ops.for_backend()
+    attention = MultiHeadSelfAttention(hiddens, heads, dropout=0.0, ops=layer)
     attention.initialize(init.Normal(0.5))
     for name, param in attention.collect_params().items():
         if name.endswith("bias"):
             param.set_data(np.random.normal(size=param.shape))
     x = np.random.normal(size=(batch_size, seq_len, hiddens))
     valid_lens = np.array([5, 2], dtype="int32")
-    mask = ops.attention_mask(mx.nd, valid_lens, np.arange(seq_len).astype("int32"))
+    mask = layer.attention_mask(mx.nd, valid_lens, np.arange(seq_len).astype("int32"))
     got = attention(x, mask).asnumpy()
 
     p = {name.split("_", 1)[1]: param.data().asnumpy() for name, param in
@@ -294,9 +297,77 @@ def test_pretraining_without_counts_returns_the_three_sums():
     batch = make_batch()
     with_counts = BERTForPretraining(net)(*batch)
     without = BERTForPretraining(net, count_correct=False)(*batch)
-    assert len(with_counts) == 5 and len(without) == 3
-    for got, want in zip(without, with_counts[:3]):
+    assert without.mlm_num_correct is None and without.nsp_num_correct is None
+    assert with_counts.mlm_num_correct is not None and with_counts.nsp_num_correct is not None
+    for got, want in zip(without[:3], with_counts[:3]):
         assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_pretraining_outputs_are_named(hybridize):
+    net = make_net()
+    model = BERTForPretraining(net)
+    if hybridize:
+        model.hybridize(static_alloc=True, static_shape=True)
+    batch = make_batch()
+    out = model(*batch)
+    assert isinstance(out, PretrainingOutput)
+    assert out.mlm_num_preds.item() == float(batch[4].sum())
+    assert out.nsp_num_correct.item() == pytest.approx(out[4].item())
+    assert out.mlm_loss_sum.item() == pytest.approx(out[0].item())
+
+
+@pytest.mark.parametrize("factory, layers, hiddens", [
+    (bert_tiny, 2, 128), (bert_mini, 4, 256), (bert_small, 4, 512), (bert_base, 12, 768)])
+def test_named_configurations_are_the_original_bert_sizes(factory, layers, hiddens):
+    config = factory(30522)
+    assert (config.vocab_size, config.num_layers, config.num_hiddens, config.num_heads,
+            config.ffn_num_hiddens, config.max_len) == (30522, layers, hiddens, hiddens // 64,
+                                                        4 * hiddens, 512)
+    assert (config.activation, config.embedding_layer_norm, config.tie_mlm_weights,
+            config.layer_norm_eps, config.dropout) == ("gelu", True, True, 1e-12, 0.1)
+    assert factory(100, max_len=64, dropout=0.0) == BERTConfig.from_dict(
+        dict(factory(100).to_dict(), max_len=64, dropout=0.0))
+
+
+def test_d2l_small_is_the_default_and_from_config_builds_it():
+    assert bert_d2l_small(VOCAB) == BERTModel(VOCAB).config == BERTConfig(vocab_size=VOCAB)
+    net = BERTModel.from_config(bert_tiny(VOCAB, num_layers=1), check_token_ids=False,
+                                backend="builtin")
+    assert net.config == bert_tiny(VOCAB, num_layers=1)
+    assert not net.check_token_ids and net.backend == "builtin"
+    assert len(net.encoder.layers) == 1 and net.mlm.decoder is None  # tied decoder
+    with pytest.raises(TypeError, match="config must be a BERTConfig or a dict"):
+        BERTModel.from_config(["vocab_size", VOCAB])
+
+
+def test_backend_is_fixed_per_model_and_checked(monkeypatch):
+    monkeypatch.setenv("BERTPRETRAIN_KERNELS", "0")
+    assert BERTModel(VOCAB).backend == "builtin"
+    assert BERTModel(VOCAB, backend="fused").backend == "fused"
+    monkeypatch.delenv("BERTPRETRAIN_KERNELS")
+    assert BERTModel(VOCAB).backend == "fused"
+    assert BERTModel(VOCAB, backend="builtin").backend == "builtin"
+    with pytest.raises(ValueError, match="backend must be one of \\('fused', 'builtin'\\)"):
+        BERTModel(VOCAB, backend="cuda")
+    monkeypatch.setenv("BERTPRETRAIN_KERNELS", "yes")
+    with pytest.raises(ValueError, match="BERTPRETRAIN_KERNELS='yes' is not understood"):
+        BERTModel(VOCAB)
+
+
+def test_attention_mask_is_one_typed_value():
+    from bertpretrain.model import ops
+
+    valid_lens, positions = np.array([3, 1], dtype="int32"), np.arange(4).astype("int32")
+    for backend in ops.BACKENDS:
+        mask = ops.for_backend(backend).attention_mask(mx.nd, valid_lens, positions)
+        assert isinstance(mask, ops.AttentionMask)
+        assert mask.lengths.dtype == onp.int32
+        onp.testing.assert_array_equal(mask.lengths.asnumpy(), [[3] * 4, [1] * 4])
+        keep = mask.bias.asnumpy() == 0
+        assert mask.bias.shape == (2, 4, 4) and (mask.bias.asnumpy()[~keep] <= -1e30).all()
+        onp.testing.assert_array_equal(keep, onp.arange(4)[None, None, :] < [[[3]], [[1]]]
+                                       + onp.zeros((2, 4, 1)))
 
 
 def test_get_bert_encoding_encodes_a_sentence_and_a_pair():

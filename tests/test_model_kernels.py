@@ -1,9 +1,10 @@
 """The model routed through the fused CPU kernels: same training as the builtin path, seeded
 dropout, gradient accumulation, export/import, and tests/test_model.py with the kernels off.
 
-Each comparison builds two models with identical parameters in one process, one of them traced
-under ``kernels.builtin_only()``, and checks that the graphs really differ (``bp_*`` operators in
-one, none in the other). Skipped, with the reason, where the kernels cannot be built.
+Each comparison builds two models with identical parameters in one process, one on the
+``"fused"`` backend and one on the ``"builtin"`` backend, and checks that the graphs really differ
+(``bp_*`` operators in one, none in the other). Skipped, with the reason, where the kernels cannot
+be built.
 """
 import json
 import os
@@ -19,7 +20,6 @@ import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
 import mxnet as mx
 from mxnet import autograd, gluon, init
 
-from bertpretrain import kernels
 from bertpretrain.model import BERTForPretraining, BERTModel
 from bertpretrain.model import export as export_model
 
@@ -32,12 +32,12 @@ FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_masked_softmax", "bp_soft
 pytestmark = pytest.mark.usefixtures("kernels_available")
 
 
-def make_nets(options, dropout=0.0, copies=2):
-    """``copies`` BERTModels with the same initial parameters (copied from the first)."""
+def make_nets(options, dropout=0.0, backends=("fused", "builtin")):
+    """One BERTModel per backend, with the same initial parameters (copied from the first)."""
     nets = []
-    for index in range(copies):
+    for index, backend in enumerate(backends):
         mx.random.seed(index)
-        net = BERTModel(VOCAB, **dict(TINY, dropout=dropout, **options))
+        net = BERTModel(VOCAB, backend=backend, **dict(TINY, dropout=dropout, **options))
         net.initialize(init.Xavier())
         if nets:
             for mine, reference in zip(net.collect_params().values(),
@@ -52,18 +52,10 @@ def graph_ops(block):
     return {node["op"] for node in json.loads(block._cached_graph[1].tojson())["nodes"]}
 
 
-def first_call(model, batch, builtin):
-    """Trace ``model`` on ``batch`` with the kernels, or with builtin operators only."""
-    if builtin:
-        with kernels.builtin_only():
-            return model(*batch)
-    return model(*batch)
-
-
-def train(model, batches, steps, builtin=False, seed=None, lr=0.01):
+def train(model, batches, steps, seed=None, lr=0.01):
     """Adam steps as train_step does them; per step the five sums as float64 numpy."""
     model.hybridize(static_alloc=True, static_shape=True)
-    first_call(model, batches[0], builtin)  # trace (inference mode: draws no random numbers)
+    model(*batches[0])  # trace (inference mode: draws no random numbers)
     trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": lr})
     if seed is not None:
         mx.random.seed(seed)
@@ -73,7 +65,7 @@ def train(model, batches, steps, builtin=False, seed=None, lr=0.01):
         num_preds, num_examples = float(batch[4].sum()), batch[0].shape[0]
         with autograd.record():
             sums = model(*batch)
-            loss = sums[0] / num_preds + sums[2] / num_examples
+            loss = sums.mlm_loss_sum / num_preds + sums.nsp_loss_sum / num_examples
         loss.backward()
         trainer.step(1)
         history.append(onp.array([s.item() for s in sums], dtype="float64"))
@@ -87,12 +79,12 @@ BATCHES = [make_batch(seed=seed) for seed in range(3)]
 def test_kernels_and_builtin_give_the_same_outputs_and_gradients(options):
     models = [BERTForPretraining(net) for net in make_nets(options)]
     results = []
-    for model, builtin in zip(models, (False, True)):
+    for model in models:
         model.hybridize(static_alloc=True, static_shape=True)
-        first_call(model, BATCHES[0], builtin)
+        model(*BATCHES[0])
         with autograd.record():
             sums = model(*BATCHES[0])
-            (sums[0] / 10 + sums[2] / 4).backward()
+            (sums.mlm_loss_sum / 10 + sums.nsp_loss_sum / 4).backward()
         results.append(([s.item() for s in sums],
                         [p.grad().asnumpy().copy() for p in model.collect_params().values()]))
     assert FUSED_OPS <= graph_ops(models[0]), "the kernels path does not use the kernels"
@@ -106,8 +98,7 @@ def test_kernels_and_builtin_give_the_same_outputs_and_gradients(options):
 
 @pytest.mark.parametrize("options", [{}, BERT_STYLE])
 def test_kernels_and_builtin_train_to_the_same_losses(options):
-    histories = [train(BERTForPretraining(net), BATCHES, steps=8, builtin=builtin)
-                 for net, builtin in zip(make_nets(options), (False, True))]
+    histories = [train(BERTForPretraining(net), BATCHES, steps=8) for net in make_nets(options)]
     fused, builtin = histories
     onp.testing.assert_allclose(fused[:, :3], builtin[:, :3], rtol=2e-4)  # losses, pred count
     onp.testing.assert_allclose(fused[:, 3:], builtin[:, 3:], atol=1.0)  # counts: rare arg-max ties
@@ -115,22 +106,22 @@ def test_kernels_and_builtin_train_to_the_same_losses(options):
 
 
 def test_seeded_dropout_training_is_reproducible_with_the_kernels():
-    nets = make_nets(BERT_STYLE, dropout=0.3, copies=3)
+    nets = make_nets(BERT_STYLE, dropout=0.3, backends=("fused",) * 3)
     runs = [train(BERTForPretraining(net), BATCHES, steps=4, seed=seed)
             for net, seed in zip(nets, (7, 7, 8))]
     onp.testing.assert_array_equal(runs[0], runs[1])
     assert not onp.allclose(runs[0][:, 0], runs[2][:, 0], rtol=1e-4)
     # dropout is on in training and off in inference
     model = BERTForPretraining(nets[0])
-    assert model(*BATCHES[0])[0].item() == model(*BATCHES[0])[0].item()
+    assert model(*BATCHES[0]).mlm_loss_sum.item() == model(*BATCHES[0]).mlm_loss_sum.item()
     with autograd.record():
-        trained_twice = [model(*BATCHES[0])[0].item() for _ in range(2)]
+        trained_twice = [model(*BATCHES[0]).mlm_loss_sum.item() for _ in range(2)]
     assert trained_twice[0] != trained_twice[1]
 
 
 def test_gradient_accumulation_with_grad_req_add():
     """LayerNorm parameters feed the kernels; 'add' must accumulate, not overwrite."""
-    net, = make_nets(BERT_STYLE, copies=1)
+    net, = make_nets(BERT_STYLE, backends=("fused",))
     model = BERTForPretraining(net)
     model.hybridize(static_alloc=True, static_shape=True)
     model(*BATCHES[0])
@@ -139,7 +130,7 @@ def test_gradient_accumulation_with_grad_req_add():
     def backward():
         with autograd.record():
             sums = model(*BATCHES[0])
-            (sums[0] + sums[2]).backward()
+            (sums.mlm_loss_sum + sums.nsp_loss_sum).backward()
 
     params = model.collect_params()
     backward()
@@ -174,7 +165,7 @@ IMPORT_SCRIPT = textwrap.dedent("""
 @pytest.mark.filterwarnings("ignore:Cannot decide type")  # SymbolBlock.imports on untyped inputs
 @pytest.mark.parametrize("builtin_ops", [False, True])
 def test_export_imports_in_this_and_a_fresh_process(tmp_path, builtin_ops):
-    net, = make_nets(BERT_STYLE, copies=1)
+    net, = make_nets(BERT_STYLE, backends=("fused",))
     batch = make_batch()[:4]
     expected = [out.asnumpy() for out in net(*batch)]
     prefix = str(tmp_path / "bert")

@@ -19,6 +19,13 @@ import tempfile
 import time
 
 TMP_MARK = ".tmp-"
+_FULL_BYTES = 1 << 20
+
+# The files of a saved model (save_pretrained, checkpoints, recipes): the names model, train and
+# data all use.
+CONFIG_FILE = "config.json"  # the BERTConfig, as JSON
+PARAMS_FILE = "model.params"  # the BERTModel's parameters
+VOCAB_FILE = "vocab.json"  # the Vocab
 
 
 def cache_root(cache_dir=None):
@@ -54,7 +61,8 @@ def _fsync_file(path):
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; once the block has written it, sync it and rename it to
-    ``path``. On an error the temporary file is removed and ``path`` is left as it was.
+    ``path``. On an error the temporary file is removed and ``path`` is left as it was; a full disk
+    raises ``OSError(ENOSPC)`` naming ``path``, whatever the writer raised.
 
     For writers that take a file name (``mx.nd.save``, ``trainer.save_states``, ``savefig``)::
 
@@ -66,14 +74,30 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}{TMP_MARK}")
     os.close(fd)
     try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        except Exception as error:
+            if _disk_full(error, folder):
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the disk is full)", path) from error
+            raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
     fsync_dir(folder)
+
+
+def _disk_full(error, folder):
+    """Whether a write into ``folder`` failed for want of space. Writers that report no errno (MXNet's
+    says only "FileStream.Write incomplete") count when the disk has under 1 MiB free."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < _FULL_BYTES
+    except OSError:
+        return False
 
 
 def atomic_write(path, data):

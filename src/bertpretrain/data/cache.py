@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ..files import atomic_folder, atomic_write, cache_root, remove_stale
+from ..files import VOCAB_FILE, atomic_folder, atomic_write, cache_root, remove_stale
 from .corpus import EncodedCorpus
 from .download import sha1_of_file
 from .vocab import Vocab
@@ -26,7 +26,6 @@ FORMAT_VERSION = 1
 AUTO_CACHE_BYTES = 32 << 20   # cache='auto' caches files at least this large
 _ARRAYS = ("token_ids", "sentence_lengths", "paragraph_sizes")
 _META = "meta.json"
-_VOCAB = "vocab.json"
 
 
 def entry_key(corpus_sha1, vocab=None, min_freq=5):
@@ -51,7 +50,7 @@ def _load(folder, path, vocab=None):
             if os.path.getsize(file) != size or sha1_of_file(file) != sha1:
                 raise ValueError(f"{name} does not match its recorded size and SHA1")
         arrays = {name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False) for name in _ARRAYS}
-        vocab = vocab if vocab is not None else Vocab.load(os.path.join(folder, _VOCAB))
+        vocab = vocab if vocab is not None else Vocab.load(os.path.join(folder, VOCAB_FILE))
     except FileNotFoundError:
         if os.path.isdir(folder):
             logger.warning("cache %s is incomplete: rebuilding it", folder)
@@ -71,9 +70,9 @@ def _store(folder, corpus, vocab, corpus_sha1, min_freq, replace):
     with atomic_folder(folder, replace=replace) as staging:
         for name in _ARRAYS:
             np.save(os.path.join(staging, f"{name}.npy"), getattr(corpus, name))
-        vocab.save(os.path.join(staging, _VOCAB))
+        vocab.save(os.path.join(staging, VOCAB_FILE))
         files = {name: [os.path.getsize(os.path.join(staging, name)), sha1_of_file(os.path.join(staging, name))]
-                 for name in [f"{a}.npy" for a in _ARRAYS] + [_VOCAB]}
+                 for name in [f"{a}.npy" for a in _ARRAYS] + [VOCAB_FILE]}
         atomic_write(os.path.join(staging, _META), json.dumps(
             {"format": FORMAT_VERSION, "source": corpus.path, "source_sha1": corpus_sha1, "min_freq": min_freq,
              "files": files}, indent=1))

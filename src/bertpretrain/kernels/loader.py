@@ -11,7 +11,6 @@ model must keep working (on MXNet's builtin operators) where no compiler exists.
 ``BERTPRETRAIN_KERNELS``: ``0`` turns the kernels off, ``1`` makes their absence an
 error (:class:`KernelsUnavailableError`), unset or empty uses them when possible.
 """
-import contextlib
 import logging
 import os
 import threading
@@ -42,7 +41,6 @@ class KernelStatus:
 _lock = threading.Lock()
 _status = None
 _warned_contexts = set()
-_builtin_only_depth = 0
 
 
 def _mode():
@@ -112,35 +110,25 @@ def keep_off(reason):
             logger.info("bertpretrain kernels off, using MXNet's builtin operators: %s", reason)
 
 
+def wanted():
+    """False when ``BERTPRETRAIN_KERNELS=0`` turns the kernels off; ValueError for an unknown value.
+
+    Reads the variable only: whether the kernels can be built and loaded is :func:`load`'s question.
+    """
+    return _mode() != "0"
+
+
 def available():
     """True when the kernels are loaded in this process (see :func:`load`)."""
     return load().available
 
 
-@contextlib.contextmanager
-def builtin_only():
-    """Within this block the ops use MXNet's builtin operators even if the kernels are loaded.
-
-    A hybridized block keeps the operators it was traced with: run its first call
-    inside this block to get a builtin-only copy (e.g. to compare both paths in one run).
-    """
-    global _builtin_only_depth
-    with _lock:
-        _builtin_only_depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _builtin_only_depth -= 1
-
-
 def usable_on(ctx):
     """True when the kernels are loaded and ``ctx`` is a CPU context (they are CPU-only).
 
-    False inside :func:`builtin_only`. Logs once per non-CPU context that MXNet's
-    builtin operators are used there.
+    Logs once per non-CPU context that MXNet's builtin operators are used there.
     """
-    if _builtin_only_depth or not available():
+    if not available():
         return False
     if ctx.device_type == "cpu" or ctx.device_type == "cpu_pinned":
         return True

@@ -1,20 +1,21 @@
-"""The fused operators, callable from ``hybrid_forward`` of numpy-interface HybridBlocks.
+"""The raw fused operators: thin calls of the C++ kernels, from ``hybrid_forward`` of numpy-interface blocks.
 
-What: each function takes ``F`` (``mx.ndarray`` or ``mx.symbol``, as Gluon passes it)
-and numpy-interface arrays or symbols, and returns the same result whether it runs
-the fused C++ kernel (when :func:`loader.usable_on` says so for the current context)
-or MXNet's builtin operators. Only float32 is supported by the kernels.
+What: each function takes ``F`` (``mx.ndarray`` or ``mx.symbol``, as Gluon passes it) and
+numpy-interface arrays or symbols, and runs its ``bp_*`` kernel; the library must be loaded
+(:func:`bertpretrain.kernels.load`) and the arrays on a CPU. Only float32 is supported. The
+model reaches them through its op layer, :mod:`bertpretrain.model.ops`, which chooses between
+these and MXNet's builtin operators; nothing here falls back.
 
 Why: MXNet's builtin CPU kernels for these steps (LayerNorm backward, broadcast-reduce
 backwards, dropout, length-masked softmax, log-softmax over the vocabulary) dominate a
 BERT training step on a CPU; these do the same math in one pass each.
 
-Semantics shared by both paths:
+Semantics:
 
 - Dropout is active only in training mode (``autograd.is_training()`` when the graph
   runs). The kernels draw their mask from a 64-entry key made by builtin dropout of
   ones, so ``mx.random.seed`` makes runs reproducible and inference is exact identity.
-  Kernel and builtin draw different masks (both Bernoulli(1 - p), scaled by 1/(1 - p)).
+  They draw different masks from builtin dropout (both Bernoulli(1 - p), scaled by 1/(1 - p)).
 - Gradients: parameters (``gamma``, ``beta``) pass through a builtin identity before
   a kernel, so ``grad_req='add'`` accumulates correctly. Lengths, labels and weights
   receive no gradient.
@@ -22,24 +23,26 @@ Semantics shared by both paths:
 import mxnet
 import numpy
 
-from . import loader
+from .loader import KernelsUnavailableError
 
 KEY_SIZE = 64
 
 
-def _ctx_of(F, x):
-    """The context the computation runs in: the array's, or the one being traced under."""
+def context_of(F, x):
+    """The context a computation on ``x`` runs in: the array's, or the one being traced under."""
     if F is mxnet.symbol:
         return mxnet.context.current_context()
     return x.ctx
 
 
-def enabled_for(F, x):
-    """True when the ops below run their fused kernel on ``x`` (array or symbol being traced).
-
-    For callers that keep a faster builtin formulation of their own for the fallback.
-    """
-    return loader.usable_on(_ctx_of(F, x))
+def _kernel(F, name):
+    """The registered operator ``name`` of ``F``; a clear error when the library is not loaded."""
+    try:
+        return getattr(F, name)
+    except AttributeError:
+        raise KernelsUnavailableError(
+            f"the fused operator {name} is not registered: call bertpretrain.kernels.load() first "
+            "(it says why the kernels are unavailable), or use the builtin backend") from None
 
 
 def _legacy(x):
@@ -84,11 +87,9 @@ def layer_norm(F, x, gamma, beta, eps=1e-5):
 
     x: (..., D) float32; gamma, beta: (D,). Returns (..., D).
     """
-    if not enabled_for(F, x):
-        return F.npx.layer_norm(x, gamma, beta, axis=-1, eps=eps)
     _check_float32(F, x=x, gamma=gamma, beta=beta)
-    return F.bp_layer_norm(_legacy(x), _legacy(_identity(F, gamma)),
-                           _legacy(_identity(F, beta)), eps=eps).as_np_ndarray()
+    return _kernel(F, "bp_layer_norm")(_legacy(x), _legacy(_identity(F, gamma)),
+                                       _legacy(_identity(F, beta)), eps=eps).as_np_ndarray()
 
 
 def add_layer_norm(F, x, residual, gamma, beta, p=0.0, eps=1e-5):
@@ -97,14 +98,11 @@ def add_layer_norm(F, x, residual, gamma, beta, p=0.0, eps=1e-5):
     x, residual: (..., D) float32; gamma, beta: (D,). Returns (..., D).
     """
     _check_p(p)
-    if not enabled_for(F, x):
-        h = (F.npx.dropout(x, p=p) if p > 0 else x) + residual
-        return F.npx.layer_norm(h, gamma, beta, axis=-1, eps=eps)
     _check_float32(F, x=x, residual=residual, gamma=gamma, beta=beta)
     key = _dropout_key(F, x, p)
-    return F.bp_add_layer_norm(_legacy(x), _legacy(residual), _legacy(_identity(F, gamma)),
-                               _legacy(_identity(F, beta)), _legacy(key),
-                               eps=eps, p=p).as_np_ndarray()
+    return _kernel(F, "bp_add_layer_norm")(_legacy(x), _legacy(residual),
+                                           _legacy(_identity(F, gamma)), _legacy(_identity(F, beta)),
+                                           _legacy(key), eps=eps, p=p).as_np_ndarray()
 
 
 def dropout(F, x, p):
@@ -115,10 +113,9 @@ def dropout(F, x, p):
     _check_p(p)
     if p == 0:
         return x
-    if not enabled_for(F, x):
-        return F.npx.dropout(x, p=p)
     _check_float32(F, x=x)
-    return F.bp_dropout(_legacy(x), _legacy(_dropout_key(F, x, p)), p=p).as_np_ndarray()
+    return _kernel(F, "bp_dropout")(_legacy(x), _legacy(_dropout_key(F, x, p)),
+                                    p=p).as_np_ndarray()
 
 
 def masked_softmax(F, scores, lengths, p=0.0):
@@ -130,12 +127,9 @@ def masked_softmax(F, scores, lengths, p=0.0):
     all zeros. Returns (..., K).
     """
     _check_p(p)
-    if not enabled_for(F, scores):
-        probs = F.npx.softmax(scores, length=lengths, use_length=True, axis=-1)
-        return F.npx.dropout(probs, p=p) if p > 0 else probs
     _check_float32(F, scores=scores)
-    out = F.bp_masked_softmax(_legacy(scores), _legacy(lengths),
-                              _legacy(_dropout_key(F, scores, p)), p=p)
+    out = _kernel(F, "bp_masked_softmax")(_legacy(scores), _legacy(lengths),
+                                          _legacy(_dropout_key(F, scores, p)), p=p)
     return out[0].as_np_ndarray()
 
 
@@ -150,14 +144,8 @@ def softmax_ce(F, logits, labels, weights, return_correct=False):
     weighted accuracy count, for free: the kernel already scans each row for its max).
     """
     weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
-    if not enabled_for(F, logits):
-        loss = -F.npx.pick(F.npx.log_softmax(logits, axis=-1), labels, axis=-1) * weights
-        if not return_correct:
-            return loss
-        hits = F.np.equal(F.np.argmax(logits, axis=-1).astype("int32"), labels.astype("int32"))
-        return loss, hits.astype("float32") * weights
     _check_float32(F, logits=logits, weights=weights)
-    out = F.bp_softmax_ce(_legacy(logits), _legacy(labels), _legacy(weights))
+    out = _kernel(F, "bp_softmax_ce")(_legacy(logits), _legacy(labels), _legacy(weights))
     loss = out[0].as_np_ndarray()
     return (loss, out[2].as_np_ndarray()) if return_correct else loss
 

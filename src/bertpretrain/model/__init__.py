@@ -1,11 +1,14 @@
 """The Gluon BERT: encoder, masked-LM and next-sentence heads, in-graph losses, save/load/export.
 
-Never imports :mod:`bertpretrain.data` or :mod:`bertpretrain.train`: data flows one way.
+Build a model with ``BERTModel.from_config(bert_tiny(vocab_size))`` (or another named
+configuration) or ``BERTModel(vocab_size, **options)``. Never imports :mod:`bertpretrain.data`
+or :mod:`bertpretrain.train`: data flows one way.
 """
 from .bert import BERTModel
-from .config import BERTConfig
+from .config import BERTConfig, bert_base, bert_d2l_small, bert_mini, bert_small, bert_tiny
 from .io import export, load_pretrained, save_pretrained
-from .pretraining import BERTForPretraining
+from .pretraining import BERTForPretraining, PretrainingOutput
 
-__all__ = ["BERTConfig", "BERTModel", "BERTForPretraining", "save_pretrained", "load_pretrained",
-           "export"]
+__all__ = ["BERTConfig", "BERTModel", "BERTForPretraining", "PretrainingOutput", "save_pretrained",
+           "load_pretrained", "export", "bert_d2l_small", "bert_tiny", "bert_mini", "bert_small",
+           "bert_base"]

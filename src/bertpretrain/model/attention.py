@@ -3,16 +3,17 @@ import math
 
 from mxnet.gluon import HybridBlock
 
-from . import ops
+from .ops import AttentionMask
 
 
 class MultiHeadSelfAttention(HybridBlock):
     """Scaled dot-product self-attention over ``num_heads`` heads, then an output projection.
 
-    Input ``x`` (B, T, H) and the batch's ``mask`` from :func:`ops.attention_mask`;
-    output (B, T, H). The query, key, value and output projections are the usual (H, H) weights
-    with (H,) biases; head ``h`` uses rows ``h*d:(h+1)*d`` of the first three (d = H / heads) and
-    the same columns of the output weight.
+    Input ``x`` (B, T, H) and the batch's :class:`~bertpretrain.model.ops.AttentionMask`;
+    output (B, T, H); ``ops`` is the model's op layer (:func:`bertpretrain.model.ops.for_backend`).
+    The query, key, value and output projections are the usual (H, H) weights with (H,) biases;
+    head ``h`` uses rows ``h*d:(h+1)*d`` of the first three (d = H / heads) and the same columns of
+    the output weight.
 
     Each head is computed separately, from its slices of the weights, so that its queries, keys,
     values and context are contiguous (B, T, d) arrays. The usual reshape-and-transpose into a
@@ -23,8 +24,9 @@ class MultiHeadSelfAttention(HybridBlock):
     a separate broadcast bias add has a slow backward in MXNet 1.9.1.
     """
 
-    def __init__(self, num_hiddens, num_heads, dropout, **kwargs):
+    def __init__(self, num_hiddens, num_heads, dropout, ops, **kwargs):
         super().__init__(**kwargs)
+        self._ops = ops
         self._num_hiddens = num_hiddens
         self._num_heads = num_heads
         self._head_size = num_hiddens // num_heads
@@ -37,6 +39,7 @@ class MultiHeadSelfAttention(HybridBlock):
 
     def hybrid_forward(self, F, x, mask, query_weight, query_bias, key_weight, key_bias,
                        value_weight, value_bias, proj_weight, proj_bias):
+        mask = AttentionMask(*mask)
         scale = 1.0 / math.sqrt(self._head_size)
         query_weight, query_bias = query_weight * scale, query_bias * scale
         head_outputs = []  # (B, T, H) each
@@ -46,11 +49,11 @@ class MultiHeadSelfAttention(HybridBlock):
             keys = _project(F, x, key_weight[rows], key_bias[rows], self._head_size)
             values = _project(F, x, value_weight[rows], value_bias[rows], self._head_size)  # (B, T, d)
             scores = F.npx.batch_dot(queries, keys, transpose_b=True)  # (B, T, T)
-            weights = ops.masked_softmax(F, scores, mask, self._dropout)
+            weights = self._ops.masked_softmax(F, scores, mask, self._dropout)
             context = F.npx.batch_dot(weights, values)  # (B, T, d)
             head_outputs.append(_project(F, context, proj_weight[:, rows],
                                          None if head_outputs else proj_bias, self._num_hiddens))
-        return ops.add(F, *head_outputs)
+        return self._ops.add(F, *head_outputs)
 
 
 def _project(F, x, weight, bias, num_outputs):

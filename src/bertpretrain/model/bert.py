@@ -2,6 +2,7 @@
 from mxnet import np as mx_np
 from mxnet.gluon import HybridBlock
 
+from . import ops
 from .config import BERTConfig
 from .encoder import BERTEncoder
 from .heads import MaskedLMHead, NextSentenceHead
@@ -16,33 +17,42 @@ class BERTModel(HybridBlock):
     (B, P, vocab_size) computed only at ``pred_positions``, nsp_logits (B, 2).
     ``pred_positions=None`` skips the MLM head and returns ``mlm_logits=None``.
 
-    The keyword arguments are those of :class:`BERTConfig` (defaults: d2l's small BERT); the
-    configuration is kept as ``net.config``. Initialise with e.g. ``net.initialize(init.Xavier())``
+    ``config_options`` are the fields of :class:`BERTConfig` other than ``vocab_size`` (its
+    defaults: d2l's small BERT); the configuration is kept as ``net.config``. To build from a
+    configuration (e.g. a named one, :func:`~bertpretrain.model.bert_base`) use :meth:`from_config`.
+    ``backend`` (``"fused"``, ``"builtin"`` or None: fused unless ``BERTPRETRAIN_KERNELS=0``) fixes
+    how every op of this model is computed, see :mod:`bertpretrain.model.ops`; ``net.backend``
+    names it. Initialise with e.g. ``net.initialize(init.Xavier())``
     and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
     shapes are checked on every imperative call (and, with ``check_token_ids``, the token id range,
     which costs one small synchronisation); calls inside another hybridized block are not checked.
     """
 
-    def __init__(self, vocab_size, num_hiddens=128, ffn_num_hiddens=256, num_heads=2, num_layers=2,
-                 dropout=0.2, max_len=512, check_token_ids=True, **config_options):
+    def __init__(self, vocab_size, check_token_ids=True, backend=None, **config_options):
         super().__init__()
-        self.config = BERTConfig(vocab_size=vocab_size, num_hiddens=num_hiddens,
-                                 ffn_num_hiddens=ffn_num_hiddens, num_heads=num_heads,
-                                 num_layers=num_layers, dropout=dropout, max_len=max_len,
-                                 **config_options)
+        self.config = BERTConfig(vocab_size=vocab_size, **config_options)
         self.check_token_ids = check_token_ids
-        self.encoder = BERTEncoder(self.config)
+        self.ops = ops.for_backend(backend)
+        self.encoder = BERTEncoder(self.config, self.ops)
         token_embedding = self.encoder.embeddings.token_embedding
         tied = token_embedding.weight if self.config.tie_mlm_weights else None
-        self.mlm = MaskedLMHead(self.config, tied_weight=tied)
+        self.mlm = MaskedLMHead(self.config, self.ops, tied_weight=tied)
         self.nsp = NextSentenceHead(self.config)
 
     @classmethod
-    def from_config(cls, config, **kwargs):
-        """Build an (uninitialised) model from a :class:`BERTConfig` or its dict form."""
+    def from_config(cls, config, check_token_ids=True, backend=None):
+        """Build an (uninitialised) model from a :class:`BERTConfig` or its dict form (``to_dict()``)."""
         if isinstance(config, dict):
             config = BERTConfig.from_dict(config)
-        return cls(**config.to_dict(), **kwargs)
+        if not isinstance(config, BERTConfig):
+            raise TypeError(f"config must be a BERTConfig or a dict of its fields, got "
+                            f"{type(config).__name__}")
+        return cls(check_token_ids=check_token_ids, backend=backend, **config.to_dict())
+
+    @property
+    def backend(self):
+        """``"fused"`` or ``"builtin"``: how this model's ops are computed (see :mod:`.ops`)."""
+        return self.ops.backend
 
     def forward(self, tokens, segments, valid_lens, pred_positions=None):
         if isinstance(tokens, mx_np.ndarray):

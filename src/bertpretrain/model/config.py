@@ -16,7 +16,8 @@ class BERTConfig:
     The defaults are d2l's small BERT (ReLU, post-LN, no LayerNorm after the embeddings, untied
     MLM decoder). ``activation="gelu"``, ``embedding_layer_norm=True`` and ``tie_mlm_weights=True``
     together give the original BERT architecture (use ``layer_norm_eps=1e-12`` to match its
-    checkpoints exactly).
+    checkpoints exactly); :func:`bert_tiny`, :func:`bert_mini`, :func:`bert_small` and
+    :func:`bert_base` are the original sizes with those options, :func:`bert_d2l_small` the defaults.
 
     Attributes:
         vocab_size: number of token ids; every id must lie in ``[0, vocab_size)``.
@@ -83,6 +84,48 @@ class BERTConfig:
         if unknown:
             raise ValueError(f"unknown BERTConfig keys {unknown}; expected a subset of {sorted(known)}")
         return cls(**values)
+
+
+def bert_d2l_small(vocab_size, **overrides):
+    """d2l's small BERT (the :class:`BERTConfig` defaults): 2 layers, H=128, 2 heads, FFN 256, ReLU,
+    dropout 0.2, no embedding LayerNorm, untied decoder. ``overrides`` replace any other field."""
+    return BERTConfig(vocab_size=vocab_size, **overrides)
+
+
+def _original_bert(vocab_size, num_layers, num_hiddens, overrides):
+    """An original-BERT configuration (Devlin et al. 2019; Turc et al. 2019 for the small sizes):
+    GELU, LayerNorm after the embeddings, MLM decoder tied to the token embeddings, LayerNorm
+    epsilon 1e-12, dropout 0.1, 64 features per head, FFN 4H, 512 positions."""
+    options = dict(num_hiddens=num_hiddens, ffn_num_hiddens=4 * num_hiddens,
+                   num_heads=num_hiddens // 64, num_layers=num_layers, dropout=0.1, max_len=512,
+                   activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True,
+                   layer_norm_eps=1e-12)
+    options.update(overrides)
+    return BERTConfig(vocab_size=vocab_size, **options)
+
+
+def bert_tiny(vocab_size, **overrides):
+    """BERT-Tiny: 2 layers, H=128, 2 heads, FFN 512, original-BERT options; ``overrides`` replace
+    fields."""
+    return _original_bert(vocab_size, 2, 128, overrides)
+
+
+def bert_mini(vocab_size, **overrides):
+    """BERT-Mini: 4 layers, H=256, 4 heads, FFN 1024, original-BERT options; ``overrides`` replace
+    fields."""
+    return _original_bert(vocab_size, 4, 256, overrides)
+
+
+def bert_small(vocab_size, **overrides):
+    """BERT-Small: 4 layers, H=512, 8 heads, FFN 2048, original-BERT options; ``overrides`` replace
+    fields."""
+    return _original_bert(vocab_size, 4, 512, overrides)
+
+
+def bert_base(vocab_size, **overrides):
+    """BERT-Base: 12 layers, H=768, 12 heads, FFN 3072, original-BERT options; ``overrides`` replace
+    fields."""
+    return _original_bert(vocab_size, 12, 768, overrides)
 
 
 def _largest_divisor_at_most(number, limit):

@@ -1,7 +1,6 @@
 """BERT's input embeddings and its stack of post-LN transformer encoder layers."""
 from mxnet.gluon import HybridBlock, nn
 
-from . import ops
 from .attention import MultiHeadSelfAttention
 from .layers import LayerNorm
 
@@ -13,44 +12,50 @@ class BERTEmbeddings(HybridBlock):
     Positions are looked up per token, like the other two, so that the three embeddings add with
     the same shape (a broadcast add's backward is slow in MXNet 1.9.1). With
     ``config.embedding_layer_norm`` the sum is layer-normalised and dropped out, as in the
-    original BERT (d2l does neither).
+    original BERT (d2l does neither). ``ops`` is the model's op layer.
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, ops, **kwargs):
         super().__init__(**kwargs)
+        self._ops = ops
         self._dropout = config.dropout if config.embedding_layer_norm else 0.0
         self.token_embedding = nn.Embedding(config.vocab_size, config.num_hiddens)
         self.segment_embedding = nn.Embedding(config.num_segments, config.num_hiddens)
         self.position_embedding = nn.Embedding(config.max_len, config.num_hiddens)
-        self.norm = (LayerNorm(config.num_hiddens, config.layer_norm_eps)
+        self.norm = (LayerNorm(config.num_hiddens, config.layer_norm_eps, ops)
                      if config.embedding_layer_norm else None)
 
     def hybrid_forward(self, F, tokens, segments, positions):
-        embedded = ops.add(F, self.token_embedding(tokens), self.segment_embedding(segments),
-                           self.position_embedding(positions))
+        embedded = self._ops.add(F, self.token_embedding(tokens), self.segment_embedding(segments),
+                                 self.position_embedding(positions))
         if self.norm is not None:
-            embedded = ops.dropout(F, self.norm(embedded), self._dropout)
+            embedded = self._ops.dropout(F, self.norm(embedded), self._dropout)
         return embedded
 
 
 class TransformerEncoderLayer(HybridBlock):
     """One post-LN transformer layer: x = LN(x + Drop(SelfAttn(x))); x = LN(x + Drop(FFN(x))).
 
-    ``x`` (B, T, H) and the batch's attention ``mask`` (see :func:`ops.attention_mask`) -> (B, T, H).
+    ``x`` (B, T, H) and the batch's :class:`~bertpretrain.model.ops.AttentionMask` -> (B, T, H).
+    ``ops`` is the model's op layer.
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, ops, **kwargs):
         super().__init__(**kwargs)
+        self._ops = ops
         self._activation = config.activation
-        self.attention = MultiHeadSelfAttention(config.num_hiddens, config.num_heads, config.dropout)
-        self.attention_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, config.dropout)
+        self.attention = MultiHeadSelfAttention(config.num_hiddens, config.num_heads, config.dropout,
+                                                ops)
+        self.attention_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops,
+                                        config.dropout)
         self.ffn_in = nn.Dense(config.ffn_num_hiddens, flatten=False, in_units=config.num_hiddens)
         self.ffn_out = nn.Dense(config.num_hiddens, flatten=False, in_units=config.ffn_num_hiddens)
-        self.ffn_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, config.dropout)
+        self.ffn_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops, config.dropout)
 
     def hybrid_forward(self, F, x, mask):
         x = self.attention_norm(self.attention(x, mask), x)
-        return self.ffn_norm(self.ffn_out(ops.activation(F, self.ffn_in(x), self._activation)), x)
+        return self.ffn_norm(self.ffn_out(self._ops.activation(F, self.ffn_in(x), self._activation)),
+                             x)
 
 
 class BERTEncoder(HybridBlock):
@@ -58,19 +63,20 @@ class BERTEncoder(HybridBlock):
 
     ``tokens``, ``segments`` (B, T) int, ``valid_lens`` (B,) int -> encoded (B, T, H). Keys at
     positions >= ``valid_lens[b]`` are ignored by every attention softmax, so the encodings of the
-    valid positions do not depend on the padding tokens.
+    valid positions do not depend on the padding tokens. ``ops`` is the model's op layer.
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, ops, **kwargs):
         super().__init__(**kwargs)
-        self.embeddings = BERTEmbeddings(config)
+        self._ops = ops
+        self.embeddings = BERTEmbeddings(config, ops)
         self.layers = nn.HybridSequential()
         for _ in range(config.num_layers):
-            self.layers.add(TransformerEncoderLayer(config))
+            self.layers.add(TransformerEncoderLayer(config, ops))
 
     def hybrid_forward(self, F, tokens, segments, valid_lens):
         positions = F.npx.arange_like(tokens, axis=1).astype("int32")  # (T,)
-        mask = ops.attention_mask(F, valid_lens, positions)
+        mask = self._ops.attention_mask(F, valid_lens, positions)
         x = self.embeddings(tokens, segments, F.np.zeros_like(tokens) + positions)
         for layer in self.layers:
             x = layer(x, mask)

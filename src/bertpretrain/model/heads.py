@@ -1,7 +1,6 @@
 """The two pretraining heads: masked language model (at chosen positions) and next-sentence."""
 from mxnet.gluon import HybridBlock, nn
 
-from . import ops
 from .layers import LayerNorm
 
 
@@ -24,14 +23,16 @@ class MaskedLMHead(HybridBlock):
     Dense(H) -> activation -> LayerNorm -> Dense(vocab_size). The states are gathered before the
     transform, so the cost scales with P, not T. With ``tied_weight`` (the token embedding
     matrix, (vocab_size, H)) the output projection reuses it and only a bias is learned.
+    ``ops`` is the model's op layer.
     """
 
-    def __init__(self, config, tied_weight=None, **kwargs):
+    def __init__(self, config, ops, tied_weight=None, **kwargs):
         super().__init__(**kwargs)
+        self._ops = ops
         self._activation = config.activation
         self._vocab_size = config.vocab_size
         self.transform = nn.Dense(config.num_hiddens, flatten=False, in_units=config.num_hiddens)
-        self.norm = LayerNorm(config.num_hiddens, config.layer_norm_eps)
+        self.norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops)
         if tied_weight is None:
             self.decoder = nn.Dense(config.vocab_size, flatten=False, in_units=config.num_hiddens)
         else:
@@ -41,8 +42,8 @@ class MaskedLMHead(HybridBlock):
                                                 init="zeros")
 
     def hybrid_forward(self, F, encoded, pred_positions, decoder_weight=None, decoder_bias=None):
-        hidden = ops.activation(F, self.transform(gather_positions(F, encoded, pred_positions)),
-                                self._activation)
+        hidden = self._ops.activation(F, self.transform(gather_positions(F, encoded, pred_positions)),
+                                      self._activation)
         hidden = self.norm(hidden)
         if self.decoder is not None:
             return self.decoder(hidden)

@@ -1,36 +1,30 @@
 """Saving a model with its configuration, rebuilding it from the folder, and exporting its graph."""
-import errno
 import json
 import os
-import shutil
 
 import mxnet as mx
 
-from .. import kernels
-from ..files import atomic_path
+from ..files import CONFIG_FILE, PARAMS_FILE, atomic_path, atomic_write
 from .bert import BERTModel
 from .config import BERTConfig
-
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "model.params"
-_FULL_BYTES = 1 << 20  # a write that failed with less free space than this failed for want of space
+from .pretraining import BERTForPretraining
 
 
 def save_pretrained(net, folder):
     """Write ``config.json`` and ``model.params`` of ``net`` (a BERTModel) into ``folder``.
 
-    Each file is written to a temporary name in the folder first, synced and then moved into place,
-    so an interrupted save never leaves a truncated file under the final name. Returns the folder.
-    A full disk raises ``OSError(ENOSPC)`` naming the file.
+    Each file is written atomically (:mod:`bertpretrain.files`), so an interrupted save never
+    leaves a truncated file under the final name. Returns the folder. A full disk raises
+    ``OSError(ENOSPC)`` naming the file.
     """
     if not isinstance(net, BERTModel):
         raise ValueError(f"net must be a BERTModel (pass `.bert` of a BERTForPretraining), "
                          f"got {type(net).__name__}")
     os.makedirs(folder, exist_ok=True)
-    _write_atomically(os.path.join(folder, CONFIG_FILE),
-                      lambda path: _write_json(path, net.config.to_dict()))
-    _write_atomically(os.path.join(folder, PARAMS_FILE),
-                      lambda path: net.save_parameters(path, deduplicate=True))
+    atomic_write(os.path.join(folder, CONFIG_FILE),
+                 json.dumps(net.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    with atomic_path(os.path.join(folder, PARAMS_FILE)) as temporary:  # a full disk: OSError(ENOSPC) naming it
+        net.save_parameters(temporary, deduplicate=True)
     return folder
 
 
@@ -38,7 +32,7 @@ def load_pretrained(folder, device=None, **model_kwargs):
     """Rebuild the BERTModel saved by :func:`save_pretrained` in ``folder``, on ``device``.
 
     ``device`` is an MXNet context (default: the current one); ``model_kwargs`` go to
-    :class:`BERTModel` (e.g. ``check_token_ids``).
+    :meth:`BERTModel.from_config` (``check_token_ids``, ``backend``).
     """
     config_path = os.path.join(folder, CONFIG_FILE)
     params_path = os.path.join(folder, PARAMS_FILE)
@@ -60,48 +54,35 @@ def export(net, path_prefix, *example_inputs, builtin_ops=False):
     Load them with ``SymbolBlock.imports(symbol_file, ["data0", "data1", ...], params_file)``,
     one input name per example input, in order.
 
-    Where the fused CPU kernels are enabled (see :mod:`bertpretrain.kernels`) the graph holds
-    their operators (``bp_*``): a process must call ``bertpretrain.kernels.load()`` before
-    importing it, and it runs on CPUs only. ``builtin_ops=True`` exports a graph of MXNet's builtin
-    operators instead, loadable anywhere MXNet is (the same function, a slower CPU graph). Either
-    way ``net`` is left hybridized, to be traced again (with the kernels if enabled) on its next call.
+    Where ``net`` (a BERTModel or BERTForPretraining) runs the fused CPU kernels (its ``"fused"``
+    backend, see :mod:`bertpretrain.model.ops`) the graph holds their operators (``bp_*``): a
+    process must call ``bertpretrain.kernels.load()`` before importing it, and it runs on CPUs
+    only. ``builtin_ops=True`` exports the graph of a copy of ``net`` on the ``"builtin"`` backend
+    with the same parameter values instead, loadable anywhere MXNet is (the same function, a
+    slower CPU graph). Either way ``net`` itself is left hybridized.
     """
     net.hybridize(static_alloc=True, static_shape=True)
-    if builtin_ops:
-        with kernels.builtin_only():
-            net(*example_inputs)
-    else:
-        net(*example_inputs)
-    net.export(path_prefix, epoch=0)
-    if builtin_ops:
-        net.hybridize(static_alloc=True, static_shape=True)  # drop the builtin-only graph
+    exported = _on_builtin_backend(net) if builtin_ops else net
+    if exported is not net:
+        exported.hybridize(static_alloc=True, static_shape=True)
+    exported(*example_inputs)
+    exported.export(path_prefix, epoch=0)
     return f"{path_prefix}-symbol.json", f"{path_prefix}-0000.params"
 
 
-def _write_json(path, values):
-    with open(path, "w") as file:
-        json.dump(values, file, indent=2, sort_keys=True)
-        file.write("\n")
-
-
-def _write_atomically(path, write):
-    """Run ``write(temporary)`` and move the file into place (:func:`~bertpretrain.files.atomic_path`).
-
-    A full disk raises ``OSError(ENOSPC)`` naming ``path``: MXNet's own writer only says
-    "FileStream.Write incomplete", with no file name and no reason.
-    """
-    with atomic_path(path) as temporary:
-        try:
-            write(temporary)
-        except (OSError, mx.base.MXNetError) as error:
-            if not _disk_full(error, temporary):
-                raise
-            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the disk is full)", path) from error
-
-
-def _disk_full(error, temporary):
-    """Whether writing ``temporary`` (still on disk) failed because its disk is full."""
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return ("Write incomplete" in str(error)
-            and shutil.disk_usage(os.path.dirname(os.path.abspath(temporary))).free < _FULL_BYTES)
+def _on_builtin_backend(net):
+    """``net`` itself if its backend is builtin, else a builtin-backend copy holding its parameter values."""
+    bert = net.bert if isinstance(net, BERTForPretraining) else net
+    if not isinstance(bert, BERTModel):
+        raise ValueError(f"export(builtin_ops=True) rebuilds a BERTModel or BERTForPretraining on the "
+                         f"builtin backend, got {type(net).__name__}: export it with builtin_ops=False")
+    if bert.backend == "builtin":
+        return net
+    copy = BERTModel.from_config(bert.config, check_token_ids=bert.check_token_ids, backend="builtin")
+    if isinstance(net, BERTForPretraining):
+        copy = BERTForPretraining(copy, count_correct=net._count_correct)
+    sources = net._collect_params_with_prefix()
+    copy.initialize(ctx=next(iter(sources.values())).list_ctx())
+    for name, param in copy._collect_params_with_prefix().items():
+        param.set_data(sources[name].data())
+    return copy

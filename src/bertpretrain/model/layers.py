@@ -1,19 +1,19 @@
 """Small building blocks shared by the encoder and the heads."""
 from mxnet.gluon import HybridBlock
 
-from . import ops
-
 
 class LayerNorm(HybridBlock):
     """Layer normalisation over the last axis with learned scale and shift.
 
     ``norm(x)`` normalises ``x`` (..., num_features); ``norm(x, residual)`` is the post-LN
     sublayer output ``layer_norm(residual + dropout(x))`` with the ``dropout`` rate given here.
-    Computed by :func:`ops.layer_norm` / :func:`ops.add_layer_norm`.
+    Computed by ``layer_norm`` / ``add_layer_norm`` of ``ops``, the model's op layer
+    (:mod:`bertpretrain.model.ops`).
     """
 
-    def __init__(self, num_features, eps, dropout=0.0, **kwargs):
+    def __init__(self, num_features, eps, ops, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
+        self._ops = ops
         self._num_features = num_features
         self._eps = eps
         self._dropout = dropout
@@ -22,6 +22,6 @@ class LayerNorm(HybridBlock):
 
     def hybrid_forward(self, F, x, residual=None, gamma=None, beta=None):
         if residual is None:
-            return ops.layer_norm(F, x, gamma, beta, self._eps, self._num_features)
-        return ops.add_layer_norm(F, x, residual, gamma, beta, self._eps, self._num_features,
-                                  self._dropout)
+            return self._ops.layer_norm(F, x, gamma, beta, self._eps, self._num_features)
+        return self._ops.add_layer_norm(F, x, residual, gamma, beta, self._eps, self._num_features,
+                                        self._dropout)

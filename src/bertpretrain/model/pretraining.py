@@ -1,9 +1,29 @@
 """BERT with its pretraining losses inside the (hybridizable) graph."""
+from typing import NamedTuple, Optional
+
 from mxnet import np as mx_np
 from mxnet.gluon import HybridBlock
 
-from . import ops
 from .bert import check_inputs
+
+
+class PretrainingOutput(NamedTuple):
+    """What :class:`BERTForPretraining` returns: float32 scalars (shape ()), sums over the batch.
+
+    Attributes:
+        mlm_loss_sum: sum over slots of ``mlm_weights * cross_entropy(mlm_logits, mlm_labels)``.
+        mlm_num_preds: ``sum(mlm_weights)``, the number of real predictions.
+        nsp_loss_sum: sum over sequences of ``cross_entropy(nsp_logits, nsp_labels)``.
+        mlm_num_correct: weighted count of slots whose arg-max equals the label (None when built
+            with ``count_correct=False``).
+        nsp_num_correct: count of sequences whose NSP arg-max equals the label (likewise).
+    """
+
+    mlm_loss_sum: object
+    mlm_num_preds: object
+    nsp_loss_sum: object
+    mlm_num_correct: Optional[object] = None
+    nsp_num_correct: Optional[object] = None
 
 
 class BERTForPretraining(HybridBlock):
@@ -11,21 +31,13 @@ class BERTForPretraining(HybridBlock):
 
     ``net(tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels, nsp_labels)``
     takes a whole pretraining batch (B sequences, P prediction slots; ``mlm_weights`` (B, P) float32,
-    1 for real predictions and 0 for padding slots) and returns float32 scalars (shape ()), all
-    SUMS over this batch, so that a trainer can normalise over the global batch:
-
-    0. ``mlm_loss_sum``: sum over slots of ``mlm_weights * cross_entropy(mlm_logits, mlm_labels)``;
-    1. ``mlm_num_preds``: ``sum(mlm_weights)``, the number of real predictions;
-    2. ``nsp_loss_sum``: sum over sequences of ``cross_entropy(nsp_logits, nsp_labels)``;
-
-    and, only when built with ``count_correct=True`` (the default),
-
-    3. ``mlm_num_correct``: weighted count of slots whose arg-max equals the label;
-    4. ``nsp_num_correct``: count of sequences whose NSP arg-max equals the label.
+    1 for real predictions and 0 for padding slots) and returns a :class:`PretrainingOutput` of
+    float32 scalars, all SUMS over this batch, so that a trainer can normalise over the global
+    batch; its two counts are None unless built with ``count_correct=True`` (the default).
 
     The pretraining loss is ``mlm_loss_sum / total_mlm_preds + nsp_loss_sum / total_sequences``
     with totals over the global batch (all devices), which are known from the batch before the
-    forward pass; backward that scalar. Outputs 1, 3 and 4 carry no gradient.
+    forward pass; backward that scalar. The number of predictions and the counts carry no gradient.
 
     Computing the losses inside the hybridized graph was measured ~9% faster per step than
     computing them outside. On MXNet's builtin operators the MLM arg-max over the vocabulary
@@ -50,13 +62,14 @@ class BERTForPretraining(HybridBlock):
                                  f"{mlm_labels.shape}")
             if nsp_labels.shape != valid_lens.shape:
                 raise ValueError(f"nsp_labels must have shape {valid_lens.shape}, got {nsp_labels.shape}")
-        return super().forward(tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels,
-                               nsp_labels)
+        # a hybridized graph returns a list and cannot output None: name the outputs here
+        return PretrainingOutput(*super().forward(tokens, segments, valid_lens, pred_positions,
+                                                  mlm_weights, mlm_labels, nsp_labels))
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels,
                        nsp_labels):
         _, mlm_logits, nsp_logits = self.bert(tokens, segments, valid_lens, pred_positions)
-        count = self._count_correct
+        count, ops = self._count_correct, self.bert.ops
         mlm = ops.softmax_cross_entropy(F, mlm_logits, mlm_labels, mlm_weights, count)  # (B, P)
         nsp = ops.softmax_cross_entropy(F, nsp_logits, nsp_labels, None, count)  # (B,)
         if not count:

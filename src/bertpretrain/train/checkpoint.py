@@ -20,16 +20,14 @@ import os
 import shutil
 import tempfile
 
-from ..files import TMP_MARK, atomic_folder, atomic_write, file_digest, remove_stale
+from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, VOCAB_FILE, atomic_folder, atomic_write,  # noqa: F401
+                     file_digest, remove_stale)  # PARAMS_FILE: read by loop.py as ckpt.PARAMS_FILE
 from ..model import save_pretrained
-from ..model.io import CONFIG_FILE
 
 FORMAT = "bertpretrain-checkpoint-v2"
 LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.states"
-VOCAB_FILE = "vocab.json"
-PARAMS_FILE = "model.params"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

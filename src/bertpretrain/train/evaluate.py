@@ -5,7 +5,7 @@ import numpy as np
 
 from ..model import BERTForPretraining
 from .devices import default_devices
-from .step import forward_sums, summarise
+from .step import SUM_NAMES, forward_sums, summarise
 
 
 def evaluate_bert(net, eval_iter, devices=None):
@@ -22,7 +22,7 @@ def evaluate_bert(net, eval_iter, devices=None):
     """
     model = net if isinstance(net, BERTForPretraining) else BERTForPretraining(net)
     devices = devices or default_devices()
-    sums, num_examples = np.zeros(5), 0
+    sums, num_examples = np.zeros(len(SUM_NAMES)), 0
     for batch in eval_iter:
         used = devices[:batch.tokens.shape[0]]
         sums += forward_sums(model, batch, used)

@@ -3,8 +3,10 @@ import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet import np as mnp
 
+from ..model import PretrainingOutput
+
 # What BERTForPretraining returns, in order: per-device sums over the batch slice.
-SUM_NAMES = ("mlm_loss_sum", "mlm_num_preds", "nsp_loss_sum", "mlm_num_correct", "nsp_num_correct")
+SUM_NAMES = PretrainingOutput._fields
 
 
 def split_batch(batch, devices):
@@ -59,8 +61,8 @@ def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradie
     slices = split_batch(batch, devices)
     with autograd.record():
         outputs = [model(*part) for part in slices]
-        losses = [out[0] / total_preds + out[2] / total_examples if use_nsp else out[0] / total_preds
-                  for out in outputs]
+        losses = [out.mlm_loss_sum / total_preds + out.nsp_loss_sum / total_examples if use_nsp
+                  else out.mlm_loss_sum / total_preds for out in outputs]
     autograd.backward(losses)
     trainer.allreduce_grads()
     if clip_gradient:
