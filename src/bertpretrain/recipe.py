@@ -96,8 +96,7 @@ def run_pretraining(options):
                          progress=options.progress, seed=options.seed, vocab=vocab, kvstore=kvstore)
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
-    model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"))
-    vocab.save(os.path.join(model_dir, "vocab.json"))
+    model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"), vocab=vocab)
     summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
                "options": asdict(options)}

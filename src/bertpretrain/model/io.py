@@ -1,33 +1,37 @@
 """Saving a model with its configuration, rebuilding it from the folder, and exporting its graph."""
 import json
 import os
-import tempfile
 
 import mxnet as mx
 
 from .. import kernels
+from ..files import atomic_path, atomic_write
 from .bert import BERTModel
 from .config import BERTConfig
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "model.params"
+VOCAB_FILE = "vocab.json"
 
 
-def save_pretrained(net, folder):
+def save_pretrained(net, folder, vocab=None):
     """Write ``config.json`` and ``model.params`` of ``net`` (a BERTModel) into ``folder``.
 
-    Each file is written to a temporary name in the folder first and then moved into place with
-    ``os.replace``, so an interrupted save never leaves a truncated file under the final name.
-    Returns the folder.
+    ``vocab`` (a :class:`bertpretrain.data.Vocab`, optional) is saved beside them as ``vocab.json``,
+    so that ``bertpretrain.load_pretrained(folder)`` gives back the network and its vocabulary.
+    Each file is written atomically, so an interrupted save never leaves a truncated file under
+    the final name. Returns the folder.
     """
     if not isinstance(net, BERTModel):
         raise ValueError(f"net must be a BERTModel (pass `.bert` of a BERTForPretraining), "
                          f"got {type(net).__name__}")
     os.makedirs(folder, exist_ok=True)
-    _write_atomically(os.path.join(folder, CONFIG_FILE),
-                      lambda path: _write_json(path, net.config.to_dict()))
-    _write_atomically(os.path.join(folder, PARAMS_FILE),
-                      lambda path: net.save_parameters(path, deduplicate=True))
+    config = json.dumps(net.config.to_dict(), indent=2, sort_keys=True) + "\n"
+    atomic_write(os.path.join(folder, CONFIG_FILE), config)
+    with atomic_path(os.path.join(folder, PARAMS_FILE)) as path:
+        net.save_parameters(path, deduplicate=True)
+    if vocab is not None:
+        vocab.save(os.path.join(folder, VOCAB_FILE))  # duck-typed: this package does not import data
     return folder
 
 
@@ -35,7 +39,8 @@ def load_pretrained(folder, device=None, **model_kwargs):
     """Rebuild the BERTModel saved by :func:`save_pretrained` in ``folder``, on ``device``.
 
     ``device`` is an MXNet context (default: the current one); ``model_kwargs`` go to
-    :class:`BERTModel` (e.g. ``check_token_ids``).
+    :class:`BERTModel` (e.g. ``check_token_ids``). Gives the network alone: the top-level
+    ``bertpretrain.load_pretrained(folder)`` also reads the vocabulary saved beside it.
     """
     config_path = os.path.join(folder, CONFIG_FILE)
     params_path = os.path.join(folder, PARAMS_FILE)
@@ -74,21 +79,3 @@ def export(net, path_prefix, *example_inputs, builtin_ops=False):
         net.hybridize(static_alloc=True, static_shape=True)  # drop the builtin-only graph
     return f"{path_prefix}-symbol.json", f"{path_prefix}-0000.params"
 
-
-def _write_json(path, values):
-    with open(path, "w") as file:
-        json.dump(values, file, indent=2, sort_keys=True)
-        file.write("\n")
-
-
-def _write_atomically(path, write):
-    folder, name = os.path.split(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
