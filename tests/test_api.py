@@ -83,7 +83,8 @@ def test_load_pretrained_gives_back_the_model_and_its_vocabulary(tmp_path):
 
 def test_load_pretrained_without_a_saved_vocabulary_says_how_to_save_one(tmp_path):
     save_pretrained(tiny_net(50), tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"vocab\.json not found: .*save_pretrained\(net, folder, vocab=vocab\)"):
+    with pytest.raises(FileNotFoundError, match=r"vocab\.json not found: .*save_pretrained\(net, folder, "
+                                                r"vocab=vocab\)"):
         bp.load_pretrained(tmp_path)
 
 

@@ -84,12 +84,12 @@ def test_quickstart_pretraining_command_runs_shortened(tmp_path):
     assert "encoding of 'a crane is flying'" in done.stdout and "encoding of the pair" in done.stdout
 
 
-def test_quickstart_test_command_collects_the_suite_and_is_what_ci_runs():
+def test_quickstart_test_command_runs_pytest_and_is_what_ci_runs():
     command = quickstart_commands()[1].group(0)
     args = shlex.split(quickstart_commands()[1]["args"])
     assert args == ["-m", "pytest"]
-    done = python([*args, "--collect-only", "-q"], cwd=ROOT)
-    assert "tests/test_readme.py::test_quickstart_test_command_collects_the_suite_and_is_what_ci_runs" in done.stdout
+    done = python([*args, "--collect-only", "-q", "tests/test_repository.py"], cwd=ROOT)  # the suite's entry point
+    assert "tests/test_repository.py::test_the_test_data_carries_its_licence_attribution" in done.stdout
     ci = subprocess.run([str(ROOT / ".ci" / "run"), "--print-command"], capture_output=True, text=True, timeout=60)
     assert ci.returncode == 0, ci.stderr
     assert ci.stdout.strip() == command, ".ci/run does not run the README's test command"

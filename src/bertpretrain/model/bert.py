@@ -20,7 +20,8 @@ class BERTModel(HybridBlock):
     configuration is kept as ``net.config``. Initialise with e.g. ``net.initialize(init.Xavier())``
     and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
     shapes are checked on every imperative call (and, with ``check_token_ids``, the token id range,
-    which costs one small synchronisation); calls inside another hybridized block are not checked.
+    which costs one small synchronisation; ``train_bert`` checks each batch on the host instead);
+    calls inside another hybridized block are not checked.
     """
 
     def __init__(self, vocab_size, num_hiddens=128, ffn_num_hiddens=256, num_heads=2, num_layers=2,
