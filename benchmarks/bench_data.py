@@ -20,12 +20,13 @@ import numpy as np
 
 from bertpretrain.data import build_dataset
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+SPLITS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "wikitext-2"  # the real valid + test splits
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=pathlib.Path, default=SHARED, help="folder with wiki.valid/test.tokens")
+    parser.add_argument("--data", "--data-dir", type=pathlib.Path, default=SPLITS,
+                        help="folder with wiki.valid/test.tokens")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=64)
     parser.add_argument("--wordpiece-vocab-size", type=int, default=30522, help="0: skip the WordPiece path")

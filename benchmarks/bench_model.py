@@ -26,8 +26,7 @@ import subprocess
 import sys
 import time
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                        "wikitext-2")
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "wikitext-2")
 NUM_SPECIAL_TOKENS = 5  # <unk>, [PAD], [CLS], [SEP], [MASK]
 PAD, CLS, SEP, MASK = 1, 2, 3, 4
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+SPLITS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "wikitext-2"  # the real valid + test splits
 
 CHILD = """
 import json, resource, sys, time
@@ -37,7 +37,7 @@ print(json.dumps({"import_s": imported - start, "seconds": done - imported, "exa
 
 def build_corpus(target_words, path, seed=0):
     """Write ~target_words words of WikiText-2 articles, each copy shuffled at the article level."""
-    text = "".join((SHARED / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("valid", "test"))
+    text = "".join((SPLITS / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("valid", "test"))
     articles = re.split(r"(?m)^(?= = [^=].* = \n)", text)
     words_per_copy = len(text.split())
     copies = max(1, round(target_words / words_per_copy))

@@ -21,11 +21,11 @@ import sys
 import tempfile
 import time
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+SPLITS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "wikitext-2"  # the real valid + test splits
 
 
-def make_data(folder):
-    text = b"".join((SHARED / f"wiki.{s}.tokens").read_bytes() for s in ("valid", "test"))
+def make_data(folder, splits):
+    text = b"".join((pathlib.Path(splits) / f"wiki.{s}.tokens").read_bytes() for s in ("valid", "test"))
     (pathlib.Path(folder) / "wiki.train.tokens").write_bytes(text)
 
 
@@ -87,9 +87,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", default=SPLITS, help="folder with wiki.valid.tokens and wiki.test.tokens")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        make_data(folder)
+        make_data(folder, args.data_dir)
         # First, while this process is small: a child's peak RSS counts the pages it inherits at fork.
         rss = json.loads(subprocess.run([sys.executable, "-c", RSS_CHILD, folder, str(args.steps)], check=True,
                                         capture_output=True, text=True).stdout.strip().splitlines()[-1])

@@ -1,7 +1,8 @@
 """Test-wide settings and fixtures.
 
 One OpenMP thread: MXNet's speed collapses when processes share a core. The real WikiText-2
-validation and test splits live in ``../shared/data/wikitext-2`` beside the checkout.
+validation and test splits live in ``tests/data/wikitext-2`` inside the repository (see its
+README for their CC BY-SA attribution), so that a fresh clone has everything its tests read.
 """
 import os
 import pathlib
@@ -13,14 +14,15 @@ import pytest  # noqa: E402
 
 import bertpretrain  # noqa: E402,F401  (its numpy fixes must precede every test module's `import mxnet`)
 
-WIKITEXT2 = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+WIKITEXT2 = pathlib.Path(__file__).resolve().parent / "data" / "wikitext-2"
 
 
 @pytest.fixture(scope="session")
 def wikitext2_splits():
     """Folder of the real WikiText-2 validation and test splits."""
     if not (WIKITEXT2 / "wiki.valid.tokens").is_file():
-        pytest.fail(f"the real WikiText-2 splits are missing: expected {WIKITEXT2}/wiki.valid.tokens")
+        pytest.fail(f"the real WikiText-2 splits are missing: expected {WIKITEXT2}/wiki.valid.tokens, "
+                    f"which the repository ships; restore it with `git checkout -- tests/data`")
     return WIKITEXT2
 
 

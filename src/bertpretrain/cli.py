@@ -102,7 +102,10 @@ def pretrain_main(argv=None, prog=None):
               "command with --resume to write the outputs", file=sys.stderr)
         return 1
     if summary["interrupted"]:
-        print(f"interrupted at step {summary['steps']}; resume with --resume (checkpoint {summary['checkpoint']})")
+        if summary.get("rank", 0):  # rank 0 writes the checkpoint and reports it
+            print(f"worker {summary['rank']} interrupted; resume with --resume")
+        else:
+            print(f"interrupted at step {summary['steps']}; resume with --resume (checkpoint {summary['checkpoint']})")
         return 130
     return 0
 

@@ -26,6 +26,7 @@ _FULL_BYTES = 1 << 20
 CONFIG_FILE = "config.json"  # the BERTConfig, as JSON
 PARAMS_FILE = "model.params"  # the BERTModel's parameters
 VOCAB_FILE = "vocab.json"  # the Vocab
+TOKENIZER_FILE = "tokenizer.json"  # a WordPiece (Hugging Face) tokenizer, in place of a Vocab
 
 
 def cache_root(cache_dir=None):

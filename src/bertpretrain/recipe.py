@@ -15,7 +15,6 @@ from . import distributed
 from .data import (DATA_HUB, DataError, DownloadError, download_extract, load_data_wiki, load_tokenizer, split_file,
                    train_wordpiece)
 from .encoding import get_bert_encoding
-from .files import VOCAB_FILE
 from .model import BERTModel, save_pretrained
 from .train import parse_devices, train_bert
 from .train.checkpoint import check_writable
@@ -175,8 +174,7 @@ def run_pretraining(options):
                          progress=options.progress, seed=options.seed, vocab=vocab, kvstore=kvstore)
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
-    model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"))
-    vocab.save(os.path.join(model_dir, "tokenizer.json" if hasattr(vocab, "tokenize") else VOCAB_FILE))
+    model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"), vocab=vocab)
     summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
                "options": asdict(options)}

@@ -14,11 +14,10 @@ import os
 
 import numpy as np
 
-from ..files import atomic_write
+from ..files import TOKENIZER_FILE, atomic_write
 from .errors import DataError
 from .vocab import CLS, CLS_ID, MASK, NUM_RESERVED, PAD, RESERVED_TOKENS, SEP, SEP_ID, UNK, Vocab
 
-TOKENIZER_FILE = "tokenizer.json"
 CONTINUATION_PREFIX = "##"
 
 
@@ -60,6 +59,8 @@ class WordPieceTokenizer:
             and truncation are turned off (a sentence must encode whole).
         source: where it came from, named in error messages.
     """
+
+    FILE_NAME = TOKENIZER_FILE  # what it is saved as beside a model
 
     def __init__(self, tokenizer, source="the tokenizer"):
         model = json.loads(tokenizer.to_str())["model"]

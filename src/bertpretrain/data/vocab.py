@@ -3,10 +3,10 @@ import collections
 import collections.abc
 import json
 import os
-import tempfile
 
 import numpy as np
 
+from ..files import VOCAB_FILE, atomic_write
 from .errors import DataError
 
 UNK, PAD, CLS, SEP, MASK = "<unk>", "[PAD]", "[CLS]", "[SEP]", "[MASK]"
@@ -39,6 +39,8 @@ class Vocab:
     ``<unk>``; None for an empty corpus): what a corpus encoded with this vocabulary is expected to
     show, so that a vocabulary from another corpus can be recognised.
     """
+
+    FILE_NAME = VOCAB_FILE  # what it is saved as beside a model
 
     def __init__(self, tokens=(), min_freq=5):
         if not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
@@ -88,16 +90,8 @@ class Vocab:
         """Write the vocabulary as JSON (atomically: a crash never leaves a half-written file)."""
         payload = {"format": _FORMAT, "min_freq": self.min_freq, "unk_rate": self.unk_rate,
                    "idx_to_token": self.idx_to_token}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vocab-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, json.dumps(payload, ensure_ascii=False))
 
     @classmethod
     def load(cls, path):

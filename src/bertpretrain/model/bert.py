@@ -25,7 +25,8 @@ class BERTModel(HybridBlock):
     names it. Initialise with e.g. ``net.initialize(init.Xavier())``
     and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
     shapes are checked on every imperative call (and, with ``check_token_ids``, the token id range,
-    which costs one small synchronisation); calls inside another hybridized block are not checked.
+    which costs one small synchronisation; ``train_bert`` checks each batch on the host instead);
+    calls inside another hybridized block are not checked.
     """
 
     def __init__(self, vocab_size, check_token_ids=True, backend=None, **config_options):
@@ -58,15 +59,16 @@ class BERTModel(HybridBlock):
         if isinstance(tokens, mx_np.ndarray):
             check_inputs(self.config, tokens, segments, valid_lens, pred_positions,
                          check_token_ids=self.check_token_ids)
-        if pred_positions is None:  # a hybridized graph cannot output None: add it back here
-            encoded, nsp_logits = super().forward(tokens, segments, valid_lens)
-            return encoded, None, nsp_logits
+        if pred_positions is None:
+            # A hybridized block caches the graph of one argument structure, usually the one with
+            # pred_positions: without them, call the encoder and the NSP head (hybridized with this
+            # block, each with its own cached graph) instead of this block's graph.
+            encoded = self.encoder(tokens, segments, valid_lens)
+            return encoded, None, self.nsp(encoded)
         return super().forward(tokens, segments, valid_lens, pred_positions)
 
-    def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions=None):
+    def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):
         encoded = self.encoder(tokens, segments, valid_lens)
-        if pred_positions is None:
-            return encoded, self.nsp(encoded)
         return encoded, self.mlm(encoded, pred_positions), self.nsp(encoded)
 
 
@@ -88,7 +90,12 @@ def check_inputs(config, tokens, segments, valid_lens, pred_positions=None, chec
                          f"got {pred_positions.shape}")
     if check_token_ids:
         low, high = (int(v) for v in mx_np.stack([tokens.min(), tokens.max()]).asnumpy())
-        if low < 0 or high >= config.vocab_size:
-            raise ValueError(
-                f"tokens contains ids in [{low}, {high}] but vocab_size={config.vocab_size}: ids must "
-                f"lie in [0, {config.vocab_size}); build the model with the vocabulary's size")
+        check_token_range(config.vocab_size, low, high)
+
+
+def check_token_range(vocab_size, low, high):
+    """Raise ValueError unless token ids from ``low`` to ``high`` fit a vocabulary of ``vocab_size``."""
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"tokens contains ids in [{low}, {high}] but vocab_size={vocab_size}: ids must "
+            f"lie in [0, {vocab_size}); build the model with the vocabulary's size")

@@ -4,18 +4,20 @@ import os
 
 import mxnet as mx
 
-from ..files import CONFIG_FILE, PARAMS_FILE, atomic_path, atomic_write
+from ..files import CONFIG_FILE, PARAMS_FILE, VOCAB_FILE, atomic_path, atomic_write
 from .bert import BERTModel
 from .config import BERTConfig
 from .pretraining import BERTForPretraining
 
 
-def save_pretrained(net, folder):
+def save_pretrained(net, folder, vocab=None):
     """Write ``config.json`` and ``model.params`` of ``net`` (a BERTModel) into ``folder``.
 
-    Each file is written atomically (:mod:`bertpretrain.files`), so an interrupted save never
-    leaves a truncated file under the final name. Returns the folder. A full disk raises
-    ``OSError(ENOSPC)`` naming the file.
+    ``vocab`` (a :class:`bertpretrain.data.Vocab` or tokenizer, optional) is saved beside them, as
+    ``vocab.json`` or ``tokenizer.json`` (its ``FILE_NAME``), so that ``bertpretrain.load_pretrained(folder)``
+    gives back the network and its vocabulary. Each file is written atomically
+    (:mod:`bertpretrain.files`), so an interrupted save never leaves a truncated file under the final
+    name. Returns the folder. A full disk raises ``OSError(ENOSPC)`` naming the file.
     """
     if not isinstance(net, BERTModel):
         raise ValueError(f"net must be a BERTModel (pass `.bert` of a BERTForPretraining), "
@@ -25,6 +27,8 @@ def save_pretrained(net, folder):
                  json.dumps(net.config.to_dict(), indent=2, sort_keys=True) + "\n")
     with atomic_path(os.path.join(folder, PARAMS_FILE)) as temporary:  # a full disk: OSError(ENOSPC) naming it
         net.save_parameters(temporary, deduplicate=True)
+    if vocab is not None:  # duck-typed: this package does not import data
+        vocab.save(os.path.join(folder, getattr(vocab, "FILE_NAME", VOCAB_FILE)))
     return folder
 
 
@@ -32,7 +36,8 @@ def load_pretrained(folder, device=None, **model_kwargs):
     """Rebuild the BERTModel saved by :func:`save_pretrained` in ``folder``, on ``device``.
 
     ``device`` is an MXNet context (default: the current one); ``model_kwargs`` go to
-    :meth:`BERTModel.from_config` (``check_token_ids``, ``backend``).
+    :meth:`BERTModel.from_config` (``check_token_ids``, ``backend``). Gives the network alone: the
+    top-level ``bertpretrain.load_pretrained(folder)`` also reads the vocabulary saved beside it.
     """
     config_path = os.path.join(folder, CONFIG_FILE)
     params_path = os.path.join(folder, PARAMS_FILE)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..data import Vocab
 from ..model import BERTForPretraining
+from ..model.bert import check_token_range
 from . import checkpoint as ckpt
 from .devices import default_devices
 from .evaluate import evaluate_bert
@@ -48,6 +49,11 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without overwriting any checkpoint."""
 
 
+def _host(array):
+    """A batch field as a numpy array (MXNet arrays are copied out)."""
+    return array.asnumpy() if isinstance(array, mx.np.ndarray) else np.asarray(array)
+
+
 def _batches_forever(train_iter):
     """Batches across epochs; consumed one at a time, so the loader's position is exact."""
     while True:
@@ -57,6 +63,18 @@ def _batches_forever(train_iter):
             yield batch
         if empty:
             raise ValueError("train_iter gave no batch: the training data is empty")
+
+
+@contextlib.contextmanager
+def _token_ids_checked_on_host(bert):
+    """Turn off the model's own token-id check (one synchronisation per device and step) while the
+    loop checks each batch's host array instead; yield whether the model asked for the check."""
+    checking = bert.check_token_ids
+    bert.check_token_ids = False
+    try:
+        yield checking
+    finally:
+        bert.check_token_ids = checking
 
 
 @contextlib.contextmanager
@@ -160,7 +178,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         progress: show a progress bar (None: only when the output is a terminal).
         seed: seeds initialisation and dropout (None: a random seed, logged).
         vocab: saved with each checkpoint so that it is self-contained.
-        log_interval: log a line through ``logging`` every this many steps.
+        log_interval: log a line through ``logging`` every this many steps (0 or None: the last step only).
     Returns:
         :class:`TrainingHistory`: per-step ``step``, ``mlm_loss``, ``nsp_loss``, ``mlm_acc``, ``nsp_acc``,
         ``lr``, ``seq_per_sec``, and ``eval`` (a dict per evaluation, with its ``step``).
@@ -267,7 +285,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
     batches = _batches_forever(train_iter)
     bar = tqdm(total=num_steps, initial=step, unit="step", disable=None if progress is None else not progress,
                dynamic_ncols=True)
-    with _stop_on_ctrl_c() as stop_requested, bar:
+    with _stop_on_ctrl_c() as stop_requested, bar, _token_ids_checked_on_host(model.bert) as check_ids:
         tick = time.perf_counter()
         while step < num_steps and not stop_requested.is_set():
             batch = next(batches)
@@ -279,7 +297,11 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             step += 1
             trainer.set_learning_rate(schedule(step))
             _seed_devices(seed, step, devices)
-            num_preds = float(batch.mlm_weights.sum())  # a host-side array: no device synchronisation
+            # The batch is in host memory (numpy, or MXNet arrays on the CPU): reading it waits for no device.
+            num_preds = float(_host(batch.mlm_weights).sum())
+            if check_ids:
+                tokens = _host(batch.tokens)
+                check_token_range(model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
             totals = global_counts(num_preds, batch_size) if workers > 1 else (num_preds, batch_size)
             # Horovod's trainer averages the workers' gradients; the loss is already normalised over
             # the global batch, so undo the 1/workers with the update's batch size.
@@ -301,7 +323,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             distributed.report_progress(f"step {step}")
             bar.set_postfix(mlm=f"{metrics['mlm_loss']:.3f}", nsp=f"{metrics['nsp_loss']:.3f}",
                             seq_s=f"{history['seq_per_sec'][-1]:.0f}", refresh=False)
-            if step % log_interval == 0 or step == num_steps:
+            if (log_interval and step % log_interval == 0) or step == num_steps:
                 logger.info("step %d/%d: mlm loss %.3f (acc %.3f), nsp loss %.3f (acc %.3f), lr %.3g, %.0f seq/s",
                             step, num_steps, metrics["mlm_loss"], metrics["mlm_acc"], metrics["nsp_loss"],
                             metrics["nsp_acc"], trainer.learning_rate, history["seq_per_sec"][-1])

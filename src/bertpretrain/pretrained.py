@@ -1,0 +1,40 @@
+"""A pretrained model together with its vocabulary: what d2l's ``load_pretrained_model`` gives back.
+
+Lives at the top level because it joins both halves of the package: :mod:`bertpretrain.model`
+rebuilds the network (it does not know the vocabulary type) and :mod:`bertpretrain.data` reads
+the vocabulary.
+"""
+import os
+from typing import NamedTuple
+
+from .data import Vocab, load_tokenizer
+from .files import TOKENIZER_FILE, VOCAB_FILE
+from .model import BERTModel
+from .model import io as model_io
+
+
+class Pretrained(NamedTuple):
+    """The network and its vocabulary (a Vocab, or the WordPiece tokenizer it was trained with); unpacks as
+    ``net, vocab = load_pretrained(folder)``."""
+    net: BERTModel
+    vocab: Vocab
+
+
+def load_pretrained(folder, device=None, **model_kwargs):
+    """Rebuild the model saved in ``folder`` and read its vocabulary: a :class:`Pretrained` (net, vocab).
+
+    ``folder`` is one written by ``save_pretrained(net, folder, vocab=vocab)``: the ``model/`` folder of
+    a ``bertpretrain pretrain`` run, or one of its checkpoints. ``device`` (an MXNet context, default:
+    the current one) and ``model_kwargs`` go to :func:`bertpretrain.model.load_pretrained`, which
+    gives the network alone.
+    """
+    net = model_io.load_pretrained(folder, device, **model_kwargs)
+    vocab_path, tokenizer_path = os.path.join(folder, VOCAB_FILE), os.path.join(folder, TOKENIZER_FILE)
+    if os.path.isfile(vocab_path):
+        return Pretrained(net, Vocab.load(vocab_path))
+    if os.path.isfile(tokenizer_path):
+        return Pretrained(net, load_tokenizer(tokenizer_path)[0])
+    raise FileNotFoundError(
+        f"{vocab_path} not found: save the vocabulary (or a {TOKENIZER_FILE}) with the model, "
+        f"save_pretrained(net, folder, vocab=vocab), or load the network alone with "
+        f"bertpretrain.model.load_pretrained(folder)")
