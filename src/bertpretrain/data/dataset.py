@@ -5,9 +5,9 @@ import numpy as np
 from mxnet import gluon
 
 from . import seeding
-from .masking import choose_mlm_positions, num_mlm_slots, replace_masked_tokens
+from .masking import candidate_positions, choose_mlm_positions, num_mlm_slots, replace_masked_tokens
 from .pairs import NUM_PAIR_SPECIALS, SentencePairs
-from .vocab import CLS_ID, PAD_ID, SEP_ID
+from .vocab import CLS_ID, PAD_ID, SEP_ID, UNK_ID
 
 # dtypes the model and the losses take as they are (integer lengths for the length-aware softmax).
 BATCH_DTYPES = {"tokens": np.int32, "segments": np.int32, "valid_lens": np.int32,
@@ -53,9 +53,11 @@ class PretrainingDataset(gluon.data.Dataset):
         max_len: tokens per padded example.
         seed: the seed of every random draw (see :mod:`bertpretrain.data.seeding`).
         dynamic_masking: draw new masks every epoch (RoBERTa) instead of once at construction (d2l).
+        unk_targets: False never chooses a ``<unk>`` word as an MLM target (predicting ``<unk>``
+            teaches nothing); True (d2l) treats it as any word.
     """
 
-    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False):
+    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False, unk_targets=True):
         if len(pairs) and int(pairs.lengths().max()) > max_len:
             raise ValueError(f"a pair has {int(pairs.lengths().max())} tokens, more than max_len={max_len}")
         self.token_ids = np.asarray(token_ids, dtype=np.int32)
@@ -65,6 +67,7 @@ class PretrainingDataset(gluon.data.Dataset):
         self.num_slots = num_mlm_slots(max_len)
         self.seed = seed
         self.dynamic_masking = dynamic_masking
+        self.unk_targets = unk_targets
 
     def __len__(self):
         return len(self.pairs)
@@ -76,7 +79,11 @@ class PretrainingDataset(gluon.data.Dataset):
         """Masks of the examples ``indices``: (n, P) positions (0 = padding slot), validity and the ids to put there."""
         key = (seeding.DYNAMIC_MASKS, epoch) if self.dynamic_masking else (seeding.STATIC_MASKS,)
         rng = seeding.KeyedRandom(self.seed, key, indices)
-        positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng)
+        excluded = None
+        if not self.unk_targets and len(indices):
+            width = int((pairs.a_len + pairs.b_len).max())
+            excluded = self._tokens_at(pairs, candidate_positions(pairs.a_len, width)) == UNK_ID
+        positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng, excluded)
         valid = np.arange(self.num_slots) < counts[:, None]
         replacements = replace_masked_tokens(self._tokens_at(pairs, positions), valid, self.vocab_size, rng)
         return positions, valid, replacements

@@ -119,7 +119,7 @@ class PretrainingLoader:
 
 
 def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False, cache="auto", cache_dir=None):
+                  truncate_pairs=False, unk_targets=True, cache="auto", cache_dir=None):
     """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
 
     The vocabulary is counted from this split unless ``vocab`` is given. ``cache`` and ``cache_dir``:
@@ -138,7 +138,7 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
     starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
     pairs = make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
                            truncate=truncate_pairs, path=path, sentence_starts=starts)
-    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking)
+    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, unk_targets)
     logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
                 len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
@@ -146,7 +146,7 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, cache="auto", cache_dir=None):
+                   truncate_pairs=False, unk_targets=True, cache="auto", cache_dir=None):
     """Pretraining batches of a WikiText split, and its vocabulary.
 
     Args:
@@ -162,6 +162,7 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         dynamic_masking: new masks every epoch (RoBERTa) rather than once (d2l, the default).
         vocab: a :class:`Vocab` to reuse (e.g. the training one when loading the validation split).
         truncate_pairs: shorten pairs longer than ``max_len`` instead of dropping them.
+        unk_targets: False never chooses a ``<unk>`` word as an MLM target (True: any word, as d2l).
         cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (files >= 32 MB).
         cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
             user's cache folder).
@@ -173,6 +174,7 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
     if data_dir is None:
         data_dir = download_extract(dataset, cache_dir=cache_dir)
     data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
-                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs, cache=cache,
+                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
+                                unk_targets=unk_targets, cache=cache,
                                 cache_dir=cache_dir)
     return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab
