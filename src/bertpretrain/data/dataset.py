@@ -55,9 +55,15 @@ class PretrainingDataset(gluon.data.Dataset):
         dynamic_masking: draw new masks every epoch (RoBERTa) instead of once at construction (d2l).
         unk_targets: False never chooses a ``<unk>`` word as an MLM target (predicting ``<unk>``
             teaches nothing); True (d2l) treats it as any word.
+        epoch_pairs: with dynamic masking, an :class:`~bertpretrain.data.pairs.EpochPairs` giving each
+            epoch its own pairs (``pairs`` must be its epoch 0); None: ``pairs`` every epoch (d2l).
     """
 
-    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False, unk_targets=True):
+    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False, unk_targets=True,
+                 epoch_pairs=None):
+        if epoch_pairs is not None and not dynamic_masking:
+            raise ValueError("new pairs every epoch (dynamic_pairs) need dynamic_masking=True: with static masks "
+                             "the masks of an example would not follow its new pair")
         if len(pairs) and int(pairs.lengths().max()) > max_len:
             raise ValueError(f"a pair has {int(pairs.lengths().max())} tokens, more than max_len={max_len}")
         self.token_ids = np.asarray(token_ids, dtype=np.int32)
@@ -68,6 +74,7 @@ class PretrainingDataset(gluon.data.Dataset):
         self.seed = seed
         self.dynamic_masking = dynamic_masking
         self.unk_targets = unk_targets
+        self.epoch_pairs = epoch_pairs
 
     def __len__(self):
         return len(self.pairs)
@@ -103,10 +110,11 @@ class PretrainingDataset(gluon.data.Dataset):
     def batch(self, indices, epoch=0):
         """Mask and pad the examples ``indices`` ((B,) ints) into a :class:`PretrainingBatch` of numpy arrays.
 
-        ``epoch`` keys the masks when masking is dynamic (ignored otherwise).
+        ``epoch`` keys the masks when masking is dynamic, and the pairs with ``epoch_pairs`` (ignored otherwise).
         """
         indices = np.asarray(indices)
-        pairs = SentencePairs(*(field[indices] for field in self.pairs))
+        source = self.pairs if self.epoch_pairs is None else self.epoch_pairs(epoch)
+        pairs = SentencePairs(*(field[indices] for field in source))
         positions, valid, replacements = self._draw_masks(indices, pairs, epoch)
 
         tokens = self._tokens_at(pairs, np.broadcast_to(np.arange(self.max_len), (len(indices), self.max_len)))

@@ -11,7 +11,7 @@ from .cache import load_encoded_corpus
 from .corpus import split_file
 from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
-from .pairs import make_nsp_pairs
+from .pairs import EpochPairs, make_nsp_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class PretrainingLoader:
 
 
 def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False, unk_targets=True, cache="auto", cache_dir=None):
+                  truncate_pairs=False, unk_targets=True, dynamic_pairs=False, cache="auto", cache_dir=None):
     """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
 
     The vocabulary is counted from this split unless ``vocab`` is given. ``cache`` and ``cache_dir``:
@@ -130,15 +130,21 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
                          f"got {max_len!r}")
     if not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
         raise ValueError(f"min_freq must be an integer >= 1, got {min_freq!r}")
+    if dynamic_pairs and not (dynamic_masking and truncate_pairs):
+        raise ValueError("dynamic_pairs=True draws new pairs every epoch: it needs dynamic_masking=True (new masks "
+                         "for the new pairs) and truncate_pairs=True (the same number of examples every epoch)")
     seed = seeding.resolve_seed(seed)
     corpus, vocab = load_encoded_corpus(path, vocab, min_freq, cache, cache_dir)
     if vocab.num_words < 1:
         raise ValueError(f"the vocabulary of {path} has no word seen at least min_freq={min_freq} times; "
                          "lower min_freq or use a larger corpus")
     starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
-    pairs = make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
-                           truncate=truncate_pairs, path=path, sentence_starts=starts)
-    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, unk_targets)
+    epoch_pairs = EpochPairs(lengths, paragraph_sizes, max_len, seed, starts, path) if dynamic_pairs else None
+    pairs = (epoch_pairs(0) if dynamic_pairs else
+             make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
+                            truncate=truncate_pairs, path=path, sentence_starts=starts))
+    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, unk_targets,
+                                 epoch_pairs)
     logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
                 len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
@@ -146,7 +152,7 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, unk_targets=True, cache="auto", cache_dir=None):
+                   truncate_pairs=False, unk_targets=True, dynamic_pairs=False, cache="auto", cache_dir=None):
     """Pretraining batches of a WikiText split, and its vocabulary.
 
     Args:
@@ -163,6 +169,8 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         vocab: a :class:`Vocab` to reuse (e.g. the training one when loading the validation split).
         truncate_pairs: shorten pairs longer than ``max_len`` instead of dropping them.
         unk_targets: False never chooses a ``<unk>`` word as an MLM target (True: any word, as d2l).
+        dynamic_pairs: new NSP pairs and negatives every epoch (needs ``dynamic_masking`` and
+            ``truncate_pairs``), so that they cannot be memorised; False: drawn once (d2l).
         cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (files >= 32 MB).
         cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
             user's cache folder).
@@ -175,6 +183,6 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         data_dir = download_extract(dataset, cache_dir=cache_dir)
     data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
                                 dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
-                                unk_targets=unk_targets, cache=cache,
+                                unk_targets=unk_targets, dynamic_pairs=dynamic_pairs, cache=cache,
                                 cache_dir=cache_dir)
     return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab
