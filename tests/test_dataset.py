@@ -209,3 +209,17 @@ def test_dynamic_pairs_draw_new_labels_and_negatives_each_epoch():
 def test_dynamic_pairs_need_dynamic_masks_and_truncation(options):
     with pytest.raises(ValueError, match="dynamic_pairs=True .* needs dynamic_masking=True .* truncate_pairs=True"):
         build_dataset(_sample_path(), 64, dynamic_pairs=True, **options)
+
+
+def test_drop_last_leaves_out_the_short_last_batch_only():
+    from bertpretrain.data import download_extract
+    folder = download_extract("wikitext-2-sample")
+    kept, _ = load_data_wiki(100, 64, data_dir=folder, seed=2)
+    n = len(kept.dataset)
+    assert n % 100, "the sample must leave a short last batch"
+    dropped, _ = load_data_wiki(100, 64, data_dir=folder, seed=2, drop_last=True)
+    sizes = [batch.tokens.shape[0] for batch in dropped]
+    assert sizes == [100] * (n // 100) == [100] * len(dropped)
+    assert [b.tokens.shape[0] for b in kept][-1] == n % 100
+    with pytest.raises(ValueError, match=f"drop_last=True with batch_size={n + 1} leaves no batch of the {n} "):
+        load_data_wiki(n + 1, 64, data_dir=folder, seed=2, drop_last=True)

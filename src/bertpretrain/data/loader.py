@@ -45,14 +45,15 @@ class PretrainingLoader:
 
     Each ``iter()`` starts the next epoch (also after a ``break``): examples in a fresh order drawn from ``(seed, epoch)`` (in
     order when ``shuffle`` is False), the last batch smaller when the batch size does not divide the
-    dataset. :meth:`state_dict` / :meth:`load_state_dict` save and restore the position (epoch and
+    dataset, or left out with ``drop_last`` (its examples come in other epochs' batches when
+    shuffled). :meth:`state_dict` / :meth:`load_state_dict` save and restore the position (epoch and
     batches already given), so an interrupted run can resume exactly where it stopped.
 
     For data-parallel training over several processes, :meth:`shard` makes each process read its
     own share of every epoch.
     """
 
-    def __init__(self, dataset, batch_size, shuffle=True, num_workers=0):
+    def __init__(self, dataset, batch_size, shuffle=True, num_workers=0, drop_last=False):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
@@ -61,6 +62,10 @@ class PretrainingLoader:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.num_workers = int(num_workers)
+        self.drop_last = bool(drop_last)
+        if self.drop_last and len(dataset) < self.batch_size:
+            raise ValueError(f"drop_last=True with batch_size={self.batch_size} leaves no batch of the "
+                             f"{len(dataset)} examples: lower batch_size or pass drop_last=False")
         self._next_epoch = 0        # the epoch a fresh iter() starts
         self._position = (0, 0)     # (epoch, batches given): just after the last batch given
         self._resume = False        # True after load_state_dict: the next iter() starts at _position
@@ -84,13 +89,14 @@ class PretrainingLoader:
         return len(self.dataset) // self.num_shards
 
     def __len__(self):
-        return math.ceil(self._examples_per_epoch() / self.batch_size)
+        batches = self._examples_per_epoch() / self.batch_size
+        return math.floor(batches) if self.drop_last else math.ceil(batches)
 
     def _epoch_batches(self, epoch):
         order = (seeding.stream(self.dataset.seed, seeding.EPOCH_ORDER, epoch).permutation(len(self.dataset))
                  if self.shuffle else np.arange(len(self.dataset)))
         order = order[self.shard_index:self._examples_per_epoch() * self.num_shards:self.num_shards]
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
 
     def __iter__(self):
         epoch, first = self._position if self._resume else (self._next_epoch, 0)
@@ -152,11 +158,12 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, unk_targets=True, dynamic_pairs=False, cache="auto", cache_dir=None):
+                   truncate_pairs=False, unk_targets=True, dynamic_pairs=False, drop_last=False, cache="auto",
+                   cache_dir=None):
     """Pretraining batches of a WikiText split, and its vocabulary.
 
     Args:
-        batch_size: examples per batch (the last batch of an epoch may be smaller).
+        batch_size: examples per batch (the last batch of an epoch may be smaller, see ``drop_last``).
         max_len: tokens per example, ``[CLS]`` and ``[SEP]`` included.
         dataset: a name in :data:`~bertpretrain.data.DATA_HUB`, downloaded and verified on first use.
         split: ``'train'``, ``'valid'`` or ``'test'``: reads ``wiki.<split>.tokens``.
@@ -164,6 +171,8 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         min_freq: least count of a word to get its own id (others become ``<unk>``).
         seed: seed of every random choice (None: fresh randomness).
         shuffle: a new example order every epoch.
+        drop_last: leave out each epoch's last batch when it is short, so every step has ``batch_size``
+            examples (False: keep it, as d2l).
         num_workers: worker processes preparing batches (0: in this process).
         dynamic_masking: new masks every epoch (RoBERTa) rather than once (d2l, the default).
         vocab: a :class:`Vocab` to reuse (e.g. the training one when loading the validation split).
@@ -185,4 +194,4 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
                                 dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
                                 unk_targets=unk_targets, dynamic_pairs=dynamic_pairs, cache=cache,
                                 cache_dir=cache_dir)
-    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab
+    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last), vocab

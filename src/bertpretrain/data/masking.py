@@ -1,9 +1,10 @@
 """Masked-language-model targets, drawn for many examples at once with numpy.
 
 For an example of L tokens (specials included), ``max(1, round(0.15 * L))`` positions are chosen
-uniformly among all positions but ``[CLS]`` and the two ``[SEP]`` (and, as an option, ``<unk>``). Each chosen token becomes
-``[MASK]`` with probability 0.8, a uniformly random real word (never ``<unk>`` or another
-reserved token) with probability 0.1, and stays unchanged otherwise. Positions are sorted.
+uniformly among all positions but ``[CLS]`` and the two ``[SEP]`` (and, as an option, the
+``<unk>`` words). Each chosen token becomes ``[MASK]`` with probability 0.8, a uniformly random
+real word (never ``<unk>`` or another reserved token) with probability 0.1, and stays unchanged
+otherwise. Positions are sorted.
 """
 import numpy as np
 

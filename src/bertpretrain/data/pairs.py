@@ -113,8 +113,9 @@ class EpochPairs:
 
     ``pairs(epoch)`` gives that epoch's :class:`SentencePairs` (the last one is kept), drawn by
     :func:`make_nsp_pairs` from the stream ``(seed, NSP_PARTNERS, epoch)``: new labels and new
-    negatives, every epoch (epoch 0 has the pairs drawn once without this option). Pairs that do not fit ``max_len`` are truncated, never dropped, so every
-    epoch has the same number of examples, one per sentence with a successor, in the same order.
+    negatives, every epoch (epoch 0 has the pairs drawn once without this option). Pairs that do
+    not fit ``max_len`` are truncated, never dropped, so every epoch has the same number of
+    examples, one per sentence with a successor, in the same order.
     The arguments are those of :func:`make_nsp_pairs`, and the data's ``seed``.
     """
 
