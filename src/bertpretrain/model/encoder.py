@@ -36,12 +36,14 @@ class BERTEmbeddings(HybridBlock):
 class TransformerEncoderLayer(HybridBlock):
     """One post-LN transformer layer: x = LN(x + Drop(SelfAttn(x))); x = LN(x + Drop(FFN(x))).
 
+    With ``config.pre_layer_norm``: x = x + Drop(SelfAttn(LN(x))); x = x + Drop(FFN(LN(x))).
     ``x`` (B, T, H) and the batch's attention ``mask`` (see :func:`ops.attention_mask`) -> (B, T, H).
     """
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self._activation = config.activation
+        self._pre_layer_norm, self._dropout = config.pre_layer_norm, config.dropout
         self.attention = MultiHeadSelfAttention(config.num_hiddens, config.num_heads, config.dropout)
         self.attention_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, config.dropout)
         self.ffn_in = nn.Dense(config.ffn_num_hiddens, flatten=False, in_units=config.num_hiddens)
@@ -49,6 +51,10 @@ class TransformerEncoderLayer(HybridBlock):
         self.ffn_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, config.dropout)
 
     def hybrid_forward(self, F, x, mask):
+        if self._pre_layer_norm:
+            x = ops.add(F, x, ops.dropout(F, self.attention(self.attention_norm(x), mask), self._dropout))
+            ffn = self.ffn_out(ops.activation(F, self.ffn_in(self.ffn_norm(x)), self._activation))
+            return ops.add(F, x, ops.dropout(F, ffn, self._dropout))
         x = self.attention_norm(self.attention(x, mask), x)
         return self.ffn_norm(self.ffn_out(ops.activation(F, self.ffn_in(x), self._activation)), x)
 
