@@ -6,12 +6,15 @@ import sys
 from . import distributed
 from .data import DataError, DownloadError
 from .train import NonFiniteLossError, parse_devices
-from .recipe import PretrainOptions, run_pretraining
+from .recipe import PRESETS, PretrainOptions, run_pretraining
 
 
 def add_pretrain_arguments(parser):
     """The options of ``bertpretrain pretrain`` (and of ``examples/pretrain_wikitext2.py``)."""
     defaults = PretrainOptions()
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="start from a preset's options instead of the defaults (d2l: d2l's published run, "
+                             "50 steps, batch 512, lr 0.01); the other options given override it")
     parser.add_argument("--dataset", default=defaults.dataset,
                         help="DATA_HUB dataset to download (wikitext-2, wikitext-103, wikitext-2-sample)")
     parser.add_argument("--data-dir", help="folder already holding wiki.train.tokens and wiki.valid.tokens "
@@ -45,12 +48,15 @@ def pretrain_main(argv=None, prog=None):
     """Parse ``pretrain`` options and run the recipe; return the exit status (130 when interrupted)."""
     parser = add_pretrain_arguments(argparse.ArgumentParser(prog=prog, description=__doc__))
     args = parser.parse_args(argv)
+    if args.preset:
+        parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
     try:
         parse_devices(args.devices)
     except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    options = PretrainOptions(**vars(args))
+    options = PretrainOptions(**{name: value for name, value in vars(args).items() if name != "preset"})
     try:
         with distributed.exit_on_error(options.kvstore):
             summary = run_pretraining(options)

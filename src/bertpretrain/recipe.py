@@ -41,6 +41,32 @@ class PretrainOptions:
     checkpoint_interval: int = None
     progress: bool = None
     kvstore: str = "device"
+    initializer: str = "xavier"
+    activation: str = "relu"
+    embedding_layer_norm: bool = False
+    tie_mlm_weights: bool = False
+    pre_layer_norm: bool = False
+    dynamic_masking: bool = False
+    dynamic_pairs: bool = False
+    truncate_pairs: bool = False
+    unk_targets: bool = True
+    drop_last: bool = False
+
+
+# d2l's published run, whatever the defaults of PretrainOptions become: ``--preset d2l``.
+PRESETS = {
+    "d2l": dict(num_steps=50, batch_size=512, max_len=64, lr=0.01, warmup_steps=0, lr_decay="none",
+                initializer="xavier", activation="relu", embedding_layer_norm=False, tie_mlm_weights=False,
+                pre_layer_norm=False, dynamic_masking=False, dynamic_pairs=False, truncate_pairs=False,
+                unk_targets=True, drop_last=False),
+}
+
+
+def preset_options(name, **overrides):
+    """The :class:`PretrainOptions` of preset ``name`` (see :data:`PRESETS`), with ``overrides`` on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+    return PretrainOptions(**{**PRESETS[name], **overrides})
 
 
 def _data_folder(options):
@@ -58,6 +84,13 @@ def _data_folder(options):
               f"Pass --no-fallback to fail instead, or --data-dir to use files you downloaded.\n{banner}\n",
               file=sys.stderr, flush=True)
         return download_extract(SAMPLE), SAMPLE
+
+
+def _sequences_seen(loader, steps):
+    """Training examples read in ``steps`` batches of ``loader`` from the start (short last batches counted)."""
+    examples, per_epoch = loader._examples_per_epoch(), len(loader)
+    epochs, rest = divmod(steps, per_epoch)
+    return epochs * min(examples, per_epoch * loader.batch_size) + min(rest * loader.batch_size, examples)
 
 
 def print_encodings(net, vocab, device):
@@ -81,24 +114,31 @@ def run_pretraining(options):
     kvstore = (distributed.create_kvstore(options.kvstore) if distributed.is_distributed(options.kvstore)
                else options.kvstore)
     folder, dataset = _data_folder(options)
-    train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed)
+    train_iter, vocab = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, seed=options.seed,
+                                       dynamic_masking=options.dynamic_masking, dynamic_pairs=options.dynamic_pairs,
+                                       truncate_pairs=options.truncate_pairs, unk_targets=options.unk_targets,
+                                       drop_last=options.drop_last)
     eval_iter = None
     if os.path.isfile(os.path.join(folder, "wiki.valid.tokens")):
         eval_iter, _ = load_data_wiki(options.batch_size, options.max_len, data_dir=folder, split="valid",
                                       vocab=vocab, seed=options.seed, shuffle=False)
     else:
         logger.warning("%s has no wiki.valid.tokens: training without held-out evaluation", folder)
-    net = BERTModel(len(vocab), max_len=options.max_len)
+    net = BERTModel(len(vocab), max_len=options.max_len, activation=options.activation,
+                    embedding_layer_norm=options.embedding_layer_norm, tie_mlm_weights=options.tie_mlm_weights,
+                    pre_layer_norm=options.pre_layer_norm)
     history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr,
                          warmup_steps=options.warmup_steps, lr_decay=options.lr_decay, eval_iter=eval_iter,
                          checkpoint_dir=os.path.join(options.output_dir, "checkpoints"),
                          checkpoint_interval=options.checkpoint_interval, resume=options.resume,
-                         progress=options.progress, seed=options.seed, vocab=vocab, kvstore=kvstore)
+                         progress=options.progress, seed=options.seed, vocab=vocab, kvstore=kvstore,
+                         initializer=options.initializer)
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
     model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"))
     vocab.save(os.path.join(model_dir, "vocab.json"))
     summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
+               "sequences": _sequences_seen(train_iter, history["step"][-1] if history["step"] else 0),
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
                "options": asdict(options)}
     if history["step"]:
