@@ -71,7 +71,7 @@ def pretrain_main(argv=None, prog=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"pretrain": "pretrain BERT on WikiText (d2l's run by default)",
+    commands = {"pretrain": "pretrain BERT on WikiText (--preset d2l: d2l's run)",
                 "launch": "start distributed training with MXNet's parameter server"}
     if not argv or argv[0] not in commands:
         print("usage: bertpretrain {pretrain,launch} [options]\n\n" +
