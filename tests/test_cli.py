@@ -151,3 +151,19 @@ def test_a_full_disk_is_an_error_naming_the_file_not_a_traceback(tmp_path, tmpfs
     assert cli.main([*args, "--output-dir", str(tiny)]) == 1
     err = capsys.readouterr().err
     assert f"error: cannot write {tiny / 'checkpoints' / 'step-00000003'}" in err and "the disk is full" in err
+
+
+def test_preset_d2l_gives_d2ls_run_and_other_options_override_it(monkeypatch):
+    from dataclasses import asdict
+    from bertpretrain.recipe import PRESETS, PretrainOptions
+    seen = []
+    monkeypatch.setattr(cli, "run_pretraining", lambda options: seen.append(options) or {"interrupted": False})
+    assert cli.pretrain_main(["--preset", "d2l", "--seed", "3"]) == 0
+    assert cli.pretrain_main(["--preset", "d2l", "--num-steps", "7", "--lr", "0.5"]) == 0
+    assert cli.pretrain_main([]) == 0
+    d2l, changed, default = (asdict(options) for options in seen)
+    assert {name: d2l[name] for name in PRESETS["d2l"]} == PRESETS["d2l"]
+    assert PRESETS["d2l"]["num_steps"] == 50 and PRESETS["d2l"]["batch_size"] == 512 and PRESETS["d2l"]["lr"] == 0.01
+    assert d2l["seed"] == 3
+    assert changed == dict(asdict(seen[0]), seed=0, num_steps=7, lr=0.5)
+    assert default == asdict(PretrainOptions())

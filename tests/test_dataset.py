@@ -179,3 +179,47 @@ def test_shards_split_each_epoch_into_disjoint_equal_parts(wiki_dir):
     assert not (rows[0] & rows[1]) and not (rows[1] & rows[2]) and not (rows[0] & rows[2])
     with pytest.raises(ValueError, match="shard index"):
         shards[0].shard(3, 3)
+
+
+def _sample_path():
+    import os
+    from bertpretrain.data import download_extract
+    return os.path.join(download_extract("wikitext-2-sample"), "wiki.train.tokens")
+
+
+def test_dynamic_pairs_draw_new_labels_and_negatives_each_epoch():
+    options = dict(seed=3, dynamic_masking=True, truncate_pairs=True)
+    dataset, _ = build_dataset(_sample_path(), 64, dynamic_pairs=True, **options)
+    everything = np.arange(len(dataset))
+    first, second = dataset.batch(everything, 0), dataset.batch(everything, 1)
+    assert len(first.nsp_labels) == len(second.nsp_labels) == len(dataset)
+    assert 0.1 < (first.nsp_labels != second.nsp_labels).mean() < 0.9  # new labels, about half of them change
+    pairs0, pairs1 = dataset.epoch_pairs(0), dataset.epoch_pairs(1)
+    np.testing.assert_array_equal(pairs0.a_start, pairs1.a_start)  # the same first sentences, in order
+    negatives = (pairs0.is_next == 0) & (pairs1.is_next == 0)
+    assert (pairs0.b_start[negatives] != pairs1.b_start[negatives]).mean() > 0.9  # new negatives
+    assert (first.valid_lens <= 64).all() and (second.valid_lens <= 64).all()
+    # without the option, every epoch has the pairs of epoch 0
+    fixed, _ = build_dataset(_sample_path(), 64, **options)
+    np.testing.assert_array_equal(fixed.batch(everything, 1).nsp_labels, fixed.batch(everything, 0).nsp_labels)
+    np.testing.assert_array_equal(fixed.pairs.is_next, pairs0.is_next)  # epoch 0 is the same draw either way
+
+
+@pytest.mark.parametrize("options", [dict(dynamic_masking=True), dict(truncate_pairs=True)])
+def test_dynamic_pairs_need_dynamic_masks_and_truncation(options):
+    with pytest.raises(ValueError, match="dynamic_pairs=True .* needs dynamic_masking=True .* truncate_pairs=True"):
+        build_dataset(_sample_path(), 64, dynamic_pairs=True, **options)
+
+
+def test_drop_last_leaves_out_the_short_last_batch_only():
+    from bertpretrain.data import download_extract
+    folder = download_extract("wikitext-2-sample")
+    kept, _ = load_data_wiki(100, 64, data_dir=folder, seed=2)
+    n = len(kept.dataset)
+    assert n % 100, "the sample must leave a short last batch"
+    dropped, _ = load_data_wiki(100, 64, data_dir=folder, seed=2, drop_last=True)
+    sizes = [batch.tokens.shape[0] for batch in dropped]
+    assert sizes == [100] * (n // 100) == [100] * len(dropped)
+    assert [b.tokens.shape[0] for b in kept][-1] == n % 100
+    with pytest.raises(ValueError, match=f"drop_last=True with batch_size={n + 1} leaves no batch of the {n} "):
+        load_data_wiki(n + 1, 64, data_dir=folder, seed=2, drop_last=True)

@@ -111,6 +111,11 @@ def test_a_model_huggingface_cannot_express_is_refused(tmp_path, word_vocab):
     assert not (tmp_path / "out").exists(), "something was written for a refused model"
     with pytest.raises(ValueError, match="vocab_size is 1234"):
         export_huggingface(_model(1234, True), word_vocab, str(tmp_path / "out"))
+    pre_ln = BERTModel(len(word_vocab), activation="gelu", embedding_layer_norm=True, pre_layer_norm=True)
+    pre_ln.initialize()
+    with pytest.raises(ValueError, match="pre-LN .*--architecture bert"):
+        export_huggingface(pre_ln, word_vocab, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_import_errors_and_model_only_folders(tmp_path, word_vocab, caplog):

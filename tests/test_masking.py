@@ -1,4 +1,6 @@
 """Masked-LM statistics over many draws: what is chosen, how many, and what replaces it."""
+import os
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,37 @@ def test_masking_on_real_corpus(wiki_dir):
     random_word = (replaced != MASK_ID) & (replaced != original[chosen])
     assert abs(random_word.mean() - 0.1) < 0.01
     assert replaced[random_word].min() >= NUM_RESERVED
+
+
+def test_excluded_candidates_are_never_chosen_and_cap_the_count():
+    rng = np.random.default_rng(4)
+    a_len, b_len = np.array([3, 4, 2]), np.array([4, 3, 2])
+    excluded = np.zeros((3, 7), dtype=bool)
+    excluded[0, [0, 5]] = True      # words 0 and 5 of row 0: positions 1 and 7
+    excluded[2, :3] = True          # row 2 keeps only word 3 (position 5)
+    for _ in range(200):
+        positions, counts = choose_mlm_positions(a_len, b_len, 3, rng, excluded)
+        assert counts.tolist() == [2, 2, 1]
+        assert not {1, 7} & set(positions[0, :2].tolist())
+        assert positions[2].tolist() == [5, 0, 0]
+    every = np.ones((3, 7), dtype=bool)
+    positions, counts = choose_mlm_positions(a_len, b_len, 3, rng, every)
+    assert counts.tolist() == [0, 0, 0] and (positions == 0).all()
+
+
+def test_unk_targets_false_never_predicts_unk():
+    from bertpretrain.data import UNK_ID, download_extract
+    path = os.path.join(download_extract("wikitext-2-sample"), "wiki.train.tokens")
+    with_unk, _ = build_dataset(path, 64, seed=5)
+    without, _ = build_dataset(path, 64, seed=5, unk_targets=False)
+    everything = np.arange(len(with_unk))
+    before, after = with_unk.batch(everything), without.batch(everything)
+    targets = before.mlm_weights.astype(bool)
+    assert (before.mlm_labels[targets] == UNK_ID).mean() > 0.05  # the sample has <unk> targets to avoid
+    kept = after.mlm_weights.astype(bool)
+    assert not (after.mlm_labels[kept] == UNK_ID).any()
+    assert kept.sum() > 0.95 * targets.sum()  # examples with few other words give up slots, not many
+    # an <unk> is then never replaced either: every <unk> of the input is still there
+    np.testing.assert_array_equal(after.tokens == UNK_ID,
+                                  without._tokens_at(without.pairs, np.broadcast_to(np.arange(64), after.tokens.shape))
+                                  == UNK_ID)

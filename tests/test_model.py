@@ -381,3 +381,48 @@ def test_get_bert_encoding_encodes_a_sentence_and_a_pair():
     assert single.shape == (1, 6, TINY["num_hiddens"])
     pair = get_bert_encoding(net, ["a", "crane", "driver", "came"], ["he", "just", "left"], vocab=vocab)
     assert pair.shape == (1, 10, TINY["num_hiddens"])
+
+
+def test_pre_layer_norm_layers_compute_x_plus_sublayer_of_layer_norm():
+    from bertpretrain.model.encoder import TransformerEncoderLayer
+    from bertpretrain.model import ops
+    config = BERTConfig(VOCAB, **dict(TINY, dropout=0.0), pre_layer_norm=True)
+    op_layer = ops.for_backend()
+    layer = TransformerEncoderLayer(config, op_layer)
+    mx.random.seed(5)
+    layer.initialize(init.Normal(0.5))
+    for name, param in layer.collect_params().items():  # LayerNorm scales and shifts away from 1 and 0
+        if "gamma" in name or "beta" in name:
+            param.set_data(np.random.normal(size=param.shape))
+    x = np.random.normal(size=(2, 6, TINY["num_hiddens"]))
+    mask = op_layer.attention_mask(mx.nd, np.array([6, 3], dtype="int32"), np.arange(6).astype("int32"))
+    got = layer(x, mask).asnumpy()
+
+    def norm(block, a):
+        mean, var = a.mean(-1, keepdims=True), a.var(-1, keepdims=True)
+        return (a - mean) / onp.sqrt(var + config.layer_norm_eps) * block.gamma.data().asnumpy() + \
+            block.beta.data().asnumpy()
+
+    def dense(block, a):
+        return a @ block.weight.data().asnumpy().T + block.bias.data().asnumpy()
+
+    xs = x.asnumpy()
+    h = xs + layer.attention(np.array(norm(layer.attention_norm, xs)), mask).asnumpy()
+    expected = h + dense(layer.ffn_out, onp.maximum(dense(layer.ffn_in, norm(layer.ffn_norm, h)), 0))
+    onp.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    post = TransformerEncoderLayer(BERTConfig(VOCAB, **dict(TINY, dropout=0.0)), op_layer)  # same weights, post-LN
+    post.initialize()
+    for mine, theirs in zip(post.collect_params().values(), layer.collect_params().values()):
+        mine.set_data(theirs.data())
+    assert not onp.allclose(post(x, mask).asnumpy(), expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("with_loss", [False, True])
+def test_pre_layer_norm_model_hybridizes_and_saves(tmp_path, with_loss):
+    test_hybridized_matches_imperative(dict(pre_layer_norm=True), with_loss)
+    net = make_net(pre_layer_norm=True)
+    folder = save_pretrained(net, str(tmp_path / "m"))
+    again = load_pretrained(folder)
+    assert again.config.pre_layer_norm
+    batch = make_batch()
+    onp.testing.assert_allclose(again(*batch[:4])[1].asnumpy(), net(*batch[:4])[1].asnumpy(), rtol=1e-6)

@@ -1,5 +1,7 @@
 """train_bert: device-count independence, learning, exact step counts, checkpoints and resumption."""
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,9 +206,38 @@ def test_evaluation_is_repeatable_and_reported_in_the_history():
     ({"resume": True}, "need checkpoint_dir"),
     ({"lr": 0}, "lr must be > 0"),
     ({"lr_decay": "cosine"}, "lr_decay must be"),
+    ({"initializer": "uniform"}, r"initializer must be one of \('xavier', 'bert'\), got 'uniform'"),
 ])
 def test_bad_arguments_fail_clearly(kwargs, message):
     train_iter, vocab = sample_loader()
     kwargs = {"devices": [mx.cpu()], **kwargs}
     with pytest.raises(ValueError, match=message):
         train_bert(train_iter, BERTModel(len(vocab), **TINY), progress=False, **kwargs)
+
+
+def test_bert_initializer_draws_weights_from_a_normal_of_std_002():
+    train_iter, vocab = sample_loader()
+    net = BERTModel(len(vocab), **TINY)
+    train_bert(train_iter, net, [mx.cpu()], 1, lr=1e-9, seed=1, progress=False, initializer="bert")
+    embedding = net.encoder.embeddings.token_embedding.weight.data().asnumpy()
+    assert embedding.std() == pytest.approx(0.02, rel=0.05)
+    assert abs(embedding.mean()) < 0.002
+    norm = net.encoder.layers[0].attention_norm
+    np.testing.assert_allclose(norm.gamma.data().asnumpy(), 1, atol=1e-6)  # LayerNorm keeps its own init
+    xavier = BERTModel(len(vocab), **TINY)
+    train_bert(train_iter, xavier, [mx.cpu()], 1, lr=1e-9, seed=1, progress=False)
+    weight = xavier.encoder.layers[0].ffn_in.weight.data().asnumpy()  # Xavier: uniform, bound sqrt(3/fan_avg)
+    assert np.abs(weight).max() > 0.1
+
+
+def test_logged_rate_covers_every_step_since_the_last_line(caplog):
+    train_iter, vocab = sample_loader(batch_size=16)
+    net = BERTModel(len(vocab), dropout=0.0, **TINY)
+    with caplog.at_level(logging.INFO, logger="bertpretrain.train.loop"):
+        history = train_bert(train_iter, net, [mx.cpu()], 4, seed=1, progress=False, log_interval=2)
+    logged = [float(re.search(r"([0-9.]+) seq/s", r.getMessage()).group(1)) for r in caplog.records
+              if "seq/s" in r.getMessage()]
+    per_step = history["seq_per_sec"]
+    # Over steps 1-2 the rate is 32 sequences over the two steps' time: the harmonic mean of the rates.
+    for line, steps in zip(logged, (per_step[0:2], per_step[2:4])):
+        assert line == pytest.approx(len(steps) / sum(1 / r for r in steps), rel=0.02, abs=1)

@@ -10,12 +10,15 @@ from . import distributed
 from .data import DataError, DownloadError
 from .train import NonFiniteLossError
 from .train.checkpoint import CheckpointError
-from .recipe import PretrainOptions, run_pretraining
+from .recipe import ARCHITECTURES, PRESETS, PretrainOptions, run_pretraining
 
 
 def add_pretrain_arguments(parser):
     """The options of ``bertpretrain pretrain`` (and of ``examples/pretrain_wikitext2.py``)."""
     defaults = PretrainOptions()
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="start from a preset's options instead of the defaults (d2l: d2l's published run, "
+                             "50 steps, batch 512, lr 0.01); the other options given override it")
     parser.add_argument("--dataset", default=defaults.dataset,
                         help="DATA_HUB dataset to download (wikitext-2, wikitext-103, wikitext-2-sample)")
     parser.add_argument("--data-dir", help="folder already holding wiki.train.tokens and wiki.valid.tokens "
@@ -51,9 +54,11 @@ def add_pretrain_arguments(parser):
                         help="ids of the WordPiece vocabulary trained with --tokenizer wordpiece")
     parser.add_argument("--whole-word-masking", action="store_true",
                         help="mask all pieces of a chosen word together (WordPiece)")
-    parser.add_argument("--architecture", choices=("d2l", "bert"), default=defaults.architecture,
-                        help="d2l's small BERT, or BERT's layout (GELU, LayerNorm after the embeddings, tied "
-                             "MLM decoder), which 'bertpretrain export-hf' can export to Hugging Face")
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=defaults.architecture,
+                        help="the layout of d2l's small BERT: d2l's own; bert, BERT's (GELU, LayerNorm after the "
+                             "embeddings, tied MLM decoder), which 'bertpretrain export-hf' exports to Hugging "
+                             "Face; bert-preln (the default), BERT's with pre-LN layers, which learns best in a "
+                             "short run but does not export")
     parser.add_argument("--init-from-hf", metavar="DIR",
                         help="start from a Hugging Face BERT folder (model.safetensors and its tokenizer) "
                              "instead of a fresh model; its sizes and tokenizer are used")
@@ -83,8 +88,11 @@ def pretrain_main(argv=None, prog=None):
     """Parse ``pretrain`` options and run the recipe; return the exit status (130 when interrupted)."""
     parser = add_pretrain_arguments(argparse.ArgumentParser(prog=prog, description=__doc__))
     args = parser.parse_args(argv)
+    if args.preset:
+        parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
     try:
-        options = PretrainOptions(**vars(args))
+        options = PretrainOptions(**{name: value for name, value in vars(args).items() if name != "preset"})
     except ValueError as error:  # a bad value: a usage message and exit status 2, as argparse gives
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -112,7 +120,7 @@ def pretrain_main(argv=None, prog=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"pretrain": "pretrain BERT on WikiText (d2l's run by default)",
+    commands = {"pretrain": "pretrain BERT on WikiText (--preset d2l: d2l's run)",
                 "launch": "start distributed training with MXNet's parameter server",
                 "export-hf": "write a trained model as a Hugging Face (transformers) BERT folder"}
     if not argv or argv[0] not in commands:

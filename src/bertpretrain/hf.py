@@ -139,6 +139,10 @@ def export_huggingface(net, vocab_or_tokenizer, folder):
                          "BERT always applies, so it cannot be exported exactly: train with "
                          "embedding_layer_norm=True (BERTModel(..., embedding_layer_norm=True), or "
                          "'bertpretrain pretrain --architecture bert')")
+    if config.pre_layer_norm:
+        raise ValueError("this model has pre-LN layers (LayerNorm before each sublayer), while Hugging Face's BERT "
+                         "is post-LN, so it cannot be exported exactly: train with pre_layer_norm=False "
+                         "('bertpretrain pretrain --architecture bert')")
     if len(vocab_or_tokenizer) != config.vocab_size:
         raise ValueError(f"the tokenizer has {len(vocab_or_tokenizer)} ids but the model's vocab_size is "
                          f"{config.vocab_size}: pass the vocabulary the model was trained with")

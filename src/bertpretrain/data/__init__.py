@@ -11,13 +11,13 @@ from .errors import DataError, DownloadError
 from .loader import PretrainingLoader, build_dataset, load_data_wiki
 from .masking import (choose_mlm_positions, choose_whole_word_positions, num_mlm_predictions, num_mlm_slots,
                       replace_masked_tokens)
-from .pairs import SentencePairs, get_tokens_and_segments, make_nsp_pairs, truncate_pair_lengths
+from .pairs import EpochPairs, SentencePairs, get_tokens_and_segments, make_nsp_pairs, truncate_pair_lengths
 from .tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece, word_level_tokenizer
 from .vocab import (CLS, CLS_ID, MASK, MASK_ID, NUM_RESERVED, PAD, PAD_ID, RESERVED_TOKENS, SEP, SEP_ID, UNK,
                     UNK_ID, Vocab)
 
 __all__ = [
-    "DATA_HUB", "DatasetEntry", "DataError", "DownloadError", "PretrainingBatch", "PretrainingDataset",
+    "DATA_HUB", "DatasetEntry", "DataError", "DownloadError", "EpochPairs", "PretrainingBatch", "PretrainingDataset",
     "PretrainingLoader", "SentencePairs", "EncodedCorpus", "Vocab", "build_dataset", "cache_root",
     "iter_paragraphs", "load_encoded_corpus", "split_file",
     "choose_mlm_positions", "download_extract", "get_tokens_and_segments", "load_data_wiki", "make_nsp_pairs",

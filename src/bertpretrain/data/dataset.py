@@ -5,9 +5,10 @@ import numpy as np
 from mxnet import gluon
 
 from . import seeding
-from .masking import choose_mlm_positions, choose_whole_word_positions, num_mlm_slots, replace_masked_tokens
+from .masking import (candidate_positions, choose_mlm_positions, choose_whole_word_positions, num_mlm_slots,
+                      replace_masked_tokens)
 from .pairs import NUM_PAIR_SPECIALS, SentencePairs
-from .vocab import CLS_ID, PAD_ID, SEP_ID
+from .vocab import CLS_ID, PAD_ID, SEP_ID, UNK_ID
 
 # dtypes the model and the losses take as they are (integer lengths for the length-aware softmax).
 BATCH_DTYPES = {"tokens": np.int32, "segments": np.int32, "valid_lens": np.int32,
@@ -56,9 +57,20 @@ class PretrainingDataset(gluon.data.Dataset):
         continuation: (vocab_size,) bool, True for ids of pieces that continue a word (WordPiece's
             ``##`` pieces): with it, all pieces of a chosen word are masked together (whole-word
             masking); None masks tokens independently.
+        unk_targets: False never chooses a ``<unk>`` word as an MLM target (predicting ``<unk>``
+            teaches nothing); True (d2l) treats it as any word.
+        epoch_pairs: with dynamic masking, an :class:`~bertpretrain.data.pairs.EpochPairs` giving each
+            epoch its own pairs (``pairs`` must be its epoch 0); None: ``pairs`` every epoch (d2l).
     """
 
-    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False, continuation=None):
+    def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False, unk_targets=True,
+                 epoch_pairs=None, continuation=None):
+        if continuation is not None and not unk_targets:
+            raise ValueError("unk_targets=False is for word-level vocabularies; whole-word masking (continuation) "
+                             "chooses whole words and cannot leave <unk> pieces out: use one or the other")
+        if epoch_pairs is not None and not dynamic_masking:
+            raise ValueError("new pairs every epoch (dynamic_pairs) need dynamic_masking=True: with static masks "
+                             "the masks of an example would not follow its new pair")
         if len(pairs) and int(pairs.lengths().max()) > max_len:
             raise ValueError(f"a pair has {int(pairs.lengths().max())} tokens, more than max_len={max_len}")
         self.token_ids = np.asarray(token_ids, dtype=np.int32)
@@ -69,6 +81,8 @@ class PretrainingDataset(gluon.data.Dataset):
         self.seed = seed
         self.dynamic_masking = dynamic_masking
         self.continuation = None if continuation is None else np.asarray(continuation, dtype=bool)
+        self.unk_targets = unk_targets
+        self.epoch_pairs = epoch_pairs
 
     def __len__(self):
         return len(self.pairs)
@@ -80,13 +94,13 @@ class PretrainingDataset(gluon.data.Dataset):
         """Masks of the examples ``indices``: (n, P) positions (0 = padding slot), validity and the ids to put there."""
         key = (seeding.DYNAMIC_MASKS, epoch) if self.dynamic_masking else (seeding.STATIC_MASKS,)
         rng = seeding.KeyedRandom(self.seed, key, indices)
+        width = int((pairs.a_len + pairs.b_len).max(initial=0))
+        candidates = self._tokens_at(pairs, candidate_positions(pairs.a_len, width))  # (n, width) ids of "a b"
         if self.continuation is None:
-            positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng)
+            excluded = None if self.unk_targets else candidates == UNK_ID
+            positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng, excluded)
         else:
-            width = int((pairs.a_len + pairs.b_len).max(initial=0))
-            pieces = np.arange(width)
-            pieces = np.where(pieces < pairs.a_len[:, None], pieces + 1, pieces + 2)  # piece j -> its position
-            word_start = ~self.continuation[self._tokens_at(pairs, pieces)]
+            word_start = ~self.continuation[candidates]
             positions, counts = choose_whole_word_positions(pairs.a_len, pairs.b_len, word_start,
                                                             self.num_slots, rng)
         valid = np.arange(self.num_slots) < counts[:, None]
@@ -108,10 +122,11 @@ class PretrainingDataset(gluon.data.Dataset):
     def batch(self, indices, epoch=0):
         """Mask and pad the examples ``indices`` ((B,) ints) into a :class:`PretrainingBatch` of numpy arrays.
 
-        ``epoch`` keys the masks when masking is dynamic (ignored otherwise).
+        ``epoch`` keys the masks when masking is dynamic, and the pairs with ``epoch_pairs`` (ignored otherwise).
         """
         indices = np.asarray(indices)
-        pairs = SentencePairs(*(field[indices] for field in self.pairs))
+        source = self.pairs if self.epoch_pairs is None else self.epoch_pairs(epoch)
+        pairs = SentencePairs(*(field[indices] for field in source))
         positions, valid, replacements = self._draw_masks(indices, pairs, epoch)
 
         tokens = self._tokens_at(pairs, np.broadcast_to(np.arange(self.max_len), (len(indices), self.max_len)))

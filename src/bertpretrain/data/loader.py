@@ -11,9 +11,9 @@ from .cache import load_encoded_corpus
 from .corpus import split_file
 from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
-from .pairs import make_nsp_pairs
-from .vocab import UNK_ID
+from .pairs import EpochPairs, make_nsp_pairs
 from .tokenizer import load_tokenizer
+from .vocab import UNK_ID
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +47,15 @@ class PretrainingLoader:
 
     Each ``iter()`` starts the next epoch (also after a ``break``): examples in a fresh order drawn from ``(seed, epoch)`` (in
     order when ``shuffle`` is False), the last batch smaller when the batch size does not divide the
-    dataset. :meth:`state_dict` / :meth:`load_state_dict` save and restore the position (epoch and
+    dataset, or left out with ``drop_last`` (its examples come in other epochs' batches when
+    shuffled). :meth:`state_dict` / :meth:`load_state_dict` save and restore the position (epoch and
     batches already given), so an interrupted run can resume exactly where it stopped.
 
     For data-parallel training over several processes, :meth:`shard` makes each process read its
     own share of every epoch.
     """
 
-    def __init__(self, dataset, batch_size, shuffle=True, num_workers=0):
+    def __init__(self, dataset, batch_size, shuffle=True, num_workers=0, drop_last=False):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
@@ -63,6 +64,10 @@ class PretrainingLoader:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.num_workers = int(num_workers)
+        self.drop_last = bool(drop_last)
+        if self.drop_last and len(dataset) < self.batch_size:
+            raise ValueError(f"drop_last=True with batch_size={self.batch_size} leaves no batch of the "
+                             f"{len(dataset)} examples: lower batch_size or pass drop_last=False")
         self._next_epoch = 0        # the epoch a fresh iter() starts
         self._position = (0, 0)     # (epoch, batches given): just after the last batch given
         self._resume = False        # True after load_state_dict: the next iter() starts at _position
@@ -86,13 +91,14 @@ class PretrainingLoader:
         return len(self.dataset) // self.num_shards
 
     def __len__(self):
-        return math.ceil(self._examples_per_epoch() / self.batch_size)
+        batches = self._examples_per_epoch() / self.batch_size
+        return math.floor(batches) if self.drop_last else math.ceil(batches)
 
     def _epoch_batches(self, epoch):
         order = (seeding.stream(self.dataset.seed, seeding.EPOCH_ORDER, epoch).permutation(len(self.dataset))
                  if self.shuffle else np.arange(len(self.dataset)))
         order = order[self.shard_index:self._examples_per_epoch() * self.num_shards:self.num_shards]
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
 
     def __iter__(self):
         epoch, first = self._position if self._resume else (self._next_epoch, 0)
@@ -136,7 +142,8 @@ def _warn_if_foreign(path, token_ids, vocab):
 
 
 def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False, cache="auto", cache_dir=None, tokenizer=None, whole_word_masking=False):
+                  truncate_pairs=False, unk_targets=True, dynamic_pairs=False, cache="auto", cache_dir=None,
+                  tokenizer=None, whole_word_masking=False):
     """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
 
     The vocabulary is counted from this split unless ``vocab`` is given, or ``tokenizer`` (see
@@ -152,6 +159,9 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
                          f"got {max_len!r}")
     if not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
         raise ValueError(f"min_freq must be an integer >= 1, got {min_freq!r}")
+    if dynamic_pairs and not (dynamic_masking and truncate_pairs):
+        raise ValueError("dynamic_pairs=True draws new pairs every epoch: it needs dynamic_masking=True (new masks "
+                         "for the new pairs) and truncate_pairs=True (the same number of examples every epoch)")
     seed = seeding.resolve_seed(seed)
     given = vocab
     corpus, vocab = load_encoded_corpus(path, vocab, min_freq, cache, cache_dir)
@@ -161,10 +171,13 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
         raise ValueError(f"the vocabulary of {path} has no word seen at least min_freq={min_freq} times; "
                          "lower min_freq or use a larger corpus")
     starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
-    pairs = make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
-                           truncate=truncate_pairs, path=path, sentence_starts=starts)
+    epoch_pairs = EpochPairs(lengths, paragraph_sizes, max_len, seed, starts, path) if dynamic_pairs else None
+    pairs = (epoch_pairs(0) if dynamic_pairs else
+             make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
+                            truncate=truncate_pairs, path=path, sentence_starts=starts))
     continuation = getattr(vocab, "continuation", None) if whole_word_masking else None
-    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, continuation)
+    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, unk_targets,
+                                 epoch_pairs, continuation)
     logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
                 len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
@@ -172,12 +185,12 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
                    min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, cache="auto", cache_dir=None, verify=False, tokenizer=None,
-                   whole_word_masking=False):
+                   truncate_pairs=False, unk_targets=True, dynamic_pairs=False, drop_last=False, cache="auto",
+                   cache_dir=None, verify=False, tokenizer=None, whole_word_masking=False):
     """Pretraining batches of a WikiText split, and its vocabulary (or tokenizer).
 
     Args:
-        batch_size: examples per batch (the last batch of an epoch may be smaller).
+        batch_size: examples per batch (the last batch of an epoch may be smaller, see ``drop_last``).
         max_len: tokens per example, ``[CLS]`` and ``[SEP]`` included.
         dataset: a name in :data:`~bertpretrain.data.DATA_HUB`, downloaded and verified on first use.
         split: ``'train'``, ``'valid'`` or ``'test'``: reads ``wiki.<split>.tokens``.
@@ -185,10 +198,15 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         min_freq: least count of a word to get its own id (others become ``<unk>``).
         seed: seed of every random choice (None: fresh randomness).
         shuffle: a new example order every epoch.
+        drop_last: leave out each epoch's last batch when it is short, so every step has ``batch_size``
+            examples (False: keep it, as d2l).
         num_workers: worker processes preparing batches (0: in this process).
         dynamic_masking: new masks every epoch (RoBERTa) rather than once (d2l, the default).
         vocab: a :class:`Vocab` to reuse (e.g. the training one when loading the validation split).
         truncate_pairs: shorten pairs longer than ``max_len`` instead of dropping them.
+        unk_targets: False never chooses a ``<unk>`` word as an MLM target (True: any word, as d2l).
+        dynamic_pairs: new NSP pairs and negatives every epoch (needs ``dynamic_masking`` and
+            ``truncate_pairs``), so that they cannot be memorised; False: drawn once (d2l).
         cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (files >= 32 MB).
         cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
             user's cache folder).
@@ -206,6 +224,7 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
     if data_dir is None:
         data_dir = download_extract(dataset, cache_dir=cache_dir, verify=verify)
     data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
-                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs, cache=cache,
+                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
+                                unk_targets=unk_targets, dynamic_pairs=dynamic_pairs, cache=cache,
                                 cache_dir=cache_dir, tokenizer=tokenizer, whole_word_masking=whole_word_masking)
-    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers), vocab
+    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last), vocab

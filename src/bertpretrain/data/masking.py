@@ -1,9 +1,10 @@
 """Masked-language-model targets, drawn for many examples at once with numpy.
 
 For an example of L tokens (specials included), ``max(1, round(0.15 * L))`` positions are chosen
-uniformly among all positions but ``[CLS]`` and the two ``[SEP]``. Each chosen token becomes
-``[MASK]`` with probability 0.8, a uniformly random real word (never ``<unk>`` or another
-reserved token) with probability 0.1, and stays unchanged otherwise. Positions are sorted.
+uniformly among all positions but ``[CLS]`` and the two ``[SEP]`` (and, as an option, the
+``<unk>`` words). Each chosen token becomes ``[MASK]`` with probability 0.8, a uniformly random
+real word (never ``<unk>`` or another reserved token) with probability 0.1, and stays unchanged
+otherwise. Positions are sorted.
 """
 import numpy as np
 
@@ -22,13 +23,23 @@ def num_mlm_predictions(lengths):
     return np.maximum(1, np.round(MASK_RATE * np.asarray(lengths))).astype(np.int64)
 
 
-def choose_mlm_positions(a_len, b_len, num_slots, rng):
+def candidate_positions(a_len, width):
+    """(E, width) token position of candidate j of each example: word j of "a b" (1..a_len, then after a's [SEP])."""
+    j = np.arange(width)
+    return np.where(j < np.asarray(a_len)[:, None], j + 1, j + 2)
+
+
+def choose_mlm_positions(a_len, b_len, num_slots, rng, excluded=None):
     """Choose the positions to predict in each ``[CLS] a [SEP] b [SEP]`` example.
 
     Args:
         a_len, b_len: (E,) lengths of the two sentences.
         num_slots: width of the output; must be >= every example's number of predictions.
         rng: a ``numpy.random.Generator`` or a :class:`~bertpretrain.data.seeding.KeyedRandom`.
+        excluded: optional (E, max(a_len + b_len)) bool, True for candidates (words of "a b", see
+            :func:`candidate_positions`) never to choose, e.g. the ``<unk>`` words: predicting them
+            teaches nothing. An example then gets at most as many predictions as it has other words
+            (possibly none). The random numbers drawn are the same with or without it.
     Returns:
         positions (E, num_slots) int64, sorted ascending in each row's first n entries and 0 after;
         counts (E,) int64, n = the number of real predictions of each row.
@@ -41,19 +52,22 @@ def choose_mlm_positions(a_len, b_len, num_slots, rng):
         raise ValueError(f"num_slots={num_slots} is smaller than the {counts.max()} predictions an example needs")
     num_candidates = a_len + b_len
     width = int(num_candidates.max())
+    allowed = np.arange(width) < num_candidates[:, None]
+    if excluded is not None:
+        allowed &= ~np.asarray(excluded, dtype=bool)[:, :width]
+        counts = np.minimum(counts, allowed.sum(axis=1))
     # Candidate j of a row is word j of "a b". Each gets a random key with j in its low bits; sorting
     # the packed uint32 keys per row (much faster than argsort) ranks the candidates in a uniformly
     # random order (keys tie with probability < 1e-4 per row; a tie keeps the lower j first).
-    # Keys past a row's end are all ones, so they sort last.
+    # Keys past a row's end (or excluded) are all ones, so they sort last.
     index_bits = max(1, (width - 1).bit_length())
     keys = rng.integers(0, 1 << (32 - index_bits), size=(len(a_len), width), dtype=np.uint32)
     keys = (keys << np.uint32(index_bits)) | np.arange(width, dtype=np.uint32)
-    keys[np.arange(width) >= num_candidates[:, None]] = np.iinfo(np.uint32).max
+    keys[~allowed] = np.iinfo(np.uint32).max
     k = min(num_slots, width)
     ranked = (np.sort(keys, axis=1)[:, :k] & np.uint32((1 << index_bits) - 1)).astype(np.int64)
     chosen = np.arange(k) < counts[:, None]
-    # Candidate j -> token position: words of a sit at 1..a_len, words of b after a's [SEP].
-    positions = np.where(ranked < a_len[:, None], ranked + 1, ranked + 2)
+    positions = np.where(ranked < a_len[:, None], ranked + 1, ranked + 2)  # candidate_positions, per rank
     positions = np.sort(np.where(chosen, positions, np.iinfo(np.int64).max), axis=1)
     positions[~chosen] = 0
     out = np.zeros((len(a_len), num_slots), dtype=np.int64)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import seeding
 from .errors import DataError
 from .vocab import CLS, SEP
 
@@ -105,3 +106,29 @@ def make_nsp_pairs(sentence_lengths, paragraph_sizes, max_len, rng, truncate=Fal
                             "tokens with [CLS] and two [SEP]; raise max_len or pass truncate_pairs=True")
     return SentencePairs(sentence_start[a][keep], a_len[keep], sentence_start[b][keep], b_len[keep],
                          is_next[keep].astype(np.int64))
+
+
+class EpochPairs:
+    """Next-sentence pairs drawn anew for every epoch, so that a model cannot memorise them.
+
+    ``pairs(epoch)`` gives that epoch's :class:`SentencePairs` (the last one is kept), drawn by
+    :func:`make_nsp_pairs` from the stream ``(seed, NSP_PARTNERS, epoch)``: new labels and new
+    negatives, every epoch (epoch 0 has the pairs drawn once without this option). Pairs that do
+    not fit ``max_len`` are truncated, never dropped, so every epoch has the same number of
+    examples, one per sentence with a successor, in the same order.
+    The arguments are those of :func:`make_nsp_pairs`, and the data's ``seed``.
+    """
+
+    def __init__(self, sentence_lengths, paragraph_sizes, max_len, seed, sentence_starts=None, path="the corpus"):
+        self._args = (sentence_lengths, paragraph_sizes, max_len)
+        self._seed, self._starts, self._path = seed, sentence_starts, path
+        self._epoch, self._pairs = None, None
+
+    def __call__(self, epoch):
+        if epoch != self._epoch:
+            key = (seeding.NSP_PARTNERS,) if epoch == 0 else (seeding.NSP_PARTNERS, epoch)
+            rng = seeding.stream(self._seed, *key)
+            self._pairs = make_nsp_pairs(*self._args, rng, truncate=True, path=self._path,
+                                         sentence_starts=self._starts)
+            self._epoch = epoch
+        return self._pairs

@@ -33,6 +33,9 @@ class BERTConfig:
         embedding_layer_norm: LayerNorm and dropout after summing the three embeddings (BERT).
         tie_mlm_weights: use the token embedding matrix as the MLM output projection (BERT).
         layer_norm_eps: epsilon of every LayerNorm.
+        pre_layer_norm: pre-LN transformer layers, ``x + Drop(Sublayer(LN(x)))``, known to train
+            stably at higher learning rates (Xiong et al., 2020); False: post-LN, as BERT and d2l.
+            The original BERT (and Hugging Face's ``BertModel``) cannot express it.
     """
 
     vocab_size: int
@@ -47,6 +50,7 @@ class BERTConfig:
     embedding_layer_norm: bool = False
     tie_mlm_weights: bool = False
     layer_norm_eps: float = 1e-5
+    pre_layer_norm: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",

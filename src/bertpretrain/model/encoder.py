@@ -36,6 +36,7 @@ class BERTEmbeddings(HybridBlock):
 class TransformerEncoderLayer(HybridBlock):
     """One post-LN transformer layer: x = LN(x + Drop(SelfAttn(x))); x = LN(x + Drop(FFN(x))).
 
+    With ``config.pre_layer_norm``: x = x + Drop(SelfAttn(LN(x))); x = x + Drop(FFN(LN(x))).
     ``x`` (B, T, H) and the batch's :class:`~bertpretrain.model.ops.AttentionMask` -> (B, T, H).
     ``ops`` is the model's op layer.
     """
@@ -44,6 +45,7 @@ class TransformerEncoderLayer(HybridBlock):
         super().__init__(**kwargs)
         self._ops = ops
         self._activation = config.activation
+        self._pre_layer_norm, self._dropout = config.pre_layer_norm, config.dropout
         self.attention = MultiHeadSelfAttention(config.num_hiddens, config.num_heads, config.dropout,
                                                 ops)
         self.attention_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops,
@@ -53,6 +55,11 @@ class TransformerEncoderLayer(HybridBlock):
         self.ffn_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops, config.dropout)
 
     def hybrid_forward(self, F, x, mask):
+        if self._pre_layer_norm:
+            ops = self._ops
+            x = ops.add(F, x, ops.dropout(F, self.attention(self.attention_norm(x), mask), self._dropout))
+            ffn = self.ffn_out(ops.activation(F, self.ffn_in(self.ffn_norm(x)), self._activation))
+            return ops.add(F, x, ops.dropout(F, ffn, self._dropout))
         x = self.attention_norm(self.attention(x, mask), x)
         return self.ffn_norm(self.ffn_out(self._ops.activation(F, self.ffn_in(x), self._activation)),
                              x)

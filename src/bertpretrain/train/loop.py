@@ -98,12 +98,26 @@ def _stop_on_ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
-def _place_parameters(model, devices, seed):
-    """Initialise (Xavier, seeded) any uninitialised parameter and put all of them on ``devices``."""
+INITIALIZERS = ("xavier", "bert")
+
+
+def make_initializer(name):
+    """The initializer of the weights named ``name``: ``'xavier'`` (d2l: Xavier uniform) or ``'bert'``
+    (the original BERT: normal with standard deviation 0.02). Biases and LayerNorm shifts start at 0 and
+    LayerNorm scales at 1 either way (their own initializers)."""
+    if name == "xavier":
+        return init.Xavier()
+    if name == "bert":
+        return init.Normal(0.02)
+    raise ValueError(f"initializer must be one of {INITIALIZERS}, got {name!r}")
+
+
+def _place_parameters(model, devices, seed, initializer):
+    """Initialise (seeded) any uninitialised parameter and put all of them on ``devices``."""
     mx.random.seed(seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*already initialized")  # the user's own init is kept
-        model.initialize(init.Xavier(), ctx=devices)
+        model.initialize(make_initializer(initializer), ctx=devices)
     model.collect_params().reset_ctx(devices)
 
 
@@ -153,14 +167,15 @@ def _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir,
 def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimizer="adam", optimizer_params=None,
                warmup_steps=0, lr_decay="none", clip_gradient=None, use_nsp=True, eval_iter=None,
                eval_interval=None, checkpoint_dir=None, checkpoint_interval=None, keep_checkpoints=2,
-               resume=False, kvstore="device", progress=None, seed=None, vocab=None, log_interval=10):
+               resume=False, kvstore="device", progress=None, seed=None, vocab=None, log_interval=10,
+               initializer="xavier"):
     """Pretrain ``net`` on ``train_iter`` for exactly ``num_steps`` optimiser steps.
 
     Args:
         train_iter: batches (:class:`~bertpretrain.data.PretrainingBatch`), e.g. from ``load_data_wiki``;
             iterated over as many epochs as needed. A :class:`~bertpretrain.data.PretrainingLoader`
             also has its position saved in checkpoints, for exact resumption.
-        net: a :class:`~bertpretrain.model.BERTModel` (uninitialised parameters get Xavier).
+        net: a :class:`~bertpretrain.model.BERTModel` (uninitialised parameters get ``initializer``).
         devices: MXNet contexts (default: all GPUs, else the CPU; with Horovod, the GPU of the process's
             local rank). Each batch is split over them.
         num_steps: optimiser steps to reach (counted from the start, resumed steps included).
@@ -178,7 +193,10 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         progress: show a progress bar (None: only when the output is a terminal).
         seed: seeds initialisation and dropout (None: a random seed, logged).
         vocab: saved with each checkpoint so that it is self-contained.
-        log_interval: log a line through ``logging`` every this many steps (0 or None: the last step only).
+        log_interval: log a line through ``logging`` every this many steps (0 or None: the last step only),
+            with the sequences/s over those steps.
+        initializer: how uninitialised weights start: ``'xavier'`` (d2l) or ``'bert'`` (normal, std
+            0.02; see :func:`make_initializer`).
     Returns:
         :class:`TrainingHistory`: per-step ``step``, ``mlm_loss``, ``nsp_loss``, ``mlm_acc``, ``nsp_acc``,
         ``lr``, ``seq_per_sec``, and ``eval`` (a dict per evaluation, with its ``step``).
@@ -194,9 +212,10 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
     devices = list(devices) if devices else default_devices()
     _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir, checkpoint_interval, resume)
     schedule = LearningRateSchedule(lr, num_steps, warmup_steps, lr_decay)
+    make_initializer(initializer)  # a bad name fails before any work
     seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else int(seed)
     model = net if isinstance(net, BERTForPretraining) else BERTForPretraining(net)
-    _place_parameters(model, devices, seed)
+    _place_parameters(model, devices, seed, initializer)
     model.hybridize(static_alloc=True, static_shape=True)
     optimizer_params = {"learning_rate": schedule(1), **(optimizer_params or {})}
     params = _parameters_by_structure(model)
@@ -286,7 +305,8 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
     bar = tqdm(total=num_steps, initial=step, unit="step", disable=None if progress is None else not progress,
                dynamic_ncols=True)
     with _stop_on_ctrl_c() as stop_requested, bar, _token_ids_checked_on_host(model.bert) as check_ids:
-        tick = time.perf_counter()
+        tick = logged_since = time.perf_counter()
+        logged_sequences = 0
         while step < num_steps and not stop_requested.is_set():
             batch = next(batches)
             batch_size = batch.tokens.shape[0]
@@ -323,10 +343,12 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             distributed.report_progress(f"step {step}")
             bar.set_postfix(mlm=f"{metrics['mlm_loss']:.3f}", nsp=f"{metrics['nsp_loss']:.3f}",
                             seq_s=f"{history['seq_per_sec'][-1]:.0f}", refresh=False)
-            if (log_interval and step % log_interval == 0) or step == num_steps:
+            logged_sequences += batch_size
+            if (log_interval and step % log_interval == 0) or step == num_steps:  # the rate since the last line
                 logger.info("step %d/%d: mlm loss %.3f (acc %.3f), nsp loss %.3f (acc %.3f), lr %.3g, %.0f seq/s",
                             step, num_steps, metrics["mlm_loss"], metrics["mlm_acc"], metrics["nsp_loss"],
-                            metrics["nsp_acc"], trainer.learning_rate, history["seq_per_sec"][-1])
+                            metrics["nsp_acc"], trainer.learning_rate, logged_sequences / (now - logged_since))
+                logged_sequences, logged_since = 0, now
             if eval_iter is not None and eval_interval and step % eval_interval == 0 and step < num_steps:
                 evaluate()
             if checkpoint_interval and step % checkpoint_interval == 0 and step < num_steps:
