@@ -274,19 +274,18 @@ def test_verify_rehashes_files_whose_size_and_mtime_were_restored(register, serv
 
 
 def test_verify_data_flag_reaches_the_download(register, server, tmp_path, monkeypatch):
-    import argparse
-    from bertpretrain.cli import add_pretrain_arguments
-    from bertpretrain.recipe import PretrainOptions, _data_folder
+    from bertpretrain.cli import pretrain_options
+    from bertpretrain.recipe import _data_folder
     register("/wikitext-2-v1.zip")
     monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path))
-    args = add_pretrain_arguments(argparse.ArgumentParser()).parse_args(["--dataset", "test-wiki", "--verify-data"])
-    folder, _ = _data_folder(PretrainOptions(**vars(args)))
+    options = pretrain_options(["--dataset", "test-wiki", "--verify-data"])
+    folder, _ = _data_folder(options)
     path = os.path.join(folder, "wiki.test.tokens")
     info = os.stat(path)
     with open(path, "r+b") as f:
         f.write(b"X")
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-    assert _data_folder(PretrainOptions(**vars(args)))[0] == folder
+    assert _data_folder(options)[0] == folder
     assert server.requests == ["/wikitext-2-v1.zip"] * 2
     assert open(path, "rb").read(1) != b"X"
 

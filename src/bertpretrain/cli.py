@@ -84,17 +84,23 @@ def export_hf_main(argv=None, prog=None):
     return 0
 
 
-def pretrain_main(argv=None, prog=None):
-    """Parse ``pretrain`` options and run the recipe; return the exit status (130 when interrupted)."""
+def pretrain_options(argv=None, prog=None):
+    """The :class:`PretrainOptions` of ``pretrain``'s command line: a ``--preset``'s values, then the options
+    given. A bad value exits with a usage message and status 2, as argparse does."""
     parser = add_pretrain_arguments(argparse.ArgumentParser(prog=prog, description=__doc__))
     args = parser.parse_args(argv)
     if args.preset:
         parser.set_defaults(**PRESETS[args.preset])
         args = parser.parse_args(argv)
     try:
-        options = PretrainOptions(**{name: value for name, value in vars(args).items() if name != "preset"})
-    except ValueError as error:  # a bad value: a usage message and exit status 2, as argparse gives
+        return PretrainOptions(**{name: value for name, value in vars(args).items() if name != "preset"})
+    except ValueError as error:
         parser.error(str(error))
+
+
+def pretrain_main(argv=None, prog=None):
+    """Parse ``pretrain`` options and run the recipe; return the exit status (130 when interrupted)."""
+    options = pretrain_options(argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         with distributed.exit_on_error(options.kvstore):

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..files import TOKENIZER_FILE, atomic_write
 from .errors import DataError
-from .vocab import CLS, CLS_ID, MASK, NUM_RESERVED, PAD, RESERVED_TOKENS, SEP, SEP_ID, UNK, Vocab
+from .vocab import (CLS, CLS_ID, MASK, NUM_RESERVED, PAD, RESERVED_TOKENS, SEP, SEP_ID, UNK, TokenTable, Vocab,
+                    _TokenToId)
 
 CONTINUATION_PREFIX = "##"
 
@@ -46,7 +47,7 @@ def _wordpiece_pipeline(tk, model, lowercase):
     return tokenizer
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(TokenTable):
     """A ``tokenizers.Tokenizer`` whose reserved tokens sit at bertpretrain's ids, usable where a Vocab is.
 
     ``len(tok)`` is the vocabulary size; ``tok[token]`` / ``tok[list_of_tokens]`` look up ids (unknown
@@ -80,30 +81,10 @@ class WordPieceTokenizer:
         self.idx_to_token = [None] * tokenizer.get_vocab_size(with_added_tokens=True)
         for token, idx in vocab.items():
             self.idx_to_token[idx] = token
-        self.token_to_idx = vocab
+        self.token_to_idx = _TokenToId(vocab)
         prefix = model.get("continuing_subword_prefix", CONTINUATION_PREFIX)
         #: (V,) bool: True for pieces that continue a word (``##ing``), for whole-word masking.
         self.continuation = np.array([t.startswith(prefix) for t in self.idx_to_token], dtype=bool)
-
-    def __len__(self):
-        return len(self.idx_to_token)
-
-    def __getitem__(self, tokens):
-        """The id of a piece, or the list of ids of a list/tuple of pieces (unknown -> 0)."""
-        if isinstance(tokens, (list, tuple)):
-            return [self.token_to_idx.get(t, 0) for t in tokens]
-        return self.token_to_idx.get(tokens, 0)
-
-    def to_tokens(self, ids):
-        """The piece of an id, or the list of pieces of a sequence/array of ids."""
-        if isinstance(ids, (int, np.integer)):
-            return self.idx_to_token[ids]
-        return [self.idx_to_token[int(i)] for i in ids]
-
-    @property
-    def num_words(self):
-        """How many ids are real pieces (not reserved tokens)."""
-        return len(self) - NUM_RESERVED
 
     def tokenize(self, text):
         """The pieces of ``text`` (no special tokens), e.g. ``['a', 'crane', 'fly', '##ing']``."""

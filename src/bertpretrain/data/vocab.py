@@ -23,7 +23,39 @@ class _TokenToId(dict):
         return UNK_ID
 
 
-class Vocab:
+class TokenTable:
+    """Lookups shared by :class:`Vocab` and :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer`: a
+    subclass sets ``idx_to_token`` (list) and ``token_to_idx`` (a :class:`_TokenToId`, unknown -> ``<unk>``)."""
+
+    def __len__(self):
+        return len(self.idx_to_token)
+
+    def __contains__(self, token):
+        return token in self.token_to_idx
+
+    def __getitem__(self, tokens):
+        """The id of a token, or the list of ids of a list/tuple of tokens (unknown -> 0)."""
+        if isinstance(tokens, (list, tuple)):
+            return list(map(self.token_to_idx.__getitem__, tokens))
+        return self.token_to_idx[tokens]
+
+    def lookup_array(self, tokens):
+        """Ids of a sequence of tokens as an int32 array of shape (len(tokens),)."""
+        return np.fromiter(map(self.token_to_idx.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+
+    def to_tokens(self, ids):
+        """The token of an id, or the list of tokens of a sequence/array of ids."""
+        if isinstance(ids, (int, np.integer)):
+            return self.idx_to_token[ids]
+        return [self.idx_to_token[int(i)] for i in ids]
+
+    @property
+    def num_words(self):
+        """How many ids are real words or pieces (neither ``<unk>`` nor another reserved token)."""
+        return len(self) - NUM_RESERVED
+
+
+class Vocab(TokenTable):
     """Maps tokens to integer ids and back.
 
     Ids: ``<unk>`` 0, ``[PAD]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4, then every word seen at
@@ -58,33 +90,6 @@ class Vocab:
     def _set_tokens(self, idx_to_token):
         self.idx_to_token = idx_to_token
         self.token_to_idx = _TokenToId((token, idx) for idx, token in enumerate(idx_to_token))
-
-    def __len__(self):
-        return len(self.idx_to_token)
-
-    def __contains__(self, token):
-        return token in self.token_to_idx
-
-    def __getitem__(self, tokens):
-        """The id of a token, or the list of ids of a list/tuple of tokens (unknown -> 0)."""
-        if isinstance(tokens, (list, tuple)):
-            return list(map(self.token_to_idx.__getitem__, tokens))
-        return self.token_to_idx[tokens]
-
-    def lookup_array(self, tokens):
-        """Ids of a sequence of tokens as an int32 array of shape (len(tokens),)."""
-        return np.fromiter(map(self.token_to_idx.__getitem__, tokens), dtype=np.int32, count=len(tokens))
-
-    def to_tokens(self, ids):
-        """The token of an id, or the list of tokens of a sequence/array of ids."""
-        if isinstance(ids, (int, np.integer)):
-            return self.idx_to_token[ids]
-        return [self.idx_to_token[int(i)] for i in ids]
-
-    @property
-    def num_words(self):
-        """How many ids are real words (neither ``<unk>`` nor another reserved token)."""
-        return len(self) - NUM_RESERVED
 
     def save(self, path):
         """Write the vocabulary as JSON (atomically: a crash never leaves a half-written file)."""
