@@ -20,13 +20,14 @@ import mxnet as mx
 from mxnet import autograd, gluon, init
 
 from bertpretrain import kernels
+from bertpretrain.kernels import fused
 from bertpretrain.model import BERTForPretraining, BERTModel
 from bertpretrain.model import export as export_model
 
 from test_model import BERT_STYLE, TINY, VOCAB, make_batch
 
 TESTS = pathlib.Path(__file__).resolve().parent
-FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_masked_softmax", "bp_softmax_ce"}
+FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_attention", "bp_softmax_ce"}
 
 
 pytestmark = pytest.mark.usefixtures("kernels_available")
@@ -52,18 +53,22 @@ def graph_ops(block):
     return {node["op"] for node in json.loads(block._cached_graph[1].tojson())["nodes"]}
 
 
-def first_call(model, batch, builtin):
-    """Trace ``model`` on ``batch`` with the kernels, or with builtin operators only."""
+def first_call(model, batch, builtin, previous=False):
+    """Trace ``model`` on ``batch`` with the kernels, or with builtin operators only, or
+    (``previous``) with the per-op kernels that preceded the fused attention."""
     if builtin:
         with kernels.builtin_only():
+            return model(*batch)
+    if previous:
+        with fused.previous_kernels():
             return model(*batch)
     return model(*batch)
 
 
-def train(model, batches, steps, builtin=False, seed=None, lr=0.01):
+def train(model, batches, steps, builtin=False, seed=None, lr=0.01, previous=False):
     """Adam steps as train_step does them; per step the five sums as float64 numpy."""
     model.hybridize(static_alloc=True, static_shape=True)
-    first_call(model, batches[0], builtin)  # trace (inference mode: draws no random numbers)
+    first_call(model, batches[0], builtin, previous)  # trace (inference mode: draws no random numbers)
     trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": lr})
     if seed is not None:
         mx.random.seed(seed)
@@ -112,6 +117,17 @@ def test_kernels_and_builtin_train_to_the_same_losses(options):
     onp.testing.assert_allclose(fused[:, :3], builtin[:, :3], rtol=2e-4)  # losses, pred count
     onp.testing.assert_allclose(fused[:, 3:], builtin[:, 3:], atol=1.0)  # counts: rare arg-max ties
     assert fused[-3:, 0].mean() < 0.9 * fused[:3, 0].mean(), "the MLM loss does not fall"
+
+
+@pytest.mark.parametrize("options", [{}, BERT_STYLE])
+def test_fused_attention_and_previous_kernels_train_to_the_same_losses(options):
+    models = [BERTForPretraining(net) for net in make_nets(options)]
+    fused_run = train(models[0], BATCHES, steps=8)
+    previous_run = train(models[1], BATCHES, steps=8, previous=True)
+    assert "bp_attention" in graph_ops(models[0])
+    assert "bp_attention" not in graph_ops(models[1]) and "bp_masked_softmax" in graph_ops(models[1])
+    onp.testing.assert_allclose(fused_run[:, :3], previous_run[:, :3], rtol=2e-4)
+    onp.testing.assert_allclose(fused_run[:, 3:], previous_run[:, 3:], atol=1.0)
 
 
 def test_seeded_dropout_training_is_reproducible_with_the_kernels():

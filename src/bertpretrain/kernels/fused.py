@@ -9,10 +9,39 @@ the (N, V) logits and their gradient), so a builtin equivalent is a different gr
 model keeps itself; callers check :func:`bertpretrain.kernels.enabled_for` first. Dropout keys
 and the grad_req='add'-safe parameter copies work as in :mod:`.ops`.
 """
+import contextlib
+import threading
+
 from . import loader
 from .ops import _check_float32, _check_p, _dropout_key, _identity, _legacy, enabled_for
 
 DEFAULT_BLOCK = 512
+
+_lock = threading.Lock()
+_previous_depth = 0
+
+
+@contextlib.contextmanager
+def previous_kernels():
+    """Within this block :func:`usable` is False: models trace the per-op kernel path of before.
+
+    Like :func:`bertpretrain.kernels.builtin_only`, it acts when a graph is traced (the first call
+    of a hybridized block), so that benchmarks can compare both paths in one process.
+    """
+    global _previous_depth
+    with _lock:
+        _previous_depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _previous_depth -= 1
+
+
+def usable(F, x):
+    """True when a model should call the fused ops here: kernels on for ``x``'s context and not
+    inside :func:`previous_kernels`."""
+    return not _previous_depth and enabled_for(F, x)
 
 
 def _require(F, x, name):

@@ -3,6 +3,7 @@ import math
 
 from mxnet.gluon import HybridBlock
 
+from ..kernels import fused
 from . import ops
 
 
@@ -21,6 +22,12 @@ class MultiHeadSelfAttention(HybridBlock):
     1/sqrt(d) score scaling is folded into the query weight and bias (an (H, H) multiply instead
     of one over every score). The output bias is added inside the first head's projection, since
     a separate broadcast bias add has a slow backward in MXNet 1.9.1.
+
+    With the fused kernels (:func:`bertpretrain.kernels.fused.usable`) the three projections run
+    as one GEMM of width 3H on the concatenated weights, one kernel computes every head's
+    scores, masked softmax, dropout and context with the heads addressed by stride, and one
+    projection of width H follows: no per-head splits, transposes or ``add_n``. The parameters
+    are the same either way.
     """
 
     def __init__(self, num_hiddens, num_heads, dropout, **kwargs):
@@ -39,6 +46,14 @@ class MultiHeadSelfAttention(HybridBlock):
                        value_weight, value_bias, proj_weight, proj_bias):
         scale = 1.0 / math.sqrt(self._head_size)
         query_weight, query_bias = query_weight * scale, query_bias * scale
+        if fused.usable(F, x):
+            # mask: (B, T) valid lengths repeated over the queries (ops.attention_mask)
+            packed_weight = F.np.concatenate([query_weight, key_weight, value_weight], axis=0)
+            packed_bias = F.np.concatenate([query_bias, key_bias, value_bias], axis=0)
+            qkv = _project(F, x, packed_weight, packed_bias, 3 * self._num_hiddens)  # (B, T, 3H)
+            context = fused.attention(F, qkv, mask[:, 0], self._num_heads, self._dropout,
+                                      scale=1.0)  # (B, T, H)
+            return _project(F, context, proj_weight, proj_bias, self._num_hiddens)
         head_outputs = []  # (B, T, H) each
         for head in range(self._num_heads):
             rows = slice(head * self._head_size, (head + 1) * self._head_size)
