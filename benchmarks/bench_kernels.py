@@ -10,9 +10,17 @@ vocab 6,898, 10 MLM slots): LayerNorm over 32768 x 128, dropout over 4M elements
 attention softmax over (1024, 64, 64) with valid lengths, MLM cross-entropy over
 5120 x 6898.
 
+Then the fused ops of :mod:`bertpretrain.kernels.fused` against the per-op path they replace,
+three ways in one process (interleaved): builtin operators, the previous per-op kernels, the
+fused kernel. Self-attention: the model's whole MultiHeadSelfAttention block (batch 512, T 64,
+H 128, 2 heads, attention dropout 0.1; valid lengths uniform in [1, 64]), traced three times.
+MLM decoder: projection of 5,120 states (512 x 10 predictions, all weight 1) of width 128 onto
+6,899 words + weighted softmax cross-entropy, for a few vocabulary block sizes.
+
 Usage (the machine is shared: take the benchmark lock)::
 
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_kernels.py [--threads 1 2]
+        [--only-fused]
 """
 import argparse
 import contextlib
@@ -74,6 +82,93 @@ def timings_ms(variants, repeats, warmup=3):
     return [(statistics.median(t), min(t)) for t in times]
 
 
+def fused_cases(mx, kernels, fused, ops, model_ops, MultiHeadSelfAttention, blocks):
+    """(name, {variant: forward function returning the output to differentiate}).
+
+    Variants: "builtin" (MXNet's operators), "previous" (the per-op kernels), "fused". Each
+    function traces its own copy of a block, so that every variant keeps its graph.
+    """
+    rng = mx.np.random
+    batch, t, hidden, heads, vocab, preds = 512, 64, 128, 2, 6899, 10
+    x = rng.normal(size=(batch, t, hidden))
+    valid_lens = rng.randint(1, t + 1, size=(batch,)).astype("int32")
+    positions = mx.np.arange(t)
+
+    def attention_variant(trace):
+        mx.random.seed(0)
+        block = MultiHeadSelfAttention(hidden, heads, 0.1)
+        block.initialize(mx.init.Xavier())
+        block.hybridize(static_alloc=True, static_shape=True)
+        with trace():
+            mask = model_ops.attention_mask(mx.nd, valid_lens, positions)
+            block(x, mask)
+        return lambda: block(x, mask)
+
+    states = rng.normal(size=(batch * preds, hidden))
+    weight = rng.normal(size=(vocab, hidden)) * 0.1
+    bias = mx.np.zeros((vocab,))
+    labels = rng.randint(0, vocab, size=(batch * preds,)).astype("int32")
+    weights = mx.np.ones((batch * preds,))
+    for a in (x, states, weight, bias):
+        a.attach_grad()
+
+    def mlm_per_op():
+        logits = mx.npx.fully_connected(states, weight, bias, num_hidden=vocab)
+        return ops.softmax_ce(mx.nd, logits, labels, weights)
+
+    mlm = {"builtin": lambda: (kernels.builtin_only, mlm_per_op),
+           "previous": lambda: (contextlib.nullcontext, mlm_per_op)}
+    for block in blocks:
+        mlm[f"fused block {block}"] = functools.partial(
+            lambda block: (contextlib.nullcontext, lambda: fused.mlm_cross_entropy(
+                mx.nd, states, weight, bias, labels, weights, block=block)), block)
+    attention = {name: functools.partial(lambda trace: (contextlib.nullcontext,
+                                                        attention_variant(trace)), trace)
+                 for name, trace in (("builtin", kernels.builtin_only),
+                                     ("previous", fused.previous_kernels),
+                                     ("fused", contextlib.nullcontext))}
+    return [("self-attention block 512x64x128, 2 heads, p=0.1", attention),
+            ("MLM decoder + CE 5120x128 -> 6899", mlm)]
+
+
+def measure_fused(repeats, blocks):
+    """The fused ops against the paths they replace; one row per (case, variant)."""
+    import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
+    import mxnet as mx
+    from mxnet import autograd
+
+    from bertpretrain import kernels
+    from bertpretrain.kernels import fused, ops
+    from bertpretrain.model import ops as model_ops
+    from bertpretrain.model.attention import MultiHeadSelfAttention
+
+    threads = os.environ["OMP_NUM_THREADS"]
+    mx.random.seed(0)
+    for name, variants in fused_cases(mx, kernels, fused, ops, model_ops, MultiHeadSelfAttention,
+                                      blocks):
+        made = {variant: make() for variant, make in variants.items()}
+
+        def forward(context, fn):
+            with context(), autograd.train_mode():
+                fn().wait_to_read()
+
+        def forward_backward(context, fn):
+            with context(), autograd.record():
+                out = fn()
+            out.backward()
+            mx.nd.waitall()
+
+        steps = [functools.partial(step, *made[v]) for step in (forward, forward_backward)
+                 for v in made]
+        results = timings_ms(steps, repeats)
+        count = len(made)
+        base_fb = results[count][0]
+        for i, variant in enumerate(made):
+            (f, f_min), (fb, fb_min) = results[i], results[count + i]
+            print(f"| {name} | {variant} | {threads} | {f:.1f} ({f_min:.1f}) | {fb:.1f} "
+                  f"({fb_min:.1f}) | {base_fb / fb:.2f}x |", flush=True)
+
+
 def measure(repeats):
     """Runs in a child process with OMP_NUM_THREADS set; prints one row per case."""
     import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
@@ -119,11 +214,32 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="OpenMP thread counts to measure (default: 1 2)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per median")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only-fused", action="store_true",
+                        help="measure only the fused ops of kernels.fused against their paths")
+    parser.add_argument("--mlm-blocks", type=int, nargs="+", default=[256, 512, 1024],
+                        help="vocabulary block sizes of the fused MLM decoder to measure")
+    parser.add_argument("--child", choices=["ops", "fused"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child == "ops":
         measure(args.repeats)
         return
+    if args.child == "fused":
+        measure_fused(args.repeats, args.mlm_blocks)
+        return
+    if not args.only_fused:
+        measure_ops(args)
+    print("\nFused ops against the paths they replace: ms per call, median (best); speed-up of "
+          "forward + backward against the builtin path\n")
+    print("| case | path | threads | fwd | fwd+bwd | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
+    for threads in args.threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        subprocess.run([sys.executable, __file__, "--child", "fused", "--repeats", str(args.repeats),
+                        "--mlm-blocks", *map(str, args.mlm_blocks)], env=env, check=True)
+
+
+def measure_ops(args):
+    """The table of the per-op kernels against builtin operators, one process per thread count."""
     print("ms per call, median (best) of the timed runs; fwd = training-mode forward, "
           "fwd+bwd = forward + backward\n")
     print("| operator | threads | builtin fwd | fused fwd | builtin fwd+bwd | fused fwd+bwd "
@@ -131,7 +247,7 @@ def main():
     print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for threads in args.threads:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
+        subprocess.run([sys.executable, __file__, "--child", "ops", "--repeats", str(args.repeats)],
                        env=env, check=True)
 
 

@@ -1,9 +1,10 @@
 """Benchmark one BERT pretraining step (forward + backward + Adam) at d2l's configuration.
 
-Compares the model's two paths in the same process: with the fused CPU kernels
-(bertpretrain.kernels) and with MXNet's builtin operators only (a second model with the same
-initial parameters, traced under ``kernels.builtin_only()``); their steps are interleaved so that
-other load on the machine hits both alike. Prints, for 1 and 2 OpenMP threads (each measured in a
+Compares the model's paths in the same process: with the fused CPU kernels
+(bertpretrain.kernels, "kernels"), with the per-op kernels that preceded the fused attention
+("previous", traced under ``kernels.fused.previous_kernels()``) and with MXNet's builtin operators
+only ("builtin", traced under ``kernels.builtin_only()``), each a model with the same initial
+parameters; their steps are interleaved so that other load on the machine hits all alike. Prints, for 1 and 2 OpenMP threads (each measured in a
 fresh process, since MXNet reads OMP_NUM_THREADS at import): sequences/s of each path and the
 speed-up, the model's floating point operations per step, two ceilings measured in the same
 process -- the float32 GEMM rate of a large FullyConnected, and the time the model's own GEMM
@@ -189,13 +190,19 @@ def measure(args):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
     import numpy as onp
     from bertpretrain import kernels  # first: bertpretrain's numpy fixes precede MXNet's import
+    from bertpretrain.kernels import fused
     from bertpretrain.model import BERTForPretraining, BERTModel
     import mxnet as mx
     from mxnet import autograd, gluon, init, np, npx
 
     vocab_size = args.vocab_size or wikitext_vocab_size()
     num_preds = round(0.15 * args.max_len)
-    paths = ["kernels", "builtin"] if kernels.available() else ["builtin"]
+    paths = ["kernels", "previous", "builtin"] if kernels.available() else ["builtin"]
+
+    def trace_context(path):
+        """What a path's graph is traced under: the fused ops, the per-op kernels, or builtins."""
+        return {"kernels": contextlib.nullcontext, "previous": fused.previous_kernels,
+                "builtin": kernels.builtin_only}[path]()
     mx.random.seed(0)
     nets = []
     for _ in paths:
@@ -228,10 +235,9 @@ def measure(args):
         trainers[path].step(1)
         return mlm_sum, nsp_sum, num_real_preds
 
-    with kernels.builtin_only():  # trace the builtin model's graph without the kernels
-        train_step("builtin", batches[0])
-    if "kernels" in models:
-        train_step("kernels", batches[0])
+    for path in paths:  # trace each model's graph on its path
+        with trace_context(path):
+            train_step(path, batches[0])
 
     losses = {path: [] for path in paths}
     times = {path: [] for path in paths}
@@ -252,7 +258,7 @@ def measure(args):
     for path in paths if args.profile_steps > 0 else []:
         models[path].hybridize(static_alloc=True, static_shape=True, forward_bulk_size=1,
                                backward_bulk_size=1)
-        with kernels.builtin_only() if path == "builtin" else contextlib.nullcontext():
+        with trace_context(path):
             train_step(path, batches[0])
         train_step(path, batches[1])
         profile_batches = iter(range(args.profile_steps))
@@ -314,7 +320,9 @@ def report(result):
               f"{r['last_losses']}: the MLM loss "
               f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
     if "kernels" in paths:
-        print(f"  speed-up of the kernels: x{paths['builtin']['step_ms'] / paths['kernels']['step_ms']:.2f}")
+        print(f"  speed-up of the kernels: x{paths['builtin']['step_ms'] / paths['kernels']['step_ms']:.2f}"
+              f" over builtin, x{paths['previous']['step_ms'] / paths['kernels']['step_ms']:.2f} over "
+              "the previous per-op kernels")
     for path, r in paths.items():
         if not r["profile"]:
             continue
