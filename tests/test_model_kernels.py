@@ -27,7 +27,7 @@ from bertpretrain.model import export as export_model
 from test_model import BERT_STYLE, TINY, VOCAB, make_batch
 
 TESTS = pathlib.Path(__file__).resolve().parent
-FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_attention", "bp_softmax_ce"}
+FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_attention", "bp_mlm_ce", "bp_softmax_ce"}
 
 
 pytestmark = pytest.mark.usefixtures("kernels_available")
@@ -124,8 +124,9 @@ def test_fused_attention_and_previous_kernels_train_to_the_same_losses(options):
     models = [BERTForPretraining(net) for net in make_nets(options)]
     fused_run = train(models[0], BATCHES, steps=8)
     previous_run = train(models[1], BATCHES, steps=8, previous=True)
-    assert "bp_attention" in graph_ops(models[0])
-    assert "bp_attention" not in graph_ops(models[1]) and "bp_masked_softmax" in graph_ops(models[1])
+    assert {"bp_attention", "bp_mlm_ce"} <= graph_ops(models[0])
+    assert not {"bp_attention", "bp_mlm_ce"} & graph_ops(models[1])
+    assert "bp_masked_softmax" in graph_ops(models[1])
     onp.testing.assert_allclose(fused_run[:, :3], previous_run[:, :3], rtol=2e-4)
     onp.testing.assert_allclose(fused_run[:, 3:], previous_run[:, 3:], atol=1.0)
 
@@ -199,7 +200,7 @@ def test_export_imports_in_this_and_a_fresh_process(tmp_path, builtin_ops):
         exported_ops = {node["op"] for node in json.load(file)["nodes"]}
     assert bool(FUSED_OPS & exported_ops) != builtin_ops
     net(*batch)
-    assert FUSED_OPS - {"bp_softmax_ce"} <= graph_ops(net), "not traced with the kernels again"
+    assert FUSED_OPS - {"bp_softmax_ce", "bp_mlm_ce"} <= graph_ops(net), "not traced with the kernels again"
 
     imported = gluon.SymbolBlock.imports(symbol_file, ["data0", "data1", "data2", "data3"], params_file)
     for got, want in zip(imported(*batch), expected):

@@ -14,7 +14,9 @@ class BERTModel(HybridBlock):
     int32, ``valid_lens`` (B,) int32 and ``pred_positions`` (B, P) int32 returns
     ``(encoded, mlm_logits, nsp_logits)``: encoded (B, T, num_hiddens), mlm_logits
     (B, P, vocab_size) computed only at ``pred_positions``, nsp_logits (B, 2).
-    ``pred_positions=None`` skips the MLM head and returns ``mlm_logits=None``.
+    ``pred_positions=None`` skips the MLM head and returns ``mlm_logits=None``. With ``mlm_labels``
+    and ``mlm_weights`` (B, P) as well, and the fused kernels usable, the MLM head returns
+    ``(losses, correct)`` (B, P) in place of the logits (see :class:`MaskedLMHead`).
 
     The keyword arguments are those of :class:`BERTConfig` (defaults: d2l's small BERT); the
     configuration is kept as ``net.config``. Initialise with e.g. ``net.initialize(init.Xavier())``
@@ -44,19 +46,26 @@ class BERTModel(HybridBlock):
             config = BERTConfig.from_dict(config)
         return cls(**config.to_dict(), **kwargs)
 
-    def forward(self, tokens, segments, valid_lens, pred_positions=None):
+    def forward(self, tokens, segments, valid_lens, pred_positions=None, mlm_labels=None,
+                mlm_weights=None):
         if isinstance(tokens, mx_np.ndarray):
             check_inputs(self.config, tokens, segments, valid_lens, pred_positions,
                          check_token_ids=self.check_token_ids)
         if pred_positions is None:  # a hybridized graph cannot output None: add it back here
             encoded, nsp_logits = super().forward(tokens, segments, valid_lens)
             return encoded, None, nsp_logits
+        if mlm_labels is not None:
+            return super().forward(tokens, segments, valid_lens, pred_positions, mlm_labels,
+                                   mlm_weights)
         return super().forward(tokens, segments, valid_lens, pred_positions)
 
-    def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions=None):
+    def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions=None, mlm_labels=None,
+                       mlm_weights=None):
         encoded = self.encoder(tokens, segments, valid_lens)
         if pred_positions is None:
             return encoded, self.nsp(encoded)
+        if mlm_labels is not None:
+            return encoded, self.mlm(encoded, pred_positions, mlm_labels, mlm_weights), self.nsp(encoded)
         return encoded, self.mlm(encoded, pred_positions), self.nsp(encoded)
 
 

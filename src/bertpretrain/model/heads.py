@@ -1,6 +1,8 @@
 """The two pretraining heads: masked language model (at chosen positions) and next-sentence."""
+from mxnet import symbol
 from mxnet.gluon import HybridBlock, nn
 
+from ..kernels import fused
 from . import ops
 from .layers import LayerNorm
 
@@ -24,6 +26,11 @@ class MaskedLMHead(HybridBlock):
     Dense(H) -> activation -> LayerNorm -> Dense(vocab_size). The states are gathered before the
     transform, so the cost scales with P, not T. With ``tied_weight`` (the token embedding
     matrix, (vocab_size, H)) the output projection reuses it and only a bias is learned.
+
+    Called with ``labels`` and ``weights`` (B, P) as well, where the fused kernels are usable
+    (:func:`bertpretrain.kernels.fused.usable`), it returns the weighted cross-entropies (B, P) and
+    the weighted correct counts (B, P) instead of the logits: the decoder and the loss then run as
+    one kernel over blocks of the vocabulary, and the (B * P, vocab_size) logits never exist.
     """
 
     def __init__(self, config, tied_weight=None, **kwargs):
@@ -40,14 +47,29 @@ class MaskedLMHead(HybridBlock):
             self.decoder_bias = self.params.get("decoder_bias", shape=(config.vocab_size,),
                                                 init="zeros")
 
-    def hybrid_forward(self, F, encoded, pred_positions, decoder_weight=None, decoder_bias=None):
+    def hybrid_forward(self, F, encoded, pred_positions, labels=None, weights=None,
+                       decoder_weight=None, decoder_bias=None):
         hidden = ops.activation(F, self.transform(gather_positions(F, encoded, pred_positions)),
                                 self._activation)
-        hidden = self.norm(hidden)
+        hidden = self.norm(hidden)  # (B, P, H)
+        if labels is not None:
+            return self._fused_losses(F, hidden, labels, weights, decoder_weight, decoder_bias)
         if self.decoder is not None:
             return self.decoder(hidden)
         return F.npx.fully_connected(hidden, decoder_weight, decoder_bias,
                                      num_hidden=self._vocab_size, flatten=False)
+
+    def _fused_losses(self, F, hidden, labels, weights, decoder_weight, decoder_bias):
+        """(losses, correct), each (B, P), from the normalised states ``hidden`` (B, P, H)."""
+        if self.decoder is not None:  # the untied decoder's parameters belong to its Dense child
+            params = (self.decoder.weight, self.decoder.bias)
+            decoder_weight, decoder_bias = (p.var() if F is symbol else p.data(hidden.ctx)
+                                            for p in params)
+        losses, correct = fused.mlm_cross_entropy(
+            F, F.npx.reshape(hidden, (-5, -2)), decoder_weight, decoder_bias,
+            F.np.reshape(labels, (-1,)), F.np.reshape(weights, (-1,)), return_correct=True)
+        return (F.reshape_like(losses.as_nd_ndarray(), labels.as_nd_ndarray()).as_np_ndarray(),
+                F.reshape_like(correct.as_nd_ndarray(), labels.as_nd_ndarray()).as_np_ndarray())
 
 
 class NextSentenceHead(HybridBlock):

@@ -2,6 +2,7 @@
 from mxnet import np as mx_np
 from mxnet.gluon import HybridBlock
 
+from ..kernels import fused
 from . import ops
 from .bert import check_inputs
 
@@ -32,6 +33,9 @@ class BERTForPretraining(HybridBlock):
     costs ~3% of a d2l step (with the fused CPU kernels the counts are free): a
     trainer can use ``count_correct=False`` for training steps and a second wrapper of the same
     ``bert`` with counts for evaluation. The wrapped model stays available as ``net.bert``.
+    Where :func:`bertpretrain.kernels.fused.usable` says so, the MLM decoder and its cross-entropy
+    run as one kernel in vocabulary blocks (see :class:`MaskedLMHead`): same sums, without the
+    (B * P, vocab) logits and their gradient in memory.
     """
 
     def __init__(self, bert, count_correct=True, **kwargs):
@@ -55,9 +59,15 @@ class BERTForPretraining(HybridBlock):
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels,
                        nsp_labels):
-        _, mlm_logits, nsp_logits = self.bert(tokens, segments, valid_lens, pred_positions)
         count = self._count_correct
-        mlm = ops.softmax_cross_entropy(F, mlm_logits, mlm_labels, mlm_weights, count)  # (B, P)
+        if fused.usable(F, tokens):  # the MLM decoder and its loss as one blockwise kernel
+            _, (mlm_losses, mlm_correct), nsp_logits = self.bert(tokens, segments, valid_lens,
+                                                                 pred_positions, mlm_labels,
+                                                                 mlm_weights)
+            mlm = (mlm_losses, F.np.sum(mlm_correct)) if count else mlm_losses  # (B, P)
+        else:
+            _, mlm_logits, nsp_logits = self.bert(tokens, segments, valid_lens, pred_positions)
+            mlm = ops.softmax_cross_entropy(F, mlm_logits, mlm_labels, mlm_weights, count)  # (B, P)
         nsp = ops.softmax_cross_entropy(F, nsp_logits, nsp_labels, None, count)  # (B,)
         if not count:
             return F.np.sum(mlm), F.np.sum(mlm_weights), F.np.sum(nsp)
