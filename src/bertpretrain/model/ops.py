@@ -23,7 +23,7 @@ Backends:
   can compare the new kernels with the previous ones (bench_model.py, bench_train.py).
 
 The default (``backend=None``) is ``"fused"`` unless ``BERTPRETRAIN_KERNELS=0``. With dropout off
-both backends compute the same function; with dropout on they draw different masks. A hybridized
+every backend computes the same function; with dropout on they draw different masks. A hybridized
 block keeps the operators it was traced with.
 
 Adding an op: write its builtin formulation as a method of :class:`BuiltinOps` (the reference, and
@@ -69,13 +69,14 @@ class AttentionWeights(NamedTuple):
 class AttentionMask(NamedTuple):
     """Which keys each query of a batch may attend to, built once per batch and shared by all layers.
 
-    Made by :meth:`BuiltinOps.attention_mask`, read by ``masked_softmax`` of either backend (each
-    reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
+    Made by :meth:`BuiltinOps.attention_mask`, read by ``masked_softmax`` and ``self_attention`` of
+    every backend (each reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
     block's nested inputs over as lists: blocks rebuild it with ``AttentionMask(*mask)``.
 
     Attributes:
         lengths: (B, T) int32, ``lengths[b, query]`` the number of keys that query may attend to
-            (sequence b's valid length); what the fused softmax takes.
+            (sequence b's valid length); what the fused softmax takes (the fused attention takes
+            its first column, the valid lengths (B,)).
         bias: (B, T, T) float32, ``bias[b, query, key]`` 0 for keys before sequence b's valid length
             and a huge negative number from there on; added to the scores by the builtin softmax.
     """
