@@ -11,9 +11,18 @@ vocab 6,898, 10 MLM slots): LayerNorm over 32768 x 128, dropout over 4M elements
 attention softmax over (1024, 64, 64) with valid lengths, MLM cross-entropy over
 5120 x 6898.
 
+Then the two whole-block kernels (fused attention, fused MLM decoder + cross-entropy) against the
+per-op paths they replace, three ways in one process (interleaved), one per backend of the op
+layer: builtin operators (``"builtin"``), the previous per-op kernels (``"fused-v1"``), the fused
+kernel (``"fused"``). Self-attention: the model's whole MultiHeadSelfAttention block (batch 512,
+T 64, H 128, 2 heads, attention dropout 0.1; valid lengths uniform in [1, 64]), one per backend.
+MLM decoder: projection of 5,120 states (512 x 10 predictions, all weight 1) of width 128 onto
+6,899 words + weighted softmax cross-entropy, for a few vocabulary block sizes.
+
 Usage (the machine is shared: take the benchmark lock)::
 
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_kernels.py [--threads 1 2]
+        [--only-fused]
 """
 import argparse
 import functools
@@ -76,6 +85,94 @@ def timings_ms(variants, repeats, warmup=3):
     return [(statistics.median(t), min(t)) for t in times]
 
 
+def fused_cases(mx, kernel_ops, model_ops, MultiHeadSelfAttention, blocks):
+    """(name, {variant: forward function returning the output to differentiate}).
+
+    Variants: "builtin", "previous" and "fused", the op layer's backends ``"builtin"``,
+    ``"fused-v1"`` (the per-op kernels) and ``"fused"``; for the MLM decoder also the raw kernel
+    at other vocabulary block sizes. Each attention variant has its own hybridized block.
+    """
+    rng = mx.np.random
+    batch, t, hidden, heads, vocab, preds = 512, 64, 128, 2, 6899, 10
+    backends = {"builtin": "builtin", "previous": "fused-v1", "fused": "fused"}
+    x = rng.normal(size=(batch, t, hidden))
+    valid_lens = rng.randint(1, t + 1, size=(batch,)).astype("int32")
+    mask = model_ops.for_backend("builtin").attention_mask(mx.nd, valid_lens, mx.np.arange(t))
+
+    def attention_variant(backend):
+        mx.random.seed(0)
+        block = MultiHeadSelfAttention(hidden, heads, 0.1, model_ops.for_backend(backend))
+        block.initialize(mx.init.Xavier())
+        block.hybridize(static_alloc=True, static_shape=True)
+        block(x, mask)
+        return lambda: block(x, mask)
+
+    states = rng.normal(size=(batch, preds, hidden))
+    weight = rng.normal(size=(vocab, hidden)) * 0.1
+    bias = mx.np.zeros((vocab,))
+    labels = rng.randint(0, vocab, size=(batch, preds)).astype("int32")
+    weights = mx.np.ones((batch, preds))
+    for a in (x, states, weight, bias):
+        a.attach_grad()
+
+    def mlm_variant(backend):
+        layer = model_ops.for_backend(backend)
+        return lambda: layer.mlm_cross_entropy(mx.nd, states, weight, bias, labels, weights, vocab)
+
+    def mlm_block(block):
+        return lambda: kernel_ops.mlm_cross_entropy(
+            mx.nd, states.reshape(-1, hidden), weight, bias, labels.reshape(-1),
+            weights.reshape(-1), block=block)
+
+    mlm = {name: functools.partial(mlm_variant, backend) for name, backend in backends.items()}
+    mlm.update({f"fused block {block}": functools.partial(mlm_block, block) for block in blocks
+                if block != kernel_ops.MLM_BLOCK})
+    attention = {name: functools.partial(attention_variant, backend)
+                 for name, backend in backends.items()}
+    return [("self-attention block 512x64x128, 2 heads, p=0.1", attention),
+            (f"MLM decoder + CE 5120x128 -> 6899 (fused: block {kernel_ops.MLM_BLOCK})", mlm)]
+
+
+def measure_fused(repeats, blocks):
+    """The fused ops against the paths they replace; one row per (case, variant)."""
+    import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
+    import mxnet as mx
+    from mxnet import autograd
+
+    from bertpretrain import kernels
+    from bertpretrain.kernels import ops as kernel_ops
+    from bertpretrain.model import ops as model_ops
+    from bertpretrain.model.attention import MultiHeadSelfAttention
+
+    status = kernels.load()
+    if not status.available:
+        sys.exit(f"fused kernels unavailable: {status.reason}")
+    threads = os.environ["OMP_NUM_THREADS"]
+    mx.random.seed(0)
+    for name, variants in fused_cases(mx, kernel_ops, model_ops, MultiHeadSelfAttention, blocks):
+        made = {variant: make() for variant, make in variants.items()}
+
+        def forward(fn):
+            with autograd.train_mode():
+                fn().wait_to_read()
+
+        def forward_backward(fn):
+            with autograd.record():
+                out = fn()
+            out.backward()
+            mx.nd.waitall()
+
+        steps = [functools.partial(step, made[v]) for step in (forward, forward_backward)
+                 for v in made]
+        results = timings_ms(steps, repeats)
+        count = len(made)
+        base_fb = results[count][0]
+        for i, variant in enumerate(made):
+            (f, f_min), (fb, fb_min) = results[i], results[count + i]
+            print(f"| {name} | {variant} | {threads} | {f:.1f} ({f_min:.1f}) | {fb:.1f} "
+                  f"({fb_min:.1f}) | {base_fb / fb:.2f}x |", flush=True)
+
+
 def measure(repeats):
     """Runs in a child process with OMP_NUM_THREADS set; prints one row per case."""
     import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
@@ -120,11 +217,32 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="OpenMP thread counts to measure (default: 1 2)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per median")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only-fused", action="store_true",
+                        help="measure only the whole-block kernels (attention, MLM decoder) against their paths")
+    parser.add_argument("--mlm-blocks", type=int, nargs="+", default=[256, 512, 1024],
+                        help="vocabulary block sizes of the fused MLM decoder to measure")
+    parser.add_argument("--child", choices=["ops", "fused"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child == "ops":
         measure(args.repeats)
         return
+    if args.child == "fused":
+        measure_fused(args.repeats, args.mlm_blocks)
+        return
+    if not args.only_fused:
+        measure_ops(args)
+    print("\nFused ops against the paths they replace: ms per call, median (best); speed-up of "
+          "forward + backward against the builtin path\n")
+    print("| case | path | threads | fwd | fwd+bwd | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
+    for threads in args.threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        subprocess.run([sys.executable, __file__, "--child", "fused", "--repeats", str(args.repeats),
+                        "--mlm-blocks", *map(str, args.mlm_blocks)], env=env, check=True)
+
+
+def measure_ops(args):
+    """The table of the per-op kernels against builtin operators, one process per thread count."""
     print("ms per call, median (best) of the timed runs; fwd = training-mode forward, "
           "fwd+bwd = forward + backward\n")
     print("| operator | threads | builtin fwd | fused fwd | builtin fwd+bwd | fused fwd+bwd "
@@ -132,7 +250,7 @@ def main():
     print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for threads in args.threads:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
+        subprocess.run([sys.executable, __file__, "--child", "ops", "--repeats", str(args.repeats)],
                        env=env, check=True)
 
 

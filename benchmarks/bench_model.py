@@ -1,16 +1,17 @@
 """Benchmark one BERT pretraining step (forward + backward + Adam) at d2l's configuration.
 
-Compares the model's two paths in the same process: with the fused CPU kernels
-(bertpretrain.kernels) and with MXNet's builtin operators only (a second model with the same
-initial parameters, on the ``"builtin"`` backend); their steps are interleaved so that
-other load on the machine hits both alike. Prints, for 1 and 2 OpenMP threads (each measured in a
-fresh process, since MXNet reads OMP_NUM_THREADS at import): sequences/s of each path and the
+Compares the model's three paths in the same process, each a model with the same initial
+parameters on one backend of the op layer (bertpretrain.model.ops): "kernels" (the ``"fused"``
+backend: fused attention and MLM decoder kernels plus the per-op ones), "previous" (the
+``"fused-v1"`` backend: only the per-op kernels that preceded those two) and "builtin" (MXNet's
+builtin operators); their steps are interleaved so that other load on the machine hits all
+alike. Prints, for 1 and 2 OpenMP threads (each measured in a fresh process, since MXNet reads OMP_NUM_THREADS at import): sequences/s of each path and the
 speed-up, the model's floating point operations per step, two ceilings measured in the same
 process -- the float32 GEMM rate of a large FullyConnected, and the time the model's own GEMM
 shapes take (forward and backward) at oneDNN's rates -- and the model FLOP utilisation against
 each; then a per-operator profile of a few steps of each path (MXNet's profiler, aggregate
 statistics, top operators by total time). It also prints the MLM and NSP losses at the start and
-the end of the timed steps for both paths: a speed figure is meaningless unless the loss falls
+the end of the timed steps for every path: a speed figure is meaningless unless the loss falls
 (the model actually trains).
 The batches are synthetic, in bertpretrain.data's layout, with Zipf-distributed words so that the
 masked LM has something to learn; the vocabulary size is that of the real WikiText-2 splits.
@@ -193,17 +194,18 @@ def measure(args):
 
     vocab_size = args.vocab_size or wikitext_vocab_size()
     num_preds = round(0.15 * args.max_len)
-    paths = ["kernels", "builtin"] if kernels.available() else ["builtin"]
+    backends = {"kernels": "fused", "previous": "fused-v1", "builtin": "builtin"}
+    paths = list(backends) if kernels.available() else ["builtin"]
     mx.random.seed(0)
     nets = []
     for path in paths:
-        net = BERTModel(vocab_size, backend="fused" if path == "kernels" else "builtin",
+        net = BERTModel(vocab_size, backend=backends[path],
                         num_hiddens=args.num_hiddens,
                         ffn_num_hiddens=args.ffn_num_hiddens, num_heads=args.num_heads,
                         num_layers=args.num_layers, dropout=0.2, max_len=args.max_len,
                         check_token_ids=not args.no_check_token_ids)
         net.initialize(init.Xavier())
-        if nets:  # the same initial parameters on both paths
+        if nets:  # the same initial parameters on every path
             for mine, first in zip(net.collect_params().values(), nets[0].collect_params().values()):
                 mine.set_data(first.data())
         nets.append(net)
@@ -310,7 +312,9 @@ def report(result):
               f"{r['last_losses']}: the MLM loss "
               f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
     if "kernels" in paths:
-        print(f"  speed-up of the kernels: x{paths['builtin']['step_ms'] / paths['kernels']['step_ms']:.2f}")
+        print(f"  speed-up of the kernels: x{paths['builtin']['step_ms'] / paths['kernels']['step_ms']:.2f}"
+              f" over builtin, x{paths['previous']['step_ms'] / paths['kernels']['step_ms']:.2f} over "
+              "the previous per-op kernels")
     for path, r in paths.items():
         if not r["profile"]:
             continue

@@ -256,13 +256,14 @@ def test_mismatched_batch_shapes_are_rejected():
         net(tokens, segments, valid_lens[:2], positions)
 
 
-def test_attention_matches_a_reference_multi_head_attention():
+@pytest.mark.parametrize("backend", ["fused", "fused-v1", "builtin"])
+def test_attention_matches_a_reference_multi_head_attention(backend):
     from bertpretrain.model.attention import MultiHeadSelfAttention
     from bertpretrain.model import ops
 
     mx.random.seed(3)
     hiddens, heads, batch_size, seq_len = 12, 3, 2, 5
-    layer = ops.for_backend()
+    layer = ops.for_backend(backend)
     attention = MultiHeadSelfAttention(hiddens, heads, dropout=0.0, ops=layer)
     attention.initialize(init.Normal(0.5))
     for name, param in attention.collect_params().items():
@@ -301,6 +302,22 @@ def test_pretraining_without_counts_returns_the_three_sums():
     assert with_counts.mlm_num_correct is not None and with_counts.nsp_num_correct is not None
     for got, want in zip(without[:3], with_counts[:3]):
         assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, BERT_STYLE])
+def test_a_second_wrapper_of_a_hybridized_model_gives_the_same_sums(options):
+    """An evaluation wrapper (counts on, not hybridized) of a model that a hybridized training
+    wrapper traced, then the model alone: its blocks run as graphs of their own."""
+    net = make_net(**options)
+    batch = make_batch()
+    training = BERTForPretraining(net, count_correct=False)
+    training.hybridize(static_alloc=True, static_shape=True)
+    trained = training(*batch)
+    evaluated = BERTForPretraining(net)(*batch)
+    for got, want in zip(evaluated[:3], trained):
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    encoded, mlm_logits, _ = net(*batch[:4])
+    assert mlm_logits.shape == batch[3].shape + (VOCAB,)
 
 
 @pytest.mark.parametrize("hybridize", [False, True])
@@ -348,7 +365,8 @@ def test_backend_is_fixed_per_model_and_checked(monkeypatch):
     monkeypatch.delenv("BERTPRETRAIN_KERNELS")
     assert BERTModel(VOCAB).backend == "fused"
     assert BERTModel(VOCAB, backend="builtin").backend == "builtin"
-    with pytest.raises(ValueError, match="backend must be one of \\('fused', 'builtin'\\)"):
+    assert BERTModel(VOCAB, backend="fused-v1").backend == "fused-v1"
+    with pytest.raises(ValueError, match="backend must be one of \\('fused', 'fused-v1', 'builtin'\\)"):
         BERTModel(VOCAB, backend="cuda")
     monkeypatch.setenv("BERTPRETRAIN_KERNELS", "yes")
     with pytest.raises(ValueError, match="BERTPRETRAIN_KERNELS='yes' is not understood"):
@@ -383,11 +401,12 @@ def test_get_bert_encoding_encodes_a_sentence_and_a_pair():
     assert pair.shape == (1, 10, TINY["num_hiddens"])
 
 
-def test_pre_layer_norm_layers_compute_x_plus_sublayer_of_layer_norm():
+@pytest.mark.parametrize("backend", ["fused", "fused-v1", "builtin"])
+def test_pre_layer_norm_layers_compute_x_plus_sublayer_of_layer_norm(backend):
     from bertpretrain.model.encoder import TransformerEncoderLayer
     from bertpretrain.model import ops
     config = BERTConfig(VOCAB, **dict(TINY, dropout=0.0), pre_layer_norm=True)
-    op_layer = ops.for_backend()
+    op_layer = ops.for_backend(backend)
     layer = TransformerEncoderLayer(config, op_layer)
     mx.random.seed(5)
     layer.initialize(init.Normal(0.5))

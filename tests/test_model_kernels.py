@@ -1,10 +1,12 @@
 """The model routed through the fused CPU kernels: same training as the builtin path, seeded
-dropout, gradient accumulation, export/import, and tests/test_model.py with the kernels off.
+dropout, gradient accumulation, parameters shared across backends, export/import, and
+tests/test_model.py with the kernels off.
 
-Each comparison builds two models with identical parameters in one process, one on the
-``"fused"`` backend and one on the ``"builtin"`` backend, and checks that the graphs really differ
-(``bp_*`` operators in one, none in the other). Skipped, with the reason, where the kernels cannot
-be built.
+Each comparison builds models with identical parameters in one process, on the ``"fused"``
+backend (fused attention and MLM decoder kernels), the ``"fused-v1"`` backend (the per-op kernels
+before them) and the ``"builtin"`` backend, and checks that the graphs really differ (the
+backend's ``bp_*`` operators in each, none in the builtin one). Skipped, with the reason, where
+the kernels cannot be built.
 """
 import json
 import os
@@ -26,13 +28,20 @@ from bertpretrain.model import export as export_model
 from test_model import BERT_STYLE, TINY, VOCAB, make_batch
 
 TESTS = pathlib.Path(__file__).resolve().parent
-FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_masked_softmax", "bp_softmax_ce"}
+# the kernels in a BERTForPretraining graph, per backend
+FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_attention", "bp_mlm_ce", "bp_softmax_ce"}
+PER_OP_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_masked_softmax", "bp_softmax_ce"}
+# what each backend's graph must hold, and must not (pre-LN layers have no bp_add_layer_norm)
+NEW_KERNELS = {"bp_attention", "bp_mlm_ce"}
+BACKEND_OPS = {"fused": (NEW_KERNELS | {"bp_layer_norm", "bp_softmax_ce"}, {"bp_masked_softmax"}),
+               "fused-v1": (PER_OP_OPS - {"bp_add_layer_norm"}, NEW_KERNELS), "builtin": (set(), set())}
+PRE_LN = dict(BERT_STYLE, pre_layer_norm=True)
 
 
 pytestmark = pytest.mark.usefixtures("kernels_available")
 
 
-def make_nets(options, dropout=0.0, backends=("fused", "builtin")):
+def make_nets(options, dropout=0.0, backends=("fused", "fused-v1", "builtin")):
     """One BERTModel per backend, with the same initial parameters (copied from the first)."""
     nets = []
     for index, backend in enumerate(backends):
@@ -75,8 +84,8 @@ def train(model, batches, steps, seed=None, lr=0.01):
 BATCHES = [make_batch(seed=seed) for seed in range(3)]
 
 
-@pytest.mark.parametrize("options", [{}, BERT_STYLE])
-def test_kernels_and_builtin_give_the_same_outputs_and_gradients(options):
+@pytest.mark.parametrize("options", [{}, BERT_STYLE, PRE_LN])
+def test_every_backend_gives_the_same_outputs_and_gradients(options):
     models = [BERTForPretraining(net) for net in make_nets(options)]
     results = []
     for model in models:
@@ -87,22 +96,47 @@ def test_kernels_and_builtin_give_the_same_outputs_and_gradients(options):
             (sums.mlm_loss_sum / 10 + sums.nsp_loss_sum / 4).backward()
         results.append(([s.item() for s in sums],
                         [p.grad().asnumpy().copy() for p in model.collect_params().values()]))
-    assert FUSED_OPS <= graph_ops(models[0]), "the kernels path does not use the kernels"
-    assert not any(op.startswith("bp_") for op in graph_ops(models[1]))
-    (fused_sums, fused_grads), (builtin_sums, builtin_grads) = results
-    onp.testing.assert_allclose(fused_sums, builtin_sums, rtol=1e-5)
+    for model in models:
+        kernels_used = {op for op in graph_ops(model) if op.startswith("bp_")}
+        required, excluded = BACKEND_OPS[model.bert.backend]
+        assert required <= kernels_used and not excluded & kernels_used, model.bert.backend
+        assert bool(kernels_used) == (model.bert.backend != "builtin"), model.bert.backend
+    builtin_sums, builtin_grads = results[-1]
     names = list(models[0].collect_params().keys())
-    for name, got, want in zip(names, fused_grads, builtin_grads):
-        onp.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5, err_msg=name)
+    for model, (sums, grads) in zip(models[:-1], results[:-1]):
+        onp.testing.assert_allclose(sums, builtin_sums, rtol=1e-5, err_msg=model.bert.backend)
+        for name, got, want in zip(names, grads, builtin_grads):
+            onp.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5,
+                                        err_msg=f"{model.bert.backend}: {name}")
 
 
-@pytest.mark.parametrize("options", [{}, BERT_STYLE])
-def test_kernels_and_builtin_train_to_the_same_losses(options):
-    histories = [train(BERTForPretraining(net), BATCHES, steps=8) for net in make_nets(options)]
-    fused, builtin = histories
-    onp.testing.assert_allclose(fused[:, :3], builtin[:, :3], rtol=2e-4)  # losses, pred count
-    onp.testing.assert_allclose(fused[:, 3:], builtin[:, 3:], atol=1.0)  # counts: rare arg-max ties
+@pytest.mark.parametrize("options", [{}, BERT_STYLE, PRE_LN])
+def test_every_backend_trains_to_the_same_losses(options):
+    fused, per_op, builtin = (train(BERTForPretraining(net), BATCHES, steps=8)
+                              for net in make_nets(options))
+    for kernels_run in (fused, per_op):
+        onp.testing.assert_allclose(kernels_run[:, :3], builtin[:, :3], rtol=2e-4)  # losses, preds
+        onp.testing.assert_allclose(kernels_run[:, 3:], builtin[:, 3:], atol=1.0)  # rare arg-max ties
     assert fused[-3:, 0].mean() < 0.9 * fused[:3, 0].mean(), "the MLM loss does not fall"
+
+
+@pytest.mark.parametrize("options", [{}, PRE_LN])
+def test_parameters_saved_on_one_backend_load_on_every_other(tmp_path, options):
+    """Same parameter names and shapes on every backend: a file saved by one loads in the others."""
+    nets = make_nets(options)
+    for net in nets[1:]:  # other values than the saved ones, to be overwritten by the load
+        for param in net.collect_params().values():
+            param.set_data(param.data() * 0.5 + 0.1)
+    batch = make_batch()[:4]
+    for saved in nets:
+        path = str(tmp_path / f"{saved.backend}.params")
+        saved.save_parameters(path)
+        want = [out.asnumpy() for out in saved(*batch)]
+        for loaded in nets:
+            loaded.load_parameters(path)
+            for got, expected in zip(loaded(*batch), want):
+                onp.testing.assert_allclose(got.asnumpy(), expected, rtol=1e-4, atol=1e-5,
+                                            err_msg=f"{saved.backend} -> {loaded.backend}")
 
 
 def test_seeded_dropout_training_is_reproducible_with_the_kernels():
@@ -174,7 +208,8 @@ def test_export_imports_in_this_and_a_fresh_process(tmp_path, builtin_ops):
         exported_ops = {node["op"] for node in json.load(file)["nodes"]}
     assert bool(FUSED_OPS & exported_ops) != builtin_ops
     net(*batch)
-    assert FUSED_OPS - {"bp_softmax_ce"} <= graph_ops(net), "not traced with the kernels again"
+    assert {"bp_layer_norm", "bp_add_layer_norm", "bp_attention"} <= graph_ops(net), \
+        "not traced with the kernels again"
 
     imported = gluon.SymbolBlock.imports(symbol_file, ["data0", "data1", "data2", "data3"], params_file)
     for got, want in zip(imported(*batch), expected):

@@ -39,7 +39,10 @@ import mxnet
 from ..files import atomic_path, atomic_write, cache_root, exclusive_lock, file_digest, remove_stale
 
 SOURCE_DIR = Path(__file__).resolve().parent
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+# -fno-trapping-math lets loops with a conditional (a clamp, a select) vectorise; no kernel
+# relies on floating-point traps.
+FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+BLAS_LIBRARY = "libopenblas.so.0"
 COMPILE_TIMEOUT_S = 600
 LIBRARY_PREFIX = "libbertpretrain_kernels-"
 logger = logging.getLogger("bertpretrain.kernels")
@@ -74,14 +77,18 @@ def cache_dir():
 
 
 def mxnet_api_files():
-    """The installed MXNet's ``include/`` folder and ``src/lib_api.cc``, checked to exist."""
+    """The installed MXNet's ``include/`` folder, ``src/lib_api.cc`` and the OpenBLAS it ships
+    (the GEMMs of the fused MLM decoder call it), checked to exist."""
     root = Path(mxnet.__file__).resolve().parent
-    include, lib_api = root / "include", root / "src" / "lib_api.cc"
+    include, lib_api, blas = root / "include", root / "src" / "lib_api.cc", root / BLAS_LIBRARY
     if not (include / "mxnet" / "lib_api.h").is_file() or not lib_api.is_file():
         raise BuildError(f"this MXNet install ({root}) lacks include/mxnet/lib_api.h or "
                          "src/lib_api.cc, needed to build custom operators; install the "
                          "mxnet==1.9.1 wheel from PyPI")
-    return include, lib_api
+    if not blas.is_file():
+        raise BuildError(f"this MXNet install ({root}) lacks {BLAS_LIBRARY}, which the kernels "
+                         "link against; install the mxnet==1.9.1 wheel from PyPI")
+    return include, lib_api, blas
 
 
 def kernel_sources(source_dir=SOURCE_DIR):
@@ -118,7 +125,8 @@ def library_key(compiler, sources, api_files):
 
     for path in sources:
         add("source:" + path.name, path.read_bytes())
-    include, lib_api = api_files
+    include, lib_api, blas = api_files
+    add("blas", str(blas).encode())
     add("lib_api.h", (include / "mxnet" / "lib_api.h").read_bytes())
     add("lib_api.cc", lib_api.read_bytes())
     add("mxnet", mxnet.__version__.encode())
@@ -207,9 +215,10 @@ def build(source_dir=SOURCE_DIR, cache=None):
     target = cache / f"{LIBRARY_PREFIX}{library_key(compiler, sources, api_files)[:24]}.so"
     if target.is_file() and _damage(target) is None:
         return target
-    include, lib_api = api_files
+    include, lib_api, blas = api_files
     command = (compiler + list(FLAGS) + ["-I", str(include)]
-               + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api), "-o"])
+               + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api)]
+               + [str(blas), f"-Wl,-rpath,{blas.parent}", "-o"])
     try:
         cache.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(cache / ".build.lock") as locked:

@@ -8,7 +8,10 @@ these and MXNet's builtin operators; nothing here falls back.
 
 Why: MXNet's builtin CPU kernels for these steps (LayerNorm backward, broadcast-reduce
 backwards, dropout, length-masked softmax, log-softmax over the vocabulary) dominate a
-BERT training step on a CPU; these do the same math in one pass each.
+BERT training step on a CPU; these do the same math in one pass each. Two replace whole
+sub-graphs: :func:`attention` (every head's scores, masked softmax, dropout and context from
+one packed q/k/v projection, no per-head splits or transposes) and :func:`mlm_cross_entropy`
+(the masked-LM decoder GEMM and its cross-entropy in vocabulary blocks, no (N, V) logits).
 
 Semantics:
 
@@ -26,6 +29,7 @@ import numpy
 from .loader import KernelsUnavailableError
 
 KEY_SIZE = 64
+MLM_BLOCK = 1024  # vocabulary entries per block of mlm_cross_entropy: the fastest of 256-4096
 
 
 def context_of(F, x):
@@ -149,3 +153,43 @@ def softmax_ce(F, logits, labels, weights, return_correct=False):
     loss = out[0].as_np_ndarray()
     return (loss, out[2].as_np_ndarray()) if return_correct else loss
 
+
+
+def attention(F, qkv, valid_lens, num_heads, p=0.0, scale=None):
+    """Multi-head self-attention context from one packed projection, every head in one kernel.
+
+    qkv: (B, T, 3H) float32, queries | keys | values side by side, head h in columns
+    h*d:(h+1)*d of each (d = H / num_heads); valid_lens: (B,) int32, keys at or beyond a
+    sequence's length are ignored (a length of 0 gives a zero context). Scores are scaled by
+    ``scale`` (default 1/sqrt(d)); the probabilities get dropout(p) in training mode and are
+    recomputed in backward from a saved (B, heads, T) logsumexp rather than stored.
+    Returns the context (B, T, H), heads side by side in the same column order.
+    """
+    _check_p(p)
+    _check_float32(F, qkv=qkv)
+    attrs = {"num_heads": num_heads, "p": p}
+    if scale is not None:
+        attrs["scale"] = scale
+    out = _kernel(F, "bp_attention")(_legacy(qkv), _legacy(valid_lens),
+                                     _legacy(_dropout_key(F, qkv, p)), **attrs)
+    return out[0].as_np_ndarray()
+
+
+def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=False,
+                      block=MLM_BLOCK):
+    """Per-row weighted cross-entropy of ``hidden @ weight.T + bias`` without the logits.
+
+    hidden: (N, K) float32; weight: (V, K) (a decoder weight or the tied embedding matrix);
+    bias: (V,); labels: (N,) int32 in [0, V); weights: (N,) float32, no gradient. Returns loss
+    (N,) = ``weights * (logsumexp(logits) - logits[labels])``, and with ``return_correct`` also
+    correct (N,) = ``weights`` where the first arg-max of a row is its label, else 0. ``block``
+    vocabulary entries are projected at a time, so the (N, V) logits and their gradient never
+    exist; the GEMMs run on the OpenBLAS of the MXNet wheel.
+    """
+    weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
+    _check_float32(F, hidden=hidden, weight=weight, bias=bias, weights=weights)
+    out = _kernel(F, "bp_mlm_ce")(_legacy(hidden), _legacy(_identity(F, weight)),
+                                  _legacy(_identity(F, bias)), _legacy(labels), _legacy(weights),
+                                  block=block)
+    loss = out[0].as_np_ndarray()
+    return (loss, out[2].as_np_ndarray()) if return_correct else loss

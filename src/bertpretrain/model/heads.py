@@ -1,4 +1,5 @@
 """The two pretraining heads: masked language model (at chosen positions) and next-sentence."""
+from mxnet import symbol
 from mxnet.gluon import HybridBlock, nn
 
 from .layers import LayerNorm
@@ -24,6 +25,13 @@ class MaskedLMHead(HybridBlock):
     transform, so the cost scales with P, not T. With ``tied_weight`` (the token embedding
     matrix, (vocab_size, H)) the output projection reuses it and only a bias is learned.
     ``ops`` is the model's op layer.
+
+    Called with integer ``labels`` and float32 ``weights`` (B, P) as well, it returns the
+    weighted cross-entropies (B, P) and the weighted number of correct arg-maxes (a scalar)
+    instead of the logits, through the op layer's ``mlm_cross_entropy``: with the fused kernels
+    the decoder and the loss run as one kernel over blocks of the vocabulary and the
+    (B * P, vocab_size) logits never exist. A hybridized caller that ignores the count does not
+    compute it.
     """
 
     def __init__(self, config, ops, tied_weight=None, **kwargs):
@@ -38,13 +46,24 @@ class MaskedLMHead(HybridBlock):
         else:
             self.decoder = None
             self.decoder_weight = tied_weight
+            # also among this block's own parameters, so that it can run as a hybridized graph of
+            # its own: BERTForPretraining calls it (with the labels) outside BERTModel's graph
+            self.params.update({tied_weight.name: tied_weight})
             self.decoder_bias = self.params.get("decoder_bias", shape=(config.vocab_size,),
                                                 init="zeros")
 
-    def hybrid_forward(self, F, encoded, pred_positions, decoder_weight=None, decoder_bias=None):
+    def hybrid_forward(self, F, encoded, pred_positions, labels=None, weights=None,
+                       decoder_weight=None, decoder_bias=None):
         hidden = self._ops.activation(F, self.transform(gather_positions(F, encoded, pred_positions)),
                                       self._activation)
-        hidden = self.norm(hidden)
+        hidden = self.norm(hidden)  # (B, P, H)
+        if labels is not None:
+            if self.decoder is not None:  # the untied decoder's parameters belong to its Dense child
+                decoder_weight, decoder_bias = (
+                    param.var() if F is symbol else param.data(hidden.ctx)
+                    for param in (self.decoder.weight, self.decoder.bias))
+            return self._ops.mlm_cross_entropy(F, hidden, decoder_weight, decoder_bias, labels,
+                                               weights, self._vocab_size, count_correct=True)
         if self.decoder is not None:
             return self.decoder(hidden)
         return F.npx.fully_connected(hidden, decoder_weight, decoder_bias,

@@ -15,10 +15,15 @@ Backends:
 - ``"fused"``: the fused C++ kernels of :mod:`bertpretrain.kernels` for the ops that have one,
   wherever they can run: the library is loaded (on the first trace) and the computation runs on a
   CPU. Elsewhere (no compiler, a GPU, kept off for Horovod) each op falls back to its builtin
-  formulation, and the kernel loader logs once why.
+  formulation, and the kernel loader logs once why. Self-attention runs as one packed q/k/v GEMM,
+  one kernel for every head and one output projection; the masked-LM decoder and its
+  cross-entropy run as one kernel over vocabulary blocks.
+- ``"fused-v1"``: the per-op kernels that preceded those two (layer norm, dropout, masked softmax,
+  cross-entropy), with builtin per-head attention and dense MLM logits: kept so that benchmarks
+  can compare the new kernels with the previous ones (bench_model.py, bench_train.py).
 
 The default (``backend=None``) is ``"fused"`` unless ``BERTPRETRAIN_KERNELS=0``. With dropout off
-both backends compute the same function; with dropout on they draw different masks. A hybridized
+every backend computes the same function; with dropout on they draw different masks. A hybridized
 block keeps the operators it was traced with.
 
 Adding an op: write its builtin formulation as a method of :class:`BuiltinOps` (the reference, and
@@ -26,27 +31,52 @@ the fallback); if a fused kernel computes it, override the method in :class:`Fus
 raw kernel from :mod:`bertpretrain.kernels.ops` when ``self._fused(F, x)``, else ``super()``.
 Blocks then call ``self._ops.<name>(F, ...)``.
 """
+import math
 from typing import NamedTuple
 
 from .. import kernels
 from ..kernels import ops as kernel_ops
 
-BACKENDS = ("fused", "builtin")
+BACKENDS = ("fused", "fused-v1", "builtin")
 
 # Added to the attention scores of keys that must be ignored: exp() of it underflows to exactly 0.
 _MASKED_SCORE = -1e30
 
 
+class AttentionWeights(NamedTuple):
+    """The parameters of one self-attention layer, as its op takes them (H = hidden size).
+
+    ``query_weight``, ``key_weight``, ``value_weight`` and ``proj_weight`` are (H, H), the biases
+    (H,). Head h uses rows h*d:(h+1)*d of the first three (d = H / heads) and the same columns of
+    ``proj_weight``, whichever backend computes it: the parameters are the same for all.
+    """
+
+    query_weight: object
+    query_bias: object
+    key_weight: object
+    key_bias: object
+    value_weight: object
+    value_bias: object
+    proj_weight: object
+    proj_bias: object
+
+    def with_scaled_queries(self, scale):
+        """These weights with the query weight and bias times ``scale``: scores scaled for free."""
+        return self._replace(query_weight=self.query_weight * scale,
+                             query_bias=self.query_bias * scale)
+
+
 class AttentionMask(NamedTuple):
     """Which keys each query of a batch may attend to, built once per batch and shared by all layers.
 
-    Made by :meth:`BuiltinOps.attention_mask`, read by ``masked_softmax`` of either backend (each
-    reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
+    Made by :meth:`BuiltinOps.attention_mask`, read by ``masked_softmax`` and ``self_attention`` of
+    every backend (each reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
     block's nested inputs over as lists: blocks rebuild it with ``AttentionMask(*mask)``.
 
     Attributes:
         lengths: (B, T) int32, ``lengths[b, query]`` the number of keys that query may attend to
-            (sequence b's valid length); what the fused softmax takes.
+            (sequence b's valid length); what the fused softmax takes (the fused attention takes
+            its first column, the valid lengths (B,)).
         bias: (B, T, T) float32, ``bias[b, query, key]`` 0 for keys before sequence b's valid length
             and a huge negative number from there on; added to the scores by the builtin softmax.
     """
@@ -67,8 +97,10 @@ def resolve_backend(backend=None):
 
 
 def for_backend(backend=None):
-    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps` or :class:`BuiltinOps`."""
-    return FusedOps() if resolve_backend(backend) == "fused" else BuiltinOps()
+    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps`,
+    :class:`PerOpFusedOps` or :class:`BuiltinOps`."""
+    return {"fused": FusedOps, "fused-v1": PerOpFusedOps,
+            "builtin": BuiltinOps}[resolve_backend(backend)]()
 
 
 class BuiltinOps:
@@ -156,16 +188,62 @@ class BuiltinOps:
             correct = correct * weights
         return losses, F.np.sum(correct)
 
+    def self_attention(self, F, x, mask, weights, num_hiddens, num_heads, rate):
+        """Multi-head scaled dot-product self-attention of ``x`` (B, T, H), then its output projection.
 
-class FusedOps(BuiltinOps):
-    """The primitives through the fused CPU kernels where they can run, builtin operators elsewhere.
+        ``mask`` is the batch's :class:`AttentionMask`; ``weights`` the :class:`AttentionWeights`
+        (H = ``num_hiddens``, d = H / ``num_heads``); ``rate`` the dropout of the attention
+        probabilities. Returns (B, T, H).
+
+        Each head is computed separately, from its slices of the weights, so that its queries,
+        keys, values and context are contiguous (B, T, d) arrays. The usual reshape-and-transpose
+        into a (B * heads, T, d) layout costs ~7 ms per transpose per 4M floats on this CPU, 16 of
+        them per step; per-head projections made the whole d2l training step ~8% faster (1
+        thread). The 1/sqrt(d) score scaling is folded into the query weight and bias (an (H, H)
+        multiply instead of one over every score). The output bias is added inside the first
+        head's projection, since a separate broadcast bias add has a slow backward in MXNet 1.9.1.
+        """
+        head_size = num_hiddens // num_heads
+        weights = weights.with_scaled_queries(1.0 / math.sqrt(head_size))
+        head_outputs = []  # (B, T, H) each
+        for head in range(num_heads):
+            rows = slice(head * head_size, (head + 1) * head_size)
+            queries = _project(F, x, weights.query_weight[rows], weights.query_bias[rows], head_size)
+            keys = _project(F, x, weights.key_weight[rows], weights.key_bias[rows], head_size)
+            values = _project(F, x, weights.value_weight[rows], weights.value_bias[rows],
+                              head_size)  # (B, T, d)
+            scores = F.npx.batch_dot(queries, keys, transpose_b=True)  # (B, T, T)
+            probabilities = self.masked_softmax(F, scores, mask, rate)
+            context = F.npx.batch_dot(probabilities, values)  # (B, T, d)
+            head_outputs.append(_project(F, context, weights.proj_weight[:, rows],
+                                         None if head_outputs else weights.proj_bias, num_hiddens))
+        return self.add(F, *head_outputs)
+
+    def mlm_cross_entropy(self, F, hidden, weight, bias, labels, weights, vocab_size,
+                          count_correct=False):
+        """The masked-LM decoder ``hidden @ weight.T + bias`` and its cross-entropy against ``labels``.
+
+        ``hidden`` (B, P, H) the transformed states at the prediction slots, ``weight`` (V, H) (the
+        decoder's, or the tied token embedding; V = ``vocab_size``), ``bias`` (V,), integer ``labels`` and float32
+        ``weights`` (B, P). Returns what :meth:`softmax_cross_entropy` returns for the (B, P, V)
+        logits: the weighted losses (B, P), and with ``count_correct`` the weighted number of
+        slots whose arg-max is the label.
+        """
+        logits = F.npx.fully_connected(hidden, weight, bias, num_hidden=vocab_size,
+                                       flatten=False)
+        return self.softmax_cross_entropy(F, logits, labels, weights, count_correct)
+
+
+class PerOpFusedOps(BuiltinOps):
+    """The per-op fused CPU kernels where they can run, builtin operators elsewhere (``"fused-v1"``).
 
     Layer normalisation, the residual add + dropout + layer normalisation, dropout, the
     length-masked attention softmax (with its dropout) and the cross-entropy (with its accuracy
-    count, for free) each run as one kernel.
+    count, for free) each run as one kernel; attention and the MLM decoder are composed as in
+    :class:`BuiltinOps` around them. :class:`FusedOps` adds the two whole-block kernels.
     """
 
-    backend = "fused"
+    backend = "fused-v1"
 
     @staticmethod
     def _fused(F, x):
@@ -211,3 +289,46 @@ class FusedOps(BuiltinOps):
         if not count_correct:
             return losses
         return losses, F.np.sum(correct)
+
+
+class FusedOps(PerOpFusedOps):
+    """The per-op kernels of :class:`PerOpFusedOps`, plus self-attention and the masked-LM decoder
+    with its cross-entropy each as one kernel, where the kernels can run (``"fused"``)."""
+
+    backend = "fused"
+
+    def self_attention(self, F, x, mask, weights, num_hiddens, num_heads, rate):
+        """One packed (B, T, 3H) q/k/v GEMM on the concatenated weights, one kernel that computes
+        every head's scores, masked softmax, dropout and context with the heads addressed by stride
+        (no per-head splits, transposes or ``add_n``), and one output projection."""
+        if not self._fused(F, x):
+            return super().self_attention(F, x, mask, weights, num_hiddens, num_heads, rate)
+        weights = weights.with_scaled_queries(1.0 / math.sqrt(num_hiddens // num_heads))
+        packed_weight = F.np.concatenate([weights.query_weight, weights.key_weight,
+                                          weights.value_weight], axis=0)  # (3H, H)
+        packed_bias = F.np.concatenate([weights.query_bias, weights.key_bias, weights.value_bias],
+                                       axis=0)  # (3H,)
+        qkv = _project(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
+        valid_lens = mask.lengths[:, 0]  # (B,)
+        context = kernel_ops.attention(F, qkv, valid_lens, num_heads, p=rate, scale=1.0)  # (B, T, H)
+        return _project(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
+
+    def mlm_cross_entropy(self, F, hidden, weight, bias, labels, weights, vocab_size,
+                          count_correct=False):
+        """One kernel projects blocks of the vocabulary and accumulates the cross-entropy: the
+        (B * P, V) logits and their gradient never exist (the largest arrays of a d2l step)."""
+        if not self._fused(F, hidden):
+            return super().mlm_cross_entropy(F, hidden, weight, bias, labels, weights, vocab_size,
+                                             count_correct)
+        losses, correct = kernel_ops.mlm_cross_entropy(
+            F, F.npx.reshape(hidden, (-5, -2)), weight, bias, F.np.reshape(labels, (-1,)),
+            F.np.reshape(weights, (-1,)), return_correct=True)  # (B * P,) each
+        losses = F.reshape_like(losses.as_nd_ndarray(), labels.as_nd_ndarray()).as_np_ndarray()
+        return (losses, F.np.sum(correct)) if count_correct else losses
+
+
+def _project(F, x, weight, bias, num_outputs):
+    """``x @ weight.T + bias`` over the last axis of ``x`` (no bias when ``bias`` is None)."""
+    if bias is None:
+        return F.npx.fully_connected(x, weight, num_hidden=num_outputs, no_bias=True, flatten=False)
+    return F.npx.fully_connected(x, weight, bias, num_hidden=num_outputs, flatten=False)

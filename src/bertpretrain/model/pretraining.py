@@ -44,6 +44,9 @@ class BERTForPretraining(HybridBlock):
     costs ~3% of a d2l step (with the fused CPU kernels the counts are free): a
     trainer can use ``count_correct=False`` for training steps and a second wrapper of the same
     ``bert`` with counts for evaluation. The wrapped model stays available as ``net.bert``.
+    The MLM loss comes from the head itself (:class:`MaskedLMHead` given the labels): with the
+    fused kernels the decoder and its cross-entropy are one blockwise kernel, so the
+    (B * P, vocab) logits and their gradient never exist.
     """
 
     def __init__(self, bert, count_correct=True, **kwargs):
@@ -68,12 +71,14 @@ class BERTForPretraining(HybridBlock):
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels,
                        nsp_labels):
-        _, mlm_logits, nsp_logits = self.bert(tokens, segments, valid_lens, pred_positions)
-        count, ops = self._count_correct, self.bert.ops
-        mlm = ops.softmax_cross_entropy(F, mlm_logits, mlm_labels, mlm_weights, count)  # (B, P)
-        nsp = ops.softmax_cross_entropy(F, nsp_logits, nsp_labels, None, count)  # (B,)
+        bert, count = self.bert, self._count_correct
+        # BERTModel's blocks, with the MLM head given the labels: the decoder and its loss are
+        # one op of the model's backend (see MaskedLMHead)
+        encoded = bert.encoder(tokens, segments, valid_lens)
+        mlm_losses, mlm_correct = bert.mlm(encoded, pred_positions, mlm_labels, mlm_weights)  # (B, P)
+        nsp = bert.ops.softmax_cross_entropy(F, bert.nsp(encoded), nsp_labels, None, count)  # (B,)
         if not count:
-            return F.np.sum(mlm), F.np.sum(mlm_weights), F.np.sum(nsp)
-        (mlm_losses, mlm_correct), (nsp_losses, nsp_correct) = mlm, nsp
+            return F.np.sum(mlm_losses), F.np.sum(mlm_weights), F.np.sum(nsp)
+        nsp_losses, nsp_correct = nsp
         return (F.np.sum(mlm_losses), F.np.sum(mlm_weights), F.np.sum(nsp_losses), mlm_correct,
                 nsp_correct)
