@@ -126,7 +126,7 @@ def test_history_survives_a_json_round_trip_with_its_attributes(tmp_path):
     assert history.checkpoint == latest_checkpoint(str(tmp_path))
     again = TrainingHistory.from_dict(json.loads(json.dumps(history.to_dict())))
     assert again == history and again.checkpoint == history.checkpoint
-    assert (again.interrupted, again.rank) == (False, 0) and again["mlm_loss"] == history.mlm_loss
+    assert (again.interrupted, again.rank, again.workers) == (False, 0, 1) and again["mlm_loss"] == history.mlm_loss
     with pytest.raises(KeyError, match="no 'loss'"):
         history["loss"]
 
@@ -147,7 +147,7 @@ def test_a_worker_other_than_rank_0_leaves_the_loader_and_the_logger_as_they_wer
                          checkpoint_dir=str(tmp_path))
     assert during == [(1, 2, True)] * 2  # its own shard, and rank 0 alone logs
     assert (train_iter.shard_index, train_iter.num_shards, loop.logger.disabled) == (0, 1, False)
-    assert history.rank == 1 and history.checkpoint is None and os.listdir(tmp_path) == []  # rank 0 alone writes
+    assert (history.rank, history.workers) == (1, 2) and history.checkpoint is None and os.listdir(tmp_path) == []  # rank 0 alone writes
 
 
 class InterruptAfter:

@@ -231,7 +231,7 @@ def run_pretraining(options):
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
     model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"), vocab=vocab)
     steps = history["step"][-1] if history["step"] else 0
-    with reading_shard(train_iter, history.rank, getattr(kvstore, "num_workers", 1)):  # this worker's share
+    with reading_shard(train_iter, history.rank, history.workers):  # the share this worker read
         sequences = _sequences_seen(train_iter, steps)
     summary = {"dataset": dataset, "data_dir": folder, "steps": steps, "sequences": sequences,
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,

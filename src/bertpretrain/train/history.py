@@ -11,7 +11,7 @@ class TrainingHistory:
     The per-step lists under :data:`HISTORY_KEYS` have one entry per step (equal lengths); ``eval`` holds a
     dict per evaluation (with its ``step``). ``interrupted`` is True when Ctrl-C stopped the run;
     ``checkpoint`` is the last checkpoint written (or None); ``rank`` is this worker's rank (0 unless
-    training is distributed). Each worker records the losses of its own shard; after a resume, the steps
+    training is distributed) of ``workers``. Each worker records the losses of its own shard; after a resume, the steps
     before it are rank 0's (the checkpoint's).
 
     ``history["mlm_loss"]`` reads a list as ``history.mlm_loss`` does; :meth:`to_dict` and
@@ -28,6 +28,7 @@ class TrainingHistory:
     interrupted: bool = False
     checkpoint: str = None
     rank: int = 0
+    workers: int = 1
 
     def __getitem__(self, key):
         """The list ``key`` (one of :data:`HISTORY_KEYS` or ``'eval'``)."""

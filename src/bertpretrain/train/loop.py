@@ -200,16 +200,17 @@ class _Run:
         self.eval_iter = eval_iter if self.lead else None
         self.checkpointer = Checkpointer(config.checkpoint_dir, config.checkpoint_interval, config.keep_checkpoints,
                                          writes=self.lead)
-        self.history, self.step = TrainingHistory(rank=strategy.rank), 0
+        self.history, self.step = TrainingHistory(rank=strategy.rank, workers=strategy.workers), 0
 
     def resume(self):
-        """Continue from the latest checkpoint (every worker), if there is one; then make the workers agree."""
+        """Continue from the latest checkpoint (every worker reads it), if there is one."""
         resumed = self.checkpointer.resume(self.model.bert, self.trainer, self.devices, self.vocab)
         if resumed:
             source, state, self.vocab = resumed
             self.step, self.seed = state["step"], state["seed"]
             self.history = dataclasses.replace(TrainingHistory.from_dict(state["history"]), interrupted=False,
-                                               checkpoint=None, rank=self.strategy.rank)
+                                               checkpoint=None, rank=self.strategy.rank,
+                                               workers=self.strategy.workers)
             if state.get("data") is not None and hasattr(self.train_iter, "load_state_dict"):
                 self.train_iter.load_state_dict(state["data"])
             logger.info("resumed from %s at step %d", source, self.step)
@@ -217,7 +218,11 @@ class _Run:
             logger.info("no checkpoint in %s yet: starting from step 0", self.config.checkpoint_dir)
 
     def train_step(self, batch, check_ids):
-        """One optimiser step on ``batch`` (step ``self.step``): its metrics. Raises NonFiniteLossError."""
+        """One optimiser step (``self.step``) on ``batch``, a PretrainingBatch of B examples ((B, T) tokens, (B, P)
+        MLM weights), split over the devices; return its metrics (mean losses and accuracies).
+
+        ``check_ids``: check the (B, T) token ids against the vocabulary on the host first.
+        Raises NonFiniteLossError when a loss is NaN or infinite (nothing saved for this step)."""
         batch_size = batch.tokens.shape[0]
         self.trainer.set_learning_rate(self.schedule(self.step))
         _seed_devices(self.seed, self.step, self.devices)
