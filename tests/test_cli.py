@@ -20,6 +20,7 @@ def _check_outputs(folder, steps):
     assert (folder / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((folder / "history.json").read_text())
     assert saved["history"]["step"] == list(range(1, steps + 1))
+    assert saved["history"]["checkpoint"] == saved["summary"]["checkpoint"] and saved["history"]["rank"] == 0
     assert saved["summary"]["eval"]["num_examples"] > 0
     assert (folder / "checkpoints" / "latest").read_text().strip() == f"step-{steps:08d}"
 
@@ -167,3 +168,13 @@ def test_preset_d2l_gives_d2ls_run_and_other_options_override_it(monkeypatch):
     assert d2l["seed"] == 3
     assert changed == dict(asdict(seen[0]), seed=0, num_steps=7, lr=0.5)
     assert default == asdict(PretrainOptions())
+
+
+def test_recipe_options_build_the_training_config(tmp_path):
+    from bertpretrain.recipe import preset_options
+    config = preset_options("d2l", output_dir=str(tmp_path), checkpoint_interval=5, seed=3).training_config()
+    assert (config.num_steps, config.lr, config.lr_decay, config.initializer) == (50, 0.01, "none", "xavier")
+    assert (config.checkpoint_dir, config.checkpoint_interval, config.seed) == (str(tmp_path / "checkpoints"), 5, 3)
+    assert config.kvstore == "device"
+    created = object()  # a dist_* run passes the KVStore it created: the config keeps that very object
+    assert preset_options("d2l").training_config(created).keywords()["kvstore"] is created

@@ -1,4 +1,7 @@
 """train_bert: device-count independence, learning, exact step counts, checkpoints and resumption."""
+import dataclasses
+import inspect
+import json
 import logging
 import os
 import re
@@ -6,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -13,7 +17,10 @@ import pytest
 
 from bertpretrain.data import load_data_wiki
 from bertpretrain.model import BERTModel
-from bertpretrain.train import NonFiniteLossError, evaluate_bert, latest_checkpoint, train_bert
+from bertpretrain.train import (NonFiniteLossError, TrainingConfig, TrainingHistory, evaluate_bert,
+                                latest_checkpoint, train_bert)
+from bertpretrain.train import loop
+from bertpretrain.train.strategy import LocalStrategy
 
 TINY = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, max_len=32)
 
@@ -86,10 +93,61 @@ def test_warmup_and_linear_decay_schedule_the_learning_rate():
 
 def test_gradient_clipping_changes_the_update():
     _, plain, _ = run(num_steps=2)
-    _, clipped, _ = run(num_steps=2, clip_gradient=1e-3, optimizer="sgd")
+    _, clipped, _ = run(num_steps=2, clip_global_norm=1e-3, optimizer="sgd")
     _, sgd, _ = run(num_steps=2, optimizer="sgd")
     moved = [np.abs(a - b).max() for a, b in zip(params_of(clipped), params_of(sgd))]
     assert max(moved) > 1e-4, "clipping had no effect"
+
+
+def test_clip_gradient_is_the_deprecated_name_of_the_global_norm_clipping():
+    _, clipped, _ = run(num_steps=2, clip_global_norm=1e-3, optimizer="sgd")
+    with warnings.catch_warnings(record=True) as caught:  # not pytest.warns: it re-emits MXNet's own warnings
+        warnings.simplefilter("always", DeprecationWarning)
+        _, old_name, _ = run(num_steps=2, clip_gradient=1e-3, optimizer="sgd")
+    assert any("pass clip_global_norm instead" in str(w.message) for w in caught)
+    for a, b in zip(params_of(clipped), params_of(old_name)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="pass clip_global_norm alone"):
+        run(num_steps=1, clip_gradient=1e-3, clip_global_norm=1e-3)
+
+
+def test_train_bert_options_are_the_training_config_fields():
+    """train_bert's keywords and TrainingConfig's fields agree, so **config.keywords() passes every option."""
+    signature = inspect.signature(train_bert).parameters
+    not_options = {"train_iter", "net", "devices", "eval_iter", "vocab", "clip_gradient"}
+    options = {name: p.default for name, p in signature.items() if name not in not_options}
+    assert options == {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+    with pytest.raises(ValueError, match="clip_global_norm must be a positive norm"):
+        TrainingConfig(clip_global_norm=0)
+
+
+def test_history_survives_a_json_round_trip_with_its_attributes(tmp_path):
+    history, _, _ = run(num_steps=2, checkpoint_dir=str(tmp_path))
+    assert history.checkpoint == latest_checkpoint(str(tmp_path))
+    again = TrainingHistory.from_dict(json.loads(json.dumps(history.to_dict())))
+    assert again == history and again.checkpoint == history.checkpoint
+    assert (again.interrupted, again.rank, again.workers) == (False, 0, 1) and again["mlm_loss"] == history.mlm_loss
+    with pytest.raises(KeyError, match="no 'loss'"):
+        history["loss"]
+
+
+def test_a_worker_other_than_rank_0_leaves_the_loader_and_the_logger_as_they_were(monkeypatch, tmp_path):
+    train_iter, vocab = sample_loader()
+    during = []
+
+    class SecondOfTwo(LocalStrategy):  # rank 1 of 2 workers, without a second process
+        rank, workers = 1, 2
+
+        def global_counts(self, num_preds, batch_size):
+            during.append((train_iter.shard_index, train_iter.num_shards, loop.logger.disabled))
+            return super().global_counts(num_preds, batch_size)
+
+    monkeypatch.setattr(loop, "make_strategy", lambda kvstore, devices: (SecondOfTwo(kvstore, devices), devices))
+    history = train_bert(train_iter, BERTModel(len(vocab), **TINY), [mx.cpu()], 2, seed=1, progress=False,
+                         checkpoint_dir=str(tmp_path))
+    assert during == [(1, 2, True)] * 2  # its own shard, and rank 0 alone logs
+    assert (train_iter.shard_index, train_iter.num_shards, loop.logger.disabled) == (0, 1, False)
+    assert (history.rank, history.workers) == (1, 2) and history.checkpoint is None and os.listdir(tmp_path) == []  # rank 0 alone writes
 
 
 class InterruptAfter:

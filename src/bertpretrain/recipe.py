@@ -19,8 +19,9 @@ from .data import (DATA_HUB, DataError, DownloadError, download_extract, load_da
 from .encoding import get_bert_encoding
 from .files import atomic_write
 from .model import BERTModel, save_pretrained
-from .train import parse_devices, train_bert
+from .train import TrainingConfig, parse_devices, train_bert
 from .train.checkpoint import check_writable
+from .train.loop import reading_shard
 from .train.plot import plot_history
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,16 @@ class PretrainOptions:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r} (--architecture): choose one of "
                              f"{', '.join(sorted(ARCHITECTURES))}")
+
+    def training_config(self, kvstore=None):
+        """The :class:`~bertpretrain.train.TrainingConfig` of these options (checkpoints in
+        ``output_dir/checkpoints``); ``kvstore``: the KVStore already created for a ``dist_*`` run
+        (default: the ``kvstore`` option's name)."""
+        return TrainingConfig(num_steps=self.num_steps, lr=self.lr, warmup_steps=self.warmup_steps,
+                              lr_decay=self.lr_decay, checkpoint_dir=os.path.join(self.output_dir, "checkpoints"),
+                              checkpoint_interval=self.checkpoint_interval, resume=self.resume,
+                              progress=self.progress, seed=self.seed, initializer=self.initializer,
+                              kvstore=self.kvstore if kvstore is None else kvstore)
 
 
 #: BERTModel options of each ``architecture`` (d2l's small BERT's sizes in all): ``d2l``, its own layout;
@@ -214,17 +225,15 @@ def run_pretraining(options):
     elif net.config.max_len < options.max_len:
         raise DataError(f"{options.init_from_hf} has {net.config.max_len} positions, fewer than --max-len "
                         f"{options.max_len}: lower --max-len")
-    history = train_bert(train_iter, net, devices, options.num_steps, lr=options.lr,
-                         warmup_steps=options.warmup_steps, lr_decay=options.lr_decay, eval_iter=eval_iter,
-                         checkpoint_dir=os.path.join(options.output_dir, "checkpoints"),
-                         checkpoint_interval=options.checkpoint_interval, resume=options.resume,
-                         progress=options.progress, seed=options.seed, vocab=vocab, kvstore=kvstore,
-                         initializer=options.initializer)
+    history = train_bert(train_iter, net, devices, eval_iter=eval_iter, vocab=vocab,
+                         **options.training_config(kvstore).keywords())
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
     model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"), vocab=vocab)
-    summary = {"dataset": dataset, "data_dir": folder, "steps": history["step"][-1] if history["step"] else 0,
-               "sequences": _sequences_seen(train_iter, history["step"][-1] if history["step"] else 0),
+    steps = history["step"][-1] if history["step"] else 0
+    with reading_shard(train_iter, history.rank, history.workers):  # the share this worker read
+        sequences = _sequences_seen(train_iter, steps)
+    summary = {"dataset": dataset, "data_dir": folder, "steps": steps, "sequences": sequences,
                "interrupted": history.interrupted, "model_dir": model_dir, "checkpoint": history.checkpoint,
                "options": asdict(options)}
     if history["step"]:
@@ -236,6 +245,6 @@ def run_pretraining(options):
     except ImportError as error:
         logger.warning("%s; skipping the loss-curve plot", error)
     atomic_write(os.path.join(options.output_dir, "history.json"),
-                 json.dumps({"history": history, "summary": summary}, indent=1))
+                 json.dumps({"history": history.to_dict(), "summary": summary}, indent=1))
     print_encodings(net, vocab, net.collect_params().list_ctx()[0])
     return summary

@@ -20,8 +20,9 @@ import os
 import shutil
 import tempfile
 
-from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, VOCAB_FILE, atomic_folder, atomic_write,  # noqa: F401
-                     file_digest, remove_stale)  # PARAMS_FILE: read by loop.py as ckpt.PARAMS_FILE
+from ..data import Vocab
+from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, VOCAB_FILE, atomic_folder, atomic_write,
+                     file_digest, remove_stale)
 from ..model import save_pretrained
 
 FORMAT = "bertpretrain-checkpoint-v2"
@@ -251,3 +252,59 @@ def check_compatible(folder, config, vocab):
             f"cannot resume from {folder}: the model or vocabulary passed differs from the checkpoint's:\n  "
             + "\n  ".join(differences) + "\nEither pass the same settings (and data) as the checkpoint, or "
             "use a new checkpoint folder (--output-dir) to start a new run")
+
+
+class Checkpointer:
+    """The checkpoints of one run in ``directory``: resume (verified and checked against the model and
+    vocabulary), save every ``interval`` steps (and when asked), prune to the ``keep`` newest.
+
+    ``writes=False`` (a worker other than rank 0, or no ``directory``) reads a checkpoint to resume but
+    never writes one. ``saved_step`` is the step of the last checkpoint saved or resumed (None: none yet).
+    """
+
+    def __init__(self, directory, interval=None, keep=2, writes=True):
+        self.directory, self.interval, self.keep = directory, interval, keep
+        self.writes = writes and directory is not None
+        self.saved_step = None
+
+    def check_writable(self):
+        """Fail before the first step if the folder cannot be written (a read-only folder must not cost a run)."""
+        if self.writes:
+            check_writable(self.directory)
+
+    def latest(self):
+        """The latest complete checkpoint's folder, or None."""
+        return latest_checkpoint(self.directory) if self.directory is not None else None
+
+    def resume(self, bert, trainer, devices, vocab=None):
+        """Load the latest checkpoint into ``bert`` (on ``devices``) and ``trainer``; return ``(folder, state,
+        vocab)`` (the vocabulary passed, else the checkpoint's, else None), or None when there is none yet.
+
+        Raises:
+            CheckpointError: the checkpoint is damaged, or was saved with another configuration or vocabulary.
+        """
+        source = self.latest()
+        if source is None:
+            return None
+        state = read_state(source)
+        verify_checkpoint(source, state)
+        check_compatible(source, bert.config, vocab)
+        bert.load_parameters(os.path.join(source, PARAMS_FILE), ctx=devices)
+        trainer.load_states(os.path.join(source, TRAINER_FILE))
+        if vocab is None and os.path.isfile(os.path.join(source, VOCAB_FILE)):
+            vocab = Vocab.load(os.path.join(source, VOCAB_FILE))
+        self.saved_step = state["step"]
+        return source, state, vocab
+
+    def due(self, step, num_steps):
+        """Whether the interval asks for a checkpoint after ``step`` (the last step is saved anyway)."""
+        return bool(self.interval) and step % self.interval == 0 and step < num_steps
+
+    def save(self, step, bert, trainer, state, vocab=None):
+        """Write the checkpoint of ``step`` (see :func:`save_checkpoint`) and return its folder; None when
+        this checkpointer does not write."""
+        if not self.writes:
+            return None
+        folder = save_checkpoint(self.directory, step, bert, trainer, state, vocab, self.keep)
+        self.saved_step = step
+        return folder

@@ -1,7 +1,12 @@
-"""``train_bert``: pretraining with progress, history, evaluation, checkpoints and exact resumption."""
+"""``train_bert``: pretraining with progress, history, evaluation, checkpoints and exact resumption.
+
+The jobs live apart: the options in :class:`~.config.TrainingConfig`, the way gradients are added in
+a strategy (:mod:`.strategy`), checkpoints in :class:`~.checkpoint.Checkpointer`, the record in
+:class:`~.history.TrainingHistory`; this module holds the loop and its progress reports.
+"""
 import contextlib
+import dataclasses
 import logging
-import os
 import signal
 import threading
 import time
@@ -9,40 +14,19 @@ import warnings
 
 import mxnet as mx
 import numpy as np
-from mxnet import gluon, init
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import Vocab
 from ..model import BERTForPretraining
 from ..model.bert import check_token_range
-from . import checkpoint as ckpt
-from .devices import default_devices
+from .checkpoint import Checkpointer
+from .config import TrainingConfig, make_initializer
 from .evaluate import evaluate_bert
-from .schedule import LearningRateSchedule
+from .history import TrainingHistory
 from .step import summarise, train_step
+from .strategy import make_strategy
 
 logger = logging.getLogger(__name__)
-
-_COUNTS_KEY = 1 << 30  # a kvstore key no parameter uses (the Trainer numbers them from 0)
-HISTORY_KEYS = ("step", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "seq_per_sec")
-
-
-class TrainingHistory(dict):
-    """Per-step lists under :data:`HISTORY_KEYS` (equal lengths), and ``'eval'``: a list of dicts.
-
-    ``interrupted`` is True when Ctrl-C stopped the run; ``checkpoint`` is the last checkpoint
-    written (or None); ``rank`` is this worker's rank (0 unless training is distributed). Each worker
-    records the losses of its own shard; after a resume, the steps before it are rank 0's (the
-    checkpoint's).
-    """
-
-    def __init__(self, lists=None, evals=None):
-        super().__init__({key: list((lists or {}).get(key, [])) for key in HISTORY_KEYS})
-        self["eval"] = list(evals or [])
-        self.interrupted = False
-        self.checkpoint = None
-        self.rank = 0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,20 +82,6 @@ def _stop_on_ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
-INITIALIZERS = ("xavier", "bert")
-
-
-def make_initializer(name):
-    """The initializer of the weights named ``name``: ``'xavier'`` (d2l: Xavier uniform) or ``'bert'``
-    (the original BERT: normal with standard deviation 0.02). Biases and LayerNorm shifts start at 0 and
-    LayerNorm scales at 1 either way (their own initializers)."""
-    if name == "xavier":
-        return init.Xavier()
-    if name == "bert":
-        return init.Normal(0.02)
-    raise ValueError(f"initializer must be one of {INITIALIZERS}, got {name!r}")
-
-
 def _place_parameters(model, devices, seed, initializer):
     """Initialise (seeded) any uninitialised parameter and put all of them on ``devices``."""
     mx.random.seed(seed)
@@ -150,25 +120,160 @@ def _seed_devices(seed, step, devices):
         mx.random.seed(base + i if device.device_type == "gpu" else base, ctx=device)
 
 
-def _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir, checkpoint_interval, resume):
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    if len(devices) > 1 and kvstore is None:
-        raise ValueError("kvstore=None does not add up gradients across devices, so replicas would drift "
-                         "apart: use kvstore='device' (or 'local') with several devices")
-    if clip_gradient is not None and not clip_gradient > 0:
-        raise ValueError(f"clip_gradient must be a positive norm or None, got {clip_gradient!r}")
-    if checkpoint_interval is not None and (not isinstance(checkpoint_interval, int) or checkpoint_interval < 1):
-        raise ValueError(f"checkpoint_interval must be an integer >= 1 or None, got {checkpoint_interval!r}")
-    if (resume or checkpoint_interval) and checkpoint_dir is None:
-        raise ValueError("resume and checkpoint_interval need checkpoint_dir: the folder to keep checkpoints in")
+
+@contextlib.contextmanager
+def reading_shard(loader, rank, workers):
+    """Make ``loader`` read only share ``rank`` of ``workers`` inside the block, and give it back its
+    previous share afterwards (the caller's loader is left as it was passed). One worker: nothing to do.
+
+    Raises:
+        ValueError: several workers, but ``loader`` cannot be sharded (it is no PretrainingLoader).
+    """
+    if workers == 1:
+        yield loader
+        return
+    if not hasattr(loader, "shard"):
+        raise ValueError("training over several processes needs each one to read its own share of the data: "
+                         "pass a PretrainingLoader (from load_data_wiki), whose shard() train_bert calls by rank")
+    previous = (getattr(loader, "shard_index", 0), getattr(loader, "num_shards", 1))
+    loader.shard(rank, workers)
+    try:
+        yield loader
+    finally:
+        loader.shard(*previous)
+
+
+@contextlib.contextmanager
+def _logging_if(enabled):
+    """Silence this module's logger inside the block unless ``enabled`` (one worker logs), then restore it."""
+    disabled = logger.disabled
+    logger.disabled = disabled or not enabled
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+class _Progress:
+    """The progress bar, a log line every ``log_interval`` steps (and at the last) with the sequences/s
+    since the previous line, and the launcher's progress reports."""
+
+    def __init__(self, num_steps, first_step, show, log_interval):
+        self.num_steps, self.log_interval = num_steps, log_interval
+        self.bar = tqdm(total=num_steps, initial=first_step, unit="step", dynamic_ncols=True,
+                        disable=None if show is None else not show)
+        self.tick = self.logged_since = time.perf_counter()
+        self.logged_sequences = 0
+
+    def step(self, step, batch_size, metrics, lr):
+        """Report a finished step; return its sequences/s (since the previous step ended)."""
+        now = time.perf_counter()
+        seq_per_sec, self.tick = batch_size / (now - self.tick), now
+        self.bar.update(1)
+        distributed.report_progress(f"step {step}")
+        self.bar.set_postfix(mlm=f"{metrics['mlm_loss']:.3f}", nsp=f"{metrics['nsp_loss']:.3f}",
+                             seq_s=f"{seq_per_sec:.0f}", refresh=False)
+        self.logged_sequences += batch_size
+        if (self.log_interval and step % self.log_interval == 0) or step == self.num_steps:
+            logger.info("step %d/%d: mlm loss %.3f (acc %.3f), nsp loss %.3f (acc %.3f), lr %.3g, %.0f seq/s",
+                        step, self.num_steps, metrics["mlm_loss"], metrics["mlm_acc"], metrics["nsp_loss"],
+                        metrics["nsp_acc"], lr, self.logged_sequences / (now - self.logged_since))
+            self.logged_sequences, self.logged_since = 0, now
+        return seq_per_sec
+
+
+class _Run:
+    """One training run's state (model, trainer, strategy, checkpointer, history, step, seed) and the jobs of
+    a step, an evaluation and a checkpoint; :func:`train_bert` drives it."""
+
+    def __init__(self, train_iter, net, devices, config, strategy, eval_iter, vocab):
+        self.train_iter, self.devices, self.config, self.strategy = train_iter, devices, config, strategy
+        self.vocab = vocab
+        self.seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if config.seed is None else int(config.seed)
+        self.model = net if isinstance(net, BERTForPretraining) else BERTForPretraining(net)
+        _place_parameters(self.model, devices, self.seed, config.initializer)
+        self.model.hybridize(static_alloc=True, static_shape=True)
+        self.schedule = config.schedule()
+        self.trainer = strategy.make_trainer(_parameters_by_structure(self.model), config.optimizer,
+                                             {"learning_rate": self.schedule(1), **(config.optimizer_params or {})})
+        self.lead = strategy.rank == 0  # one worker writes checkpoints, logs, evaluates and shows progress; all train
+        self.eval_iter = eval_iter if self.lead else None
+        self.checkpointer = Checkpointer(config.checkpoint_dir, config.checkpoint_interval, config.keep_checkpoints,
+                                         writes=self.lead)
+        self.history, self.step = TrainingHistory(rank=strategy.rank, workers=strategy.workers), 0
+
+    def resume(self):
+        """Continue from the latest checkpoint (every worker reads it), if there is one."""
+        resumed = self.checkpointer.resume(self.model.bert, self.trainer, self.devices, self.vocab)
+        if resumed:
+            source, state, self.vocab = resumed
+            self.step, self.seed = state["step"], state["seed"]
+            self.history = dataclasses.replace(TrainingHistory.from_dict(state["history"]), interrupted=False,
+                                               checkpoint=None, rank=self.strategy.rank,
+                                               workers=self.strategy.workers)
+            if state.get("data") is not None and hasattr(self.train_iter, "load_state_dict"):
+                self.train_iter.load_state_dict(state["data"])
+            logger.info("resumed from %s at step %d", source, self.step)
+        else:
+            logger.info("no checkpoint in %s yet: starting from step 0", self.config.checkpoint_dir)
+
+    def train_step(self, batch, check_ids):
+        """One optimiser step (``self.step``) on ``batch``, a PretrainingBatch of B examples ((B, T) tokens, (B, P)
+        MLM weights), split over the devices; return its metrics (mean losses and accuracies).
+
+        ``check_ids``: check the (B, T) token ids against the vocabulary on the host first.
+        Raises NonFiniteLossError when a loss is NaN or infinite (nothing saved for this step)."""
+        batch_size = batch.tokens.shape[0]
+        self.trainer.set_learning_rate(self.schedule(self.step))
+        _seed_devices(self.seed, self.step, self.devices)
+        # The batch is in host memory (numpy, or MXNet arrays on the CPU): reading it waits for no device.
+        num_preds = float(_host(batch.mlm_weights).sum())
+        if check_ids:
+            tokens = _host(batch.tokens)
+            check_token_range(self.model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
+        sums = train_step(self.model, self.trainer, batch, self.devices,
+                          self.strategy.global_counts(num_preds, batch_size), self.config.use_nsp,
+                          self.config.clip_global_norm, update_batch_size=self.strategy.update_batch_size)
+        metrics = summarise(sums, batch_size)
+        if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
+            raise NonFiniteLossError(
+                f"the loss became non-finite at step {self.step} (mlm {metrics['mlm_loss']}, nsp "
+                f"{metrics['nsp_loss']}) with lr {self.trainer.learning_rate:g}: lower lr, add warmup_steps or "
+                f"clip_global_norm. No checkpoint was written for it; the last good one is "
+                f"{self.checkpointer.latest() if self.lead else None}")
+        return metrics
+
+    def evaluation_due(self):
+        """Whether ``eval_interval`` asks for an evaluation after this step (the last step is evaluated anyway)."""
+        interval = self.config.eval_interval
+        return (self.eval_iter is not None and bool(interval) and self.step % interval == 0
+                and self.step < self.config.num_steps)
+
+    def evaluate(self):
+        """Evaluate on ``eval_iter`` and record the result in the history."""
+        metrics = evaluate_bert(self.model, self.eval_iter, self.devices)
+        self.history.eval.append({"step": self.step, **metrics})
+        logger.info("step %d eval: mlm loss %.3f (acc %.3f, perplexity %.1f), nsp loss %.3f (acc %.3f)", self.step,
+                    metrics["mlm_loss"], metrics["mlm_acc"], metrics["mlm_perplexity"], metrics["nsp_loss"],
+                    metrics["nsp_acc"])
+        distributed.report_progress(f"eval {self.step}")
+
+    def save(self):
+        """Checkpoint this step (rank 0, with a checkpoint folder), with the loader's position and the history."""
+        data = self.train_iter.state_dict() if hasattr(self.train_iter, "state_dict") else None
+        state = {"step": self.step, "seed": self.seed, "data": data, "history": self.history.to_dict()}
+        folder = self.checkpointer.save(self.step, self.model.bert, self.trainer, state, self.vocab)
+        if folder is not None:  # rank 0, with a checkpoint folder
+            self.history.checkpoint = folder
+            logger.info("checkpoint saved: %s", folder)
+            distributed.report_progress(f"checkpoint {self.step}")
 
 
 def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimizer="adam", optimizer_params=None,
                warmup_steps=0, lr_decay="none", clip_gradient=None, use_nsp=True, eval_iter=None,
                eval_interval=None, checkpoint_dir=None, checkpoint_interval=None, keep_checkpoints=2,
                resume=False, kvstore="device", progress=None, seed=None, vocab=None, log_interval=10,
-               initializer="xavier"):
+               initializer="xavier", clip_global_norm=None):
     """Pretrain ``net`` on ``train_iter`` for exactly ``num_steps`` optimiser steps.
 
     Args:
@@ -181,7 +286,9 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         num_steps: optimiser steps to reach (counted from the start, resumed steps included).
         lr, optimizer, optimizer_params: any MXNet optimiser by name (Adam and lr 0.01, as d2l).
         warmup_steps, lr_decay: linear warm-up, then ``'none'`` (constant) or ``'linear'`` decay.
-        clip_gradient: clip the gradients' global L2 norm to this value (None: no clipping).
+        clip_global_norm: clip the gradients' global L2 norm to this value (None: no clipping). Not MXNet's
+            ``optimizer_params={'clip_gradient': c}``, which clips each gradient element to [-c, c].
+        clip_gradient: deprecated name of ``clip_global_norm`` (the same global-norm clipping; it warns).
         use_nsp: add the next-sentence loss to the masked-LM loss (False: MLM alone).
         eval_iter, eval_interval: held-out batches, evaluated every ``eval_interval`` steps and at the end.
         checkpoint_dir, checkpoint_interval, keep_checkpoints: where and how often to checkpoint
@@ -189,14 +296,18 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         resume: continue from the latest checkpoint in ``checkpoint_dir`` (if there is one).
         kvstore: how gradients are added across devices (``'device'``, ``'local'``) and processes
             (``'dist_sync'`` under :mod:`bertpretrain.launch`, or ``'horovod'`` under ``horovodrun``,
-            one device per process); each process then reads its own shard of ``train_iter``.
+            one device per process); each process then reads its own shard of ``train_iter`` during
+            training (its previous shard is restored afterwards).
         progress: show a progress bar (None: only when the output is a terminal).
         seed: seeds initialisation and dropout (None: a random seed, logged).
         vocab: saved with each checkpoint so that it is self-contained.
         log_interval: log a line through ``logging`` every this many steps (0 or None: the last step only),
             with the sequences/s over those steps.
         initializer: how uninitialised weights start: ``'xavier'`` (d2l) or ``'bert'`` (normal, std
-            0.02; see :func:`make_initializer`).
+            0.02; see :func:`~bertpretrain.train.config.make_initializer`).
+
+    The options but the data, model, devices and vocabulary form a
+    :class:`~bertpretrain.train.config.TrainingConfig` (``train_bert(..., **config.keywords())``).
     Returns:
         :class:`TrainingHistory`: per-step ``step``, ``mlm_loss``, ``nsp_loss``, ``mlm_acc``, ``nsp_acc``,
         ``lr``, ``seq_per_sec``, and ``eval`` (a dict per evaluation, with its ``step``).
@@ -206,161 +317,52 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             filled up while saving (the previous checkpoint is kept), or the checkpoint to resume is damaged
             or was saved with another model configuration or vocabulary.
     """
-    if kvstore == "horovod" and not devices:  # one process per GPU: the one of its local rank
-        local_rank = distributed.import_horovod().local_rank()
-        devices = [mx.gpu(local_rank)] if mx.context.num_gpus() else [mx.cpu()]
-    devices = list(devices) if devices else default_devices()
-    _check_arguments(num_steps, devices, kvstore, clip_gradient, checkpoint_dir, checkpoint_interval, resume)
-    schedule = LearningRateSchedule(lr, num_steps, warmup_steps, lr_decay)
-    make_initializer(initializer)  # a bad name fails before any work
-    seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else int(seed)
-    model = net if isinstance(net, BERTForPretraining) else BERTForPretraining(net)
-    _place_parameters(model, devices, seed, initializer)
-    model.hybridize(static_alloc=True, static_shape=True)
-    optimizer_params = {"learning_rate": schedule(1), **(optimizer_params or {})}
-    params = _parameters_by_structure(model)
-    horovod = kvstore == "horovod"
-    dist = distributed.is_distributed(kvstore)
-    if horovod:
-        hvd = distributed.import_horovod()
-        if len(devices) != 1:
-            raise ValueError("with Horovod each process trains on one device: pass devices=[mx.gpu(hvd.local_rank())]")
-        rank, workers = hvd.rank(), hvd.size()
-        trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params)
-        hvd.broadcast_parameters(params, root_rank=0)
-    else:
-        if dist and isinstance(kvstore, str):
-            kvstore = distributed.create_kvstore(kvstore)
-        rank, workers = (kvstore.rank, kvstore.num_workers) if dist else (0, 1)
-        trainer = gluon.Trainer(params, optimizer, optimizer_params, kvstore=kvstore,
-                                update_on_kvstore=False)
-    if dist:
-        kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
-    if workers > 1:
-        if not hasattr(train_iter, "shard"):
-            raise ValueError("training over several processes needs each one to read its own share of the data: "
-                             "pass a PretrainingLoader (from load_data_wiki), whose shard() train_bert calls by rank")
-        train_iter.shard(rank, workers)
-
-    def global_counts(num_preds, batch_size):
-        """(predictions, examples) of the global batch: this worker's counts summed over all workers."""
-        counts = mx.nd.array([num_preds, batch_size])
-        if horovod:
-            counts = hvd.allreduce(counts, average=False, name="bertpretrain_counts")
-        elif dist:
-            kvstore.pushpull(_COUNTS_KEY, counts, out=counts)
-        total_preds, total_examples = counts.asnumpy()
-        return float(total_preds), float(total_examples)
-
-    history, step, saved_step = TrainingHistory(), 0, None
-    source = ckpt.latest_checkpoint(checkpoint_dir) if resume else None  # every worker resumes
-    if rank != 0:  # one worker writes checkpoints, logs, evaluates and shows progress; all train
-        checkpoint_dir, progress, eval_iter = None, False, None
-        logger.disabled = True
-    if checkpoint_dir is not None:  # before the first step: a read-only folder must not cost the run
-        ckpt.check_writable(checkpoint_dir)
-    if source:
-        state = ckpt.read_state(source)
-        ckpt.verify_checkpoint(source, state)
-        ckpt.check_compatible(source, model.bert.config, vocab)
-        model.bert.load_parameters(f"{source}/{ckpt.PARAMS_FILE}", ctx=devices)
-        trainer.load_states(f"{source}/{ckpt.TRAINER_FILE}")
-        step, seed = state["step"], state["seed"]
-        saved_step = step
-        history = TrainingHistory(state["history"], state["history"].get("eval"))
-        if vocab is None and os.path.isfile(f"{source}/{ckpt.VOCAB_FILE}"):
-            vocab = Vocab.load(f"{source}/{ckpt.VOCAB_FILE}")
-        if state.get("data") is not None and hasattr(train_iter, "load_state_dict"):
-            train_iter.load_state_dict(state["data"])
-        logger.info("resumed from %s at step %d", source, step)
-    elif resume:
-        logger.info("no checkpoint in %s yet: starting from step 0", checkpoint_dir)
-    history.rank = rank
-    if dist:
-        distributed.sync_initial_params(trainer)  # before the first forward: see its docstring
-    logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, devices)),
-                f" x {workers} workers" if workers > 1 else "", num_steps, seed)
-
-    def save():
-        nonlocal saved_step
-        if checkpoint_dir is None:  # no directory, or not rank 0
-            return
-        data = train_iter.state_dict() if hasattr(train_iter, "state_dict") else None
-        history.checkpoint = ckpt.save_checkpoint(
-            checkpoint_dir, step, model.bert, trainer,
-            {"step": step, "seed": seed, "data": data, "history": history}, vocab, keep_checkpoints)
-        saved_step = step
-        logger.info("checkpoint saved: %s", history.checkpoint)
-        distributed.report_progress(f"checkpoint {step}")
-
-    def evaluate():
-        metrics = evaluate_bert(model, eval_iter, devices)
-        history["eval"].append({"step": step, **metrics})
-        logger.info("step %d eval: mlm loss %.3f (acc %.3f, perplexity %.1f), nsp loss %.3f (acc %.3f)", step,
-                    metrics["mlm_loss"], metrics["mlm_acc"], metrics["mlm_perplexity"], metrics["nsp_loss"],
-                    metrics["nsp_acc"])
-        distributed.report_progress(f"eval {step}")
-
-    batches = _batches_forever(train_iter)
-    bar = tqdm(total=num_steps, initial=step, unit="step", disable=None if progress is None else not progress,
-               dynamic_ncols=True)
-    with _stop_on_ctrl_c() as stop_requested, bar, _token_ids_checked_on_host(model.bert) as check_ids:
-        tick = logged_since = time.perf_counter()
-        logged_sequences = 0
-        while step < num_steps and not stop_requested.is_set():
-            batch = next(batches)
-            batch_size = batch.tokens.shape[0]
-            if batch_size < len(devices):
-                logger.warning("skipping a batch of %d examples: fewer than the %d devices", batch_size,
-                               len(devices))
-                continue
-            step += 1
-            trainer.set_learning_rate(schedule(step))
-            _seed_devices(seed, step, devices)
-            # The batch is in host memory (numpy, or MXNet arrays on the CPU): reading it waits for no device.
-            num_preds = float(_host(batch.mlm_weights).sum())
-            if check_ids:
-                tokens = _host(batch.tokens)
-                check_token_range(model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
-            totals = global_counts(num_preds, batch_size) if workers > 1 else (num_preds, batch_size)
-            # Horovod's trainer averages the workers' gradients; the loss is already normalised over
-            # the global batch, so undo the 1/workers with the update's batch size.
-            sums = train_step(model, trainer, batch, devices, totals, use_nsp, clip_gradient,
-                              update_batch_size=1 / workers if horovod else 1)
-            metrics = summarise(sums, batch_size)
-            if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
-                raise NonFiniteLossError(
-                    f"the loss became non-finite at step {step} (mlm {metrics['mlm_loss']}, nsp "
-                    f"{metrics['nsp_loss']}) with lr {trainer.learning_rate:g}: lower lr, add warmup_steps or "
-                    f"clip_gradient. No checkpoint was written for it; the last good one is "
-                    f"{ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None}")
-            now = time.perf_counter()
-            for key, value in (("step", step), ("lr", trainer.learning_rate),
-                               ("seq_per_sec", batch_size / (now - tick)), *metrics.items()):
-                history[key].append(value)
-            tick = now
-            bar.update(1)
-            distributed.report_progress(f"step {step}")
-            bar.set_postfix(mlm=f"{metrics['mlm_loss']:.3f}", nsp=f"{metrics['nsp_loss']:.3f}",
-                            seq_s=f"{history['seq_per_sec'][-1]:.0f}", refresh=False)
-            logged_sequences += batch_size
-            if (log_interval and step % log_interval == 0) or step == num_steps:  # the rate since the last line
-                logger.info("step %d/%d: mlm loss %.3f (acc %.3f), nsp loss %.3f (acc %.3f), lr %.3g, %.0f seq/s",
-                            step, num_steps, metrics["mlm_loss"], metrics["mlm_acc"], metrics["nsp_loss"],
-                            metrics["nsp_acc"], trainer.learning_rate, logged_sequences / (now - logged_since))
-                logged_sequences, logged_since = 0, now
-            if eval_iter is not None and eval_interval and step % eval_interval == 0 and step < num_steps:
-                evaluate()
-            if checkpoint_interval and step % checkpoint_interval == 0 and step < num_steps:
-                save()
-        history.interrupted = stop_requested.is_set()
-    if history.interrupted:
-        logger.warning("interrupted at step %d of %d", step, num_steps)
-    elif eval_iter is not None and (not history["eval"] or history["eval"][-1]["step"] != step):
-        evaluate()
-    if saved_step != step:
-        save()
-    if dist:  # no worker may exit while another still needs it: see finish_together
-        distributed.finish_together(kvstore)
+    if clip_gradient is not None:
+        if clip_global_norm is not None:
+            raise ValueError("pass clip_global_norm alone: clip_gradient is its deprecated name")
+        warnings.warn("train_bert's clip_gradient is deprecated: it clips the global norm, so pass "
+                      "clip_global_norm instead (MXNet's optimizer_params clip_gradient clips each element)",
+                      DeprecationWarning, stacklevel=2)
+        clip_global_norm = clip_gradient
+    config = TrainingConfig(
+        num_steps=num_steps, lr=lr, optimizer=optimizer, optimizer_params=optimizer_params,
+        warmup_steps=warmup_steps, lr_decay=lr_decay, clip_global_norm=clip_global_norm, use_nsp=use_nsp,
+        eval_interval=eval_interval, checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
+        keep_checkpoints=keep_checkpoints, resume=resume, kvstore=kvstore, progress=progress, seed=seed,
+        log_interval=log_interval, initializer=initializer)
+    strategy, devices = make_strategy(kvstore, devices)
+    run = _Run(train_iter, net, devices, config, strategy, eval_iter, vocab)
+    with reading_shard(train_iter, strategy.rank, strategy.workers), _logging_if(run.lead):
+        run.checkpointer.check_writable()  # before the first step: a read-only folder must not cost the run
+        if resume:
+            run.resume()
+        strategy.start(run.trainer)
+        logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, devices)),
+                    f" x {strategy.workers} workers" if strategy.workers > 1 else "", num_steps, run.seed)
+        batches, history = _batches_forever(train_iter), run.history
+        reporter = _Progress(num_steps, run.step, progress if run.lead else False, log_interval)
+        with _stop_on_ctrl_c() as stop_requested, reporter.bar, _token_ids_checked_on_host(run.model.bert) as check:
+            while run.step < num_steps and not stop_requested.is_set():
+                batch = next(batches)
+                if batch.tokens.shape[0] < len(devices):
+                    logger.warning("skipping a batch of %d examples: fewer than the %d devices",
+                                   batch.tokens.shape[0], len(devices))
+                    continue
+                run.step += 1
+                metrics = run.train_step(batch, check)
+                seq_per_sec = reporter.step(run.step, batch.tokens.shape[0], metrics, run.trainer.learning_rate)
+                history.record(run.step, run.trainer.learning_rate, seq_per_sec, metrics)
+                if run.evaluation_due():
+                    run.evaluate()
+                if run.checkpointer.due(run.step, num_steps):
+                    run.save()
+            history.interrupted = stop_requested.is_set()
+        if history.interrupted:
+            logger.warning("interrupted at step %d of %d", run.step, num_steps)
+        elif run.eval_iter is not None and (not history.eval or history.eval[-1]["step"] != run.step):
+            run.evaluate()
+        if run.checkpointer.saved_step != run.step:
+            run.save()
+    strategy.finish()
     distributed.report_progress("done")
     return history

@@ -19,7 +19,7 @@ def plot_history(history, path):
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, title in zip(axes, ("mlm_loss", "nsp_loss"), ("masked LM loss", "next-sentence loss")):
         ax.plot(history["step"], history[key], label="train", linewidth=1.2)
-        evals = history.get("eval") or []
+        evals = history["eval"]
         if evals:
             ax.plot([e["step"] for e in evals], [e[key] for e in evals], "o", label="held-out")
         ax.set_xlabel("step")

@@ -1,0 +1,114 @@
+"""How gradients are added up: one strategy object per way (devices of one process, ps-lite, Horovod).
+
+Each knows this worker's ``rank`` and the number of ``workers``, creates the Trainer, sums per-worker
+counts into global ones, and holds the workers together at the end. :func:`make_strategy` picks one
+from ``train_bert``'s ``kvstore``.
+"""
+import mxnet as mx
+from mxnet import gluon
+
+from .. import distributed
+from .devices import default_devices
+
+_COUNTS_KEY = 1 << 30  # a kvstore key no parameter uses (the Trainer numbers them from 0)
+
+
+class LocalStrategy:
+    """One process: the kvstore (``'device'``, ``'local'``, or None for one device) adds the devices'
+    gradients."""
+    rank, workers = 0, 1
+    update_batch_size = 1  # what trainer.update divides the gradients by: the loss is already normalised
+
+    def __init__(self, kvstore, devices):
+        if len(devices) > 1 and kvstore is None:
+            raise ValueError("kvstore=None does not add up gradients across devices, so replicas would drift "
+                             "apart: use kvstore='device' (or 'local') with several devices")
+        self.kvstore = kvstore
+
+    def make_trainer(self, params, optimizer, optimizer_params):
+        """A Trainer over ``params`` ({name: Parameter}) that leaves the update to this process."""
+        return gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore, update_on_kvstore=False)
+
+    def start(self, trainer):
+        """Called once the model holds its first parameters (fresh or resumed), before the first step."""
+
+    def global_counts(self, num_preds, batch_size):
+        """(predictions, examples) of the global batch, as floats: this worker's counts summed over workers."""
+        return float(num_preds), float(batch_size)
+
+    def finish(self):
+        """Called on every worker after its last step, evaluation and checkpoint."""
+
+
+class ParameterServerStrategy(LocalStrategy):
+    """Several processes under :mod:`bertpretrain.launch`: a ``dist_*`` kvstore (ps-lite) adds the workers'
+    gradients; the counts go through the same kvstore under a key of their own."""
+
+    def __init__(self, kvstore, devices):
+        super().__init__(distributed.create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore, devices)
+        self.rank, self.workers = self.kvstore.rank, self.kvstore.num_workers
+
+    def make_trainer(self, params, optimizer, optimizer_params):
+        trainer = super().make_trainer(params, optimizer, optimizer_params)
+        self.kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
+        return trainer
+
+    def start(self, trainer):
+        distributed.sync_initial_params(trainer)  # before the first forward: see its docstring
+
+    def global_counts(self, num_preds, batch_size):
+        if self.workers == 1:
+            return super().global_counts(num_preds, batch_size)
+        counts = mx.nd.array([num_preds, batch_size])
+        self.kvstore.pushpull(_COUNTS_KEY, counts, out=counts)
+        total_preds, total_examples = counts.asnumpy()
+        return float(total_preds), float(total_examples)
+
+    def finish(self):
+        distributed.finish_together(self.kvstore)  # no worker may exit while another still needs it
+
+
+class HorovodStrategy(LocalStrategy):
+    """One process per device under ``horovodrun``: Horovod's trainer all-reduces the gradients, and
+    rank 0's initial parameters are broadcast to all."""
+
+    def __init__(self, devices):
+        self.hvd = distributed.import_horovod()
+        if len(devices) != 1:
+            raise ValueError("with Horovod each process trains on one device: pass "
+                             "devices=[mx.gpu(hvd.local_rank())]")
+        self.rank, self.workers = self.hvd.rank(), self.hvd.size()
+        # Horovod's trainer averages the workers' gradients; the loss is already normalised over the global
+        # batch, so the update's batch size undoes the 1/workers.
+        self.update_batch_size = 1 / self.workers
+
+    @staticmethod
+    def default_devices():
+        """The device of this process: the GPU of its local rank (the CPU without GPUs)."""
+        local_rank = distributed.import_horovod().local_rank()
+        return [mx.gpu(local_rank)] if mx.context.num_gpus() else [mx.cpu()]
+
+    def make_trainer(self, params, optimizer, optimizer_params):
+        trainer = self.hvd.DistributedTrainer(params, optimizer, optimizer_params)
+        self.hvd.broadcast_parameters(params, root_rank=0)
+        return trainer
+
+    def global_counts(self, num_preds, batch_size):
+        if self.workers == 1:
+            return super().global_counts(num_preds, batch_size)
+        counts = self.hvd.allreduce(mx.nd.array([num_preds, batch_size]), average=False, name="bertpretrain_counts")
+        total_preds, total_examples = counts.asnumpy()
+        return float(total_preds), float(total_examples)
+
+
+def make_strategy(kvstore, devices=None):
+    """The strategy of ``kvstore`` (``'horovod'``, a ``dist_*`` name or KVStore, or a local kvstore) and the
+    devices to train on (``devices``, or by default all GPUs, else the CPU; with Horovod, the GPU of the
+    process's local rank)."""
+    if kvstore == "horovod":
+        devices = list(devices) if devices else HorovodStrategy.default_devices()
+        return HorovodStrategy(devices), devices
+    devices = list(devices) if devices else default_devices()
+    if distributed.is_distributed(kvstore):
+        return ParameterServerStrategy(kvstore, devices), devices
+    return LocalStrategy(kvstore, devices), devices
