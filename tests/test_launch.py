@@ -180,6 +180,35 @@ def bertpretrain_command():
     return (str(script),) if script.exists() else (sys.executable, "-m", "bertpretrain.cli")
 
 
+def readme_launch_commands():
+    """The README's two ``bertpretrain launch`` examples, read from its text: a (launch arguments, pretrain
+    arguments) pair each, split at ``--`` (continuation lines joined)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(# 2 workers \+ 1 server.*?)```", readme, re.S).group(1)
+    commands = [shlex.split(line) for line in re.sub(r"\\\n\s*", " ", block).splitlines()
+                if line.startswith("bertpretrain launch ")]
+    assert len(commands) == 2, block
+    pairs = []
+    for command in commands:
+        cut = command.index("--")
+        assert command[cut + 1:cut + 3] == ["bertpretrain", "pretrain"], command
+        pairs.append((command[2:cut], command[cut + 3:]))
+    return pairs
+
+
+def with_values(args, **values):
+    """``args`` with each ``--flag`` (underscores for dashes; ``n`` and ``s`` for ``-n``/``-s``) set to its
+    value: replaced where the README gives it, added where it does not."""
+    args = list(args)
+    for name, value in values.items():
+        flag = f"-{name}" if len(name) == 1 else "--" + name.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = str(value)
+        else:
+            args += [flag, str(value)]
+    return args
+
+
 def assert_rank_0_wrote_its_outputs(output_dir, steps):
     assert (output_dir / "checkpoints" / "latest").read_text().strip() == f"step-{steps:08d}"
     assert (output_dir / "model" / "vocab.json").is_file()
@@ -189,9 +218,10 @@ def assert_rank_0_wrote_its_outputs(output_dir, steps):
 def test_readme_launch_on_this_machine_finishes_with_every_output(tmp_path):
     # The README's first command, with tiny sizes and the bundled sample (it has a validation split,
     # so rank 0 evaluates after the last step, which is where the job hung).
-    pretrain = [*bertpretrain_command(), "pretrain", "--kvstore", "dist_sync", "--data-dir", str(SAMPLE),
-                "--batch-size", "32", "--max-len", "32", "--num-steps", "3", "--output-dir", "run"]
-    status, _, launcher = run_launcher(["-n", "2", "-s", "1", "--", *pretrain], tmp_path,
+    (launch_args, pretrain_args), _ = readme_launch_commands()
+    pretrain = [*bertpretrain_command(), "pretrain", *with_values(
+        pretrain_args, data_dir=SAMPLE, batch_size=32, max_len=32, num_steps=3, output_dir="run")]
+    status, _, launcher = run_launcher([*launch_args, "--", *pretrain], tmp_path,
                                        timeout=README_TIMEOUT_S,
                                        program=(*bertpretrain_command(), "launch"))
 
@@ -213,12 +243,13 @@ def test_readme_launch_with_a_hostfile_finishes_with_every_output(tmp_path):
     (data / "wiki.train.tokens").write_bytes((SAMPLE / "wiki.train.tokens").read_bytes())
     work_dir = tmp_path / "shared"
     work_dir.mkdir()
-    pretrain = [*bertpretrain_command(), "pretrain", "--kvstore", "dist_sync", "--devices", "cpu",
-                "--data-dir", str(data), "--batch-size", "32", "--max-len", "32", "--num-steps", "3",
-                "--output-dir", str(work_dir / "run")]
+    _, (launch_args, pretrain_args) = readme_launch_commands()
+    pretrain = [*bertpretrain_command(), "pretrain", *with_values(
+        pretrain_args, devices="cpu", data_dir=data, batch_size=32, max_len=32, num_steps=3,
+        output_dir=work_dir / "run")]
+    launch_args = with_values(launch_args, n=2, hostfile=tmp_path / "hosts", host_ip="127.0.0.1", interface="lo")
     status, _, launcher = run_launcher(
-        ["-n", "2", "-s", "2", "--hostfile", str(tmp_path / "hosts"), "--host-ip", "127.0.0.1",
-         "--interface", "lo", "--", *pretrain], work_dir, env, timeout=README_TIMEOUT_S,
+        [*launch_args, "--", *pretrain], work_dir, env, timeout=README_TIMEOUT_S,
         program=(*bertpretrain_command(), "launch"))
 
     assert status == 0, launcher.log + launcher.output

@@ -24,7 +24,7 @@ QUICKSTART = re.compile(r"python3 -m venv \.venv && \.venv/bin/pip install -q -e
                         r"\.venv/bin/python (?P<args>.+)")
 # Code blocks run by another test: the two launch examples are run by the tests of the
 # distributed-reliability issue filed beside this one (a dead worker used to hang the group).
-RUN_ELSEWHERE = {"bertpretrain launch -n 2 -s 1": "the launch examples (tests/test_launch.py)"}
+RUN_ELSEWHERE = {"bertpretrain launch -n 2 -s 1": "the launch examples (tests/test_launch.py reads them from here)"}
 
 
 def section(title):
