@@ -22,8 +22,8 @@ SIZES = {"--num-steps": "2", "--batch-size": "8", "--max-len": "32"}
 SAMPLE = ["--dataset", "wikitext-2-sample"]  # bundled with the package: no network
 QUICKSTART = re.compile(r"python3 -m venv \.venv && \.venv/bin/pip install -q -e '\.\[(?P<extras>[a-z,]+)\]' && "
                         r"\.venv/bin/python (?P<args>.+)")
-# Code blocks run by another test: the two launch examples are run by the tests of the
-# distributed-reliability issue filed beside this one (a dead worker used to hang the group).
+# Code blocks run by another test module: the two launch examples, which tests/test_launch.py reads
+# from this README and runs on loopback.
 RUN_ELSEWHERE = {"bertpretrain launch -n 2 -s 1": "the launch examples (tests/test_launch.py reads them from here)"}
 
 
