@@ -18,12 +18,9 @@ from bertpretrain.kernels import ops
 RTOL, ATOL = 1e-4, 1e-5
 
 
+from kernel_checks import finite_difference_check, rand, run  # noqa: E402  (tests/ is on sys.path)
+
 pytestmark = pytest.mark.usefixtures("kernels_available")
-
-
-def rand(*shape, seed=0, scale=1.0):
-    return np.array(onp.random.RandomState(seed).normal(scale=scale, size=shape)
-                    .astype("float32"))
 
 
 def lengths(shape, k, seed=0):
@@ -31,18 +28,6 @@ def lengths(shape, k, seed=0):
     lens = onp.random.RandomState(seed).randint(1, k + 1, size=shape).reshape(-1)
     lens[0], lens[-1] = 1, k
     return np.array(lens.reshape(shape).astype("int32"), dtype="int32")
-
-
-def run(fn, inputs, grad_of, head_seed=99):
-    """Output of fn(*inputs) and the gradients of sum(output * head) w.r.t. inputs[grad_of]."""
-    inputs = [a.copy() for a in inputs]
-    for i in grad_of:
-        inputs[i].attach_grad()
-    with autograd.record():
-        out = fn(*inputs)
-        head = rand(*out.shape, seed=head_seed)
-        (out * head).sum().backward()
-    return out.asnumpy(), [inputs[i].grad.asnumpy() for i in grad_of]
 
 
 class Builtin:
@@ -234,27 +219,6 @@ def test_dropout_is_reproducible_under_mx_random_seed():
 
 
 # ------------------------------------------------------------------ finite differences
-
-def finite_difference_check(fn, inputs, wrt, n_coords=6, step=1e-2, tol=2e-2):
-    """Compare autograd's gradient of sum(fn * head) with central differences, in float32."""
-    out, (grad,) = run(fn, inputs, [wrt])
-    head = rand(*out.shape, seed=99).asnumpy().astype("float64")
-
-    def objective(value):
-        args = list(inputs)
-        args[wrt] = np.array(value.astype("float32"))
-        return float((fn(*args).asnumpy().astype("float64") * head).sum())
-
-    base = inputs[wrt].asnumpy().astype("float64")
-    rng = onp.random.RandomState(0)
-    for flat in rng.choice(base.size, size=min(n_coords, base.size), replace=False):
-        idx = onp.unravel_index(flat, base.shape)
-        plus, minus = base.copy(), base.copy()
-        plus[idx] += step
-        minus[idx] -= step
-        numeric = (objective(plus) - objective(minus)) / (2 * step)
-        assert abs(numeric - grad[idx]) <= tol * max(1.0, abs(numeric)), (idx, numeric, grad[idx])
-
 
 def test_finite_differences():
     x, r, g, b = rand(3, 8), rand(3, 8, seed=1), rand(8, seed=2), rand(8, seed=3)

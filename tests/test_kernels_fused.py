@@ -13,22 +13,9 @@ from mxnet import autograd, gluon, np, npx
 
 from bertpretrain.kernels import ops as kernel_ops
 
+from kernel_checks import finite_difference_check, rand, run  # noqa: E402  (tests/ is on sys.path)
+
 pytestmark = pytest.mark.usefixtures("kernels_available")
-
-
-def rand(*shape, seed=0, scale=1.0):
-    return np.array(onp.random.RandomState(seed).normal(scale=scale, size=shape).astype("float32"))
-
-
-def run(fn, inputs, grad_of, head_seed=99):
-    """Output of fn(*inputs) and the gradients of sum(output * head) w.r.t. inputs[grad_of]."""
-    inputs = [a.copy() for a in inputs]
-    for i in grad_of:
-        inputs[i].attach_grad()
-    with autograd.record():
-        out = fn(*inputs)
-        (out * rand(*out.shape, seed=head_seed)).sum().backward()
-    return out.asnumpy(), [inputs[i].grad.asnumpy() for i in grad_of]
 
 
 def assert_same(a, b, rtol=1e-4, atol=1e-5):
@@ -160,27 +147,6 @@ def test_mlm_rejects_out_of_range_labels():
 
 
 # ------------------------------------------------------------------ finite differences
-
-def finite_difference_check(fn, inputs, wrt, n_coords=6, step=1e-2, tol=2e-2):
-    """Autograd's gradient of sum(fn * head) against central differences, in float32."""
-    out, (grad,) = run(fn, inputs, [wrt])
-    head = rand(*out.shape, seed=99).asnumpy().astype("float64")
-
-    def objective(value):
-        args = list(inputs)
-        args[wrt] = np.array(value.astype("float32"))
-        return float((fn(*args).asnumpy().astype("float64") * head).sum())
-
-    base = inputs[wrt].asnumpy().astype("float64")
-    for flat in onp.random.RandomState(0).choice(base.size, size=min(n_coords, base.size),
-                                                 replace=False):
-        idx = onp.unravel_index(flat, base.shape)
-        plus, minus = base.copy(), base.copy()
-        plus[idx] += step
-        minus[idx] -= step
-        numeric = (objective(plus) - objective(minus)) / (2 * step)
-        assert abs(numeric - grad[idx]) <= tol * max(1.0, abs(numeric)), (idx, numeric, grad[idx])
-
 
 def test_finite_differences():
     lens = np.array([3, 5], dtype="int32")
