@@ -92,17 +92,15 @@ def save_checkpoint(directory, step, bert, trainer, state, vocab=None, keep=2):
     final = os.path.join(directory, name)
     previous = _read_latest_name(directory)
     previous = os.path.join(directory, previous) if previous else None
+    # Files written through bertpretrain.files name themselves in a disk-full error; the trainer's does not.
     with _disk_full_names(final, previous), atomic_folder(final) as staging:
-        with _disk_full_names(final, previous):  # save_pretrained's error names its file
-            save_pretrained(bert, staging)
+        save_pretrained(bert, staging)
         with _disk_full_names(final, previous, TRAINER_FILE):
             trainer.save_states(os.path.join(staging, TRAINER_FILE))
         if vocab is not None:
-            with _disk_full_names(final, previous, VOCAB_FILE):
-                vocab.save(os.path.join(staging, VOCAB_FILE))
+            vocab.save(os.path.join(staging, VOCAB_FILE))
         files = {file: file_digest(os.path.join(staging, file)) for file in sorted(os.listdir(staging))}
-        with _disk_full_names(final, previous, STATE_FILE):
-            atomic_write(os.path.join(staging, STATE_FILE), json.dumps({"format": FORMAT, "files": files, **state}))
+        atomic_write(os.path.join(staging, STATE_FILE), json.dumps({"format": FORMAT, "files": files, **state}))
     with _disk_full_names(directory, previous, LATEST):
         atomic_write(os.path.join(directory, LATEST), name + "\n")
     _prune(directory, keep, current=name)
