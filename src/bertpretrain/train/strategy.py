@@ -8,7 +8,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from .. import distributed
-from .devices import default_devices
+from .devices import check_runnable, default_devices
 
 _COUNTS_KEY = 1 << 30  # a kvstore key no parameter uses (the Trainer numbers them from 0)
 
@@ -107,8 +107,10 @@ def make_strategy(kvstore, devices=None):
     process's local rank)."""
     if kvstore == "horovod":
         devices = list(devices) if devices else HorovodStrategy.default_devices()
+        check_runnable(devices)
         return HorovodStrategy(devices), devices
     devices = list(devices) if devices else default_devices()
+    check_runnable(devices)
     if distributed.is_distributed(kvstore):
         return ParameterServerStrategy(kvstore, devices), devices
     return LocalStrategy(kvstore, devices), devices
