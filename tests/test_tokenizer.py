@@ -159,3 +159,32 @@ def test_wordpiece_pretraining_loader_on_the_bundled_sample(wordpiece, tmp_path)
     with pytest.raises(ValueError, match="not both"):
         build_dataset(os.path.join(download_extract("wikitext-2-sample"), "wiki.train.tokens"), vocab=tokenizer,
                       tokenizer=tokenizer)
+
+
+def test_a_wordpiece_run_checkpoints_its_tokenizer_json_and_resumes_only_with_it(tmp_path, monkeypatch, capsys):
+    """Checkpoints save the tokenizer as save_pretrained does (tokenizer.json, in the SHA-256 manifest),
+    resume with it, and refuse a different tokenizer naming both."""
+    from bertpretrain import cli
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    args = ["pretrain", "--dataset", "wikitext-2-sample", "--tokenizer", "wordpiece", "--vocab-size", "800",
+            "--batch-size", "8", "--max-len", "32", "--devices", "cpu", "--output-dir", str(run), "--no-progress"]
+    assert cli.main([*args, "--num-steps", "2"]) == 0
+    checkpoint = run / "checkpoints" / "step-00000002"
+    files = json.loads((checkpoint / "state.json").read_text())["files"]
+    assert sorted(files) == ["config.json", "model.params", "tokenizer.json", "trainer.states"]
+    assert (checkpoint / "tokenizer.json").read_bytes() == (run / "model" / "tokenizer.json").read_bytes()
+    saved, _ = load_tokenizer(str(checkpoint / "tokenizer.json"))
+    assert isinstance(saved, WordPieceTokenizer)
+    assert saved.idx_to_token == load_tokenizer(str(run / "tokenizer.json"))[0].idx_to_token
+
+    assert cli.main([*args, "--num-steps", "3", "--resume"]) == 0
+    assert json.loads((run / "history.json").read_text())["history"]["step"] == [1, 2, 3]
+
+    capsys.readouterr()
+    word_level = [arg if arg != "wordpiece" else "word" for arg in args]
+    assert cli.main([*word_level, "--num-steps", "4", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "step-00000003" in err
+    assert "tokenizer: a WordPiece tokenizer (tokenizer.json) in the checkpoint, a word-level vocabulary " \
+           "(vocab.json) now" in err

@@ -29,6 +29,21 @@ VOCAB_FILE = "vocab.json"  # the Vocab
 TOKENIZER_FILE = "tokenizer.json"  # a WordPiece (Hugging Face) tokenizer, in place of a Vocab
 
 
+def vocab_file_name(vocab):
+    """The name ``vocab`` is saved under beside a model: its class's ``FILE_NAME`` (``tokenizer.json`` for a
+    WordPiece tokenizer), else ``vocab.json``. The one rule that save_pretrained and checkpoints follow."""
+    return getattr(vocab, "FILE_NAME", VOCAB_FILE)
+
+
+def saved_vocab_file(folder):
+    """The path of the vocabulary saved in the model or checkpoint ``folder`` (``vocab.json`` or
+    ``tokenizer.json``, whichever is there), or None when neither is."""
+    for name in (VOCAB_FILE, TOKENIZER_FILE):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
 def cache_root(cache_dir=None):
     """The cache folder: ``cache_dir``, else ``$BERTPRETRAIN_HOME``, else ``$XDG_CACHE_HOME/bertpretrain``,
     else ``~/.cache/bertpretrain`` (an absolute path; not created here)."""
