@@ -7,12 +7,13 @@ import pytest
 
 pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not installed: pip install 'bertpretrain[hf]'")
 
-from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, PAD_ID, RESERVED_TOKENS, SEP_ID, DataError,  # noqa: E402
+from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, RESERVED_TOKENS, SEP_ID, DataError,  # noqa: E402
                                Vocab, WordPieceTokenizer, build_dataset, choose_mlm_positions,
                                choose_whole_word_positions, download_extract, iter_paragraphs, load_data_wiki,
                                load_encoded_corpus,
                                load_tokenizer, train_wordpiece, word_level_tokenizer)
 from bertpretrain.data.cache import entry_key  # noqa: E402
+from masking_checks import check_masks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -93,30 +94,11 @@ def test_wordpiece_corpus_is_cached_under_the_tokenizers_key(sample_file, wordpi
     assert len(keys) == 3
 
 
-def _masking_statistics(dataset):
-    masked = dataset.batch(np.arange(len(dataset)))
-    original = dataset._tokens_at(dataset.pairs, np.broadcast_to(np.arange(dataset.max_len), masked.tokens.shape))
-    weights = masked.mlm_weights.astype(bool)
-    rows = np.broadcast_to(np.arange(len(dataset))[:, None], weights.shape)
-    chosen = np.zeros_like(original, dtype=bool)
-    chosen[rows[weights], masked.pred_positions[weights]] = True
-    assert (masked.tokens[~chosen] == original[~chosen]).all()
-    assert (masked.mlm_labels[weights] == original[chosen]).all()
-    assert not np.isin(original[chosen], [CLS_ID, SEP_ID, PAD_ID]).any(), "a special token was chosen"
-    replaced = masked.tokens[chosen]
-    random_piece = (replaced != MASK_ID) & (replaced != original[chosen])
-    assert abs((replaced == MASK_ID).mean() - 0.8) < 0.02
-    assert abs(random_piece.mean() - 0.1) < 0.02
-    assert replaced[random_piece].min() >= NUM_RESERVED
-    return weights.sum() / masked.valid_lens.sum(), original, chosen
-
-
 @pytest.mark.parametrize("whole_word", [False, True])
 def test_wordpiece_masking_statistics(sample_file, wordpiece, whole_word):
     dataset, tokenizer = build_dataset(sample_file, 64, seed=3, tokenizer=wordpiece, whole_word_masking=whole_word,
                                        cache=False)
-    rate, original, chosen = _masking_statistics(dataset)
-    assert (0.145 if whole_word else 0.14) < rate < 0.16
+    original, chosen = check_masks(dataset, rate=(0.145 if whole_word else 0.14, 0.16))
     continuation = wordpiece.continuation[original] & (original >= NUM_RESERVED)
     # a chosen continuation piece whose word start is not chosen (or the reverse) = a split word
     split = (continuation[:, 1:] & (chosen[:, 1:] != chosen[:, :-1])).sum()
