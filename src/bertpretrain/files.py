@@ -162,6 +162,23 @@ def atomic_folder(folder, replace=True):
     fsync_dir(parent)
 
 
+class LockError(OSError):
+    """The lock file of :func:`exclusive_lock` cannot be created: its folder cannot be made or written
+    (read-only, permission denied, a path below a regular file). Its message (``strerror``) names the
+    lock file and the reason; callers add what was expected and what to do (choose another folder)."""
+
+
+def _open_lock(path):
+    """Open (creating it and its folder) the lock file ``path`` for appending, or raise :class:`LockError`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return open(path, "a")
+    except OSError as error:
+        where = f": {error.filename}" if error.filename and os.fspath(error.filename) != path else ""
+        raise LockError(error.errno, f"cannot create the lock file {path} ({error.strerror}{where})") from error
+
+
 @contextlib.contextmanager
 def exclusive_lock(path):
     """Hold an exclusive lock on the file ``path`` (created if missing, never removed) for the block.
@@ -170,10 +187,12 @@ def exclusive_lock(path):
     downloading the same dataset): the second waits, then finds the first one's result. The
     operating system releases the lock when its holder dies, even by ``kill -9``. Yields True, or
     False where the file system cannot lock (then the block runs unlocked).
+
+    Raises:
+        LockError: the lock file (or its folder) cannot be created, before the block runs.
     """
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
+    with _open_lock(path) as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         except OSError:
