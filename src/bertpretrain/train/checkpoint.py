@@ -1,14 +1,15 @@
 """Checkpoints: everything needed to continue a run exactly, written so a crash never corrupts one.
 
 A checkpoint is a folder ``step-00000050`` inside the checkpoint directory holding the model
-(``config.json``, ``model.params``), the optimiser state (``trainer.states``), the vocabulary
-(when known: ``vocab.json``, or ``tokenizer.json`` for a WordPiece tokenizer, named as
-:func:`~bertpretrain.model.save_pretrained` names it) and ``state.json`` (step, seed, data position, history, options, and
-the SHA-256 of every other file). It is filled under a temporary name, its files and folder are
-synced to disk and it is renamed into place (:func:`~bertpretrain.files.atomic_folder`); only then
-does the ``latest`` file (itself replaced atomically) point to it, and only then are older
-checkpoints pruned. A process killed while saving thus leaves the previous checkpoint, and
-``latest``, untouched; a disk that fills up does the same, and says so.
+(``config.json``, ``model.params``), the optimiser state (``trainer.states``), the vocabulary (when
+known: ``vocab.json``, or ``tokenizer.json`` for a WordPiece tokenizer, named as
+:func:`~bertpretrain.model.save_pretrained` names it) and ``state.json`` (step, seed, data position,
+history, options, and the SHA-256 of every other file). It is filled under a temporary name, its
+files and folder are synced to disk and it is renamed into place
+(:func:`~bertpretrain.files.atomic_folder`); only then does the ``latest`` file (itself replaced
+atomically) point to it, and only then are older checkpoints pruned. A process killed while saving
+thus leaves the previous checkpoint, and ``latest``, untouched; a disk that fills up does the same,
+and says so.
 
 On resume every file is checked against its recorded digest, and the saved model configuration
 and vocabulary against the ones passed, so that a damaged checkpoint or a changed setting is
