@@ -338,3 +338,22 @@ def test_staging_left_by_a_killed_download_is_removed_by_the_next(register, serv
     download_extract("test-wiki", cache_dir=tmp_path)
     assert _leftovers(tmp_path) == [], "the killed download's staging folder is still there"
     assert sorted(p.name for p in datasets.iterdir()) == [".download.lock", "test-wiki"]
+
+
+@pytest.mark.parametrize("where", ["under a file", "on a read-only disk"])
+def test_a_cache_that_cannot_be_written_is_refused_naming_it_and_the_way_out(register, server, tmp_path, tmpfs,
+                                                                             where):
+    """Root writes through chmod, so the unwritable caches are a path below a regular file (ENOTDIR) and a
+    read-only tmpfs (EROFS, skipped where it cannot be mounted)."""
+    register("/wikitext-2-v1.zip")
+    if where == "under a file":
+        (tmp_path / "a-file").write_text("")
+        cache = tmp_path / "a-file" / "cache"
+    else:
+        cache = tmpfs("read-only", "size=1m,ro")
+    with pytest.raises(DownloadError) as raised:
+        download_extract("test-wiki", cache_dir=cache)
+    message = str(raised.value)
+    assert f"the dataset cache {cache / 'datasets'} must be a writable folder" in message
+    assert "BERTPRETRAIN_HOME" in message and "--data-dir" in message
+    assert server.requests == []  # refused before downloading anything

@@ -1,5 +1,6 @@
 """The shared file helpers: atomic files and folders, stale leftovers, the cache root."""
 import os
+import re
 
 import pytest
 
@@ -59,3 +60,14 @@ def test_cache_root_order(tmp_path, monkeypatch):
     monkeypatch.delenv("BERTPRETRAIN_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert files.cache_root() == str(tmp_path / "xdg" / "bertpretrain")
+
+
+def test_a_lock_that_cannot_be_created_raises_lock_error_naming_the_path(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    lock = tmp_path / "a-file" / "cache" / ".lock"
+    reason = f"(Not a directory: {tmp_path / 'a-file' / 'cache'})"
+    with pytest.raises(files.LockError, match=re.escape(f"cannot create the lock file {lock} {reason}")):
+        with files.exclusive_lock(lock):
+            pass
+    with files.exclusive_lock(tmp_path / "cache" / ".lock") as locked:
+        assert locked and (tmp_path / "cache" / ".lock").is_file()

@@ -233,3 +233,18 @@ def test_env_required_makes_absence_an_error(tmp_path):
 def test_env_rejects_unknown_values(tmp_path):
     out = probe(tmp_path, BERTPRETRAIN_KERNELS="yes")
     assert "RAISED ValueError" in out
+
+
+@pytest.mark.parametrize("where", ["under a file", "on a read-only disk"])
+def test_a_cache_that_cannot_be_written_is_a_build_error_naming_it(fake_cxx, sources, tmp_path, tmpfs, where):
+    """Root writes through chmod: the unwritable caches are a path below a regular file and a read-only tmpfs
+    (whose folder exists, so the lock file is what fails)."""
+    if where == "under a file":
+        (tmp_path / "a-file").write_text("")
+        cache = tmp_path / "a-file" / "kernels"
+    else:
+        cache = tmpfs("read-only", "size=1m,ro")
+    with pytest.raises(build.BuildError, match=f"cannot build the kernels in the cache folder {cache}: .*; set "
+                                               "BERTPRETRAIN_HOME to a writable folder"):
+        build.build(sources, cache)
+    assert fake_cxx() == 0

@@ -7,12 +7,13 @@ import pytest
 
 pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not installed: pip install 'bertpretrain[hf]'")
 
-from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, PAD_ID, RESERVED_TOKENS, SEP_ID, DataError,  # noqa: E402
+from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, RESERVED_TOKENS, SEP_ID, DataError,  # noqa: E402
                                Vocab, WordPieceTokenizer, build_dataset, choose_mlm_positions,
                                choose_whole_word_positions, download_extract, iter_paragraphs, load_data_wiki,
                                load_encoded_corpus,
                                load_tokenizer, train_wordpiece, word_level_tokenizer)
 from bertpretrain.data.cache import entry_key  # noqa: E402
+from masking_checks import check_masks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -93,30 +94,11 @@ def test_wordpiece_corpus_is_cached_under_the_tokenizers_key(sample_file, wordpi
     assert len(keys) == 3
 
 
-def _masking_statistics(dataset):
-    masked = dataset.batch(np.arange(len(dataset)))
-    original = dataset._tokens_at(dataset.pairs, np.broadcast_to(np.arange(dataset.max_len), masked.tokens.shape))
-    weights = masked.mlm_weights.astype(bool)
-    rows = np.broadcast_to(np.arange(len(dataset))[:, None], weights.shape)
-    chosen = np.zeros_like(original, dtype=bool)
-    chosen[rows[weights], masked.pred_positions[weights]] = True
-    assert (masked.tokens[~chosen] == original[~chosen]).all()
-    assert (masked.mlm_labels[weights] == original[chosen]).all()
-    assert not np.isin(original[chosen], [CLS_ID, SEP_ID, PAD_ID]).any(), "a special token was chosen"
-    replaced = masked.tokens[chosen]
-    random_piece = (replaced != MASK_ID) & (replaced != original[chosen])
-    assert abs((replaced == MASK_ID).mean() - 0.8) < 0.02
-    assert abs(random_piece.mean() - 0.1) < 0.02
-    assert replaced[random_piece].min() >= NUM_RESERVED
-    return weights.sum() / masked.valid_lens.sum(), original, chosen
-
-
 @pytest.mark.parametrize("whole_word", [False, True])
 def test_wordpiece_masking_statistics(sample_file, wordpiece, whole_word):
     dataset, tokenizer = build_dataset(sample_file, 64, seed=3, tokenizer=wordpiece, whole_word_masking=whole_word,
                                        cache=False)
-    rate, original, chosen = _masking_statistics(dataset)
-    assert (0.145 if whole_word else 0.14) < rate < 0.16
+    original, chosen = check_masks(dataset, rate=(0.145 if whole_word else 0.14, 0.16))
     continuation = wordpiece.continuation[original] & (original >= NUM_RESERVED)
     # a chosen continuation piece whose word start is not chosen (or the reverse) = a split word
     split = (continuation[:, 1:] & (chosen[:, 1:] != chosen[:, :-1])).sum()
@@ -159,3 +141,32 @@ def test_wordpiece_pretraining_loader_on_the_bundled_sample(wordpiece, tmp_path)
     with pytest.raises(ValueError, match="not both"):
         build_dataset(os.path.join(download_extract("wikitext-2-sample"), "wiki.train.tokens"), vocab=tokenizer,
                       tokenizer=tokenizer)
+
+
+def test_a_wordpiece_run_checkpoints_its_tokenizer_json_and_resumes_only_with_it(tmp_path, monkeypatch, capsys):
+    """Checkpoints save the tokenizer as save_pretrained does (tokenizer.json, in the SHA-256 manifest),
+    resume with it, and refuse a different tokenizer naming both."""
+    from bertpretrain import cli
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    args = ["pretrain", "--dataset", "wikitext-2-sample", "--tokenizer", "wordpiece", "--vocab-size", "800",
+            "--batch-size", "8", "--max-len", "32", "--devices", "cpu", "--output-dir", str(run), "--no-progress"]
+    assert cli.main([*args, "--num-steps", "2"]) == 0
+    checkpoint = run / "checkpoints" / "step-00000002"
+    files = json.loads((checkpoint / "state.json").read_text())["files"]
+    assert sorted(files) == ["config.json", "model.params", "tokenizer.json", "trainer.states"]
+    assert (checkpoint / "tokenizer.json").read_bytes() == (run / "model" / "tokenizer.json").read_bytes()
+    saved, _ = load_tokenizer(str(checkpoint / "tokenizer.json"))
+    assert isinstance(saved, WordPieceTokenizer)
+    assert saved.idx_to_token == load_tokenizer(str(run / "tokenizer.json"))[0].idx_to_token
+
+    assert cli.main([*args, "--num-steps", "3", "--resume"]) == 0
+    assert json.loads((run / "history.json").read_text())["history"]["step"] == [1, 2, 3]
+
+    capsys.readouterr()
+    word_level = [arg if arg != "wordpiece" else "word" for arg in args]
+    assert cli.main([*word_level, "--num-steps", "4", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "step-00000003" in err
+    assert "tokenizer: a WordPiece tokenizer (tokenizer.json) in the checkpoint, a word-level vocabulary " \
+           "(vocab.json) now" in err

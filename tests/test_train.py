@@ -203,9 +203,9 @@ def test_a_process_killed_while_checkpointing_leaves_the_previous_checkpoint(tmp
         from bertpretrain.train import checkpoint, train_bert
         saves = []
         real = checkpoint.save_pretrained
-        def dying_save(net, folder):
+        def dying_save(net, folder, **options):
             saves.append(folder)
-            real(net, folder)
+            real(net, folder, **options)
             if len(saves) == 2:
                 os._exit(3)  # the process dies in the middle of writing the second checkpoint
         checkpoint.save_pretrained = dying_save

@@ -29,6 +29,21 @@ VOCAB_FILE = "vocab.json"  # the Vocab
 TOKENIZER_FILE = "tokenizer.json"  # a WordPiece (Hugging Face) tokenizer, in place of a Vocab
 
 
+def vocab_file_name(vocab):
+    """The name ``vocab`` is saved under beside a model: its class's ``FILE_NAME`` (``tokenizer.json`` for a
+    WordPiece tokenizer), else ``vocab.json``. The one rule that save_pretrained and checkpoints follow."""
+    return getattr(vocab, "FILE_NAME", VOCAB_FILE)
+
+
+def saved_vocab_file(folder):
+    """The path of the vocabulary saved in the model or checkpoint ``folder`` (``vocab.json`` or
+    ``tokenizer.json``, whichever is there), or None when neither is."""
+    for name in (VOCAB_FILE, TOKENIZER_FILE):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
 def cache_root(cache_dir=None):
     """The cache folder: ``cache_dir``, else ``$BERTPRETRAIN_HOME``, else ``$XDG_CACHE_HOME/bertpretrain``,
     else ``~/.cache/bertpretrain`` (an absolute path; not created here)."""
@@ -147,6 +162,23 @@ def atomic_folder(folder, replace=True):
     fsync_dir(parent)
 
 
+class LockError(OSError):
+    """The lock file of :func:`exclusive_lock` cannot be created: its folder cannot be made or written
+    (read-only, permission denied, a path below a regular file). Its message (``strerror``) names the
+    lock file and the reason; callers add what was expected and what to do (choose another folder)."""
+
+
+def _open_lock(path):
+    """Open (creating it and its folder) the lock file ``path`` for appending, or raise :class:`LockError`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return open(path, "a")
+    except OSError as error:
+        where = f": {error.filename}" if error.filename and os.fspath(error.filename) != path else ""
+        raise LockError(error.errno, f"cannot create the lock file {path} ({error.strerror}{where})") from error
+
+
 @contextlib.contextmanager
 def exclusive_lock(path):
     """Hold an exclusive lock on the file ``path`` (created if missing, never removed) for the block.
@@ -155,10 +187,12 @@ def exclusive_lock(path):
     downloading the same dataset): the second waits, then finds the first one's result. The
     operating system releases the lock when its holder dies, even by ``kill -9``. Yields True, or
     False where the file system cannot lock (then the block runs unlocked).
+
+    Raises:
+        LockError: the lock file (or its folder) cannot be created, before the block runs.
     """
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
+    with _open_lock(path) as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         except OSError:

@@ -18,7 +18,8 @@ import os
 import mxnet as mx
 import numpy as np
 
-from .data import PAD_ID, RESERVED_TOKENS, DataError, Vocab, WordPieceTokenizer, load_tokenizer, word_level_tokenizer
+from .data import (PAD_ID, RESERVED_TOKENS, DataError, Vocab, WordPieceTokenizer, load_saved_vocab, load_tokenizer,
+                   word_level_tokenizer)
 from .data.tokenizer import TOKENIZER_FILE
 from .files import atomic_folder
 from .model import BERTModel
@@ -277,12 +278,8 @@ def export_run(run_or_model_dir, folder):
     model_dir = os.path.join(run_or_model_dir, "model")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         model_dir = run_or_model_dir
-    vocab_file, tokenizer_file = os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, TOKENIZER_FILE)
-    if os.path.isfile(tokenizer_file):
-        vocab = load_tokenizer(tokenizer_file)[0]
-    elif os.path.isfile(vocab_file):
-        vocab = Vocab.load(vocab_file)
-    else:
+    vocab = load_saved_vocab(model_dir)
+    if vocab is None:
         raise FileNotFoundError(f"{model_dir} holds no vocab.json or {TOKENIZER_FILE}: pass a run folder of "
                                 "'bertpretrain pretrain' or the model folder inside it")
     return export_huggingface(load_pretrained(model_dir), vocab, folder)

@@ -7,7 +7,7 @@ the vocabulary.
 import os
 from typing import NamedTuple
 
-from .data import Vocab, load_tokenizer
+from .data import Vocab, load_saved_vocab
 from .files import TOKENIZER_FILE, VOCAB_FILE
 from .model import BERTModel
 from .model import io as model_io
@@ -29,12 +29,10 @@ def load_pretrained(folder, device=None, **model_kwargs):
     gives the network alone.
     """
     net = model_io.load_pretrained(folder, device, **model_kwargs)
-    vocab_path, tokenizer_path = os.path.join(folder, VOCAB_FILE), os.path.join(folder, TOKENIZER_FILE)
-    if os.path.isfile(vocab_path):
-        return Pretrained(net, Vocab.load(vocab_path))
-    if os.path.isfile(tokenizer_path):
-        return Pretrained(net, load_tokenizer(tokenizer_path)[0])
+    vocab = load_saved_vocab(folder)
+    if vocab is not None:
+        return Pretrained(net, vocab)
     raise FileNotFoundError(
-        f"{vocab_path} not found: save the vocabulary (or a {TOKENIZER_FILE}) with the model, "
-        f"save_pretrained(net, folder, vocab=vocab), or load the network alone with "
+        f"{os.path.join(folder, VOCAB_FILE)} not found: save the vocabulary (or a {TOKENIZER_FILE}) with the "
+        f"model, save_pretrained(net, folder, vocab=vocab), or load the network alone with "
         f"bertpretrain.model.load_pretrained(folder)")

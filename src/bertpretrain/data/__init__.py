@@ -12,7 +12,7 @@ from .loader import PretrainingLoader, build_dataset, load_data_wiki
 from .masking import (choose_mlm_positions, choose_whole_word_positions, num_mlm_predictions, num_mlm_slots,
                       replace_masked_tokens)
 from .pairs import EpochPairs, SentencePairs, get_tokens_and_segments, make_nsp_pairs, truncate_pair_lengths
-from .tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece, word_level_tokenizer
+from .tokenizer import WordPieceTokenizer, load_saved_vocab, load_tokenizer, train_wordpiece, word_level_tokenizer
 from .vocab import (CLS, CLS_ID, MASK, MASK_ID, NUM_RESERVED, PAD, PAD_ID, RESERVED_TOKENS, SEP, SEP_ID, UNK,
                     UNK_ID, Vocab)
 
@@ -24,6 +24,6 @@ __all__ = [
     "num_mlm_predictions", "num_mlm_slots", "read_wiki", "replace_masked_tokens", "tokenize",
     "truncate_pair_lengths", "CLS", "CLS_ID", "MASK", "MASK_ID", "NUM_RESERVED", "PAD", "PAD_ID",
     "RESERVED_TOKENS", "SEP", "SEP_ID", "UNK", "UNK_ID",
-    "WordPieceTokenizer", "choose_whole_word_positions", "load_tokenizer", "train_wordpiece",
+    "WordPieceTokenizer", "choose_whole_word_positions", "load_saved_vocab", "load_tokenizer", "train_wordpiece",
     "word_level_tokenizer",
 ]

@@ -27,7 +27,7 @@ import urllib3
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..files import atomic_folder, atomic_write, cache_root, exclusive_lock, remove_stale
+from ..files import LockError, atomic_folder, atomic_write, cache_root, exclusive_lock, remove_stale
 from .errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def download_extract(name, cache_dir=None, verify=False):
     network access. It is trusted without hashing while each split file keeps the size and mtime
     recorded when it was verified; ``verify=True`` hashes every file again (a few seconds per GB) and
     downloads the dataset anew if one differs. Raises :class:`DownloadError` naming each mirror and
-    why it failed.
+    why it failed, or naming the cache folder when it cannot be written (before any download).
     """
     entry = _entry(name)
     if entry.local_dir:
@@ -241,14 +241,20 @@ def download_extract(name, cache_dir=None, verify=False):
     folder = os.path.join(datasets, name)
     if _cache_is_verified(folder, entry, verify):
         return folder
-    with exclusive_lock(os.path.join(datasets, ".download.lock")) as locked:
-        # Another process may have finished this download while we waited for the lock.
-        if _cache_is_verified(folder, entry, verify):
-            return folder
-        # Under the lock no other download runs, so every staging folder is a killed one's.
-        for stale in remove_stale(datasets, older_than=0 if locked else 3600):
-            logger.info("removed %s, left in %s by an interrupted download", stale, datasets)
-        return _download(name, entry, folder)
+    try:
+        with exclusive_lock(os.path.join(datasets, ".download.lock")) as locked:
+            # Another process may have finished this download while we waited for the lock.
+            if _cache_is_verified(folder, entry, verify):
+                return folder
+            # Under the lock no other download runs, so every staging folder is a killed one's.
+            for stale in remove_stale(datasets, older_than=0 if locked else 3600):
+                logger.info("removed %s, left in %s by an interrupted download", stale, datasets)
+            return _download(name, entry, folder)
+    except LockError as error:
+        raise DownloadError(
+            f"cannot download dataset {name!r}: the dataset cache {datasets} must be a writable folder, but "
+            f"{error.strerror}. Set BERTPRETRAIN_HOME (or cache_dir) to a writable folder, or download the "
+            f"archive yourself, extract it and pass its folder as data_dir (--data-dir)") from error
 
 
 def _download(name, entry, folder):

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ..files import TOKENIZER_FILE, atomic_write
+from ..files import TOKENIZER_FILE, atomic_write, saved_vocab_file
 from .errors import DataError
 from .vocab import (CLS, CLS_ID, MASK, NUM_RESERVED, PAD, RESERVED_TOKENS, SEP, SEP_ID, UNK, TokenTable, Vocab,
                     _TokenToId)
@@ -237,6 +237,16 @@ def load_tokenizer(source, lowercase=True):
     moved = not (order == np.arange(len(order))).all()
     tokenizer = tk.Tokenizer.from_str(json.dumps(config))
     return WordPieceTokenizer(tokenizer, source=name), (order if moved else None)
+
+
+def load_saved_vocab(folder):
+    """The vocabulary saved beside a model in ``folder`` (by save_pretrained or a checkpoint): the
+    :class:`Vocab` of its ``vocab.json``, or the tokenizer of its ``tokenizer.json`` (a
+    :class:`WordPieceTokenizer`); None when neither file is there."""
+    path = saved_vocab_file(folder)
+    if path is None:
+        return None
+    return load_tokenizer(path)[0] if os.path.basename(path) == TOKENIZER_FILE else Vocab.load(path)
 
 
 def _from_vocab_txt(tk, path, lowercase):

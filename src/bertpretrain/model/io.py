@@ -4,7 +4,7 @@ import os
 
 import mxnet as mx
 
-from ..files import CONFIG_FILE, PARAMS_FILE, VOCAB_FILE, atomic_path, atomic_write
+from ..files import CONFIG_FILE, PARAMS_FILE, atomic_path, atomic_write, vocab_file_name
 from .bert import BERTModel
 from .config import BERTConfig
 from .pretraining import BERTForPretraining
@@ -14,10 +14,10 @@ def save_pretrained(net, folder, vocab=None):
     """Write ``config.json`` and ``model.params`` of ``net`` (a BERTModel) into ``folder``.
 
     ``vocab`` (a :class:`bertpretrain.data.Vocab` or tokenizer, optional) is saved beside them, as
-    ``vocab.json`` or ``tokenizer.json`` (its ``FILE_NAME``), so that ``bertpretrain.load_pretrained(folder)``
-    gives back the network and its vocabulary. Each file is written atomically
-    (:mod:`bertpretrain.files`), so an interrupted save never leaves a truncated file under the final
-    name. Returns the folder. A full disk raises ``OSError(ENOSPC)`` naming the file.
+    ``vocab.json`` or ``tokenizer.json`` (:func:`~bertpretrain.files.vocab_file_name`), so that
+    ``bertpretrain.load_pretrained(folder)`` gives back the network and its vocabulary. Each file is
+    written atomically (:mod:`bertpretrain.files`), so an interrupted save never leaves a truncated file
+    under the final name. Returns the folder. A full disk raises ``OSError(ENOSPC)`` naming the file.
     """
     if not isinstance(net, BERTModel):
         raise ValueError(f"net must be a BERTModel (pass `.bert` of a BERTForPretraining), "
@@ -28,7 +28,7 @@ def save_pretrained(net, folder, vocab=None):
     with atomic_path(os.path.join(folder, PARAMS_FILE)) as temporary:  # a full disk: OSError(ENOSPC) naming it
         net.save_parameters(temporary, deduplicate=True)
     if vocab is not None:  # duck-typed: this package does not import data
-        vocab.save(os.path.join(folder, getattr(vocab, "FILE_NAME", VOCAB_FILE)))
+        vocab.save(os.path.join(folder, vocab_file_name(vocab)))
     return folder
 
 

@@ -1,13 +1,15 @@
 """Checkpoints: everything needed to continue a run exactly, written so a crash never corrupts one.
 
 A checkpoint is a folder ``step-00000050`` inside the checkpoint directory holding the model
-(``config.json``, ``model.params``), the optimiser state (``trainer.states``), the vocabulary
-(``vocab.json``, when known) and ``state.json`` (step, seed, data position, history, options, and
-the SHA-256 of every other file). It is filled under a temporary name, its files and folder are
-synced to disk and it is renamed into place (:func:`~bertpretrain.files.atomic_folder`); only then
-does the ``latest`` file (itself replaced atomically) point to it, and only then are older
-checkpoints pruned. A process killed while saving thus leaves the previous checkpoint, and
-``latest``, untouched; a disk that fills up does the same, and says so.
+(``config.json``, ``model.params``), the optimiser state (``trainer.states``), the vocabulary (when
+known: ``vocab.json``, or ``tokenizer.json`` for a WordPiece tokenizer, named as
+:func:`~bertpretrain.model.save_pretrained` names it) and ``state.json`` (step, seed, data position,
+history, options, and the SHA-256 of every other file). It is filled under a temporary name, its
+files and folder are synced to disk and it is renamed into place
+(:func:`~bertpretrain.files.atomic_folder`); only then does the ``latest`` file (itself replaced
+atomically) point to it, and only then are older checkpoints pruned. A process killed while saving
+thus leaves the previous checkpoint, and ``latest``, untouched; a disk that fills up does the same,
+and says so.
 
 On resume every file is checked against its recorded digest, and the saved model configuration
 and vocabulary against the ones passed, so that a damaged checkpoint or a changed setting is
@@ -20,9 +22,9 @@ import os
 import shutil
 import tempfile
 
-from ..data import Vocab
-from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, VOCAB_FILE, atomic_folder, atomic_write,
-                     file_digest, remove_stale)
+from ..data import load_saved_vocab
+from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, atomic_folder, atomic_write,
+                     file_digest, remove_stale, saved_vocab_file, vocab_file_name)
 from ..model import save_pretrained
 
 FORMAT = "bertpretrain-checkpoint-v2"
@@ -30,6 +32,7 @@ LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.states"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_VOCAB_KINDS = {VOCAB_FILE: "a word-level vocabulary", TOKENIZER_FILE: "a WordPiece tokenizer"}
 
 
 class CheckpointError(RuntimeError):
@@ -82,7 +85,8 @@ def save_checkpoint(directory, step, bert, trainer, state, vocab=None, keep=2):
         bert: the :class:`~bertpretrain.model.BERTModel` being trained.
         trainer: its ``gluon.Trainer`` (optimiser state).
         state: a JSON-serialisable dict (step, seed, data position, history, ...).
-        vocab: the vocabulary, saved beside the model so the folder is self-contained.
+        vocab: the vocabulary or tokenizer, saved beside the model (as save_pretrained saves it) so the
+            folder is self-contained.
         keep: how many checkpoints to keep (older ones are deleted after the new one is in place).
     Raises:
         CheckpointError: the disk is full (naming the file; the previous checkpoint stays the latest).
@@ -94,11 +98,9 @@ def save_checkpoint(directory, step, bert, trainer, state, vocab=None, keep=2):
     previous = os.path.join(directory, previous) if previous else None
     # Files written through bertpretrain.files name themselves in a disk-full error; the trainer's does not.
     with _disk_full_names(final, previous), atomic_folder(final) as staging:
-        save_pretrained(bert, staging)
+        save_pretrained(bert, staging, vocab=vocab)
         with _disk_full_names(final, previous, TRAINER_FILE):
             trainer.save_states(os.path.join(staging, TRAINER_FILE))
-        if vocab is not None:
-            vocab.save(os.path.join(staging, VOCAB_FILE))
         files = {file: file_digest(os.path.join(staging, file)) for file in sorted(os.listdir(staging))}
         atomic_write(os.path.join(staging, STATE_FILE), json.dumps({"format": FORMAT, "files": files, **state}))
     with _disk_full_names(directory, previous, LATEST):
@@ -226,17 +228,23 @@ def check_compatible(folder, config, vocab):
     Args:
         folder: a verified checkpoint folder.
         config: the :class:`~bertpretrain.model.BERTConfig` of the model passed to train_bert.
-        vocab: the :class:`~bertpretrain.data.Vocab` passed to train_bert, or None (then not compared).
+        vocab: the :class:`~bertpretrain.data.Vocab` or tokenizer passed to train_bert, or None (then not
+            compared).
     Raises:
-        CheckpointError: listing every setting that differs (saved and passed value) and the two ways out.
+        CheckpointError: listing every setting that differs (saved and passed value: the configuration, the
+            kind of tokenizer, its tokens) and the two ways out.
     """
     with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
         saved = json.load(f)
     passed = config.to_dict()
     differences = [f"{key}: {saved.get(key)!r} in the checkpoint, {passed.get(key)!r} now"
                    for key in sorted(set(saved) | set(passed)) if saved.get(key) != passed.get(key)]
-    vocab_path = os.path.join(folder, VOCAB_FILE)
-    if vocab is not None and os.path.isfile(vocab_path):
+    vocab_path = saved_vocab_file(folder)
+    if vocab is not None and vocab_path is not None:
+        saved_name, name = os.path.basename(vocab_path), vocab_file_name(vocab)
+        if saved_name != name:
+            differences.append(f"tokenizer: {_VOCAB_KINDS[saved_name]} ({saved_name}) in the checkpoint, "
+                               f"{_VOCAB_KINDS[name]} ({name}) now")
         saved_tokens = _saved_tokens(vocab_path)
         tokens = list(vocab.idx_to_token)
         if saved_tokens != tokens:
@@ -289,8 +297,8 @@ class Checkpointer:
         check_compatible(source, bert.config, vocab)
         bert.load_parameters(os.path.join(source, PARAMS_FILE), ctx=devices)
         trainer.load_states(os.path.join(source, TRAINER_FILE))
-        if vocab is None and os.path.isfile(os.path.join(source, VOCAB_FILE)):
-            vocab = Vocab.load(os.path.join(source, VOCAB_FILE))
+        if vocab is None:
+            vocab = load_saved_vocab(source)
         self.saved_step = state["step"]
         return source, state, vocab
 
