@@ -17,7 +17,7 @@ from . import distributed
 from .data import (DATA_HUB, DataError, DownloadError, download_extract, load_data_wiki, load_tokenizer, split_file,
                    train_wordpiece)
 from .encoding import get_bert_encoding
-from .files import atomic_write
+from .files import TOKENIZER_FILE, atomic_write
 from .model import BERTModel, save_pretrained
 from .train import TrainingConfig, parse_devices, train_bert
 from .train.checkpoint import check_writable
@@ -162,7 +162,7 @@ def _tokenizer_and_model(options, folder, kvstore):
         return None, None
     if options.tokenizer == "wordpiece":
         # Training is not reproducible (ties between pieces), so a run keeps its tokenizer for --resume.
-        path = os.path.join(options.output_dir, "tokenizer.json")
+        path = os.path.join(options.output_dir, TOKENIZER_FILE)
         if options.resume and os.path.isfile(path):
             return load_tokenizer(path)[0], None
         if distributed.num_workers(kvstore if distributed.is_distributed(options.kvstore) else None) > 1:
