@@ -238,7 +238,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per median")
     parser.add_argument("--only-fused", action="store_true",
                         help="measure only the whole-block kernels (attention, MLM decoder) against their paths")
-    parser.add_argument("--mlm-chunks", type=int, nargs="+", default=[1 << 19, 1 << 20, 1 << 22],
+    parser.add_argument("--mlm-chunks", type=int, nargs="+", default=[1 << 20, 1 << 21, 1 << 23],
                         help="other chunk sizes (logits per chunk) of the fused MLM decoder to measure")
     parser.add_argument("--child", choices=["ops", "fused"], help=argparse.SUPPRESS)
     args = parser.parse_args()

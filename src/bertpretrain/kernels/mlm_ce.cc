@@ -13,7 +13,7 @@
 //     correct[i] = weights[i] if the first arg-max of logits[i] is labels[i], else 0;
 //     gw (V, K), gb (V,), gh (N, K): in training mode the gradients of sum(loss) with respect to
 //       weight, bias and hidden; zeros in inference mode (evaluation never runs backward).
-//     `chunk` (default 2^21) bounds the logits held at a time: max(1, chunk / V) rows.
+//     `chunk` (default 2^22) bounds the logits held at a time: max(1, chunk / V) rows.
 //
 // Rows of weight 0 (padding prediction slots) are left out of every product: the active rows
 // are gathered first. Per chunk of active rows: the (rows, V) logits (one GEMM), each row's
@@ -33,9 +33,8 @@ namespace bp {
 namespace {
 
 const char* const kOp = "bp_mlm_ce";
-// Logits per chunk: 8 MiB, ~300 rows at d2l's vocabulary of 6,899 (the fastest of 2^19-2^23,
-// see kernels/ops.py MLM_CHUNK).
-constexpr int64_t kDefaultChunk = int64_t{1} << 21;
+// Logits per chunk: 16 MiB, 607 rows at d2l's vocabulary of 6,899 (see kernels/ops.py MLM_CHUNK).
+constexpr int64_t kDefaultChunk = int64_t{1} << 22;
 
 // c (m, n) = op(a) (m, k) op(b) (k, n) + beta * c, row-major: the one matrix product of this file.
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
@@ -132,30 +131,20 @@ struct Pass {
   float* correct;        // (N,)
   float* dhidden;        // (N, K), rows of scale 0 left untouched
   float* dweight;        // (V, K), written
-  float* dbias;          // (V,), accumulated into
+  float* dbias;          // (V,), added to (zeroed by the caller)
 };
 
-// out[j] += sum_i g[i, j] over the (m, n) array g, parallel over column blocks.
-void add_column_sums(const float* g, int64_t m, int64_t n, float* out) {
-  constexpr int64_t kColumns = 512;
-  const int64_t blocks = (n + kColumns - 1) / kColumns;
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < blocks; ++c) {
-    const int64_t j0 = c * kColumns, j1 = std::min(n, j0 + kColumns);
-    for (int64_t i = 0; i < m; ++i) {
-      const float* row = g + i * n;
-#pragma omp simd
-      for (int64_t j = j0; j < j1; ++j) out[j] += row[j];
-    }
-  }
-}
-
 // One pass over the active rows, `rows` at a time (see the top of the file). The gradients
-// are computed when any of p.dhidden, p.dweight, p.dbias is set.
+// are computed when any of p.dhidden, p.dweight, p.dbias is set. Few parallel regions per chunk
+// (the GEMMs' own and one row loop): on a machine shared with other work each is a point where
+// a thread may wait for a descheduled one. So the bias gradient is summed per thread inside the
+// row loop, and the hidden gradient is scattered to its rows once, at the end.
 void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int64_t rows) {
   const int64_t m = act.rows.size();
   const bool grads = p.dhidden || p.dweight || p.dbias;
-  std::vector<float> logits(std::min(rows, m) * v), dh(p.dhidden ? std::min(rows, m) * k : 0);
+  const int threads = omp_get_max_threads();
+  std::vector<float> logits(std::min(rows, m) * v), dh(p.dhidden ? m * k : 0);
+  std::vector<float> bias_parts(p.dbias ? threads * v : 0, 0.0f);  // (threads, V)
   for (int64_t c0 = 0; c0 < m; c0 += rows) {
     const int64_t cr = std::min(rows, m - c0);
     const float* h = act.hidden.data() + c0 * k;
@@ -181,23 +170,39 @@ void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int6
         sum += x[j];
       }
       if (p.loss) p.loss[r] = p.weights[r] * (top + std::log(sum) - label_logit);
-      if (grads) {  // x -> scale * (softmax - onehot(label))
-        const float g = p.scale[r], f = g / sum;
+      if (!grads) continue;
+      // x -> scale * (softmax - onehot(label)), added to this thread's bias gradient
+      const float g = p.scale[r], f = g / sum;
+      if (p.dbias) {
+        float* part = bias_parts.data() + omp_get_thread_num() * v;
+#pragma omp simd
+        for (int64_t j = 0; j < v; ++j) {
+          x[j] *= f;
+          part[j] += x[j];
+        }
+        part[label] -= g;
+      } else {
 #pragma omp simd
         for (int64_t j = 0; j < v; ++j) x[j] *= f;
-        x[label] -= g;
       }
+      x[label] -= g;
     }
-    if (!grads) continue;
-    if (p.dhidden) {
-      gemm(false, false, cr, k, v, logits.data(), v, p.weight, k, 0.0f, dh.data(), k);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < cr; ++i)
-        std::memcpy(p.dhidden + act.rows[c0 + i] * k, dh.data() + i * k, k * sizeof(float));
-    }
+    if (p.dhidden)
+      gemm(false, false, cr, k, v, logits.data(), v, p.weight, k, 0.0f, dh.data() + c0 * k, k);
     if (p.dweight)
       gemm(true, false, v, k, cr, logits.data(), v, h, k, c0 ? 1.0f : 0.0f, p.dweight, k);
-    if (p.dbias) add_column_sums(logits.data(), cr, v, p.dbias);
+  }
+  if (p.dhidden) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(p.dhidden + act.rows[i] * k, dh.data() + i * k, k * sizeof(float));
+  }
+  if (p.dbias) {
+    for (int t = 0; t < threads; ++t) {
+      const float* part = bias_parts.data() + t * v;
+#pragma omp simd
+      for (int64_t j = 0; j < v; ++j) p.dbias[j] += part[j];
+    }
   }
 }
 

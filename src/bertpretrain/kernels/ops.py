@@ -30,7 +30,11 @@ import numpy
 from .loader import KernelsUnavailableError
 
 KEY_SIZE = 64
-MLM_CHUNK = 1 << 21  # logits per chunk of mlm_cross_entropy (rows = MLM_CHUNK // V): see its doc
+# Logits per chunk of mlm_cross_entropy (rows = MLM_CHUNK // V; 16 MiB): at d2l's shape 2^20-2^23 take
+# the same time on a quiet machine (bench_kernels.py); larger chunks, fewer synchronisations, suffer
+# less when other work shares the cores, and 2^22 already holds less than the 1,024-word vocabulary
+# blocks of the kernel before (5,120 x 1,024 logits).
+MLM_CHUNK = 1 << 22
 
 
 def context_of(F, x):
@@ -191,7 +195,7 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
     (N,) = ``weights * (logsumexp(logits) - logits[labels])``, and with ``return_correct`` also
     correct (N,) = ``weights`` where the first arg-max of a row is its label, else 0.
 
-    The rows are projected ``max(1, chunk // V)`` at a time (8 MiB of logits by default), so the
+    The rows are projected ``max(1, chunk // V)`` at a time (16 MiB of logits by default), so the
     (N, V) logits and their gradient never exist; the GEMMs run on the OpenBLAS of the MXNet
     wheel. In training mode (``autograd.is_training()``) the forward also computes the gradients
     of ``sum(loss)``: backward then only scales them when its upstream gradient is the same on
