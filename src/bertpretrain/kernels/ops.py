@@ -201,7 +201,11 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
     of ``sum(loss)``: backward then only scales them when its upstream gradient is the same on
     every row of non-zero weight (a summed or averaged loss, as in pretraining: three GEMMs in
     all instead of four), and recomputes the logits otherwise. In inference mode (evaluation)
-    the forward computes only the loss, one GEMM.
+    the forward computes only the loss, one GEMM: at d2l's shape 70-90 ms against 200-260 ms
+    with the gradients (2 threads, AMD EPYC Zen 4). The kernel learns the mode from a dropout key
+    at run time, not from an attribute the op layer would set while tracing: one hybridized graph
+    serves both training and evaluation (train_bert), and MXNet's extension API passes operators
+    no training flag.
     """
     weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
     _check_float32(F, hidden=hidden, weight=weight, bias=bias, weights=weights)
