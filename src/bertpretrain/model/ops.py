@@ -17,7 +17,7 @@ Backends:
   CPU. Elsewhere (no compiler, a GPU, kept off for Horovod) each op falls back to its builtin
   formulation, and the kernel loader logs once why. Self-attention runs as one packed q/k/v GEMM,
   one kernel for every head and one output projection; the masked-LM decoder and its
-  cross-entropy run as one kernel over vocabulary blocks.
+  cross-entropy run as one kernel over chunks of rows, its gradients computed in the forward.
 - ``"fused-v1"``: the per-op kernels that preceded those two (layer norm, dropout, masked softmax,
   cross-entropy), with builtin per-head attention and dense MLM logits: kept so that benchmarks
   can compare the new kernels with the previous ones (bench_model.py, bench_train.py).
