@@ -17,7 +17,11 @@ layer: builtin operators (``"builtin"``), the previous per-op kernels (``"fused-
 kernel (``"fused"``). Self-attention: the model's whole MultiHeadSelfAttention block (batch 512,
 T 64, H 128, 2 heads, attention dropout 0.1; valid lengths uniform in [1, 64]), one per backend.
 MLM decoder: projection of 5,120 states (512 x 10 predictions, all weight 1) of width 128 onto
-6,899 words + weighted softmax cross-entropy, for a few vocabulary block sizes.
+6,899 words + weighted softmax cross-entropy, for a few chunk sizes (logits per chunk); and the
+fused kernel made to recompute its gradients in backward ("fused, recompute": its forward traced in
+inference mode, one GEMM, then three in backward: the four-GEMM schedule of the kernel before the
+gradients moved into the forward). Columns: training-mode forward (for the fused MLM kernel, with
+its gradients), inference-mode forward (what evaluation runs), forward + backward.
 
 Usage (the machine is shared: take the benchmark lock)::
 
@@ -85,12 +89,13 @@ def timings_ms(variants, repeats, warmup=3):
     return [(statistics.median(t), min(t)) for t in times]
 
 
-def fused_cases(mx, kernel_ops, model_ops, MultiHeadSelfAttention, blocks):
+def fused_cases(mx, kernel_ops, model_ops, MultiHeadSelfAttention, chunks):
     """(name, {variant: forward function returning the output to differentiate}).
 
     Variants: "builtin", "previous" and "fused", the op layer's backends ``"builtin"``,
     ``"fused-v1"`` (the per-op kernels) and ``"fused"``; for the MLM decoder also the raw kernel
-    at other vocabulary block sizes. Each attention variant has its own hybridized block.
+    at other chunk sizes, and made to recompute its gradients in backward. Each attention variant
+    has its own hybridized block.
     """
     rng = mx.np.random
     batch, t, hidden, heads, vocab, preds = 512, 64, 128, 2, 6899, 10
@@ -119,21 +124,31 @@ def fused_cases(mx, kernel_ops, model_ops, MultiHeadSelfAttention, blocks):
         layer = model_ops.for_backend(backend)
         return lambda: layer.mlm_cross_entropy(mx.nd, states, weight, bias, labels, weights, vocab)
 
-    def mlm_block(block):
+    def mlm_chunk(chunk):
         return lambda: kernel_ops.mlm_cross_entropy(
             mx.nd, states.reshape(-1, hidden), weight, bias, labels.reshape(-1),
-            weights.reshape(-1), block=block)
+            weights.reshape(-1), chunk=chunk)
+
+    def mlm_recompute():
+        fused = mlm_variant("fused")
+
+        def run():
+            with mx.autograd.predict_mode():  # still recorded, but no gradients in the forward
+                return fused()
+        return run
 
     mlm = {name: functools.partial(mlm_variant, backend) for name, backend in backends.items()}
-    mlm.update({f"fused block {block}": functools.partial(mlm_block, block) for block in blocks
-                if block != kernel_ops.MLM_BLOCK})
+    mlm["fused, recompute"] = mlm_recompute
+    mlm.update({f"fused chunk 2^{chunk.bit_length() - 1}": functools.partial(mlm_chunk, chunk)
+                for chunk in chunks if chunk != kernel_ops.MLM_CHUNK})
     attention = {name: functools.partial(attention_variant, backend)
                  for name, backend in backends.items()}
     return [("self-attention block 512x64x128, 2 heads, p=0.1", attention),
-            (f"MLM decoder + CE 5120x128 -> 6899 (fused: block {kernel_ops.MLM_BLOCK})", mlm)]
+            (f"MLM decoder + CE 5120x128 -> 6899 (fused: chunk 2^{kernel_ops.MLM_CHUNK.bit_length() - 1})",
+             mlm)]
 
 
-def measure_fused(repeats, blocks):
+def measure_fused(repeats, chunks):
     """The fused ops against the paths they replace; one row per (case, variant)."""
     import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
     import mxnet as mx
@@ -149,11 +164,15 @@ def measure_fused(repeats, blocks):
         sys.exit(f"fused kernels unavailable: {status.reason}")
     threads = os.environ["OMP_NUM_THREADS"]
     mx.random.seed(0)
-    for name, variants in fused_cases(mx, kernel_ops, model_ops, MultiHeadSelfAttention, blocks):
+    for name, variants in fused_cases(mx, kernel_ops, model_ops, MultiHeadSelfAttention, chunks):
         made = {variant: make() for variant, make in variants.items()}
 
         def forward(fn):
             with autograd.train_mode():
+                fn().wait_to_read()
+
+        def forward_inference(fn):
+            with autograd.predict_mode():
                 fn().wait_to_read()
 
         def forward_backward(fn):
@@ -162,15 +181,15 @@ def measure_fused(repeats, blocks):
             out.backward()
             mx.nd.waitall()
 
-        steps = [functools.partial(step, made[v]) for step in (forward, forward_backward)
-                 for v in made]
+        steps = [functools.partial(step, made[v])
+                 for step in (forward, forward_inference, forward_backward) for v in made]
         results = timings_ms(steps, repeats)
         count = len(made)
-        base_fb = results[count][0]
+        base_fb = results[2 * count][0]
         for i, variant in enumerate(made):
-            (f, f_min), (fb, fb_min) = results[i], results[count + i]
-            print(f"| {name} | {variant} | {threads} | {f:.1f} ({f_min:.1f}) | {fb:.1f} "
-                  f"({fb_min:.1f}) | {base_fb / fb:.2f}x |", flush=True)
+            (f, f_min), (e, e_min), (fb, fb_min) = results[i], results[count + i], results[2 * count + i]
+            print(f"| {name} | {variant} | {threads} | {f:.1f} ({f_min:.1f}) | {e:.1f} ({e_min:.1f}) | "
+                  f"{fb:.1f} ({fb_min:.1f}) | {base_fb / fb:.2f}x |", flush=True)
 
 
 def measure(repeats):
@@ -219,26 +238,26 @@ def main():
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per median")
     parser.add_argument("--only-fused", action="store_true",
                         help="measure only the whole-block kernels (attention, MLM decoder) against their paths")
-    parser.add_argument("--mlm-blocks", type=int, nargs="+", default=[256, 512, 1024],
-                        help="vocabulary block sizes of the fused MLM decoder to measure")
+    parser.add_argument("--mlm-chunks", type=int, nargs="+", default=[1 << 20, 1 << 21, 1 << 23],
+                        help="other chunk sizes (logits per chunk) of the fused MLM decoder to measure")
     parser.add_argument("--child", choices=["ops", "fused"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "ops":
         measure(args.repeats)
         return
     if args.child == "fused":
-        measure_fused(args.repeats, args.mlm_blocks)
+        measure_fused(args.repeats, args.mlm_chunks)
         return
     if not args.only_fused:
         measure_ops(args)
     print("\nFused ops against the paths they replace: ms per call, median (best); speed-up of "
           "forward + backward against the builtin path\n")
-    print("| case | path | threads | fwd | fwd+bwd | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- |", flush=True)
+    print("| case | path | threads | fwd (training) | fwd (inference) | fwd+bwd | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for threads in args.threads:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         subprocess.run([sys.executable, __file__, "--child", "fused", "--repeats", str(args.repeats),
-                        "--mlm-blocks", *map(str, args.mlm_blocks)], env=env, check=True)
+                        "--mlm-chunks", *map(str, args.mlm_chunks)], env=env, check=True)
 
 
 def measure_ops(args):

@@ -1,9 +1,15 @@
 """The fused attention and masked-LM decoder kernels against builtin MXNet computations.
 
 bp_attention (packed q/k/v -> context) and bp_mlm_ce (decoder projection + cross-entropy in
-vocabulary blocks): outputs and gradients against the same math in builtin operators, finite
-differences, grad_req='add' inside a hybridized block, dropout modes and seeded reproducibility.
+chunks of rows, its gradients computed in the training forward): outputs and gradients against the
+same math in builtin operators, with uniform and non-uniform upstream gradients, finite differences,
+grad_req='add' inside a hybridized block, dropout modes and seeded reproducibility.
 """
+import json
+import subprocess
+import sys
+import textwrap
+
 import numpy as onp
 import pytest
 
@@ -118,11 +124,12 @@ def mlm_inputs(n, k, v, seed=0):
             rand(v, seed=seed + 3), labels, weights]
 
 
-@pytest.mark.parametrize("n,k,v,block", [(1, 1, 2, 512), (7, 5, 33, 8), (20, 16, 301, 64),
-                                         (50, 32, 1000, 512)])
-def test_mlm_cross_entropy_matches_builtin(n, k, v, block):
+@pytest.mark.parametrize("n,k,v,chunk", [(1, 1, 2, 512), (7, 5, 33, 8), (20, 16, 301, 3 * 301),
+                                         (50, 32, 1000, 7 * 1000), (50, 32, 1000, 1 << 21)])
+def test_mlm_cross_entropy_matches_builtin(n, k, v, chunk):
+    """One row per chunk, several with a shorter last one, and all rows in one chunk."""
     inputs = mlm_inputs(n, k, v)
-    got = run(lambda h, w, b, y, c: kernel_ops.mlm_cross_entropy(mx.nd, h, w, b, y, c, block=block),
+    got = run(lambda h, w, b, y, c: kernel_ops.mlm_cross_entropy(mx.nd, h, w, b, y, c, chunk=chunk),
               inputs, [0, 1, 2])
     want = run(lambda h, w, b, y, c: builtin_mlm(h, w, b, y, c)[0], inputs, [0, 1, 2])
     assert_same(got, want)
@@ -132,7 +139,7 @@ def test_mlm_correct_count_matches_builtin():
     h, w, b, y, c = mlm_inputs(200, 8, 50, seed=4)
     y = np.array(onp.argmax((h @ w.T + b).asnumpy(), axis=-1)[:100].tolist()
                  + y.asnumpy()[100:].tolist(), dtype="int32")  # half the rows are hits
-    loss, correct = kernel_ops.mlm_cross_entropy(mx.nd, h, w, b, y, c, return_correct=True, block=16)
+    loss, correct = kernel_ops.mlm_cross_entropy(mx.nd, h, w, b, y, c, return_correct=True, chunk=16 * 50)
     want_loss, want_correct = builtin_mlm(h, w, b, y, c)
     onp.testing.assert_allclose(loss.asnumpy(), want_loss.asnumpy(), rtol=1e-4, atol=1e-5)
     onp.testing.assert_array_equal(correct.asnumpy(), want_correct.asnumpy())
@@ -146,6 +153,132 @@ def test_mlm_rejects_out_of_range_labels():
         kernel_ops.mlm_cross_entropy(mx.nd, h, w, b, bad, np.ones((4,))).asnumpy()
 
 
+# What builtin dropout of ones (the kernels' mode key, see DropoutMask in common.h) gives in training
+# (entries 0 or 2) and in inference (all 1).
+TRAINING_KEY, INFERENCE_KEY = np.full((64,), 2.0), np.ones((64,))
+
+
+def builtin_mlm_grads(inputs, head, train_mode=True):
+    """Gradients of sum(builtin loss * head) w.r.t. hidden, weight and bias."""
+    params = [a.copy() for a in inputs[:3]]
+    for a in params:
+        a.attach_grad()
+    with autograd.record(train_mode=train_mode):
+        (builtin_mlm(*params, *inputs[3:])[0] * head).sum().backward()
+    return [a.grad.asnumpy() for a in params]
+
+
+def fused_mlm(inputs, head, train_mode=True, chunk=5 * 57):
+    """Loss and gradients (hidden, weight, bias) of sum(fused loss * head)."""
+    params = [a.copy() for a in inputs[:3]]
+    for a in params:
+        a.attach_grad()
+    with autograd.record(train_mode=train_mode):
+        loss = kernel_ops.mlm_cross_entropy(mx.nd, *params, *inputs[3:], chunk=chunk)
+        (loss * head).sum().backward()
+    return loss.asnumpy(), [a.grad.asnumpy() for a in params]
+
+
+def test_mlm_training_forward_returns_the_gradients_of_the_summed_loss():
+    """In training mode the forward also computes the gradients of sum(loss) (upstream gradient 1
+    on every row), which backward scales when the upstream gradient is uniform; in inference mode
+    it skips that work and returns zeros."""
+    inputs = mlm_inputs(30, 6, 41, seed=7)
+    want = builtin_mlm_grads(inputs, np.ones((30,)))
+    want_loss = builtin_mlm(*inputs)[0].asnumpy()
+    for key in (TRAINING_KEY, INFERENCE_KEY):
+        loss, correct, gw, gb, gh = mx.nd.bp_mlm_ce(*(a.as_nd_ndarray() for a in inputs + [key]),
+                                                    chunk=4 * 41)
+        onp.testing.assert_allclose(loss.asnumpy(), want_loss, rtol=1e-4, atol=1e-5)
+        assert correct.shape == (30,)
+        for got, expected in zip((gh, gw, gb), want):
+            assert got.shape == expected.shape
+            if key is TRAINING_KEY:
+                onp.testing.assert_allclose(got.asnumpy(), expected, rtol=1e-4, atol=1e-5)
+            else:
+                assert not got.asnumpy().any()
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+@pytest.mark.parametrize("upstream", ["uniform", "uniform on weighted rows", "non-uniform"])
+def test_mlm_gradients_for_uniform_and_non_uniform_upstream_gradients(upstream, train_mode):
+    """A uniform upstream gradient (a summed, normalised loss) scales the forward's gradients; any
+    other, or a forward in inference mode, recomputes them; the results agree with builtin."""
+    inputs = mlm_inputs(40, 8, 57, seed=3)
+    weighted = inputs[4].asnumpy() != 0
+    noise = onp.random.RandomState(5).normal(size=40)
+    head = np.array({"uniform": onp.full(40, 0.37), "non-uniform": noise,
+                     "uniform on weighted rows": onp.where(weighted, 0.37, noise)}[upstream]
+                    .astype("float32"))
+    loss, got = fused_mlm(inputs, head, train_mode)
+    want = builtin_mlm_grads(inputs, head, train_mode)
+    onp.testing.assert_allclose(loss, builtin_mlm(*inputs)[0].asnumpy(), rtol=1e-4, atol=1e-5)
+    for g, w in zip(got, want):
+        onp.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_mlm_rows_of_weight_zero_cost_nothing_and_get_no_gradient(train_mode):
+    """Rows of weight 0 (padding slots, whose labels are not even checked) give loss 0 and a zero
+    hidden gradient; the others match builtin; all rows of weight 0 give zero gradients."""
+    h, w, b, y, c = mlm_inputs(12, 4, 9, seed=2)
+    padding = onp.array([0, 5, 6, 11])
+    weights = onp.ones(12, dtype="float32")
+    weights[padding] = 0
+    labels = y.asnumpy()
+    labels[padding] = [-1, 9, 1000, 0]
+    valid_labels = labels.copy()
+    valid_labels[padding] = 0
+    c, y = np.array(weights), np.array(labels, dtype="int32")
+    for head in (np.ones((12,)), rand(12, seed=8)):
+        loss, got = fused_mlm([h, w, b, y, c], head, train_mode, chunk=5 * 9)
+        want = builtin_mlm_grads([h, w, b, np.array(valid_labels, dtype="int32"), c], head)
+        assert not loss[padding].any() and not got[0][padding].any()
+        for g, expected in zip(got, want):
+            onp.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-5)
+        loss, got = fused_mlm([h, w, b, y, np.zeros((12,))], head, train_mode)
+        assert not loss.any() and not any(g.any() for g in got)
+
+
+MEMORY_CHILD = textwrap.dedent("""
+    import json, resource
+    import bertpretrain  # noqa: F401  (its numpy fixes first)
+    import mxnet as mx
+    from mxnet import autograd, np
+    from bertpretrain import kernels
+    from bertpretrain.kernels import ops as kernel_ops
+
+    assert kernels.load().available
+    k, v = 4, 65536
+
+    def train(n):  # forward, a uniform backward (scaled) and a non-uniform one (recomputed)
+        h, w, b = np.random.normal(size=(n, k)), np.random.normal(size=(v, k)), np.zeros((v,))
+        y, c = np.random.randint(0, v, size=(n,)).astype("int32"), np.ones((n,))
+        for a in (h, w, b):
+            a.attach_grad()
+        for head in (np.ones((n,)), np.random.uniform(size=(n,))):
+            with autograd.record():
+                loss = (kernel_ops.mlm_cross_entropy(mx.nd, h, w, b, y, c) * head).sum()
+            loss.backward()
+            mx.nd.waitall()
+
+    train(16)  # the library, MXNet's pools and the (V, K) arrays
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    train(2048)
+    print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024))
+""")
+
+
+def test_mlm_memory_stays_far_below_the_logits():
+    """2,048 rows x 65,536 words: the (N, V) logits would take 512 MiB; the kernel's peak memory
+    grows by less than a quarter of that (its chunk of logits is 16 MiB)."""
+    done = subprocess.run([sys.executable, "-c", MEMORY_CHILD], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth = json.loads(done.stdout.strip().splitlines()[-1])
+    assert growth < 2048 * 65536 * 4 / 4, f"peak RSS grew by {growth / 2 ** 20:.0f} MiB"
+
+
 # ------------------------------------------------------------------ finite differences
 
 def test_finite_differences():
@@ -155,7 +288,7 @@ def test_finite_differences():
     inputs = mlm_inputs(6, 4, 23)
     for wrt in (0, 1, 2):
         finite_difference_check(lambda h, w, b, y, c: kernel_ops.mlm_cross_entropy(
-            mx.nd, h, w, b, y, c, block=5), inputs, wrt)
+            mx.nd, h, w, b, y, c, chunk=4 * 23), inputs, wrt)
 
 
 def test_finite_differences_attention_with_a_fixed_dropout_mask():
@@ -191,7 +324,7 @@ class TiedHead(gluon.HybridBlock):
         hidden = F.np.reshape(ctx + x, (-1, ctx.shape[-1])) if F is mx.nd else \
             F.npx.reshape(ctx + x, (-5, -2))
         return kernel_ops.mlm_cross_entropy(F, hidden, decoder_weight, decoder_bias, labels, weights,
-                                       block=7).sum()
+                                            chunk=7 * 30).sum()
 
 
 def head_inputs(seed):

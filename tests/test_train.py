@@ -51,10 +51,14 @@ def test_two_devices_match_one_device_on_the_same_global_batches():
     assert all(np.array_equal(r[0].asnumpy(), r[1].asnumpy()) for r in replicas), "replicas drifted apart"
 
 
-def assert_same_updates(before, after_a, after_b, rtol=1e-2):
-    """The parameter changes of two runs agree to ``rtol`` of their size (a factor 2 would not)."""
+def assert_same_updates(before, after_a, after_b, rtol=1e-2, atol=1e-6):
+    """The parameter changes of two runs agree to ``rtol`` of their size (a factor 2 would not).
+
+    ``atol``: a parameter whose gradient is zero in exact arithmetic (the attention key bias: the
+    softmax ignores a shift shared by every key) moves by rounding noise alone, ~1e-7 in norm after
+    these SGD steps, which differs between any two summation orders."""
     for p0, a, b in zip(before, after_a, after_b):
-        assert np.linalg.norm((a - p0) - (b - p0)) <= rtol * np.linalg.norm(a - p0) + 1e-7
+        assert np.linalg.norm((a - p0) - (b - p0)) <= rtol * np.linalg.norm(a - p0) + atol
 
 
 def test_two_devices_match_one_device_with_sgd():

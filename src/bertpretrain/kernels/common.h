@@ -137,6 +137,17 @@ inline float fast_exp(float x) {
   return q * scale;
 }
 
+// Whether MXNet runs in training mode, read from a "key" input made by builtin dropout
+// (p=0.5) of ones (see DropoutMask): in training its entries are 0 or 2, in inference all 1.
+// lib_api.h passes an operator no training flag; this is how a kernel tells.
+inline bool training_mode(const MXTensor& key) {
+  const float* k = static_cast<const float*>(key.data_ptr);
+  const int64_t n = key.size() < 64 ? key.size() : 64;
+  for (int64_t i = 0; i < n; ++i)
+    if (k[i] != 1.0f) return true;
+  return false;
+}
+
 // Dropout mask computed from an element's flat index, so backward recomputes it
 // instead of storing it, and the result does not depend on the thread count.
 //
@@ -151,13 +162,9 @@ class DropoutMask {
   DropoutMask(const MXTensor& key, float p) {
     const float* k = static_cast<const float*>(key.data_ptr);
     const int64_t n = key.size() < 64 ? key.size() : 64;
-    bool training = false;
     uint64_t bits = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      training |= k[i] != 1.0f;
-      bits |= static_cast<uint64_t>(k[i] != 0.0f) << i;
-    }
-    active_ = training && p > 0.0f;
+    for (int64_t i = 0; i < n; ++i) bits |= static_cast<uint64_t>(k[i] != 0.0f) << i;
+    active_ = training_mode(key) && p > 0.0f;
     k0_ = static_cast<uint32_t>(bits);
     k1_ = static_cast<uint32_t>(bits >> 32);
     const double t = active_ ? std::floor(static_cast<double>(p) * 4294967296.0) : 0.0;

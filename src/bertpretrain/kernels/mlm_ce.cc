@@ -1,22 +1,29 @@
-// The masked-LM decoder and its softmax cross-entropy in one operator, computed in blocks of
-// the vocabulary so that neither the (N, V) logits nor their gradient ever exist in memory.
+// The masked-LM decoder and its softmax cross-entropy in one operator, computed in chunks of rows
+// so that neither the (N, V) logits nor their gradient ever exist in memory, with the gradients
+// computed in the training forward (three GEMMs per step instead of four).
 //
-//   bp_mlm_ce(hidden, weight, bias, labels, weights; block) -> (loss, lse, correct)
+//   bp_mlm_ce(hidden, weight, bias, labels, weights, key; chunk) -> (loss, correct, gw, gb, gh)
 //     hidden: (N, K) float32, the transformed states at the predicted positions;
 //     weight: (V, K) float32, the decoder (or tied embedding) weight;  bias: (V,) float32;
-//     labels: (N,) int32/int64/float32 in [0, V);  weights: (N,) float32 (no gradient).
-//     logits = hidden weight^T + bias (never stored);
+//     labels: (N,) int32/int64/float32 in [0, V);  weights: (N,) float32 (no gradient);
+//     key: (64,) float32, builtin dropout of ones: says whether MXNet runs in training mode
+//       (see training_mode in common.h), which lib_api.h does not tell an operator.
+//     logits = hidden weight^T + bias (never stored whole);
 //     loss[i] = weights[i] * (logsumexp(logits[i]) - logits[i, labels[i]]);
 //     correct[i] = weights[i] if the first arg-max of logits[i] is labels[i], else 0;
-//     lse[i] = logsumexp(logits[i]) (0 for rows of weight 0), saved for backward.
-//     `block` (default 1024) is the number of vocabulary entries per block.
+//     gw (V, K), gb (V,), gh (N, K): in training mode the gradients of sum(loss) with respect to
+//       weight, bias and hidden; zeros in inference mode (evaluation never runs backward).
+//     `chunk` (default 2^22) bounds the logits held at a time: max(1, chunk / V) rows.
 //
 // Rows of weight 0 (padding prediction slots) are left out of every product: the active rows
-// are gathered first. Forward does one GEMM per block with an online logsumexp; backward
-// recomputes each block's logits (one GEMM), turns them into the logits' gradient in place and
-// accumulates the hidden gradient and writes the weight gradient of that block (two GEMMs).
-// The GEMMs are OpenBLAS's (the library MXNet's FullyConnected uses), called outside any
-// OpenMP region so that it parallelises them itself.
+// are gathered first. Per chunk of active rows: the (rows, V) logits (one GEMM), each row's
+// logsumexp, loss and arg-max; in training, the logits' gradient weights * (softmax - onehot)
+// in place, then gh rows = G weight and gw += G^T hidden (two GEMMs), gb += column sums of G.
+// The loss is sum(loss) / num_preds (model/pretraining.py, train/step.py): its upstream gradient
+// is the same for every row, so backward only scales gw, gb and gh. Any other upstream gradient,
+// or a forward in inference mode, makes backward recompute the chunks with weights * dloss as the
+// rows' scale (three GEMMs). All GEMMs go through gemm() below (OpenBLAS today), called outside
+// any OpenMP region so that the GEMM parallelises itself.
 #include <algorithm>
 
 #include "blas.h"
@@ -26,22 +33,31 @@ namespace bp {
 namespace {
 
 const char* const kOp = "bp_mlm_ce";
-constexpr int64_t kDefaultBlock = 1024;
+// Logits per chunk: 16 MiB, 607 rows at d2l's vocabulary of 6,899 (see kernels/ops.py MLM_CHUNK).
+constexpr int64_t kDefaultChunk = int64_t{1} << 22;
 
-bool parse_block(const Attrs& attrs, int64_t* block) {
-  *block = static_cast<int64_t>(attr_float(attrs, "block", kDefaultBlock));
-  if (*block < 1) {
-    MX_ERROR_MSG << kOp << ": attribute block=" << *block << " must be a positive integer";
+// c (m, n) = op(a) (m, k) op(b) (k, n) + beta * c, row-major: the one matrix product of this file.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
+bool parse_chunk(const Attrs& attrs, int64_t* chunk) {
+  *chunk = static_cast<int64_t>(attr_float(attrs, "chunk", kDefaultChunk));
+  if (*chunk < 1) {
+    MX_ERROR_MSG << kOp << ": attribute chunk=" << *chunk
+                 << " must be a positive number of logits";
     return false;
   }
   return true;
 }
 
 MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
-  int64_t block;
-  if (!parse_block(attrs, &block)) return MX_FAIL;
-  *num_in = 5;
-  *num_out = 3;
+  int64_t chunk;
+  if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
+  *num_in = 6;
+  *num_out = 5;
   return MX_SUCCESS;
 }
 
@@ -70,16 +86,19 @@ MXReturnValue infer_shape(const Attrs&, Shapes* in, Shapes* out) {
       return MX_FAIL;
     }
   }
-  (*out)[0] = (*out)[1] = (*out)[2] = rows;
+  (*out)[0] = (*out)[1] = rows;
+  (*out)[2] = w;
+  (*out)[3] = vocab;
+  (*out)[4] = h;
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
   if (!require_float32(in, 0, kOp, "hidden") || !require_float32(in, 1, kOp, "weight") ||
       !require_float32(in, 2, kOp, "bias") || !require_index(*in, 3, kOp, "labels") ||
-      !require_float32(in, 4, kOp, "weights"))
+      !require_float32(in, 4, kOp, "weights") || !require_float32(in, 5, kOp, "key"))
     return MX_FAIL;
-  (*out)[0] = (*out)[1] = (*out)[2] = mxnet::ext::kFloat32;
+  for (auto& t : *out) t = mxnet::ext::kFloat32;
   return MX_SUCCESS;
 }
 
@@ -99,31 +118,111 @@ struct ActiveRows {
   }
 };
 
-// logits (m, vb) = hidden (m, k) weight[v0 : v0 + vb]^T, without the bias: the row loops that
-// read the block add it (one parallel region fewer per block).
-void block_logits(const std::vector<float>& hidden, int64_t m, int64_t k, const float* weight,
-                  int64_t v0, int64_t vb, float* logits) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, vb, k, 1.0f, hidden.data(), k,
-              weight + v0 * k, k, 0.0f, logits, vb);
+// The operator's arrays, as one pass over the chunks reads and writes them. Outputs that are
+// nullptr are not computed: loss and correct (backward), the three gradients (inference), or a
+// gradient nobody asked for.
+struct Pass {
+  const float* weight;  // (V, K)
+  const float* bias;    // (V,)
+  const MXTensor* labels;
+  const float* weights;  // (N,), for loss and correct
+  const float* scale;    // (N,): each row's factor of its gradient (weights, or dloss * weights)
+  float* loss;           // (N,)
+  float* correct;        // (N,)
+  float* dhidden;        // (N, K), rows of scale 0 left untouched
+  float* dweight;        // (V, K), written
+  float* dbias;          // (V,), added to (zeroed by the caller)
+};
+
+// One pass over the active rows, `rows` at a time (see the top of the file). The gradients
+// are computed when any of p.dhidden, p.dweight, p.dbias is set. Few parallel regions per chunk
+// (the GEMMs' own and one row loop): on a machine shared with other work each is a point where
+// a thread may wait for a descheduled one. So the bias gradient is summed per thread inside the
+// row loop, and the hidden gradient is scattered to its rows once, at the end.
+void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int64_t rows) {
+  const int64_t m = act.rows.size();
+  const bool grads = p.dhidden || p.dweight || p.dbias;
+  const int threads = omp_get_max_threads();
+  std::vector<float> logits(std::min(rows, m) * v), dh(p.dhidden ? m * k : 0);
+  std::vector<float> bias_parts(p.dbias ? threads * v : 0, 0.0f);  // (threads, V)
+  for (int64_t c0 = 0; c0 < m; c0 += rows) {
+    const int64_t cr = std::min(rows, m - c0);
+    const float* h = act.hidden.data() + c0 * k;
+    gemm(false, true, cr, v, k, h, k, p.weight, k, 0.0f, logits.data(), v);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < cr; ++i) {
+      float* x = logits.data() + i * v;
+      const int64_t r = act.rows[c0 + i];
+      const float* b = p.bias;
+      float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+      for (int64_t j = 0; j < v; ++j) {
+        x[j] += b[j];
+        top = x[j] > top ? x[j] : top;
+      }
+      const int64_t label = read_index(*p.labels, r);
+      const float label_logit = x[label];
+      if (p.correct) p.correct[r] = std::find(x, x + v, top) - x == label ? p.weights[r] : 0.0f;
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < v; ++j) {
+        x[j] = fast_exp(x[j] - top);
+        sum += x[j];
+      }
+      if (p.loss) p.loss[r] = p.weights[r] * (top + std::log(sum) - label_logit);
+      if (!grads) continue;
+      // x -> scale * (softmax - onehot(label)), added to this thread's bias gradient
+      const float g = p.scale[r], f = g / sum;
+      if (p.dbias) {
+        float* part = bias_parts.data() + omp_get_thread_num() * v;
+#pragma omp simd
+        for (int64_t j = 0; j < v; ++j) {
+          x[j] *= f;
+          part[j] += x[j];
+        }
+        part[label] -= g;
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < v; ++j) x[j] *= f;
+      }
+      x[label] -= g;
+    }
+    if (p.dhidden)
+      gemm(false, false, cr, k, v, logits.data(), v, p.weight, k, 0.0f, dh.data() + c0 * k, k);
+    if (p.dweight)
+      gemm(true, false, v, k, cr, logits.data(), v, h, k, c0 ? 1.0f : 0.0f, p.dweight, k);
+  }
+  if (p.dhidden) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(p.dhidden + act.rows[i] * k, dh.data() + i * k, k * sizeof(float));
+  }
+  if (p.dbias) {
+    for (int t = 0; t < threads; ++t) {
+      const float* part = bias_parts.data() + t * v;
+#pragma omp simd
+      for (int64_t j = 0; j < v; ++j) p.dbias[j] += part[j];
+    }
+  }
 }
 
-inline void add_bias(float* x, const float* b, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) x[j] += b[j];
+void zero(MXTensor* t) {
+  if (float* z = out_ptr(t)) std::memset(z, 0, t->size() * sizeof(float));
+}
+
+// y = s * x over n elements.
+void scale_into(const float* x, float s, int64_t n, float* y) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = s * x[i];
 }
 
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                       const OpResource&) {
-  int64_t block;
-  if (!parse_block(attrs, &block)) return MX_FAIL;
+  int64_t chunk;
+  if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
   const int64_t n = (*in)[0].shape[0], k = (*in)[0].shape[1], v = (*in)[1].shape[0];
-  const float* weight = in_ptr((*in)[1]);
-  const float* bias = in_ptr((*in)[2]);
   const MXTensor& labels = (*in)[3];
   const float* w = in_ptr((*in)[4]);
-  float* loss = (*out)[0].data<float>();
-  float* lse = (*out)[1].data<float>();
-  float* correct = (*out)[2].data<float>();
   for (int64_t r = 0; r < n; ++r) {
     const int64_t label = read_index(labels, r);
     if (w[r] != 0.0f && (label < 0 || label >= v)) {
@@ -132,103 +231,64 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       return MX_FAIL;
     }
   }
-  std::fill(loss, loss + n, 0.0f);
-  std::fill(lse, lse + n, 0.0f);
-  std::fill(correct, correct + n, 0.0f);
+  for (auto& t : *out) zero(&t);
   const ActiveRows act(w, in_ptr((*in)[0]), n, k);
-  const int64_t m = act.rows.size();
-  if (m == 0) return MX_SUCCESS;
-  block = std::min(block, v);
-  // Per active row: running max, first index of it, running sum of exp(x - max), label logit.
-  std::vector<float> run_max(m, -INFINITY), run_sum(m, 0.0f), label_logit(m, 0.0f);
-  std::vector<int64_t> arg(m, 0);
-  std::vector<float> logits(m * block);
-  for (int64_t v0 = 0; v0 < v; v0 += block) {
-    const int64_t vb = std::min(block, v - v0);
-    block_logits(act.hidden, m, k, weight, v0, vb, logits.data());
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-      float* x = logits.data() + i * vb;
-      add_bias(x, bias + v0, vb);
-      float bm = -INFINITY;
-#pragma omp simd reduction(max : bm)
-      for (int64_t j = 0; j < vb; ++j) bm = x[j] > bm ? x[j] : bm;
-      const int64_t label = read_index(labels, act.rows[i]);
-      if (label >= v0 && label < v0 + vb) label_logit[i] = x[label - v0];
-      const float new_max = std::max(run_max[i], bm);
-      if (bm > run_max[i]) arg[i] = v0 + (std::find(x, x + vb, bm) - x);
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < vb; ++j) s += fast_exp(x[j] - new_max);
-      run_sum[i] = run_sum[i] * fast_exp(run_max[i] - new_max) + s;
-      run_max[i] = new_max;
-    }
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    const int64_t r = act.rows[i];
-    lse[r] = run_max[i] + std::log(run_sum[i]);
-    loss[r] = w[r] * (lse[r] - label_logit[i]);
-    correct[r] = arg[i] == read_index(labels, r) ? w[r] : 0.0f;
-  }
+  if (act.rows.empty()) return MX_SUCCESS;
+  const bool training = training_mode((*in)[5]);
+  const Pass pass{in_ptr((*in)[1]), in_ptr((*in)[2]), &labels, w, w,
+                  (*out)[0].data<float>(), (*out)[1].data<float>(),
+                  training ? (*out)[4].data<float>() : nullptr,
+                  training ? (*out)[2].data<float>() : nullptr,
+                  training ? (*out)[3].data<float>() : nullptr};
+  run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v));
   return MX_SUCCESS;
 }
 
-// Backward inputs: [dloss, dlse, dcorrect, hidden, weight, bias, labels, weights, loss, lse,
-// correct]; outputs: [dhidden, dweight, dbias, dlabels, dweights].
+// Whether dloss is the same on every row of non-zero weight (rows of weight 0 have no
+// gradient); *value is that gradient (0 when there is no such row).
+bool uniform_over_weighted_rows(const float* dloss, const float* w, int64_t n, float* value) {
+  *value = 0.0f;
+  bool seen = false;
+  for (int64_t r = 0; r < n; ++r) {
+    if (w[r] == 0.0f) continue;
+    if (seen && dloss[r] != *value) return false;
+    *value = dloss[r];
+    seen = true;
+  }
+  return true;
+}
+
+// Backward inputs: [dloss, dcorrect, dgw, dgb, dgh, hidden, weight, bias, labels, weights, key,
+// loss, correct, gw, gb, gh]; outputs: [dhidden, dweight, dbias, dlabels, dweights, dkey].
+// The outputs gw, gb, gh and correct have no gradient of their own (they are not differentiable
+// quantities the model uses).
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                        const OpResource&) {
-  int64_t block;
-  if (!parse_block(attrs, &block)) return MX_FAIL;
+  int64_t chunk;
+  if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
   const float* dloss = in_ptr((*in)[0]);
-  const MXTensor& hidden_t = (*in)[3];
-  const int64_t n = hidden_t.shape[0], k = hidden_t.shape[1], v = (*in)[4].shape[0];
-  const float* weight = in_ptr((*in)[4]);
-  const float* bias = in_ptr((*in)[5]);
-  const MXTensor& labels = (*in)[6];
-  const float* w = in_ptr((*in)[7]);
-  const float* lse = in_ptr((*in)[9]);
+  const MXTensor& hidden_t = (*in)[5];
+  const int64_t n = hidden_t.shape[0], k = hidden_t.shape[1], v = (*in)[6].shape[0];
+  const float* w = in_ptr((*in)[9]);
   float* dhidden = out_ptr(&(*out)[0]);
   float* dweight = out_ptr(&(*out)[1]);
   float* dbias = out_ptr(&(*out)[2]);
-  for (int i = 0; i < 5; ++i)
-    if (float* z = out_ptr(&(*out)[i])) std::memset(z, 0, (*out)[i].size() * sizeof(float));
+  float uniform;
+  if (training_mode((*in)[10]) && uniform_over_weighted_rows(dloss, w, n, &uniform)) {
+    for (int i : {3, 4, 5}) zero(&(*out)[i]);
+    if (dhidden) scale_into(in_ptr((*in)[15]), uniform, n * k, dhidden);
+    if (dweight) scale_into(in_ptr((*in)[13]), uniform, v * k, dweight);
+    if (dbias) scale_into(in_ptr((*in)[14]), uniform, v, dbias);
+    return MX_SUCCESS;
+  }
+  for (auto& t : *out) zero(&t);
   std::vector<float> g(n);
   for (int64_t r = 0; r < n; ++r) g[r] = dloss[r] * w[r];
   const ActiveRows act(g.data(), in_ptr(hidden_t), n, k);
-  const int64_t m = act.rows.size();
-  if (m == 0) return MX_SUCCESS;
-  block = std::min(block, v);
-  std::vector<float> logits(m * block), dh(dhidden ? m * k : 0, 0.0f), ones(m, 1.0f);
-  for (int64_t v0 = 0; v0 < v; v0 += block) {
-    const int64_t vb = std::min(block, v - v0);
-    block_logits(act.hidden, m, k, weight, v0, vb, logits.data());
-    // logits -> their gradient: g * (softmax - onehot(label)).
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-      float* x = logits.data() + i * vb;
-      const int64_t r = act.rows[i];
-      const float gi = g[r], l = lse[r];
-      const float* b = bias + v0;
-#pragma omp simd
-      for (int64_t j = 0; j < vb; ++j) x[j] = gi * fast_exp(x[j] + b[j] - l);
-      const int64_t label = read_index(labels, r);
-      if (label >= v0 && label < v0 + vb) x[label - v0] -= gi;
-    }
-    if (dh.size())
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, k, vb, 1.0f, logits.data(), vb,
-                  weight + v0 * k, k, 1.0f, dh.data(), k);
-    if (dweight)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, vb, k, m, 1.0f, logits.data(), vb,
-                  act.hidden.data(), k, 0.0f, dweight + v0 * k, k);
-    if (dbias)
-      cblas_sgemv(CblasRowMajor, CblasTrans, m, vb, 1.0f, logits.data(), vb, ones.data(), 1,
-                  0.0f, dbias + v0, 1);
-  }
-  if (dhidden) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(dhidden + act.rows[i] * k, dh.data() + i * k, k * sizeof(float));
-  }
+  if (act.rows.empty()) return MX_SUCCESS;
+  const Pass pass{in_ptr((*in)[6]), in_ptr((*in)[7]), &(*in)[8], w, g.data(), nullptr, nullptr,
+                  dhidden, dweight, dbias};
+  run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v));
   return MX_SUCCESS;
 }
 

@@ -11,7 +11,8 @@ backwards, dropout, length-masked softmax, log-softmax over the vocabulary) domi
 BERT training step on a CPU; these do the same math in one pass each. Two replace whole
 sub-graphs: :func:`attention` (every head's scores, masked softmax, dropout and context from
 one packed q/k/v projection, no per-head splits or transposes) and :func:`mlm_cross_entropy`
-(the masked-LM decoder GEMM and its cross-entropy in vocabulary blocks, no (N, V) logits).
+(the masked-LM decoder GEMM and its cross-entropy in chunks of rows, no (N, V) logits, its
+gradients computed in the training forward).
 
 Semantics:
 
@@ -29,7 +30,11 @@ import numpy
 from .loader import KernelsUnavailableError
 
 KEY_SIZE = 64
-MLM_BLOCK = 1024  # vocabulary entries per block of mlm_cross_entropy: the fastest of 256-4096
+# Logits per chunk of mlm_cross_entropy (rows = MLM_CHUNK // V; 16 MiB): at d2l's shape 2^20-2^23 take
+# the same time on a quiet machine (bench_kernels.py); larger chunks, fewer synchronisations, suffer
+# less when other work shares the cores, and 2^22 already holds less than the 1,024-word vocabulary
+# blocks of the kernel before (5,120 x 1,024 logits).
+MLM_CHUNK = 1 << 22
 
 
 def context_of(F, x):
@@ -74,6 +79,12 @@ def _dropout_key(F, x, p):
     else:
         ones = mxnet.np.ones((KEY_SIZE,), ctx=x.ctx)
     return F.npx.dropout(ones, p=0.5) if p > 0 else ones
+
+
+def _mode_key(F, x):
+    """A key that tells a kernel whether MXNet runs in training mode (training_mode in common.h),
+    which MXNet's extension API does not pass to operators: a dropout key, all 1 in inference."""
+    return _dropout_key(F, x, 0.5)
 
 
 def _check_float32(F, **arrays):
@@ -176,20 +187,30 @@ def attention(F, qkv, valid_lens, num_heads, p=0.0, scale=None):
 
 
 def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=False,
-                      block=MLM_BLOCK):
+                      chunk=MLM_CHUNK):
     """Per-row weighted cross-entropy of ``hidden @ weight.T + bias`` without the logits.
 
     hidden: (N, K) float32; weight: (V, K) (a decoder weight or the tied embedding matrix);
     bias: (V,); labels: (N,) int32 in [0, V); weights: (N,) float32, no gradient. Returns loss
     (N,) = ``weights * (logsumexp(logits) - logits[labels])``, and with ``return_correct`` also
-    correct (N,) = ``weights`` where the first arg-max of a row is its label, else 0. ``block``
-    vocabulary entries are projected at a time, so the (N, V) logits and their gradient never
-    exist; the GEMMs run on the OpenBLAS of the MXNet wheel.
+    correct (N,) = ``weights`` where the first arg-max of a row is its label, else 0.
+
+    The rows are projected ``max(1, chunk // V)`` at a time (16 MiB of logits by default), so the
+    (N, V) logits and their gradient never exist; the GEMMs run on the OpenBLAS of the MXNet
+    wheel. In training mode (``autograd.is_training()``) the forward also computes the gradients
+    of ``sum(loss)``: backward then only scales them when its upstream gradient is the same on
+    every row of non-zero weight (a summed or averaged loss, as in pretraining: three GEMMs in
+    all instead of four), and recomputes the logits otherwise. In inference mode (evaluation)
+    the forward computes only the loss, one GEMM: at d2l's shape 70-90 ms against 200-260 ms
+    with the gradients (2 threads, AMD EPYC Zen 4). The kernel learns the mode from a dropout key
+    at run time, not from an attribute the op layer would set while tracing: one hybridized graph
+    serves both training and evaluation (train_bert), and MXNet's extension API passes operators
+    no training flag.
     """
     weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
     _check_float32(F, hidden=hidden, weight=weight, bias=bias, weights=weights)
     out = _kernel(F, "bp_mlm_ce")(_legacy(hidden), _legacy(_identity(F, weight)),
                                   _legacy(_identity(F, bias)), _legacy(labels), _legacy(weights),
-                                  block=block)
+                                  _legacy(_mode_key(F, hidden)), chunk=chunk)
     loss = out[0].as_np_ndarray()
-    return (loss, out[2].as_np_ndarray()) if return_correct else loss
+    return (loss, out[1].as_np_ndarray()) if return_correct else loss

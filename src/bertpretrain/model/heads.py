@@ -29,7 +29,7 @@ class MaskedLMHead(HybridBlock):
     Called with integer ``labels`` and float32 ``weights`` (B, P) as well, it returns the
     weighted cross-entropies (B, P) and the weighted number of correct arg-maxes (a scalar)
     instead of the logits, through the op layer's ``mlm_cross_entropy``: with the fused kernels
-    the decoder and the loss run as one kernel over blocks of the vocabulary and the
+    the decoder and the loss run as one kernel over chunks of the predictions and the
     (B * P, vocab_size) logits never exist. A hybridized caller that ignores the count does not
     compute it.
     """

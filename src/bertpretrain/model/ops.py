@@ -17,7 +17,7 @@ Backends:
   CPU. Elsewhere (no compiler, a GPU, kept off for Horovod) each op falls back to its builtin
   formulation, and the kernel loader logs once why. Self-attention runs as one packed q/k/v GEMM,
   one kernel for every head and one output projection; the masked-LM decoder and its
-  cross-entropy run as one kernel over vocabulary blocks.
+  cross-entropy run as one kernel over chunks of rows, its gradients computed in the forward.
 - ``"fused-v1"``: the per-op kernels that preceded those two (layer norm, dropout, masked softmax,
   cross-entropy), with builtin per-head attention and dense MLM logits: kept so that benchmarks
   can compare the new kernels with the previous ones (bench_model.py, bench_train.py).
@@ -315,8 +315,10 @@ class FusedOps(PerOpFusedOps):
 
     def mlm_cross_entropy(self, F, hidden, weight, bias, labels, weights, vocab_size,
                           count_correct=False):
-        """One kernel projects blocks of the vocabulary and accumulates the cross-entropy: the
-        (B * P, V) logits and their gradient never exist (the largest arrays of a d2l step)."""
+        """One kernel projects chunks of rows and computes their cross-entropy: the (B * P, V)
+        logits and their gradient never exist (the largest arrays of a d2l step). In training it
+        computes the gradients in the forward, which backward scales by the loss's uniform
+        upstream gradient (``sum(losses) / num_preds``): three GEMMs instead of four."""
         if not self._fused(F, hidden):
             return super().mlm_cross_entropy(F, hidden, weight, bias, labels, weights, vocab_size,
                                              count_correct)
