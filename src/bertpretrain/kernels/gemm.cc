@@ -1,0 +1,262 @@
+// bp::sgemm (see gemm.h): packed panels, a register-blocked micro-kernel, OpenMP over blocks of c.
+//
+// Loop nest (the usual one of blocked GEMMs): for each block of kNC columns of op(b), for each
+// depth block of kKC: the threads pack that (kKC, kNC) part of op(b) into panels of kNR columns
+// (depth-major, zero-padded), then share tasks (up to kMC rows of c x a run of panels); a task
+// walks its panels (each stays in L1) and, inside, its row tiles of kMR rows (the block of a
+// stays in L2), and the micro-kernel accumulates a (kMR, kNR) tile of c in registers over the
+// whole depth block before touching c once. A plain (not transposed) a is read in place, row by
+// row: packing it would cost as much as the product when k is small. A transposed a is packed
+// per task into depth-major (kKC, kMR) tiles, which is a plain copy of short rows.
+#include "gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+namespace bp {
+namespace {
+
+// Vector width in floats and micro-tile rows: 2 * kMR accumulators, 2 panel vectors and a
+// broadcast fit the 32 AVX-512 registers (kMR = 12) or the 16 AVX2 ones (kMR = 6).
+#if defined(__AVX512F__)
+constexpr int kVec = 16;
+constexpr int kMR = 12;
+#elif defined(__AVX__)
+constexpr int kVec = 8;
+constexpr int kMR = 6;
+#else
+constexpr int kVec = 4;
+constexpr int kMR = 6;
+#endif
+constexpr int kNR = 2 * kVec;     // micro-tile columns
+constexpr int64_t kKC = 512;      // depth of a packed block
+constexpr int64_t kMC = 96;       // most rows of c per task (a multiple of kMR)
+constexpr int64_t kNC = 1024;     // columns of op(b) packed at a time (a multiple of kNR)
+constexpr int64_t kSerialWork = 1 << 18;  // m * n * k below which one thread does it all
+
+typedef float Vec __attribute__((vector_size(kVec * sizeof(float))));
+typedef float VecU __attribute__((vector_size(kVec * sizeof(float)), aligned(4), may_alias));
+
+inline Vec load(const float* p) { return *reinterpret_cast<const VecU*>(p); }
+inline void store(float* p, Vec v) { *reinterpret_cast<VecU*>(p) = v; }
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], FreeDeleter>;
+
+// Uninitialised floats aligned to a cache line.
+Buffer allocate(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + 63) / 64 * 64;
+  return Buffer(static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+}
+
+// tile (kMR, kNR) = sum_p A(i, p) * b[p * kNR + j] over p < kc, then c = alpha * tile + beta * c
+// (c only written when beta == 0). A(i, p) is a[p * kMR + i] for a packed tile, else
+// a[i * lda + p]. `b` is a packed panel.
+template <bool kPacked>
+inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t lda,
+                         const float* __restrict b, float alpha, float beta, float* c,
+                         int64_t ldc) {
+  Vec acc0[kMR], acc1[kMR];
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = Vec{};
+  for (int64_t p = 0; p < kc; ++p) {
+    const Vec b0 = load(b + p * kNR), b1 = load(b + p * kNR + kVec);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      const float x = kPacked ? a[p * kMR + i] : a[i * lda + p];
+      acc0[i] += x * b0;
+      acc1[i] += x * b1;
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) {
+    float* row = c + i * ldc;
+    if (beta == 0.0f) {
+      store(row, alpha * acc0[i]);
+      store(row + kVec, alpha * acc1[i]);
+    } else {
+      store(row, alpha * acc0[i] + beta * load(row));
+      store(row + kVec, alpha * acc1[i] + beta * load(row + kVec));
+    }
+  }
+}
+
+// Everything one call needs: the operands and the blocking.
+struct Plan {
+  bool trans_a, trans_b;
+  int64_t m, n, k;
+  float alpha;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float beta;
+  float* c;
+  int64_t ldc;
+};
+
+// dst (kc, kNR) = op(b)[p0 : p0 + kc, j0 : j0 + cols], zero-padded to kNR columns.
+void pack_b(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+  if (!g.trans_b) {
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = g.b + (p0 + p) * g.ldb + j0;
+      float* out = dst + p * kNR;
+      for (int64_t j = 0; j < cols; ++j) out[j] = src[j];
+      for (int64_t j = cols; j < kNR; ++j) out[j] = 0.0f;
+    }
+    return;
+  }
+  for (int64_t j = 0; j < kNR; ++j) {
+    if (j < cols) {
+      const float* src = g.b + (j0 + j) * g.ldb + p0;
+      for (int64_t p = 0; p < kc; ++p) dst[p * kNR + j] = src[p];
+    } else {
+      for (int64_t p = 0; p < kc; ++p) dst[p * kNR + j] = 0.0f;
+    }
+  }
+}
+
+// dst (kc, kMR) = op(a)[i0 : i0 + rows, p0 : p0 + kc] transposed, zero-padded to kMR rows.
+void pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+  for (int64_t p = 0; p < kc; ++p) {
+    float* out = dst + p * kMR;
+    if (g.trans_a) {
+      const float* src = g.a + (p0 + p) * g.lda + i0;
+      for (int64_t i = 0; i < rows; ++i) out[i] = src[i];
+    } else {
+      for (int64_t i = 0; i < rows; ++i) out[i] = g.a[(i0 + i) * g.lda + p0 + p];
+    }
+    for (int64_t i = rows; i < kMR; ++i) out[i] = 0.0f;
+  }
+}
+
+// How the rows and the panels of one column block are cut into tasks.
+struct Tasks {
+  int64_t mc;          // rows per task (a multiple of kMR), the last task may have fewer
+  int64_t row_tasks;   // ceil(m / mc)
+  int64_t panels;      // panels of kNR columns in the column block
+  int64_t per_task;    // panels per task
+  int64_t col_tasks;   // ceil(panels / per_task)
+};
+
+// Enough tasks to keep `threads` busy when some run slower (the machine may be shared).
+Tasks cut(int64_t m, int64_t nc, int threads) {
+  Tasks t;
+  const int64_t want = threads > 1 ? 4 * threads : 1;
+  t.mc = kMC;
+  if ((m + t.mc - 1) / t.mc < want)
+    t.mc = std::max<int64_t>(kMR, ((m + want - 1) / want + kMR - 1) / kMR * kMR);
+  t.row_tasks = (m + t.mc - 1) / t.mc;
+  t.panels = (nc + kNR - 1) / kNR;
+  const int64_t splits = std::min(t.panels, (want + t.row_tasks - 1) / t.row_tasks);
+  t.per_task = (t.panels + splits - 1) / splits;
+  t.col_tasks = (t.panels + t.per_task - 1) / t.per_task;
+  return t;
+}
+
+void run(const Plan& g, const GemmEpilogue& epilogue) {
+  const int64_t work = g.m * g.n * g.k;
+  const int threads = work < kSerialWork ? 1 : omp_get_max_threads();
+  const int64_t nc_max = std::min<int64_t>(kNC, (g.n + kNR - 1) / kNR * kNR);
+  const int64_t kc_max = std::min<int64_t>(kKC, g.k);
+  Buffer b_pack = allocate(nc_max * kc_max);
+  // Per thread: packed tiles of a for a whole task, and one (kMR, kNR) tile of c for edges.
+  const int64_t a_size = (kMC + kMR) * kc_max, tile_size = kMR * kNR;
+  Buffer scratch = allocate(threads * (a_size + tile_size));
+#pragma omp parallel num_threads(threads)
+  {
+    float* a_pack = scratch.get() + omp_get_thread_num() * (a_size + tile_size);
+    float* tile = a_pack + a_size;
+    for (int64_t jc = 0; jc < g.n; jc += kNC) {
+      const int64_t nc = std::min(kNC, g.n - jc);
+      const Tasks t = cut(g.m, nc, omp_get_num_threads());
+      for (int64_t pc = 0; pc < g.k; pc += kKC) {
+        const int64_t kc = std::min(kKC, g.k - pc);
+        const bool last = pc + kc == g.k;
+        const float beta = pc == 0 ? g.beta : 1.0f;
+#pragma omp for schedule(static)
+        for (int64_t jp = 0; jp < t.panels; ++jp)
+          pack_b(g, pc, kc, jc + jp * kNR, std::min<int64_t>(kNR, nc - jp * kNR),
+                 b_pack.get() + jp * kc * kNR);
+        int64_t packed_row_task = -1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
+          const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
+          const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
+          const int64_t full_rows = g.trans_a ? 0 : mc / kMR * kMR;  // read in place
+          if (packed_row_task != rt) {
+            for (int64_t ir = full_rows; ir < mc; ir += kMR)
+              pack_a(g, i0 + ir, std::min<int64_t>(kMR, mc - ir), pc, kc,
+                     a_pack + (ir - full_rows) * kc);
+            packed_row_task = rt;
+          }
+          const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
+          for (int64_t jp = jp0; jp < jp1; ++jp) {
+            const float* panel = b_pack.get() + jp * kc * kNR;
+            const int64_t j0 = jc + jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
+            for (int64_t ir = 0; ir < mc; ir += kMR) {
+              const int64_t rows = std::min<int64_t>(kMR, mc - ir);
+              float* c = g.c + (i0 + ir) * g.ldc + j0;
+              if (rows == kMR && cols == kNR) {
+                if (ir < full_rows)
+                  micro_kernel<false>(kc, g.a + (i0 + ir) * g.lda + pc, g.lda, panel, g.alpha,
+                                      beta, c, g.ldc);
+                else
+                  micro_kernel<true>(kc, a_pack + (ir - full_rows) * kc, 0, panel, g.alpha,
+                                     beta, c, g.ldc);
+                continue;
+              }
+              // An edge tile: compute it whole into `tile`, then write its valid part.
+              if (ir < full_rows)
+                micro_kernel<false>(kc, g.a + (i0 + ir) * g.lda + pc, g.lda, panel, 1.0f, 0.0f,
+                                    tile, kNR);
+              else
+                micro_kernel<true>(kc, a_pack + (ir - full_rows) * kc, 0, panel, 1.0f, 0.0f,
+                                   tile, kNR);
+              for (int64_t i = 0; i < rows; ++i)
+                for (int64_t j = 0; j < cols; ++j)
+                  c[i * g.ldc + j] = beta == 0.0f
+                                         ? g.alpha * tile[i * kNR + j]
+                                         : g.alpha * tile[i * kNR + j] + beta * c[i * g.ldc + j];
+            }
+          }
+          if (last && epilogue) {
+            const int64_t col0 = jc + jp0 * kNR;
+            epilogue(i0, mc, col0, std::min(g.n, jc + jp1 * kNR) - col0);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc, const GemmEpilogue& epilogue) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == 0.0f) {  // no product: c = beta * c
+#pragma omp parallel for schedule(static) if (m * n > kSerialWork)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    if (epilogue) epilogue(0, m, 0, n);
+    return;
+  }
+  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, epilogue);
+}
+
+}  // namespace bp
+
+// The same GEMM with C linkage, for tests and benchmarks that load the library with ctypes.
+extern "C" void bp_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                         const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                         float* c, int64_t ldc) {
+  bp::sgemm(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
