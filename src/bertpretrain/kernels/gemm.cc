@@ -1,13 +1,12 @@
 // bp::sgemm (see gemm.h): packed panels, a register-blocked micro-kernel, OpenMP over blocks of c.
 //
-// Loop nest (the usual one of blocked GEMMs): for each block of kNC columns of op(b), for each
-// depth block of kKC: the threads pack that (kKC, kNC) part of op(b) into panels of kNR columns
-// (depth-major, zero-padded), then share tasks (up to kMC rows of c x a run of panels); a task
-// walks its panels (each stays in L1) and, inside, its row tiles of kMR rows (the block of a
-// stays in L2), and the micro-kernel accumulates a (kMR, kNR) tile of c in registers over the
-// whole depth block before touching c once. A plain (not transposed) a is read in place, row by
-// row: packing it would cost as much as the product when k is small. A transposed a is packed
-// per task into depth-major (kKC, kMR) tiles, which is a plain copy of short rows.
+// c is cut into tasks (up to kMC rows x up to kNC columns), shared by the threads dynamically. A
+// task walks the depth in blocks of kKC; for each, the panels of kNR columns of op(b) (packed
+// depth-major, zero-padded) and inside each panel (it stays in L1) its row tiles of kMR rows (the
+// task's rows of a stay in L2); the micro-kernel accumulates a (kMR, kNR) tile of c in registers
+// over the depth block before touching c once. A plain (not transposed) a is read in place, row
+// by row: packing it would cost as much as the product when k is small. A transposed a (and an
+// edge tile of a plain one) is packed into depth-major (kKC, kMR) tiles, a copy of short rows.
 #include "gemm.h"
 
 #include <omp.h>
@@ -35,7 +34,7 @@ constexpr int kMR = 6;
 constexpr int kNR = 2 * kVec;     // micro-tile columns
 constexpr int64_t kKC = 512;      // depth of a packed block
 constexpr int64_t kMC = 96;       // most rows of c per task (a multiple of kMR)
-constexpr int64_t kNC = 1024;     // columns of op(b) packed at a time (a multiple of kNR)
+constexpr int64_t kNC = 512;      // most columns of c per task (a multiple of kNR)
 constexpr int64_t kSerialWork = 1 << 18;  // m * n * k below which one thread does it all
 
 typedef float Vec __attribute__((vector_size(kVec * sizeof(float))));
@@ -107,6 +106,10 @@ void pack_b(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, flo
     for (int64_t p = 0; p < kc; ++p) {
       const float* src = g.b + (p0 + p) * g.ldb + j0;
       float* out = dst + p * kNR;
+      if (cols == kNR) {  // a constant count: vector moves, not a slow-starting string copy
+        for (int j = 0; j < kNR; ++j) out[j] = src[j];
+        continue;
+      }
       for (int64_t j = 0; j < cols; ++j) out[j] = src[j];
       for (int64_t j = cols; j < kNR; ++j) out[j] = 0.0f;
     }
@@ -128,6 +131,10 @@ void pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, flo
     float* out = dst + p * kMR;
     if (g.trans_a) {
       const float* src = g.a + (p0 + p) * g.lda + i0;
+      if (rows == kMR) {  // a constant count: vector moves, not a slow-starting string copy
+        for (int i = 0; i < kMR; ++i) out[i] = src[i];
+        continue;
+      }
       for (int64_t i = 0; i < rows; ++i) out[i] = src[i];
     } else {
       for (int64_t i = 0; i < rows; ++i) out[i] = g.a[(i0 + i) * g.lda + p0 + p];
@@ -136,101 +143,93 @@ void pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, flo
   }
 }
 
-// How the rows and the panels of one column block are cut into tasks.
+// How c is cut into tasks: row blocks of mc rows x runs of per_task panels of kNR columns.
 struct Tasks {
-  int64_t mc;          // rows per task (a multiple of kMR), the last task may have fewer
+  int64_t mc;          // rows per task (a multiple of kMR); the last row block may have fewer
   int64_t row_tasks;   // ceil(m / mc)
-  int64_t panels;      // panels of kNR columns in the column block
-  int64_t per_task;    // panels per task
+  int64_t panels;      // ceil(n / kNR)
+  int64_t per_task;    // panels per task, at most kNC / kNR
   int64_t col_tasks;   // ceil(panels / per_task)
 };
 
 // Enough tasks to keep `threads` busy when some run slower (the machine may be shared).
-Tasks cut(int64_t m, int64_t nc, int threads) {
+Tasks cut(int64_t m, int64_t n, int threads) {
   Tasks t;
   const int64_t want = threads > 1 ? 4 * threads : 1;
   t.mc = kMC;
   if ((m + t.mc - 1) / t.mc < want)
     t.mc = std::max<int64_t>(kMR, ((m + want - 1) / want + kMR - 1) / kMR * kMR);
   t.row_tasks = (m + t.mc - 1) / t.mc;
-  t.panels = (nc + kNR - 1) / kNR;
-  const int64_t splits = std::min(t.panels, (want + t.row_tasks - 1) / t.row_tasks);
+  t.panels = (n + kNR - 1) / kNR;
+  const int64_t splits = std::max((t.panels + kNC / kNR - 1) / (kNC / kNR),
+                                  std::min(t.panels, (want + t.row_tasks - 1) / t.row_tasks));
   t.per_task = (t.panels + splits - 1) / splits;
   t.col_tasks = (t.panels + t.per_task - 1) / t.per_task;
   return t;
 }
 
+// The threads share nothing but c and never wait for each other before the end: on a machine
+// shared with other processes a thread can lose the CPU for a whole time slice, and every
+// barrier would then cost the others that slice. So each thread packs op(b) itself: all of it
+// once when the depth fits one block (k <= kKC, the model's small-k products, where op(b) is a
+// weight of at most a few MB), else one panel at a time inside each task, for each depth block.
 void run(const Plan& g, const GemmEpilogue& epilogue) {
-  const int64_t work = g.m * g.n * g.k;
-  const int threads = work < kSerialWork ? 1 : omp_get_max_threads();
-  const int64_t nc_max = std::min<int64_t>(kNC, (g.n + kNR - 1) / kNR * kNR);
-  const int64_t kc_max = std::min<int64_t>(kKC, g.k);
-  Buffer b_pack = allocate(nc_max * kc_max);
-  // Per thread: packed tiles of a for a whole task, and one (kMR, kNR) tile of c for edges.
-  const int64_t a_size = (kMC + kMR) * kc_max, tile_size = kMR * kNR;
-  Buffer scratch = allocate(threads * (a_size + tile_size));
+  const int threads = g.m * g.n * g.k < kSerialWork ? 1 : omp_get_max_threads();
+  const Tasks t = cut(g.m, g.n, threads);
+  const bool one_block = g.k <= kKC;
+  const int64_t kc_max = std::min(kKC, g.k);
 #pragma omp parallel num_threads(threads)
   {
-    float* a_pack = scratch.get() + omp_get_thread_num() * (a_size + tile_size);
-    float* tile = a_pack + a_size;
-    for (int64_t jc = 0; jc < g.n; jc += kNC) {
-      const int64_t nc = std::min(kNC, g.n - jc);
-      const Tasks t = cut(g.m, nc, omp_get_num_threads());
+    Buffer b_pack = allocate((one_block ? t.panels : 1) * kc_max * kNR);
+    Buffer a_pack = allocate(kMC * kc_max);  // tiles of a that are not read in place
+    Buffer tile = allocate(kMR * kNR);        // an edge tile of c
+    if (one_block)
+      for (int64_t jp = 0; jp < t.panels; ++jp)
+        pack_b(g, 0, g.k, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
+               b_pack.get() + jp * g.k * kNR);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
+      const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
+      const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
+      const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
+      const int64_t full_rows = g.trans_a ? 0 : mc / kMR * kMR;  // tiles read in place
       for (int64_t pc = 0; pc < g.k; pc += kKC) {
         const int64_t kc = std::min(kKC, g.k - pc);
-        const bool last = pc + kc == g.k;
         const float beta = pc == 0 ? g.beta : 1.0f;
-#pragma omp for schedule(static)
-        for (int64_t jp = 0; jp < t.panels; ++jp)
-          pack_b(g, pc, kc, jc + jp * kNR, std::min<int64_t>(kNR, nc - jp * kNR),
-                 b_pack.get() + jp * kc * kNR);
-        int64_t packed_row_task = -1;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
-          const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
-          const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
-          const int64_t full_rows = g.trans_a ? 0 : mc / kMR * kMR;  // read in place
-          if (packed_row_task != rt) {
-            for (int64_t ir = full_rows; ir < mc; ir += kMR)
-              pack_a(g, i0 + ir, std::min<int64_t>(kMR, mc - ir), pc, kc,
-                     a_pack + (ir - full_rows) * kc);
-            packed_row_task = rt;
-          }
-          const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
-          for (int64_t jp = jp0; jp < jp1; ++jp) {
-            const float* panel = b_pack.get() + jp * kc * kNR;
-            const int64_t j0 = jc + jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
-            for (int64_t ir = 0; ir < mc; ir += kMR) {
-              const int64_t rows = std::min<int64_t>(kMR, mc - ir);
-              float* c = g.c + (i0 + ir) * g.ldc + j0;
-              if (rows == kMR && cols == kNR) {
-                if (ir < full_rows)
-                  micro_kernel<false>(kc, g.a + (i0 + ir) * g.lda + pc, g.lda, panel, g.alpha,
-                                      beta, c, g.ldc);
-                else
-                  micro_kernel<true>(kc, a_pack + (ir - full_rows) * kc, 0, panel, g.alpha,
-                                     beta, c, g.ldc);
-                continue;
-              }
-              // An edge tile: compute it whole into `tile`, then write its valid part.
-              if (ir < full_rows)
-                micro_kernel<false>(kc, g.a + (i0 + ir) * g.lda + pc, g.lda, panel, 1.0f, 0.0f,
-                                    tile, kNR);
-              else
-                micro_kernel<true>(kc, a_pack + (ir - full_rows) * kc, 0, panel, 1.0f, 0.0f,
-                                   tile, kNR);
-              for (int64_t i = 0; i < rows; ++i)
-                for (int64_t j = 0; j < cols; ++j)
-                  c[i * g.ldc + j] = beta == 0.0f
-                                         ? g.alpha * tile[i * kNR + j]
-                                         : g.alpha * tile[i * kNR + j] + beta * c[i * g.ldc + j];
-            }
-          }
-          if (last && epilogue) {
-            const int64_t col0 = jc + jp0 * kNR;
-            epilogue(i0, mc, col0, std::min(g.n, jc + jp1 * kNR) - col0);
+        for (int64_t ir = full_rows; ir < mc; ir += kMR)
+          pack_a(g, i0 + ir, std::min<int64_t>(kMR, mc - ir), pc, kc,
+                 a_pack.get() + (ir - full_rows) * kc);
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
+          const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
+          const float* panel = one_block ? b_pack.get() + jp * g.k * kNR : b_pack.get();
+          if (!one_block) pack_b(g, pc, kc, j0, cols, b_pack.get());
+          for (int64_t ir = 0; ir < mc; ir += kMR) {
+            const int64_t rows = std::min<int64_t>(kMR, mc - ir);
+            const bool in_place = ir < full_rows;
+            const float* a = in_place ? g.a + (i0 + ir) * g.lda + pc
+                                      : a_pack.get() + (ir - full_rows) * kc;
+            float* c = g.c + (i0 + ir) * g.ldc + j0;
+            const bool edge = rows < kMR || cols < kNR;
+            // An edge tile is computed whole into `tile`, then its valid part is written.
+            float* out = edge ? tile.get() : c;
+            const int64_t ld = edge ? kNR : g.ldc;
+            const float alpha = edge ? 1.0f : g.alpha, tile_beta = edge ? 0.0f : beta;
+            if (in_place)
+              micro_kernel<false>(kc, a, g.lda, panel, alpha, tile_beta, out, ld);
+            else
+              micro_kernel<true>(kc, a, 0, panel, alpha, tile_beta, out, ld);
+            if (!edge) continue;
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t j = 0; j < cols; ++j)
+                c[i * g.ldc + j] = beta == 0.0f
+                                       ? g.alpha * tile[i * kNR + j]
+                                       : g.alpha * tile[i * kNR + j] + beta * c[i * g.ldc + j];
           }
         }
+      }
+      if (epilogue) {
+        const int64_t col0 = jp0 * kNR;
+        epilogue(i0, mc, col0, std::min(g.n, jp1 * kNR) - col0);
       }
     }
   }
