@@ -12,7 +12,6 @@
 // still in cache. Backward: g = dy * act'(pre); dx = g weight, dweight = g^T x (two bp::sgemm
 // calls) and dbias = the column sums of g, taken in the same pass that forms g.
 #include <algorithm>
-#include <memory>
 
 #include "common.h"
 #include "gemm.h"
@@ -152,7 +151,7 @@ void activation_grad(Act act, const float* dy, const float* y, const float* pre,
 #pragma omp parallel num_threads(threads)
   {
     float* sum = dbias ? partial.data() + omp_get_thread_num() * m : nullptr;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 64)
     for (int64_t i = 0; i < n; ++i) {
       const float* dyi = dy + i * m;
       float* gi = act == Act::kNone ? nullptr : g + i * m;
@@ -184,7 +183,7 @@ void activation_grad(Act act, const float* dy, const float* y, const float* pre,
 
 // Backward inputs: [dy, (dpre,) x, weight, bias, y, (pre)]; outputs: [dx, dweight, dbias].
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                       const OpResource&) {
+                       const OpResource& resource) {
   Act act;
   if (!parse_act(attrs, &act)) return MX_FAIL;
   const int outputs = act == Act::kGelu ? 2 : 1;
@@ -199,9 +198,12 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
   float* dx = out_ptr(&(*out)[0]);
   float* dweight = out_ptr(&(*out)[1]);
   float* dbias = out_ptr(&(*out)[2]);
-  std::unique_ptr<float[]> g_buffer(act == Act::kNone ? nullptr : new float[n * m]);
-  activation_grad(act, dy, y, pre, n, m, g_buffer.get(), dbias);
-  const float* g = act == Act::kNone ? dy : g_buffer.get();
+  // MXNet's scratch space: kept between calls, so no page faults for a (tokens, units) buffer.
+  float* g_buffer = act == Act::kNone
+                        ? nullptr
+                        : static_cast<float*>(resource.alloc_cpu(n * m * sizeof(float)));
+  if (act != Act::kNone || dbias) activation_grad(act, dy, y, pre, n, m, g_buffer, dbias);
+  const float* g = act == Act::kNone ? dy : g_buffer;
   if (dx) sgemm(false, false, n, k, m, 1.0f, g, m, weight, k, 0.0f, dx, k);
   if (dweight) sgemm(true, false, m, k, n, 1.0f, g, m, x, k, 0.0f, dweight, k);
   return MX_SUCCESS;
