@@ -35,6 +35,8 @@ constexpr int kNR = 2 * kVec;     // micro-tile columns
 constexpr int64_t kKC = 512;      // depth of a packed block
 constexpr int64_t kMC = 96;       // most rows of c per task (a multiple of kMR)
 constexpr int64_t kNC = 512;      // most columns of c per task (a multiple of kNR)
+constexpr int64_t kSplitKC = 256;  // depth block when the threads split the depth (see below)
+constexpr int64_t kSplitMaxC = 1024;  // ... which they do for c at most this many rows and columns
 constexpr int64_t kSerialWork = 1 << 18;  // m * n * k below which one thread does it all
 
 typedef float Vec __attribute__((vector_size(kVec * sizeof(float))));
@@ -143,6 +145,41 @@ void pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, flo
   }
 }
 
+// The rows [i0, i0 + rows) of op(a), depth [p0, p0 + kc), packed as consecutive (kc, kMR) tiles
+// (the last zero-padded). A transposed a is read row by row of a (contiguous runs across all the
+// tiles), which the hardware prefetches well; a tile at a time would walk down its columns.
+void pack_a_rows(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+  const int64_t full = g.trans_a ? rows / kMR * kMR : 0;
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* src = g.a + (p0 + p) * g.lda + i0;
+    for (int64_t ir = 0; ir < full; ir += kMR) {
+      float* out = dst + ir * kc + p * kMR;
+      for (int i = 0; i < kMR; ++i) out[i] = src[ir + i];
+    }
+  }
+  for (int64_t ir = full; ir < rows; ir += kMR)
+    pack_a(g, i0 + ir, std::min<int64_t>(kMR, rows - ir), p0, kc, dst + ir * kc);
+}
+
+// c (rows, cols), row stride ldc, = alpha * A panel + beta * c for one tile: the micro-kernel
+// straight into c for a full tile, else into `tile` (kMR, kNR), of which the valid part is then
+// written. lda > 0: the rows of a are read in place with that stride; lda == 0: a is packed.
+void tile_product(int64_t kc, const float* a, int64_t lda, const float* panel, float alpha,
+                  float beta, float* c, int64_t ldc, int64_t rows, int64_t cols, float* tile) {
+  const bool edge = rows < kMR || cols < kNR;
+  float* out = edge ? tile : c;
+  const int64_t ld = edge ? kNR : ldc;
+  if (lda > 0)
+    micro_kernel<false>(kc, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+  else
+    micro_kernel<true>(kc, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+  if (!edge) return;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      c[i * ldc + j] = beta == 0.0f ? alpha * tile[i * kNR + j]
+                                    : alpha * tile[i * kNR + j] + beta * c[i * ldc + j];
+}
+
 // How c is cut into tasks: row blocks of mc rows x runs of per_task panels of kNR columns.
 struct Tasks {
   int64_t mc;          // rows per task (a multiple of kMR); the last row block may have fewer
@@ -168,6 +205,57 @@ Tasks cut(int64_t m, int64_t n, int threads) {
   return t;
 }
 
+// A small c over a long depth (a weight gradient dW = dy^T x summed over all tokens): the threads
+// split the depth instead of c. Each streams its share of a and b once, block by block (a whole
+// (kSplitKC, m) block of op(a) and (kSplitKC, n) block of op(b) packed, then every tile of c),
+// into its own copy of c (thread 0 into c itself, with beta); after one barrier the copies are
+// summed into c, rows shared among the threads, and the epilogue runs on each summed row block.
+// Cutting c instead would read b once per row block of c (k = 32768 rows of it) from memory.
+void run_split_depth(const Plan& g, const GemmEpilogue& epilogue, int threads) {
+  const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC;
+  const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
+  threads = static_cast<int>(std::min<int64_t>(threads, blocks));
+  std::unique_ptr<Buffer[]> copies(new Buffer[threads]);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    if (t > 0) copies[t] = allocate(g.m * g.n);
+    float* out = t == 0 ? g.c : copies[t].get();
+    const int64_t ldo = t == 0 ? g.ldc : g.n;
+    Buffer b_pack = allocate(panels * kSplitKC * kNR);
+    Buffer a_pack = allocate(m_tiles * kMR * kSplitKC);
+    Buffer tile = allocate(kMR * kNR);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t pc = blk * kSplitKC, kc = std::min(kSplitKC, g.k - pc);
+      const float beta = blk > b0 ? 1.0f : t == 0 ? g.beta : 0.0f;
+      for (int64_t jp = 0; jp < panels; ++jp)
+        pack_b(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
+               b_pack.get() + jp * kc * kNR);
+      pack_a_rows(g, 0, g.m, pc, kc, a_pack.get());
+      for (int64_t jp = 0; jp < panels; ++jp)
+        for (int64_t it = 0; it < m_tiles; ++it)
+          tile_product(kc, a_pack.get() + it * kMR * kc, 0, b_pack.get() + jp * kc * kNR, g.alpha,
+                       beta, out + it * kMR * ldo + jp * kNR, ldo,
+                       std::min<int64_t>(kMR, g.m - it * kMR),
+                       std::min<int64_t>(kNR, g.n - jp * kNR), tile.get());
+    }
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < m_tiles; ++it) {
+      const int64_t i0 = it * kMR, rows = std::min<int64_t>(kMR, g.m - i0);
+      for (int s = 1; s < nt; ++s)
+        for (int64_t i = i0; i < i0 + rows; ++i) {
+          const float* src = copies[s].get() + i * g.n;
+          float* dst = g.c + i * g.ldc;
+#pragma omp simd
+          for (int64_t j = 0; j < g.n; ++j) dst[j] += src[j];
+        }
+      if (epilogue) epilogue(i0, rows, 0, g.n);
+    }
+  }
+}
+
 // The threads share nothing but c and never wait for each other before the end: on a machine
 // shared with other processes a thread can lose the CPU for a whole time slice, and every
 // barrier would then cost the others that slice. So each thread packs op(b) itself: all of it
@@ -175,6 +263,7 @@ Tasks cut(int64_t m, int64_t n, int threads) {
 // weight of at most a few MB), else one panel at a time inside each task, for each depth block.
 void run(const Plan& g, const GemmEpilogue& epilogue) {
   const int threads = g.m * g.n * g.k < kSerialWork ? 1 : omp_get_max_threads();
+  if (g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC) return run_split_depth(g, epilogue, threads);
   const Tasks t = cut(g.m, g.n, threads);
   const bool one_block = g.k <= kKC;
   const int64_t kc_max = std::min(kKC, g.k);
@@ -196,34 +285,18 @@ void run(const Plan& g, const GemmEpilogue& epilogue) {
       for (int64_t pc = 0; pc < g.k; pc += kKC) {
         const int64_t kc = std::min(kKC, g.k - pc);
         const float beta = pc == 0 ? g.beta : 1.0f;
-        for (int64_t ir = full_rows; ir < mc; ir += kMR)
-          pack_a(g, i0 + ir, std::min<int64_t>(kMR, mc - ir), pc, kc,
-                 a_pack.get() + (ir - full_rows) * kc);
+        pack_a_rows(g, i0 + full_rows, mc - full_rows, pc, kc, a_pack.get());
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
           const float* panel = one_block ? b_pack.get() + jp * g.k * kNR : b_pack.get();
           if (!one_block) pack_b(g, pc, kc, j0, cols, b_pack.get());
           for (int64_t ir = 0; ir < mc; ir += kMR) {
-            const int64_t rows = std::min<int64_t>(kMR, mc - ir);
             const bool in_place = ir < full_rows;
             const float* a = in_place ? g.a + (i0 + ir) * g.lda + pc
                                       : a_pack.get() + (ir - full_rows) * kc;
-            float* c = g.c + (i0 + ir) * g.ldc + j0;
-            const bool edge = rows < kMR || cols < kNR;
-            // An edge tile is computed whole into `tile`, then its valid part is written.
-            float* out = edge ? tile.get() : c;
-            const int64_t ld = edge ? kNR : g.ldc;
-            const float alpha = edge ? 1.0f : g.alpha, tile_beta = edge ? 0.0f : beta;
-            if (in_place)
-              micro_kernel<false>(kc, a, g.lda, panel, alpha, tile_beta, out, ld);
-            else
-              micro_kernel<true>(kc, a, 0, panel, alpha, tile_beta, out, ld);
-            if (!edge) continue;
-            for (int64_t i = 0; i < rows; ++i)
-              for (int64_t j = 0; j < cols; ++j)
-                c[i * g.ldc + j] = beta == 0.0f
-                                       ? g.alpha * tile[i * kNR + j]
-                                       : g.alpha * tile[i * kNR + j] + beta * c[i * g.ldc + j];
+            tile_product(kc, a, in_place ? g.lda : 0, panel, g.alpha, beta,
+                         g.c + (i0 + ir) * g.ldc + j0, g.ldc, std::min<int64_t>(kMR, mc - ir), cols,
+                         tile.get());
           }
         }
       }
