@@ -2,18 +2,20 @@
 
 What: for every dense layer of d2l's small BERT (batch 512 x max_len 64 = 32,768 tokens, hidden
 128, FFN 256, the packed q/k/v projection, 5,120 MLM rows onto a 6,899-word vocabulary), the
-three GEMMs of the layer y = x W^T (x (M, K), W (N, K)):
+three GEMMs of the layer y = x W^T (x (M, K), W (N, K)): fwd y = x W^T ("NT"), dX dx = dy W
+("NN") and dW dW = dy^T x ("TN"), each computed by
 
-- fwd: y = x W^T, "NT" (MXNet: FullyConnected, i.e. oneDNN; and mx.nd.dot with transpose_b,
-  i.e. the wheel's OpenBLAS);
-- dX: dx = dy W, "NN" (mx.nd.dot);
-- dW: dW = dy^T x, "TN" (mx.nd.dot with transpose_a);
-- and the whole layer's forward + backward: FullyConnected under autograd (what the model runs
-  today) against the three bp::sgemm calls.
+- oneDNN: MXNet's FullyConnected (C = A B^T, on transposed copies of the operands where the GEMM
+  needs them, made outside the timing), writing into a preallocated output (``out=``), as the
+  operators of a hybridized model with static memory do;
+- oneDNN, new output: the same, allocating its output per call, as imperative code (and the
+  measurement in issue 12) does: for these small-K shapes the page faults of a fresh output cost
+  about as much as the product itself, which makes oneDNN look twice slower than it is;
+- OpenBLAS: mx.nd.dot (the wheel's OpenBLAS), into a preallocated output;
+- bp::sgemm, through its C entry point ``bp_sgemm`` of the built kernel library (ctypes, on numpy
+  arrays, preallocated output; ctypes releases the GIL and returns when the product is done).
 
-bp::sgemm is called through its C entry point ``bp_sgemm`` of the built kernel library (ctypes,
-on numpy arrays; ctypes releases the GIL and the call returns when the product is done). All
-variants of a row run interleaved in one process, the best of ``--repeats`` rounds counts (the
+All variants of a row run interleaved in one process, the best of ``--repeats`` rounds counts (the
 machine may be shared: the best is the least disturbed), and they all use ``--threads`` OpenMP
 threads (MXNet's oneDNN and OpenBLAS, and the kernels, read OMP_NUM_THREADS at start-up).
 Prints GFLOP/s (2 M N K per GEMM) and the CPU's model name.
@@ -72,7 +74,6 @@ def measure(repeats):
 
     import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
     import mxnet as mx
-    from mxnet import autograd
 
     from bertpretrain import kernels
 
@@ -100,33 +101,26 @@ def measure(repeats):
     rng = onp.random.RandomState(0)
     for name, (m, k, n) in LAYERS.items():
         x, w, dy = (rng.normal(size=s).astype("float32") for s in ((m, k), (n, k), (m, n)))
-        y, dx, dw = onp.empty((m, n), "float32"), onp.empty((m, k), "float32"), onp.empty((n, k), "float32")
-        mx_x, mx_w, mx_dy = (mx.nd.array(a) for a in (x, w, dy))
-        mx_x.attach_grad()
-        mx_w.attach_grad()
-
-        def fc_forward_backward():
-            with autograd.record():
-                out = mx.nd.FullyConnected(mx_x, mx_w, no_bias=True, num_hidden=n)
-            out.backward(mx_dy)
-
-        ours_fwd, ours_dx, ours_dw = ours(0, 1, x, w, y), ours(0, 0, dy, w, dx), ours(1, 0, dy, x, dw)
-        rows = [
-            ("fwd  y = x W^T", [synced(lambda: mx.nd.FullyConnected(mx_x, mx_w, no_bias=True, num_hidden=n)),
-                                synced(lambda: mx.nd.dot(mx_x, mx_w, transpose_b=True)), ours_fwd]),
-            ("dX   dx = dy W", [None, synced(lambda: mx.nd.dot(mx_dy, mx_w)), ours_dx]),
-            ("dW   dW = dy^T x", [None, synced(lambda: mx.nd.dot(mx_dy, mx_x, transpose_a=True)), ours_dw]),
-            ("fwd+bwd (3 GEMMs)", [synced(fc_forward_backward), None,
-                                   lambda: (ours_fwd(), ours_dx(), ours_dw())]),
-        ]
-        for gemm, variants in rows:
-            present = [v for v in variants if v is not None]
-            times = iter(best_seconds(present, repeats))
-            flop = 2 * m * n * k * (3 if gemm.startswith("fwd+bwd") else 1)
-            rates = [f"{flop / next(times) / 1e9:.0f}" if v is not None else "-" for v in variants]
-            print(f"| {name} | {m}x{k}x{n} | {gemm} | {threads} | " + " | ".join(rates)
-                  + f" | {float(rates[2]) / max(float(r) for r in rates[:2] if r != '-'):.2f}x |",
-                  flush=True)
+        # Each GEMM as C (rows, cols) = A (rows, depth) B^T, B (cols, depth): what FullyConnected
+        # computes; the operands it needs are transposed copies made here, outside the timing.
+        gemms = [("fwd  y = x W^T", x, w, (0, 1, x, w)),
+                 ("dX   dx = dy W", dy, onp.ascontiguousarray(w.T), (0, 0, dy, w)),
+                 ("dW   dW = dy^T x", onp.ascontiguousarray(dy.T), onp.ascontiguousarray(x.T), (1, 0, dy, x))]
+        for gemm, a_nt, b_nt, (trans_a, trans_b, a, b) in gemms:
+            rows, cols = a_nt.shape[0], b_nt.shape[0]
+            mx_a, mx_b, mx_bt = mx.nd.array(a_nt), mx.nd.array(b_nt), mx.nd.array(onp.ascontiguousarray(b_nt.T))
+            mx_c, c = mx.nd.zeros((rows, cols)), onp.empty((rows, cols), "float32")
+            variants = [
+                synced(lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols, out=mx_c)),
+                synced(lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols)),
+                synced(lambda: mx.nd.dot(mx_a, mx_bt, out=mx_c)),
+                ours(trans_a, trans_b, a, b, c),
+            ]
+            times = best_seconds(variants, repeats)
+            rates = [2 * m * n * k / t / 1e9 for t in times]
+            print(f"| {name} | {m}x{k}x{n} | {gemm} | {threads} | "
+                  + " | ".join(f"{r:.0f}" for r in rates)
+                  + f" | {rates[3] / max(rates[0], rates[2]):.2f}x |", flush=True)
 
 
 def main():
@@ -139,11 +133,14 @@ def main():
     if args.child:
         measure(args.repeats)
         return
-    print(f"CPU: {cpu_name()}; GFLOP/s, best of {args.repeats} interleaved rounds. "
-          "Shapes M x K x N of the layer y = x W^T, x (M, K), W (N, K). MXNet 'FC' = FullyConnected "
-          "(oneDNN), 'dot' = mx.nd.dot (OpenBLAS); speed-up = bp::sgemm over the faster MXNet\n")
-    print("| layer | M x K x N | GEMM | threads | MXNet FC | MXNet dot | bp::sgemm | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    print(f"CPU: {cpu_name()}; GFLOP/s, best of {args.repeats} interleaved rounds. Shapes M x K x N "
+          "of the layer y = x W^T, x (M, K), W (N, K). oneDNN = MXNet's FullyConnected, OpenBLAS = "
+          "mx.nd.dot, both into a preallocated output; 'new output' = FullyConnected allocating its "
+          "output per call (page faults included); speed-up = bp::sgemm over the faster of oneDNN "
+          "and OpenBLAS\n")
+    print("| layer | M x K x N | GEMM | threads | oneDNN | oneDNN, new output | OpenBLAS | bp::sgemm "
+          "| speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for threads in args.threads:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
