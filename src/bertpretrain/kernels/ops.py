@@ -193,24 +193,3 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
                                   block=block)
     loss = out[0].as_np_ndarray()
     return (loss, out[2].as_np_ndarray()) if return_correct else loss
-
-
-DENSE_ACTIVATIONS = (None, "relu", "gelu")
-
-
-def dense(F, x, weight, bias, act=None):
-    """``act(x @ weight.T + bias)`` over the last axis, with the bias and activation applied on
-    the GEMM's output blocks while they are in cache.
-
-    x: (..., K) float32; weight: (M, K); bias: (M,); act: None, ``"relu"`` or ``"gelu"`` (exact,
-    erf-based, as ``F.npx.leaky_relu(..., act_type="gelu")``). Returns (..., M). Every product,
-    forward and backward (dx = g weight, dweight = g^T x, g the output gradient through the
-    activation), runs on the kernels' own GEMM (kernels/gemm.h), which is faster than MXNet's at
-    BERT's small inner dimensions. With gelu the kernel also keeps the pre-activation for backward.
-    """
-    if act not in DENSE_ACTIVATIONS:
-        raise ValueError(f"act={act!r} must be one of {DENSE_ACTIVATIONS}")
-    _check_float32(F, x=x, weight=weight, bias=bias)
-    out = _kernel(F, "bp_dense")(_legacy(x), _legacy(_identity(F, weight)),
-                                 _legacy(_identity(F, bias)), act=act or "none")
-    return (out[0] if act == "gelu" else out).as_np_ndarray()

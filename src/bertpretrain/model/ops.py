@@ -144,16 +144,6 @@ class BuiltinOps:
             return F.npx.leaky_relu(x, act_type="gelu")
         return F.npx.activation(x, act_type=name)
 
-    def dense(self, F, x, weight, bias, num_outputs, activation=None):
-        """``activation(x @ weight.T + bias)`` over the last axis of ``x`` (..., K).
-
-        ``weight`` (num_outputs, K), ``bias`` (num_outputs,); ``activation`` None or a name for
-        :meth:`activation`. Returns (..., num_outputs). Here MXNet's FullyConnected (oneDNN), then
-        the activation.
-        """
-        out = F.npx.fully_connected(x, weight, bias, num_hidden=num_outputs, flatten=False)
-        return out if activation is None else self.activation(F, out, activation)
-
     def attention_mask(self, F, valid_lens, positions):
         """The :class:`AttentionMask` of a batch: ``valid_lens`` (B,) int, ``positions`` (T,) 0..T-1.
 
@@ -318,18 +308,10 @@ class FusedOps(PerOpFusedOps):
                                           weights.value_weight], axis=0)  # (3H, H)
         packed_bias = F.np.concatenate([weights.query_bias, weights.key_bias, weights.value_bias],
                                        axis=0)  # (3H,)
-        qkv = self.dense(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
+        qkv = _project(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
         valid_lens = mask.lengths[:, 0]  # (B,)
         context = kernel_ops.attention(F, qkv, valid_lens, num_heads, p=rate, scale=1.0)  # (B, T, H)
-        return self.dense(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
-
-    def dense(self, F, x, weight, bias, num_outputs, activation=None):
-        """One kernel: the GEMM on the kernels' own bp::sgemm (faster than oneDNN's at the model's
-        inner dimension of 128), with the bias and a ReLU or GELU applied to its output blocks
-        while they are in cache; backward's two GEMMs on it too."""
-        if activation in kernel_ops.DENSE_ACTIVATIONS and self._fused(F, x):
-            return kernel_ops.dense(F, x, weight, bias, act=activation)
-        return super().dense(F, x, weight, bias, num_outputs, activation)
+        return _project(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
 
     def mlm_cross_entropy(self, F, hidden, weight, bias, labels, weights, vocab_size,
                           count_correct=False):
