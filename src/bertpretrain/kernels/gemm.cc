@@ -216,9 +216,9 @@ Tasks cut(int64_t m, int64_t n, int threads) {
 // split the depth instead of c. Each streams its share of a and b once, block by block (a whole
 // (kSplitKC, m) block of op(a) and (kSplitKC, n) block of op(b) packed, then every tile of c),
 // into its own copy of c (thread 0 into c itself, with beta); after one barrier the copies are
-// summed into c, rows shared among the threads, and the epilogue runs on each summed row block.
+// summed into c, rows shared among the threads.
 // Cutting c instead would read b once per row block of c (k = 32768 rows of it) from memory.
-void run_split_depth(const Plan& g, const GemmEpilogue& epilogue, int threads) {
+void run_split_depth(const Plan& g, int threads) {
   const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC;
   const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
   threads = static_cast<int>(std::min<int64_t>(threads, blocks));
@@ -258,7 +258,6 @@ void run_split_depth(const Plan& g, const GemmEpilogue& epilogue, int threads) {
 #pragma omp simd
           for (int64_t j = 0; j < g.n; ++j) dst[j] += src[j];
         }
-      if (epilogue) epilogue(i0, rows, 0, g.n);
     }
   }
 }
@@ -268,9 +267,9 @@ void run_split_depth(const Plan& g, const GemmEpilogue& epilogue, int threads) {
 // barrier would then cost the others that slice. So each thread packs op(b) itself: all of it
 // once when the depth fits one block (k <= kKC, the model's small-k products, where op(b) is a
 // weight of at most a few MB), else one panel at a time inside each task, for each depth block.
-void run(const Plan& g, const GemmEpilogue& epilogue) {
+void run(const Plan& g) {
   const int threads = g.m * g.n * g.k < kSerialWork ? 1 : omp_get_max_threads();
-  if (g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC) return run_split_depth(g, epilogue, threads);
+  if (g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC) return run_split_depth(g, threads);
   const Tasks t = cut(g.m, g.n, threads);
   const bool one_block = g.k <= kKC;
   const int64_t kc_max = std::min(kKC, g.k);
@@ -307,10 +306,6 @@ void run(const Plan& g, const GemmEpilogue& epilogue) {
           }
         }
       }
-      if (epilogue) {
-        const int64_t col0 = jp0 * kNR;
-        epilogue(i0, mc, col0, std::min(g.n, jp1 * kNR) - col0);
-      }
     }
   }
 }
@@ -319,16 +314,15 @@ void run(const Plan& g, const GemmEpilogue& epilogue) {
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-           int64_t ldc, const GemmEpilogue& epilogue) {
+           int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0 || alpha == 0.0f) {  // no product: c = beta * c
 #pragma omp parallel for schedule(static) if (m * n > kSerialWork)
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-    if (epilogue) epilogue(0, m, 0, n);
     return;
   }
-  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, epilogue);
+  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc});
 }
 
 }  // namespace bp
