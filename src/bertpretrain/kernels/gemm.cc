@@ -1,0 +1,335 @@
+// bp::sgemm (see gemm.h): packed panels, a register-blocked micro-kernel, OpenMP over blocks of c.
+//
+// c is cut into tasks (up to kMC rows x up to kNC columns), shared by the threads dynamically. A
+// task walks the depth in blocks of kKC; for each, the panels of kNR columns of op(b) (packed
+// depth-major, zero-padded) and inside each panel (it stays in L1) its row tiles of kMR rows (the
+// task's rows of a stay in L2); the micro-kernel accumulates a (kMR, kNR) tile of c in registers
+// over the depth block before touching c once. A plain (not transposed) a is read in place, row
+// by row: packing it would cost as much as the product when k is small. A transposed a (and an
+// edge tile of a plain one) is packed into depth-major (kKC, kMR) tiles, a copy of short rows.
+#include "gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+namespace bp {
+namespace {
+
+// Vector width in floats and micro-tile rows: 2 * kMR accumulators, 2 panel vectors and a
+// broadcast fit the 32 AVX-512 registers (kMR = 12) or the 16 AVX2 ones (kMR = 6).
+#if defined(__AVX512F__)
+constexpr int kVec = 16;
+constexpr int kMR = 12;
+#elif defined(__AVX__)
+constexpr int kVec = 8;
+constexpr int kMR = 6;
+#else
+constexpr int kVec = 4;
+constexpr int kMR = 6;
+#endif
+constexpr int kNR = 2 * kVec;     // micro-tile columns
+constexpr int64_t kKC = 512;      // depth of a packed block
+constexpr int64_t kMC = 96;       // most rows of c per task (a multiple of kMR)
+constexpr int64_t kNC = 512;      // most columns of c per task (a multiple of kNR)
+constexpr int64_t kSplitKC = 256;  // depth block when the threads split the depth (see below)
+constexpr int64_t kSplitMaxC = 1024;  // ... which they do for c at most this many rows and columns
+constexpr int64_t kSerialWork = 1 << 18;  // m * n * k below which one thread does it all
+
+typedef float Vec __attribute__((vector_size(kVec * sizeof(float))));
+typedef float VecU __attribute__((vector_size(kVec * sizeof(float)), aligned(4), may_alias));
+
+inline Vec load(const float* p) { return *reinterpret_cast<const VecU*>(p); }
+inline void store(float* p, Vec v) { *reinterpret_cast<VecU*>(p) = v; }
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], FreeDeleter>;
+
+// Uninitialised floats aligned to a cache line.
+Buffer allocate(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + 63) / 64 * 64;
+  return Buffer(static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+}
+
+// tile (kMR, kNR) = sum_p A(i, p) * b[p * kNR + j] over p < kc, then c = alpha * tile + beta * c
+// (c only written when beta == 0). A(i, p) is a[p * kMR + i] for a packed tile, else
+// a[i * lda + p]. `b` is a packed panel.
+template <bool kPacked>
+inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t lda,
+                         const float* __restrict b, float alpha, float beta, float* c,
+                         int64_t ldc) {
+  Vec acc0[kMR], acc1[kMR];
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = Vec{};
+  for (int64_t p = 0; p < kc; ++p) {
+    const Vec b0 = load(b + p * kNR), b1 = load(b + p * kNR + kVec);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      const float x = kPacked ? a[p * kMR + i] : a[i * lda + p];
+      acc0[i] += x * b0;
+      acc1[i] += x * b1;
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) {
+    float* row = c + i * ldc;
+    if (beta == 0.0f) {
+      store(row, alpha * acc0[i]);
+      store(row + kVec, alpha * acc1[i]);
+    } else {
+      store(row, alpha * acc0[i] + beta * load(row));
+      store(row + kVec, alpha * acc1[i] + beta * load(row + kVec));
+    }
+  }
+}
+
+// Everything one call needs: the operands and the blocking.
+struct Plan {
+  bool trans_a, trans_b;
+  int64_t m, n, k;
+  float alpha;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float beta;
+  float* c;
+  int64_t ldc;
+};
+
+// dst (kc, kNR) = op(b)[p0 : p0 + kc, j0 : j0 + cols], zero-padded to kNR columns.
+void pack_b(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+  if (!g.trans_b) {
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = g.b + (p0 + p) * g.ldb + j0;
+      float* out = dst + p * kNR;
+      if (cols == kNR) {  // a constant count: vector moves, not a slow-starting string copy
+        for (int j = 0; j < kNR; ++j) out[j] = src[j];
+        continue;
+      }
+      for (int64_t j = 0; j < cols; ++j) out[j] = src[j];
+      for (int64_t j = cols; j < kNR; ++j) out[j] = 0.0f;
+    }
+    return;
+  }
+  // A transposed b: 16 depths at a time, so that the reads (16 floats of each row of b) and the
+  // writes (16 rows of the panel) stay within a few cache lines.
+  constexpr int64_t kStep = 16;
+  for (int64_t pb = 0; pb < kc; pb += kStep) {
+    const int64_t depth = std::min(kStep, kc - pb);
+    for (int64_t j = 0; j < kNR; ++j) {
+      float* out = dst + pb * kNR + j;
+      if (j >= cols) {
+        for (int64_t q = 0; q < depth; ++q) out[q * kNR] = 0.0f;
+        continue;
+      }
+      const float* src = g.b + (j0 + j) * g.ldb + p0 + pb;
+      for (int64_t q = 0; q < depth; ++q) out[q * kNR] = src[q];
+    }
+  }
+}
+
+// dst (kc, kMR) = op(a)[i0 : i0 + rows, p0 : p0 + kc] transposed, zero-padded to kMR rows.
+void pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+  for (int64_t p = 0; p < kc; ++p) {
+    float* out = dst + p * kMR;
+    if (g.trans_a) {
+      const float* src = g.a + (p0 + p) * g.lda + i0;
+      if (rows == kMR) {  // a constant count: vector moves, not a slow-starting string copy
+        for (int i = 0; i < kMR; ++i) out[i] = src[i];
+        continue;
+      }
+      for (int64_t i = 0; i < rows; ++i) out[i] = src[i];
+    } else {
+      for (int64_t i = 0; i < rows; ++i) out[i] = g.a[(i0 + i) * g.lda + p0 + p];
+    }
+    for (int64_t i = rows; i < kMR; ++i) out[i] = 0.0f;
+  }
+}
+
+// The rows [i0, i0 + rows) of op(a), depth [p0, p0 + kc), packed as consecutive (kc, kMR) tiles
+// (the last zero-padded). A transposed a is read row by row of a (contiguous runs across all the
+// tiles), which the hardware prefetches well; a tile at a time would walk down its columns.
+void pack_a_rows(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+  const int64_t full = g.trans_a ? rows / kMR * kMR : 0;
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* src = g.a + (p0 + p) * g.lda + i0;
+    for (int64_t ir = 0; ir < full; ir += kMR) {
+      float* out = dst + ir * kc + p * kMR;
+      for (int i = 0; i < kMR; ++i) out[i] = src[ir + i];
+    }
+  }
+  for (int64_t ir = full; ir < rows; ir += kMR)
+    pack_a(g, i0 + ir, std::min<int64_t>(kMR, rows - ir), p0, kc, dst + ir * kc);
+}
+
+// c (rows, cols), row stride ldc, = alpha * A panel + beta * c for one tile: the micro-kernel
+// straight into c for a full tile, else into `tile` (kMR, kNR), of which the valid part is then
+// written. lda > 0: the rows of a are read in place with that stride; lda == 0: a is packed.
+void tile_product(int64_t kc, const float* a, int64_t lda, const float* panel, float alpha,
+                  float beta, float* c, int64_t ldc, int64_t rows, int64_t cols, float* tile) {
+  const bool edge = rows < kMR || cols < kNR;
+  float* out = edge ? tile : c;
+  const int64_t ld = edge ? kNR : ldc;
+  if (lda > 0)
+    micro_kernel<false>(kc, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+  else
+    micro_kernel<true>(kc, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+  if (!edge) return;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      c[i * ldc + j] = beta == 0.0f ? alpha * tile[i * kNR + j]
+                                    : alpha * tile[i * kNR + j] + beta * c[i * ldc + j];
+}
+
+// How c is cut into tasks: row blocks of mc rows x runs of per_task panels of kNR columns.
+struct Tasks {
+  int64_t mc;          // rows per task (a multiple of kMR); the last row block may have fewer
+  int64_t row_tasks;   // ceil(m / mc)
+  int64_t panels;      // ceil(n / kNR)
+  int64_t per_task;    // panels per task, at most kNC / kNR
+  int64_t col_tasks;   // ceil(panels / per_task)
+};
+
+// Enough tasks to keep `threads` busy when some run slower (the machine may be shared).
+Tasks cut(int64_t m, int64_t n, int threads) {
+  Tasks t;
+  const int64_t want = threads > 1 ? 4 * threads : 1;
+  t.mc = kMC;
+  if ((m + t.mc - 1) / t.mc < want)
+    t.mc = std::max<int64_t>(kMR, ((m + want - 1) / want + kMR - 1) / kMR * kMR);
+  t.row_tasks = (m + t.mc - 1) / t.mc;
+  t.panels = (n + kNR - 1) / kNR;
+  const int64_t splits = std::max((t.panels + kNC / kNR - 1) / (kNC / kNR),
+                                  std::min(t.panels, (want + t.row_tasks - 1) / t.row_tasks));
+  t.per_task = (t.panels + splits - 1) / splits;
+  t.col_tasks = (t.panels + t.per_task - 1) / t.per_task;
+  return t;
+}
+
+// A small c over a long depth (a weight gradient dW = dy^T x summed over all tokens): the threads
+// split the depth instead of c. Each streams its share of a and b once, block by block (a whole
+// (kSplitKC, m) block of op(a) and (kSplitKC, n) block of op(b) packed, then every tile of c),
+// into its own copy of c (thread 0 into c itself, with beta); after one barrier the copies are
+// summed into c, rows shared among the threads.
+// Cutting c instead would read b once per row block of c (k = 32768 rows of it) from memory.
+void run_split_depth(const Plan& g, int threads) {
+  const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC;
+  const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
+  threads = static_cast<int>(std::min<int64_t>(threads, blocks));
+  std::unique_ptr<Buffer[]> copies(new Buffer[threads]);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    if (t > 0) copies[t] = allocate(g.m * g.n);
+    float* out = t == 0 ? g.c : copies[t].get();
+    const int64_t ldo = t == 0 ? g.ldc : g.n;
+    Buffer b_pack = allocate(panels * kSplitKC * kNR);
+    Buffer a_pack = allocate(m_tiles * kMR * kSplitKC);
+    Buffer tile = allocate(kMR * kNR);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t pc = blk * kSplitKC, kc = std::min(kSplitKC, g.k - pc);
+      const float beta = blk > b0 ? 1.0f : t == 0 ? g.beta : 0.0f;
+      for (int64_t jp = 0; jp < panels; ++jp)
+        pack_b(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
+               b_pack.get() + jp * kc * kNR);
+      pack_a_rows(g, 0, g.m, pc, kc, a_pack.get());
+      for (int64_t jp = 0; jp < panels; ++jp)
+        for (int64_t it = 0; it < m_tiles; ++it)
+          tile_product(kc, a_pack.get() + it * kMR * kc, 0, b_pack.get() + jp * kc * kNR, g.alpha,
+                       beta, out + it * kMR * ldo + jp * kNR, ldo,
+                       std::min<int64_t>(kMR, g.m - it * kMR),
+                       std::min<int64_t>(kNR, g.n - jp * kNR), tile.get());
+    }
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < m_tiles; ++it) {
+      const int64_t i0 = it * kMR, rows = std::min<int64_t>(kMR, g.m - i0);
+      for (int s = 1; s < nt; ++s)
+        for (int64_t i = i0; i < i0 + rows; ++i) {
+          const float* src = copies[s].get() + i * g.n;
+          float* dst = g.c + i * g.ldc;
+#pragma omp simd
+          for (int64_t j = 0; j < g.n; ++j) dst[j] += src[j];
+        }
+    }
+  }
+}
+
+// The threads share nothing but c and never wait for each other before the end: on a machine
+// shared with other processes a thread can lose the CPU for a whole time slice, and every
+// barrier would then cost the others that slice. So each thread packs op(b) itself: all of it
+// once when the depth fits one block (k <= kKC, the model's small-k products, where op(b) is a
+// weight of at most a few MB), else one panel at a time inside each task, for each depth block.
+void run(const Plan& g) {
+  const int threads = g.m * g.n * g.k < kSerialWork ? 1 : omp_get_max_threads();
+  if (g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC) return run_split_depth(g, threads);
+  const Tasks t = cut(g.m, g.n, threads);
+  const bool one_block = g.k <= kKC;
+  const int64_t kc_max = std::min(kKC, g.k);
+#pragma omp parallel num_threads(threads)
+  {
+    Buffer b_pack = allocate((one_block ? t.panels : 1) * kc_max * kNR);
+    Buffer a_pack = allocate(kMC * kc_max);  // tiles of a that are not read in place
+    Buffer tile = allocate(kMR * kNR);        // an edge tile of c
+    if (one_block)
+      for (int64_t jp = 0; jp < t.panels; ++jp)
+        pack_b(g, 0, g.k, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
+               b_pack.get() + jp * g.k * kNR);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
+      const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
+      const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
+      const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
+      const int64_t full_rows = g.trans_a ? 0 : mc / kMR * kMR;  // tiles read in place
+      for (int64_t pc = 0; pc < g.k; pc += kKC) {
+        const int64_t kc = std::min(kKC, g.k - pc);
+        const float beta = pc == 0 ? g.beta : 1.0f;
+        pack_a_rows(g, i0 + full_rows, mc - full_rows, pc, kc, a_pack.get());
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
+          const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
+          const float* panel = one_block ? b_pack.get() + jp * g.k * kNR : b_pack.get();
+          if (!one_block) pack_b(g, pc, kc, j0, cols, b_pack.get());
+          for (int64_t ir = 0; ir < mc; ir += kMR) {
+            const bool in_place = ir < full_rows;
+            const float* a = in_place ? g.a + (i0 + ir) * g.lda + pc
+                                      : a_pack.get() + (ir - full_rows) * kc;
+            tile_product(kc, a, in_place ? g.lda : 0, panel, g.alpha, beta,
+                         g.c + (i0 + ir) * g.ldc + j0, g.ldc, std::min<int64_t>(kMR, mc - ir), cols,
+                         tile.get());
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == 0.0f) {  // no product: c = beta * c
+#pragma omp parallel for schedule(static) if (m * n > kSerialWork)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc});
+}
+
+}  // namespace bp
+
+// The same GEMM with C linkage, for tests and benchmarks that load the library with ctypes.
+extern "C" void bp_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                         const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                         float* c, int64_t ldc) {
+  bp::sgemm(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}

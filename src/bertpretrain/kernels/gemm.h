@@ -1,0 +1,31 @@
+// A float32 GEMM tuned for the model's shapes, callable from any kernel source:
+//
+//   bp::sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+//     c (m, n) = alpha * op(a) (m, k) op(b) (k, n) + beta * c, row-major, the same arguments
+//     as cblas_sgemm(CblasRowMajor, ...): op(a) is a (m, k) with row stride lda, or with
+//     trans_a the transpose of a (k, m) with row stride lda; likewise b. With beta == 0, c is
+//     only written (it may hold NaN or garbage before).
+//
+// Why: the kernels' own products (the MLM decoder's call the wheel's OpenBLAS) and candidates for
+// fused layers need a GEMM they can call from C++ on the model's shapes, whose inner dimension is
+// mostly small (k = 128). It packs panels of op(b) (and of op(a) only when it is transposed or at
+// an edge; rows of a plain a are read in place), runs a register-blocked micro-kernel (12 x 32
+// tiles with AVX-512, 6 x 16 with AVX2/FMA, 6 x 8 otherwise: whatever -march=native gives), and
+// shares blocks of c among the OpenMP threads without barriers, or, for a small c over a long
+// depth (weight gradients), the depth. Measured by benchmarks/bench_gemm.py: about as fast as
+// MXNet's oneDNN at the model's shapes (when oneDNN writes into preallocated memory) and faster
+// than OpenBLAS at most of them. Call it outside OpenMP parallel regions.
+#ifndef BERTPRETRAIN_KERNELS_GEMM_H_
+#define BERTPRETRAIN_KERNELS_GEMM_H_
+
+#include <cstdint>
+
+namespace bp {
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc);
+
+}  // namespace bp
+
+#endif  // BERTPRETRAIN_KERNELS_GEMM_H_

@@ -1,0 +1,125 @@
+"""bp::sgemm (kernels/gemm.cc) against numpy, through its C entry point ``bp_sgemm`` (ctypes).
+
+Every combination of transposes, sizes that are not multiples of the micro-tile (1, 7, 129, ...)
+or that need several depth and column blocks (k > 512, n > 1024), alpha and beta, leading
+dimensions larger than the rows (sub-matrices of a wider array), and with several OpenMP
+threads in a subprocess (this process runs one, see conftest.py), since the split of c into
+tasks only happens there.
+"""
+import ctypes
+import itertools
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as onp
+import pytest
+
+pytestmark = pytest.mark.usefixtures("kernels_available")
+
+SHAPES = [(1, 1, 1), (7, 5, 3), (13, 33, 129), (129, 65, 7), (37, 1030, 9), (25, 70, 1100),
+          (300, 40, 130)]
+
+
+def library(path):
+    """The ``bp_sgemm`` function of the kernel library at ``path``, with its argument types."""
+    fn = ctypes.CDLL(str(path)).bp_sgemm
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
+    fn.restype = None
+    return fn
+
+
+def gemm(fn, trans_a, trans_b, a, b, c, alpha=1.0, beta=0.0):
+    """c = alpha * op(a) op(b) + beta * c in place; a, b, c float32 with unit column stride."""
+    for x in (a, b, c):
+        assert x.dtype == onp.float32 and x.strides[1] == 4
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    fn(int(trans_a), int(trans_b), m, n, k, alpha, a.ctypes.data, a.strides[0] // 4,
+       b.ctypes.data, b.strides[0] // 4, beta, c.ctypes.data, c.strides[0] // 4)
+
+
+def padded(rng, rows, cols, pad):
+    """A (rows, cols) float32 view into a (rows, cols + pad) array: leading dimension > cols."""
+    return rng.normal(size=(rows, cols + pad)).astype("float32")[:, :cols]
+
+
+def check(fn, m, n, k, trans_a, trans_b, alpha, beta, pad, seed=0):
+    """bp_sgemm against float64 numpy for one case; an AssertionError naming it if they differ."""
+    rng = onp.random.RandomState(seed)
+    a = padded(rng, *((k, m) if trans_a else (m, k)), pad)
+    b = padded(rng, *((n, k) if trans_b else (k, n)), pad)
+    c = padded(rng, m, n, pad)
+    if beta == 0.0:
+        c[...] = onp.nan  # must be overwritten, never read
+    want = alpha * ((a.T if trans_a else a).astype("float64") @ (b.T if trans_b else b))
+    if beta != 0.0:
+        want += beta * c
+    gemm(fn, trans_a, trans_b, a, b, c, alpha, beta)
+    scale = onp.abs(want).max() + 1.0
+    error = onp.abs(c - want).max() / scale
+    assert error < 1e-5, (m, n, k, trans_a, trans_b, alpha, beta, pad, error)
+
+
+def check_all(fn):
+    for (m, n, k), trans_a, trans_b in itertools.product(SHAPES, (False, True), (False, True)):
+        check(fn, m, n, k, trans_a, trans_b, 1.0, 0.0, pad=0)
+        check(fn, m, n, k, trans_a, trans_b, -0.5, 2.0, pad=3)
+
+
+def test_all_transposes_odd_sizes_alpha_beta_and_leading_dimensions(kernels_available):
+    check_all(library(kernels_available.path))
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, True), (False, False), (True, False)])
+def test_model_shapes(kernels_available, trans_a, trans_b):
+    """A projection of 1,000 tokens of width 128 onto 384 outputs, and its two gradients' forms."""
+    check(library(kernels_available.path), 1000, 384, 128, trans_a, trans_b, 1.0, 0.0, pad=0)
+
+
+def test_no_product_scales_c(kernels_available):
+    """k == 0 or alpha == 0: c = beta * c (and zeros with beta == 0, even over NaN)."""
+    fn = library(kernels_available.path)
+    rng = onp.random.RandomState(0)
+    a, b = padded(rng, 5, 4, 0), padded(rng, 4, 6, 0)
+    c = padded(rng, 5, 6, 2)
+    want = 3.0 * c
+    gemm(fn, False, False, a, b, c, 0.0, 3.0)
+    onp.testing.assert_allclose(c, want, rtol=1e-6)
+    c[...] = onp.nan
+    gemm(fn, False, False, a[:, :0], b[:0], c, 1.0, 0.0)
+    assert (c == 0).all()
+
+
+def test_several_threads(kernels_available):
+    """The same checks with 3 OpenMP threads: c split into tasks across threads."""
+    tests = pathlib.Path(__file__).resolve().parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_kernels_gemm as t; "
+            "t.check_all(t.library(sys.argv[2])); "
+            "[t.check(t.library(sys.argv[2]), 3000, 384, 128, ta, tb, 1.0, 0.5, 1) "
+            "for ta in (False, True) for tb in (False, True)]")
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    done = subprocess.run([sys.executable, "-c", code, str(tests), str(kernels_available.path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("isa_flags", [["-march=native", "-mno-avx512f"], ["-march=x86-64"]],
+                         ids=["avx2", "sse2"])
+def test_other_instruction_sets(tmp_path, isa_flags):
+    """gemm.cc alone, built for a CPU without AVX-512 (AVX2/FMA tiles, on x86 machines that have
+    AVX2) and for baseline x86-64 (the portable 4-wide tiles): the same results."""
+    from bertpretrain.kernels import build
+    if os.uname().machine != "x86_64":
+        pytest.skip("these instruction-set flags are x86's")
+    target = tmp_path / "libgemm.so"
+    flags = [f for f in build.FLAGS if f != "-march=native"] + isa_flags
+    done = subprocess.run(build.find_compiler() + flags
+                          + [str(build.SOURCE_DIR / "gemm.cc"), "-o", str(target)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if "-mno-avx512f" in isa_flags and "avx2" not in pathlib.Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU cannot run AVX2 code")
+    check_all(library(target))
