@@ -42,7 +42,6 @@ SOURCE_DIR = Path(__file__).resolve().parent
 # -fno-trapping-math lets loops with a conditional (a clamp, a select) vectorise; no kernel
 # relies on floating-point traps.
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-BLAS_LIBRARY = "libopenblas.so.0"
 COMPILE_TIMEOUT_S = 600
 LIBRARY_PREFIX = "libbertpretrain_kernels-"
 logger = logging.getLogger("bertpretrain.kernels")
@@ -77,18 +76,14 @@ def cache_dir():
 
 
 def mxnet_api_files():
-    """The installed MXNet's ``include/`` folder, ``src/lib_api.cc`` and the OpenBLAS it ships
-    (the GEMMs of the fused MLM decoder call it), checked to exist."""
+    """The installed MXNet's ``include/`` folder and ``src/lib_api.cc``, checked to exist."""
     root = Path(mxnet.__file__).resolve().parent
-    include, lib_api, blas = root / "include", root / "src" / "lib_api.cc", root / BLAS_LIBRARY
+    include, lib_api = root / "include", root / "src" / "lib_api.cc"
     if not (include / "mxnet" / "lib_api.h").is_file() or not lib_api.is_file():
         raise BuildError(f"this MXNet install ({root}) lacks include/mxnet/lib_api.h or "
                          "src/lib_api.cc, needed to build custom operators; install the "
                          "mxnet==1.9.1 wheel from PyPI")
-    if not blas.is_file():
-        raise BuildError(f"this MXNet install ({root}) lacks {BLAS_LIBRARY}, which the kernels "
-                         "link against; install the mxnet==1.9.1 wheel from PyPI")
-    return include, lib_api, blas
+    return include, lib_api
 
 
 def kernel_sources(source_dir=SOURCE_DIR):
@@ -125,8 +120,7 @@ def library_key(compiler, sources, api_files):
 
     for path in sources:
         add("source:" + path.name, path.read_bytes())
-    include, lib_api, blas = api_files
-    add("blas", str(blas).encode())
+    include, lib_api = api_files
     add("lib_api.h", (include / "mxnet" / "lib_api.h").read_bytes())
     add("lib_api.cc", lib_api.read_bytes())
     add("mxnet", mxnet.__version__.encode())
@@ -215,10 +209,9 @@ def build(source_dir=SOURCE_DIR, cache=None):
     target = cache / f"{LIBRARY_PREFIX}{library_key(compiler, sources, api_files)[:24]}.so"
     if target.is_file() and _damage(target) is None:
         return target
-    include, lib_api, blas = api_files
+    include, lib_api = api_files
     command = (compiler + list(FLAGS) + ["-I", str(include)]
-               + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api)]
-               + [str(blas), f"-Wl,-rpath,{blas.parent}", "-o"])
+               + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api), "-o"])
     try:
         cache.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(cache / ".build.lock") as locked:

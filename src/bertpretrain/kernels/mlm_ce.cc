@@ -22,11 +22,11 @@
 // The loss is sum(loss) / num_preds (model/pretraining.py, train/step.py): its upstream gradient
 // is the same for every row, so backward only scales gw, gb and gh. Any other upstream gradient,
 // or a forward in inference mode, makes backward recompute the chunks with weights * dloss as the
-// rows' scale (three GEMMs). All GEMMs go through gemm() below (OpenBLAS today), called outside
-// any OpenMP region so that the GEMM parallelises itself.
+// rows' scale (three GEMMs). All GEMMs go through gemm() below (bp::sgemm, kernels/gemm.h: 1.5x the
+// wheel's OpenBLAS here), called outside any OpenMP region so that the GEMM parallelises itself.
 #include <algorithm>
 
-#include "blas.h"
+#include "gemm.h"
 #include "common.h"
 
 namespace bp {
@@ -39,8 +39,7 @@ constexpr int64_t kDefaultChunk = int64_t{1} << 22;
 // c (m, n) = op(a) (m, k) op(b) (k, n) + beta * c, row-major: the one matrix product of this file.
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  sgemm(trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 }
 
 bool parse_chunk(const Attrs& attrs, int64_t* chunk) {

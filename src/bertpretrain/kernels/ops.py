@@ -196,8 +196,8 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
     correct (N,) = ``weights`` where the first arg-max of a row is its label, else 0.
 
     The rows are projected ``max(1, chunk // V)`` at a time (16 MiB of logits by default), so the
-    (N, V) logits and their gradient never exist; the GEMMs run on the OpenBLAS of the MXNet
-    wheel. In training mode (``autograd.is_training()``) the forward also computes the gradients
+    (N, V) logits and their gradient never exist; the GEMMs run on the kernels' own GEMM
+    (``kernels/gemm.h``). In training mode (``autograd.is_training()``) the forward also computes the gradients
     of ``sum(loss)``: backward then only scales them when its upstream gradient is the same on
     every row of non-zero weight (a summed or averaged loss, as in pretraining: three GEMMs in
     all instead of four), and recomputes the logits otherwise. In inference mode (evaluation)
