@@ -7,13 +7,14 @@
 //     only written (it may hold NaN or garbage before).
 //
 // Why: the MLM decoder's products (kernels/mlm_ce.cc) need a GEMM they can call from C++ on the
-// model's shapes, whose inner dimension is mostly small (k = 128). It packs panels of op(b) (and of op(a) only when it is transposed or at
-// an edge; rows of a plain a are read in place), runs a register-blocked micro-kernel (12 x 32
-// tiles with AVX-512, 6 x 16 with AVX2/FMA, 6 x 8 otherwise: whatever -march=native gives), and
-// shares blocks of c among the OpenMP threads without barriers, or, for a small c over a long
-// depth (weight gradients), the depth. Measured by benchmarks/bench_gemm.py: about as fast as
-// MXNet's oneDNN at the model's shapes (when oneDNN writes into preallocated memory) and faster
-// than the wheel's OpenBLAS at most of them (1.2-1.4x at the MLM decoder's). Call it outside OpenMP parallel regions.
+// model's shapes, whose inner dimension is mostly small (k = 128). It packs panels of op(b) (and of
+// op(a) only when it is transposed or at an edge; rows of a plain a are read in place), runs a
+// register-blocked micro-kernel (12 x 32 tiles with AVX-512, 6 x 16 with AVX2/FMA, 6 x 8 otherwise:
+// whatever -march=native gives), and shares blocks of c among the OpenMP threads without barriers,
+// or, for a small c over a long depth (weight gradients), the depth. Measured by
+// benchmarks/bench_gemm.py: about as fast as MXNet's oneDNN at the model's shapes (when oneDNN
+// writes into preallocated memory) and faster than the wheel's OpenBLAS at most of them (1.2-1.4x
+// at the MLM decoder's). Call it outside OpenMP parallel regions.
 #ifndef BERTPRETRAIN_KERNELS_GEMM_H_
 #define BERTPRETRAIN_KERNELS_GEMM_H_
 
