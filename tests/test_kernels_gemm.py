@@ -1,4 +1,5 @@
-"""bp::sgemm (kernels/gemm.cc) against numpy, through its C entry point ``bp_sgemm`` (ctypes).
+"""bp::sgemm and bp::sgemm_serial (kernels/gemm.cc) against numpy, through their C entry points
+``bp_sgemm`` and ``bp_sgemm_serial`` (ctypes).
 
 Every combination of transposes, sizes that are not multiples of the micro-tile (1, 7, 129, ...)
 or that need several depth and column blocks (k > 512, n > 1024), alpha and beta, leading
@@ -22,9 +23,10 @@ SHAPES = [(1, 1, 1), (7, 5, 3), (13, 33, 129), (129, 65, 7), (37, 1030, 9), (25,
           (300, 40, 130)]
 
 
-def library(path):
-    """The ``bp_sgemm`` function of the kernel library at ``path``, with its argument types."""
-    fn = ctypes.CDLL(str(path)).bp_sgemm
+def library(path, name="bp_sgemm"):
+    """The function ``name`` (``bp_sgemm`` or ``bp_sgemm_serial``) of the kernel library at
+    ``path``, with its argument types."""
+    fn = getattr(ctypes.CDLL(str(path)), name)
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
     fn.restype = None
@@ -69,8 +71,11 @@ def check_all(fn):
         check(fn, m, n, k, trans_a, trans_b, -0.5, 2.0, pad=3)
 
 
-def test_all_transposes_odd_sizes_alpha_beta_and_leading_dimensions(kernels_available):
-    check_all(library(kernels_available.path))
+@pytest.mark.parametrize("name", ["bp_sgemm", "bp_sgemm_serial"])
+def test_all_transposes_odd_sizes_alpha_beta_and_leading_dimensions(kernels_available, name):
+    """The parallel GEMM and the one-thread GEMM that kernels call inside their parallel regions
+    (whose packing buffers, kept between calls, must grow and shrink with the shapes)."""
+    check_all(library(kernels_available.path, name))
 
 
 @pytest.mark.parametrize("trans_a, trans_b", [(False, True), (False, False), (True, False)])
@@ -97,7 +102,7 @@ def test_several_threads(kernels_available):
     """The same checks with 3 OpenMP threads: c split into tasks across threads."""
     tests = pathlib.Path(__file__).resolve().parent
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_kernels_gemm as t; "
-            "t.check_all(t.library(sys.argv[2])); "
+            "t.check_all(t.library(sys.argv[2])); t.check_all(t.library(sys.argv[2], 'bp_sgemm_serial')); "
             "[t.check(t.library(sys.argv[2]), 3000, 384, 128, ta, tb, 1.0, 0.5, 1) "
             "for ta in (False, True) for tb in (False, True)]")
     env = dict(os.environ, OMP_NUM_THREADS="3")

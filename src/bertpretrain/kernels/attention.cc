@@ -14,12 +14,15 @@
 //
 // The dropout mask of P[b, h, i, j] is the hash of its flat index ((b * heads + h) * T + i) * T + j,
 // so backward recomputes it and seeded runs are reproducible whatever the thread count.
-// Work is split over (sequence, head) blocks; each block copies its queries, keys and values
-// (T x d each) into thread-local buffers and does every product while they sit in cache.
+// Work is split over (sequence, head) blocks; each block's products (scores, context and, in
+// backward, the four gradients' products) are small GEMMs on the calling thread
+// (bp::sgemm_serial), reading the head's columns of qkv in place; only the (T, T) scores and
+// their gradient live in per-thread buffers.
 // `lse` is not differentiable; lengths and the key get zero gradient.
 #include <algorithm>
 
 #include "common.h"
+#include "gemm.h"
 
 namespace bp {
 namespace {
@@ -90,47 +93,21 @@ struct Dims {
   float scale(const Params& p) const { return std::isnan(p.scale) ? 1.0f / std::sqrt(float(d)) : p.scale; }
 };
 
-// Copies head `hd` of rows [0, rows) of the q/k/v part `part` (0, 1, 2) of sequence `seq`
-// into dst (rows x d), contiguous.
-inline void load_head(const float* qkv, const Dims& g, int64_t seq, int64_t hd, int part,
-                      int64_t rows, float* dst) {
-  const float* src = qkv + seq * g.t * 3 * g.h + part * g.h + hd * g.d;
-  for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * g.d, src + i * 3 * g.h, g.d * sizeof(float));
-}
-
-// s (T x L, row stride T) = scale * q (T x d) k^T, from kt = k^T (d x L, row stride T).
-inline void scores(const float* q, const float* kt, const Dims& g, int64_t len, float scale,
-                   float* s) {
-  for (int64_t i = 0; i < g.t; ++i) {
-    float* si = s + i * g.t;
-    std::fill(si, si + len, 0.0f);
-    for (int64_t c = 0; c < g.d; ++c) {
-      const float a = q[i * g.d + c] * scale;
-      const float* kc = kt + c * g.t;
-#pragma omp simd
-      for (int64_t j = 0; j < len; ++j) si[j] += a * kc[j];
-    }
-  }
-}
-
-inline void transpose(const float* x, int64_t rows, int64_t cols, int64_t ld_out, float* out) {
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t c = 0; c < cols; ++c) out[c * ld_out + i] = x[i * cols + c];
-}
-
-// Per-thread scratch for one (sequence, head) block.
-struct Scratch {
-  std::vector<float> q, k, v, kt, s, a, b;
-  explicit Scratch(const Dims& g)
-      : q(g.t * g.d), k(g.t * g.d), v(g.t * g.d), kt(g.d * g.t), s(g.t * g.t), a(g.t * g.d),
-        b(g.t * g.d) {}
-};
-
 inline int64_t seq_length(const MXTensor& lengths, int64_t seq, int64_t t) {
   const int64_t len = read_index(lengths, seq);
   return len < 0 ? 0 : (len > t ? t : len);
 }
 
+// The (T, T) score-sized buffers of one thread, reused by each of its blocks.
+struct Scratch {
+  std::vector<float> s, dp, pf;
+  Scratch(const Dims& g, bool dropout)
+      : s(g.t * g.t), dp(g.t * g.t), pf(dropout ? g.t * g.t : 0) {}
+};
+
+// Every product below is a small GEMM (T x d x T at most) on the calling thread, reading the
+// head's queries, keys and values in place from qkv (row stride 3H) and writing the context and
+// the gradients in place (row strides H and 3H): no copies, no transposes.
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                       const OpResource&) {
   Params params;
@@ -143,9 +120,10 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   const float* qkv = in_ptr(qkv_t);
   float* ctx = (*out)[0].data<float>();
   float* lse = (*out)[1].data<float>();
+  const int64_t ld = 3 * g.h;
 #pragma omp parallel
   {
-    Scratch w(g);
+    Scratch w(g, false);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < g.b * g.heads; ++blk) {
       const int64_t seq = blk / g.heads, hd = blk % g.heads;
@@ -157,14 +135,14 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
         for (int64_t i = 0; i < g.t; ++i) std::fill(ctx_blk + i * g.h, ctx_blk + i * g.h + g.d, 0.0f);
         continue;
       }
-      load_head(qkv, g, seq, hd, 0, g.t, w.q.data());
-      load_head(qkv, g, seq, hd, 1, len, w.k.data());
-      load_head(qkv, g, seq, hd, 2, len, w.v.data());
-      transpose(w.k.data(), len, g.d, g.t, w.kt.data());
-      scores(w.q.data(), w.kt.data(), g, len, scale, w.s.data());
+      const float* q = qkv + seq * g.t * ld + hd * g.d;  // (T, d), row stride 3H
+      const float* k = q + g.h;
+      const float* v = q + 2 * g.h;
+      float* s = w.s.data();  // (T, len), row stride T
+      sgemm_serial(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
-        float* si = w.s.data() + i * g.t;
+        float* si = s + i * g.t;
         float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
         for (int64_t j = 0; j < len; ++j) mx = si[j] > mx ? si[j] : mx;
@@ -184,15 +162,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
 #pragma omp simd
           for (int64_t j = 0; j < len; ++j) si[j] *= inv;
         }
-        float* ci = ctx_blk + i * g.h;
-        std::fill(ci, ci + g.d, 0.0f);
-        for (int64_t j = 0; j < len; ++j) {
-          const float pij = si[j];
-          const float* vj = w.v.data() + j * g.d;
-#pragma omp simd
-          for (int64_t c = 0; c < g.d; ++c) ci[c] += pij * vj[c];
-        }
       }
+      // context (T, d) = P (T, len) v (len, d)
+      sgemm_serial(false, false, g.t, g.d, len, 1.0f, s, g.t, v, ld, 0.0f, ctx_blk, g.h);
     }
   }
   return MX_SUCCESS;
@@ -216,100 +188,67 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
   const Dims g(qkv_t, params.heads);
   const float scale = g.scale(params);
   const float* qkv = in_ptr(qkv_t);
+  const int64_t ld = 3 * g.h;
 #pragma omp parallel
   {
-    Scratch w(g);  // a: dcontext of the block, b: dv then dk; s: probabilities then dscores
-    std::vector<float> dp(g.t), vt(g.d * g.t), dq(g.d);
+    Scratch w(g, mask.active());
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < g.b * g.heads; ++blk) {
       const int64_t seq = blk / g.heads, hd = blk % g.heads;
       const int64_t len = seq_length(lengths, seq, g.t);
-      float* dq_out = dqkv + seq * g.t * 3 * g.h + hd * g.d;  // row stride 3H
+      float* dq_out = dqkv + seq * g.t * ld + hd * g.d;  // (T, d) each, row stride 3H
       float* dk_out = dq_out + g.h;
       float* dv_out = dq_out + 2 * g.h;
-      for (int64_t i = 0; i < g.t; ++i) {
-        std::fill(dq_out + i * 3 * g.h, dq_out + i * 3 * g.h + g.d, 0.0f);
-        if (i >= len) {
-          std::fill(dk_out + i * 3 * g.h, dk_out + i * 3 * g.h + g.d, 0.0f);
-          std::fill(dv_out + i * 3 * g.h, dv_out + i * 3 * g.h + g.d, 0.0f);
-        }
+      for (int64_t i = len; i < g.t; ++i) {  // keys and values past the length get no gradient
+        std::fill(dk_out + i * ld, dk_out + i * ld + g.d, 0.0f);
+        std::fill(dv_out + i * ld, dv_out + i * ld + g.d, 0.0f);
       }
-      if (len == 0) continue;
-      load_head(qkv, g, seq, hd, 0, g.t, w.q.data());
-      load_head(qkv, g, seq, hd, 1, len, w.k.data());
-      load_head(qkv, g, seq, hd, 2, len, w.v.data());
-      transpose(w.k.data(), len, g.d, g.t, w.kt.data());
-      transpose(w.v.data(), len, g.d, g.t, vt.data());
-      for (int64_t i = 0; i < g.t; ++i)
-        std::memcpy(w.a.data() + i * g.d, dctx + (seq * g.t + i) * g.h + hd * g.d,
-                    g.d * sizeof(float));
-      scores(w.q.data(), w.kt.data(), g, len, scale, w.s.data());
-      float* dv = w.b.data();
-      std::fill(dv, dv + len * g.d, 0.0f);
+      if (len == 0) {
+        for (int64_t i = 0; i < g.t; ++i) std::fill(dq_out + i * ld, dq_out + i * ld + g.d, 0.0f);
+        continue;
+      }
+      const float* q = qkv + seq * g.t * ld + hd * g.d;
+      const float* k = q + g.h;
+      const float* v = q + 2 * g.h;
+      const float* dc = dctx + seq * g.t * g.h + hd * g.d;  // (T, d), row stride H
+      float* s = w.s.data();    // scores, then the softmax P (T, len), row stride T
+      float* dp = w.dp.data();  // dcontext v^T, then the scores' gradient dS
+      sgemm_serial(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
+      sgemm_serial(false, true, g.t, len, g.d, 1.0f, dc, g.h, v, ld, 0.0f, dp, g.t);
       const float* lse_blk = lse + blk * g.t;
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
-        float* si = w.s.data() + i * g.t;  // scores -> softmax -> dscores, in place
-        const float* dci = w.a.data() + i * g.d;
+        float* si = s + i * g.t;
+        float* di = dp + i * g.t;
         const float l = lse_blk[i];
         const uint64_t base = static_cast<uint64_t>(blk * g.t + i) * g.t;
-        // dp = dcontext_i . v_j (the gradient of the dropped-out probabilities), from v^T.
-        std::fill(dp.begin(), dp.begin() + len, 0.0f);
-        for (int64_t c = 0; c < g.d; ++c) {
-          const float a = dci[c];
-          const float* vc = vt.data() + c * g.t;
-#pragma omp simd
-          for (int64_t j = 0; j < len; ++j) dp[j] += a * vc[j];
-        }
         float dot = 0.0f;
         if (m.active()) {
+          float* pi = w.pf.data() + i * g.t;  // the dropped-out probabilities, for dv
 #pragma omp simd reduction(+ : dot)
           for (int64_t j = 0; j < len; ++j) {
             const float f = m.factor(base + j);
             si[j] = fast_exp(si[j] - l);
-            dp[j] *= f;  // now the gradient of the softmax itself
-            dot += dp[j] * si[j];
+            pi[j] = si[j] * f;
+            di[j] *= f;  // now the gradient of the softmax itself
+            dot += di[j] * si[j];
           }
         } else {
 #pragma omp simd reduction(+ : dot)
           for (int64_t j = 0; j < len; ++j) {
             si[j] = fast_exp(si[j] - l);
-            dot += dp[j] * si[j];
+            dot += di[j] * si[j];
           }
         }
-        // dv_j += P_ij * dcontext_i, with P the dropped-out probabilities (softmax * factor).
-        for (int64_t j = 0; j < len; ++j) {
-          const float pij = m.active() ? si[j] * m.factor(base + j) : si[j];
-          float* dvj = dv + j * g.d;
 #pragma omp simd
-          for (int64_t c = 0; c < g.d; ++c) dvj[c] += pij * dci[c];
-        }
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) si[j] = scale * si[j] * (dp[j] - dot);
+        for (int64_t j = 0; j < len; ++j) di[j] = scale * si[j] * (di[j] - dot);
       }
-      for (int64_t j = 0; j < len; ++j)
-        std::memcpy(dv_out + j * 3 * g.h, dv + j * g.d, g.d * sizeof(float));
-      // dq_i = sum_j ds_ij k_j ;  dk_j = sum_i ds_ij q_i  (the scale is already in ds).
-      float* dk = w.b.data();
-      std::fill(dk, dk + len * g.d, 0.0f);
-      for (int64_t i = 0; i < g.t; ++i) {
-        const float* si = w.s.data() + i * g.t;
-        const float* qi = w.q.data() + i * g.d;
-        std::fill(dq.begin(), dq.end(), 0.0f);
-        for (int64_t j = 0; j < len; ++j) {
-          const float sij = si[j];
-          const float* kj = w.k.data() + j * g.d;
-          float* dkj = dk + j * g.d;
-#pragma omp simd
-          for (int64_t c = 0; c < g.d; ++c) {
-            dq[c] += sij * kj[c];
-            dkj[c] += sij * qi[c];
-          }
-        }
-        std::memcpy(dq_out + i * 3 * g.h, dq.data(), g.d * sizeof(float));
-      }
-      for (int64_t j = 0; j < len; ++j)
-        std::memcpy(dk_out + j * 3 * g.h, dk + j * g.d, g.d * sizeof(float));
+      // dv (len, d) = P_dropped^T dcontext;  dq (T, d) = dS k;  dk (len, d) = dS^T q
+      // (the score scale is already in dS).
+      const float* pd = m.active() ? w.pf.data() : s;
+      sgemm_serial(true, false, len, g.d, g.t, 1.0f, pd, g.t, dc, g.h, 0.0f, dv_out, ld);
+      sgemm_serial(false, false, g.t, g.d, len, 1.0f, dp, g.t, k, ld, 0.0f, dq_out, ld);
+      sgemm_serial(true, false, len, g.d, g.t, 1.0f, dp, g.t, q, ld, 0.0f, dk_out, ld);
     }
   }
   return MX_SUCCESS;

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 namespace bp {
 namespace {
@@ -310,6 +311,37 @@ void run(const Plan& g) {
   }
 }
 
+// The whole product on the calling thread, for small products made inside a parallel region
+// (one per (sequence, head) block of the attention kernel). The packing buffers are the thread's
+// own and kept between calls, so a call allocates nothing once they have grown.
+void run_serial(const Plan& g) {
+  thread_local std::vector<float> b_pack, a_pack, tile(kMR * kNR);
+  const int64_t kc_max = std::min(kKC, g.k), panels = (g.n + kNR - 1) / kNR;
+  if (static_cast<int64_t>(b_pack.size()) < panels * kc_max * kNR) b_pack.resize(panels * kc_max * kNR);
+  if (static_cast<int64_t>(a_pack.size()) < kMC * kc_max) a_pack.resize(kMC * kc_max);
+  for (int64_t pc = 0; pc < g.k; pc += kKC) {
+    const int64_t kc = std::min(kKC, g.k - pc);
+    const float beta = pc == 0 ? g.beta : 1.0f;
+    for (int64_t jp = 0; jp < panels; ++jp)
+      pack_b(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR), b_pack.data() + jp * kc * kNR);
+    for (int64_t i0 = 0; i0 < g.m; i0 += kMC) {
+      const int64_t mc = std::min(kMC, g.m - i0);
+      const int64_t full_rows = g.trans_a ? 0 : mc / kMR * kMR;  // tiles read in place
+      pack_a_rows(g, i0 + full_rows, mc - full_rows, pc, kc, a_pack.data());
+      for (int64_t jp = 0; jp < panels; ++jp) {
+        const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
+        for (int64_t ir = 0; ir < mc; ir += kMR) {
+          const bool in_place = ir < full_rows;
+          const float* a = in_place ? g.a + (i0 + ir) * g.lda + pc : a_pack.data() + (ir - full_rows) * kc;
+          tile_product(kc, a, in_place ? g.lda : 0, b_pack.data() + jp * kc * kNR, g.alpha, beta,
+                       g.c + (i0 + ir) * g.ldc + j0, g.ldc, std::min<int64_t>(kMR, mc - ir), cols,
+                       tile.data());
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -325,11 +357,29 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc});
 }
 
+void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == 0.0f) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  run_serial(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc});
+}
+
 }  // namespace bp
 
-// The same GEMM with C linkage, for tests and benchmarks that load the library with ctypes.
+// The same GEMMs with C linkage, for tests and benchmarks that load the library with ctypes.
 extern "C" void bp_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                          const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                          float* c, int64_t ldc) {
   bp::sgemm(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+extern "C" void bp_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                float alpha, const float* a, int64_t lda, const float* b,
+                                int64_t ldb, float beta, float* c, int64_t ldc) {
+  bp::sgemm_serial(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }

@@ -26,6 +26,12 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
            int64_t ldc);
 
+// The same product computed by the calling thread alone, for small products made inside an
+// OpenMP parallel region (e.g. one per attention block); same arguments and meaning.
+void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc);
+
 }  // namespace bp
 
 #endif  // BERTPRETRAIN_KERNELS_GEMM_H_
