@@ -48,11 +48,15 @@ _PROBE = dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True
               num_steps=PROBE_STEPS)
 _PAIRS = dict(_PROBE, dynamic_pairs=True, truncate_pairs=True)
 
-# name -> (PretrainOptions overrides on top of d2l's preset, or None for today's defaults; description).
+# name -> (PretrainOptions overrides on top of d2l's preset (on today's defaults for the "default" recipes),
+# or None; description).
 # Each lever is added to its parent alone.
 RECIPES = {
     "d2l": ({}, "d2l's published run: 50 steps, batch 512, lr 0.01, Xavier"),
     "default": (None, "PretrainOptions() as it is: the default of the example"),
+    "default-900": (dict(num_steps=900, warmup_steps=90),
+                    "the default for 900 steps (the default before 2026-11-29's re-measurement)"),
+    "default-1200": (dict(num_steps=1200, warmup_steps=120), "the default for 1,200 steps"),
     "probe": (_PROBE, "BERT options + normal init, batch 128, lr 3e-3, 10% warm-up, linear decay, dynamic masks"),
     "probe+pairs": (_PAIRS, "probe + NSP pairs drawn anew every epoch (truncated to fit)"),
     "probe+pairs+pre-ln": (dict(_PAIRS, pre_layer_norm=True), "probe+pairs + pre-LN layers"),
@@ -70,8 +74,8 @@ def recipe_options(name, **fixed):
     """The ``PretrainOptions`` of recipe ``name`` with the fields ``fixed`` (data folder, output)."""
     from bertpretrain.recipe import PretrainOptions, preset_options
     overrides, _ = RECIPES[name]
-    if overrides is None:
-        return PretrainOptions(**fixed)
+    if name.startswith("default"):  # today's defaults, with the overrides if any
+        return PretrainOptions(**(overrides or {}), **fixed)
     return preset_options("d2l", **overrides, **fixed)
 
 

@@ -1,6 +1,6 @@
 """Pretrain a small BERT on WikiText-2, end to end.
 
-    python examples/pretrain_wikitext2.py [--num-steps 900] [--batch-size 128] [--devices cpu] ...
+    python examples/pretrain_wikitext2.py [--num-steps 1100] [--batch-size 128] [--devices cpu] ...
     python examples/pretrain_wikitext2.py --preset d2l     # d2l's published run: 50 steps, batch 512, lr 0.01
 
 Downloads and verifies WikiText-2 (offline: says so loudly and uses the bundled sample, unless
