@@ -73,8 +73,7 @@ def check_all(fn):
 
 @pytest.mark.parametrize("name", ["bp_sgemm", "bp_sgemm_serial"])
 def test_all_transposes_odd_sizes_alpha_beta_and_leading_dimensions(kernels_available, name):
-    """The parallel GEMM and the one-thread GEMM that kernels call inside their parallel regions
-    (whose packing buffers, kept between calls, must grow and shrink with the shapes)."""
+    """The parallel GEMM and the one-thread GEMM that kernels call inside their parallel regions."""
     check_all(library(kernels_available.path, name))
 
 

@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <vector>
 
 namespace bp {
 namespace {
@@ -224,7 +223,7 @@ void run_split_depth(const Plan& g, int threads) {
   const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
   threads = static_cast<int>(std::min<int64_t>(threads, blocks));
   std::unique_ptr<Buffer[]> copies(new Buffer[threads]);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
@@ -268,13 +267,13 @@ void run_split_depth(const Plan& g, int threads) {
 // barrier would then cost the others that slice. So each thread packs op(b) itself: all of it
 // once when the depth fits one block (k <= kKC, the model's small-k products, where op(b) is a
 // weight of at most a few MB), else one panel at a time inside each task, for each depth block.
-void run(const Plan& g) {
-  const int threads = g.m * g.n * g.k < kSerialWork ? 1 : omp_get_max_threads();
+// With threads == 1 it all runs on the calling thread, also inside another parallel region.
+void run(const Plan& g, int threads) {
   if (g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC) return run_split_depth(g, threads);
   const Tasks t = cut(g.m, g.n, threads);
   const bool one_block = g.k <= kKC;
   const int64_t kc_max = std::min(kKC, g.k);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     Buffer b_pack = allocate((one_block ? t.panels : 1) * kc_max * kNR);
     Buffer a_pack = allocate(kMC * kc_max);  // tiles of a that are not read in place
@@ -311,37 +310,6 @@ void run(const Plan& g) {
   }
 }
 
-// The whole product on the calling thread, for small products made inside a parallel region
-// (one per (sequence, head) block of the attention kernel). The packing buffers are the thread's
-// own and kept between calls, so a call allocates nothing once they have grown.
-void run_serial(const Plan& g) {
-  thread_local std::vector<float> b_pack, a_pack, tile(kMR * kNR);
-  const int64_t kc_max = std::min(kKC, g.k), panels = (g.n + kNR - 1) / kNR;
-  if (static_cast<int64_t>(b_pack.size()) < panels * kc_max * kNR) b_pack.resize(panels * kc_max * kNR);
-  if (static_cast<int64_t>(a_pack.size()) < kMC * kc_max) a_pack.resize(kMC * kc_max);
-  for (int64_t pc = 0; pc < g.k; pc += kKC) {
-    const int64_t kc = std::min(kKC, g.k - pc);
-    const float beta = pc == 0 ? g.beta : 1.0f;
-    for (int64_t jp = 0; jp < panels; ++jp)
-      pack_b(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR), b_pack.data() + jp * kc * kNR);
-    for (int64_t i0 = 0; i0 < g.m; i0 += kMC) {
-      const int64_t mc = std::min(kMC, g.m - i0);
-      const int64_t full_rows = g.trans_a ? 0 : mc / kMR * kMR;  // tiles read in place
-      pack_a_rows(g, i0 + full_rows, mc - full_rows, pc, kc, a_pack.data());
-      for (int64_t jp = 0; jp < panels; ++jp) {
-        const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
-        for (int64_t ir = 0; ir < mc; ir += kMR) {
-          const bool in_place = ir < full_rows;
-          const float* a = in_place ? g.a + (i0 + ir) * g.lda + pc : a_pack.data() + (ir - full_rows) * kc;
-          tile_product(kc, a, in_place ? g.lda : 0, b_pack.data() + jp * kc * kNR, g.alpha, beta,
-                       g.c + (i0 + ir) * g.ldc + j0, g.ldc, std::min<int64_t>(kMR, mc - ir), cols,
-                       tile.data());
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -354,7 +322,8 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc});
+  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc},
+      m * n * k < kSerialWork ? 1 : omp_get_max_threads());
 }
 
 void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -366,7 +335,7 @@ void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  run_serial(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc});
+  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, 1);
 }
 
 }  // namespace bp
