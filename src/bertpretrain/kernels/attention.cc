@@ -98,7 +98,8 @@ inline int64_t seq_length(const MXTensor& lengths, int64_t seq, int64_t t) {
   return len < 0 ? 0 : (len > t ? t : len);
 }
 
-// The (T, T) score-sized buffers of one thread, reused by each of its blocks.
+// Backward's (T, T) buffers of one thread, reused by each of its blocks: the probabilities, the
+// gradient of the scores and, with dropout, the dropped-out probabilities.
 struct Scratch {
   std::vector<float> s, dp, pf;
   Scratch(const Dims& g, bool dropout)
@@ -123,7 +124,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   const int64_t ld = 3 * g.h;
 #pragma omp parallel
   {
-    Scratch w(g, false);
+    std::vector<float> scores(g.t * g.t);  // this thread's (T, T) scores, then probabilities
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < g.b * g.heads; ++blk) {
       const int64_t seq = blk / g.heads, hd = blk % g.heads;
@@ -138,7 +139,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       const float* q = qkv + seq * g.t * ld + hd * g.d;  // (T, d), row stride 3H
       const float* k = q + g.h;
       const float* v = q + 2 * g.h;
-      float* s = w.s.data();  // (T, len), row stride T
+      float* s = scores.data();  // (T, len), row stride T
       sgemm_serial(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
