@@ -22,7 +22,7 @@
 // The loss is sum(loss) / num_preds (model/pretraining.py, train/step.py): its upstream gradient
 // is the same for every row, so backward only scales gw, gb and gh. Any other upstream gradient,
 // or a forward in inference mode, makes backward recompute the chunks with weights * dloss as the
-// rows' scale (three GEMMs). All GEMMs go through gemm() below (bp::sgemm, kernels/gemm.h: 1.5x the
+// rows' scale (three GEMMs). All GEMMs are bp::sgemm's (kernels/gemm.h: 1.5x the
 // wheel's OpenBLAS here), called outside any OpenMP region so that the GEMM parallelises itself.
 #include <algorithm>
 
@@ -35,12 +35,6 @@ namespace {
 const char* const kOp = "bp_mlm_ce";
 // Logits per chunk: 16 MiB, 607 rows at d2l's vocabulary of 6,899 (see kernels/ops.py MLM_CHUNK).
 constexpr int64_t kDefaultChunk = int64_t{1} << 22;
-
-// c (m, n) = op(a) (m, k) op(b) (k, n) + beta * c, row-major: the one matrix product of this file.
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  sgemm(trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
-}
 
 bool parse_chunk(const Attrs& attrs, int64_t* chunk) {
   *chunk = static_cast<int64_t>(attr_float(attrs, "chunk", kDefaultChunk));
@@ -147,7 +141,7 @@ void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int6
   for (int64_t c0 = 0; c0 < m; c0 += rows) {
     const int64_t cr = std::min(rows, m - c0);
     const float* h = act.hidden.data() + c0 * k;
-    gemm(false, true, cr, v, k, h, k, p.weight, k, 0.0f, logits.data(), v);
+    sgemm(false, true, cr, v, k, 1.0f, h, k, p.weight, k, 0.0f, logits.data(), v);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < cr; ++i) {
       float* x = logits.data() + i * v;
@@ -187,9 +181,10 @@ void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int6
       x[label] -= g;
     }
     if (p.dhidden)
-      gemm(false, false, cr, k, v, logits.data(), v, p.weight, k, 0.0f, dh.data() + c0 * k, k);
+      sgemm(false, false, cr, k, v, 1.0f, logits.data(), v, p.weight, k, 0.0f, dh.data() + c0 * k,
+            k);
     if (p.dweight)
-      gemm(true, false, v, k, cr, logits.data(), v, h, k, c0 ? 1.0f : 0.0f, p.dweight, k);
+      sgemm(true, false, v, k, cr, 1.0f, logits.data(), v, h, k, c0 ? 1.0f : 0.0f, p.dweight, k);
   }
   if (p.dhidden) {
 #pragma omp parallel for schedule(static)
