@@ -195,17 +195,17 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
     (N,) = ``weights * (logsumexp(logits) - logits[labels])``, and with ``return_correct`` also
     correct (N,) = ``weights`` where the first arg-max of a row is its label, else 0.
 
-    The rows are projected ``max(1, chunk // V)`` at a time (16 MiB of logits by default), so the
-    (N, V) logits and their gradient never exist; the GEMMs run on the kernels' own GEMM
-    (``kernels/gemm.h``). In training mode (``autograd.is_training()``) the forward also computes the gradients
-    of ``sum(loss)``: backward then only scales them when its upstream gradient is the same on
-    every row of non-zero weight (a summed or averaged loss, as in pretraining: three GEMMs in
-    all instead of four), and recomputes the logits otherwise. In inference mode (evaluation)
-    the forward computes only the loss, one GEMM: at d2l's shape 70-90 ms against 200-260 ms
-    with the gradients (2 threads, AMD EPYC Zen 4). The kernel learns the mode from a dropout key
-    at run time, not from an attribute the op layer would set while tracing: one hybridized graph
-    serves both training and evaluation (train_bert), and MXNet's extension API passes operators
-    no training flag.
+    The rows are projected ``max(1, chunk // V)`` at a time (16 MiB of logits by default), so
+    the (N, V) logits and their gradient never exist; the GEMMs run on the kernels' own GEMM
+    (``kernels/gemm.h``). In training mode (``autograd.is_training()``) the forward also
+    computes the gradients of ``sum(loss)``: backward then only scales them when its upstream
+    gradient is the same on every row of non-zero weight (a summed or averaged loss, as in
+    pretraining: three GEMMs in all instead of four), and recomputes the logits otherwise. In
+    inference mode (evaluation) the forward computes only the loss, one GEMM: at d2l's shape
+    70-90 ms against 200-260 ms with the gradients (2 threads, AMD EPYC Zen 4). The kernel
+    learns the mode from a dropout key at run time, not from an attribute the op layer would set
+    while tracing: one hybridized graph serves both training and evaluation (train_bert), and
+    MXNet's extension API passes operators no training flag.
     """
     weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
     _check_float32(F, hidden=hidden, weight=weight, bias=bias, weights=weights)
