@@ -92,8 +92,8 @@ def lockstep(loader, vocab, backend, steps):
             return batches()
 
     # one more step than timed: the last one is never followed by a hand-over
-    history = train_bert(Batches(), BERTModel(len(vocab), backend=backend), [mx.cpu()], SKIPPED + steps + 1,
-                         progress=False, seed=0)
+    history = train_bert(Batches(), BERTModel(len(vocab), backend=backend), devices=[mx.cpu()],
+                         num_steps=SKIPPED + steps + 1, progress=False, seed=0)
     return ({name: times[name][SKIPPED:SKIPPED + steps] for name in times}, history["mlm_loss"])
 
 
@@ -128,8 +128,8 @@ from bertpretrain.data import load_data_wiki
 from bertpretrain.model import BERTModel
 from bertpretrain.train import train_bert
 loader, vocab = load_data_wiki(512, 64, data_dir=sys.argv[1], seed=0)
-train_bert(loader, BERTModel(len(vocab), backend=sys.argv[3]), [mx.cpu()], int(sys.argv[2]), progress=False,
-           seed=0)
+train_bert(loader, BERTModel(len(vocab), backend=sys.argv[3]), devices=[mx.cpu()], num_steps=int(sys.argv[2]),
+           progress=False, seed=0)
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 """
 

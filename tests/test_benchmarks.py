@@ -22,4 +22,4 @@ def test_every_quality_recipe_makes_valid_options(bench_quality, tmp_path):
     its overrides name options that exist, with values they accept."""
     for name in bench_quality.RECIPES:
         options = bench_quality.recipe_options(name, data_dir=str(tmp_path), output_dir=str(tmp_path / name))
-        assert options.num_steps >= 1, name
+        assert options.training.num_steps >= 1, name

@@ -23,8 +23,9 @@ def train(folder, num_steps, vocab=None, loader=None, resume=False, **model_opti
     train_iter, own_vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
     vocab = vocab or own_vocab
     net = BERTModel(len(vocab), **{**TINY, **model_options})
-    return train_bert(loader(train_iter) if loader else train_iter, net, [mx.cpu()], num_steps, seed=1,
-                      progress=False, checkpoint_dir=str(folder), checkpoint_interval=2, resume=resume, vocab=vocab)
+    return train_bert(loader(train_iter) if loader else train_iter, net, devices=[mx.cpu()], num_steps=num_steps,
+                      seed=1, progress=False, checkpoint_dir=str(folder), checkpoint_interval=2, resume=resume,
+                      vocab=vocab)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path,
     mx.random.seed(1)  # what train_bert does before initialising: the workers start from these values
     net.initialize(mx.init.Xavier(), ctx=[mx.cpu(0), mx.cpu(1)])
     initial = [p.data().asnumpy() for p in net.collect_params().values()]
-    train_bert(CombinedShards(shards), net, [mx.cpu(0), mx.cpu(1)], STEPS, seed=1, progress=False,
+    train_bert(CombinedShards(shards), net, devices=[mx.cpu(0), mx.cpu(1)], num_steps=STEPS, seed=1, progress=False,
                optimizer="sgd", lr=2.0)
     for i, (p0, reference) in enumerate(zip(initial, (p.data().asnumpy() for p in net.collect_params().values()))):
         change, worker_change = reference - p0, ranks[0][f"p{i}"] - p0
@@ -101,7 +101,7 @@ def test_train_bert_reports_its_progress_to_the_launcher(tmp_path, monkeypatch, 
     monkeypatch.setenv(launch.PROGRESS_ENV, "1")  # what the launcher sets for its workers
     train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
     eval_iter, _ = load_data_wiki(16, 32, dataset="wikitext-2-sample", split="valid", vocab=vocab, shuffle=False)
-    train_bert(train_iter, BERTModel(len(vocab), **MODEL), [mx.cpu()], 2, seed=1, progress=False,
+    train_bert(train_iter, BERTModel(len(vocab), **MODEL), devices=[mx.cpu()], num_steps=2, seed=1, progress=False,
                eval_iter=eval_iter, checkpoint_dir=tmp_path)
     reports = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()
                if line.startswith(launch.PROGRESS_MARK + " ")]

@@ -279,13 +279,13 @@ def test_verify_data_flag_reaches_the_download(register, server, tmp_path, monke
     register("/wikitext-2-v1.zip")
     monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path))
     options = pretrain_options(["--dataset", "test-wiki", "--verify-data"])
-    folder, _ = _data_folder(options)
+    folder, _ = _data_folder(options.data, options.run)
     path = os.path.join(folder, "wiki.test.tokens")
     info = os.stat(path)
     with open(path, "r+b") as f:
         f.write(b"X")
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-    assert _data_folder(options)[0] == folder
+    assert _data_folder(options.data, options.run)[0] == folder
     assert server.requests == ["/wikitext-2-v1.zip"] * 2
     assert open(path, "rb").read(1) != b"X"
 

@@ -26,7 +26,8 @@ for kvstore in ("horovod", "device"):  # Horovod first: it keeps the fused kerne
     train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
     net = BERTModel(len(vocab), num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, max_len=32,
                     dropout=0.0)
-    train_bert(train_iter, net, [mx.cpu()], 3, seed=1, progress=False, kvstore=kvstore, optimizer="sgd", lr=2.0)
+    train_bert(train_iter, net, devices=[mx.cpu()], num_steps=3, seed=1, progress=False, kvstore=kvstore,
+               optimizer="sgd", lr=2.0)
     params.append([p.data().asnumpy() for p in net.collect_params().values()])
 for a, b in zip(*params):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -209,10 +209,10 @@ def test_a_few_adam_steps_on_one_batch_drive_both_losses_down():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_hiddens=10, num_heads=3), "num_hiddens \\(10\\) must be divisible by num_heads \\(3\\)"),
-    (dict(dropout=1.0), "dropout must be in"),
-    (dict(activation="swish"), "activation must be one of"),
-    (dict(num_layers=0), "num_layers must be a positive integer"),
+    (dict(num_hiddens=10, num_heads=3), "num_hiddens \\(10, --hidden-size\\) must be divisible by num_heads \\(3, "),
+    (dict(dropout=1.0), "dropout \\(--dropout\\) must be a finite number >= 0 and < 1, got 1.0"),
+    (dict(activation="swish"), "activation must be one of 'relu', 'gelu', got 'swish'"),
+    (dict(num_layers=0), "num_layers \\(--num-layers\\) must be an integer >= 1, got 0"),
 ])
 def test_invalid_configurations_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

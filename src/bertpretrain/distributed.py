@@ -59,7 +59,12 @@ import traceback
 
 from ._mxnet import mxnet as mx  # MXNet, imported after bertpretrain's numpy fixes
 from . import kernels
-from .launch import PROGRESS_ENV, PROGRESS_MARK
+
+# The progress protocol between workers and the launcher's watchdog (bertpretrain.launch): a worker whose
+# environment has PROGRESS_ENV=1 writes lines PROGRESS_MARK + " step 5" (or " done" once it has finished
+# training) to stderr, which the launcher takes out of the output it relays.
+PROGRESS_ENV = "BERTPRETRAIN_LAUNCH_PROGRESS"
+PROGRESS_MARK = "@bertpretrain-progress"
 
 _LAUNCH_HINT = (
     "kvstore {kind!r} needs the scheduler, servers and workers that the launcher starts; run the "
@@ -181,9 +186,7 @@ def finish_together(kvstore):
     """Wait until this worker's queued engine work (the last gradient push) is done, then until every
     worker gets here (a kvstore barrier).  Call it on every worker at the end of training, after
     rank 0's final evaluation and checkpoint, so that no worker exits while another one still needs
-    it.  Does nothing without a ``dist_*`` kvstore."""
-    if not is_distributed(kvstore):
-        return
+    it.  Only for ``dist_*`` kvstores."""
     mx.nd.waitall()
     kvstore._barrier()  # MXNet 1.9 has no public barrier; the kvstore uses this one itself at exit
 
@@ -198,17 +201,18 @@ def report_progress(what):
 
 
 @contextlib.contextmanager
-def exit_on_error(kvstore):
+def exit_on_error(enabled=True):
     """Wrap a worker's training so that an exception ends the process at once, with exit code 1.
 
-    Without it, an exception in one ``dist_*`` worker leaves every process waiting on the others
-    forever (see the module docstring).  With it, the traceback is printed, the process exits, and
-    the launcher sees the failure and stops the job.  Does nothing special for local kvstores.
+    Without it, an exception in one worker of a job of several processes leaves every process waiting on
+    the others forever (see the module docstring).  With it, the traceback is printed, the process exits,
+    and the launcher sees the failure and stops the job.  ``enabled=False`` (one process, e.g. a strategy's
+    ``not distributed``) lets exceptions through.
     """
     try:
         yield
     except BaseException as error:  # SystemExit and KeyboardInterrupt too: any way out hangs
-        if not is_distributed(kvstore) or (isinstance(error, SystemExit) and not error.code):
+        if not enabled or (isinstance(error, SystemExit) and not error.code):
             raise
         if not isinstance(error, SystemExit):
             traceback.print_exc()

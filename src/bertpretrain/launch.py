@@ -72,15 +72,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .distributed import PROGRESS_ENV, PROGRESS_MARK
+
 PROG = "python -m bertpretrain.launch"
 LOCAL = None  # Task.host of processes that run on this machine
 DEFAULT_GRACE_S = 5.0
 DEFAULT_TIMEOUT_S = 300.0
 WATCHDOG_STATUS = 124  # the launcher's exit status when the watchdog stops a job (as timeout(1))
-# Workers whose environment has PROGRESS_ENV=1 report progress as lines PROGRESS_MARK + " step 5"
-# (or " done" when they have finished training); see the module docstring.
-PROGRESS_ENV = "BERTPRETRAIN_LAUNCH_PROGRESS"
-PROGRESS_MARK = "@bertpretrain-progress"
 POLL_S = 0.1
 # Variables of the launcher's environment that remote (ssh) processes get too; local ones get all.
 FORWARDED_PREFIXES = ("BERTPRETRAIN_", "MXNET_", "OMP_", "PS_")

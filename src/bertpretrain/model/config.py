@@ -1,10 +1,14 @@
 """The hyperparameters that define a BERT architecture, validated and (de)serialisable as a dict.
 
 A :class:`BERTConfig` is everything needed to rebuild a :class:`~bertpretrain.model.BERTModel`
-before loading its parameters, so it is saved next to them (``config.json``).
+before loading its parameters, so it is saved next to them (``config.json``). :class:`ModelOptions`
+is how the command (and a recipe) chooses one: a named size, a layout and overrides.
 """
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
+
+from ..options import OptionError, boolean, integer, number, option, validate
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -16,60 +20,49 @@ class BERTConfig:
     The defaults are d2l's small BERT (ReLU, post-LN, no LayerNorm after the embeddings, untied
     MLM decoder). ``activation="gelu"``, ``embedding_layer_norm=True`` and ``tie_mlm_weights=True``
     together give the original BERT architecture (use ``layer_norm_eps=1e-12`` to match its
-    checkpoints exactly); :func:`bert_tiny`, :func:`bert_mini`, :func:`bert_small` and
-    :func:`bert_base` are the original sizes with those options, :func:`bert_d2l_small` the defaults.
+    checkpoints exactly); :func:`bert_tiny`, :func:`bert_mini`, :func:`bert_small`, :func:`bert_medium`
+    and :func:`bert_base` are the original sizes with those options, :func:`bert_d2l_small` the defaults.
+    A bad value raises :class:`~bertpretrain.options.OptionError` naming the field (and the command's flag
+    for the sizes the command sets).
 
-    Attributes:
-        vocab_size: number of token ids; every id must lie in ``[0, vocab_size)``.
-        num_hiddens: width H of every hidden state (must be divisible by ``num_heads``).
-        ffn_num_hiddens: inner width of the position-wise feed-forward network.
-        num_heads: attention heads per layer.
-        num_layers: transformer encoder layers.
-        dropout: drop probability for attention weights and after every sublayer (and after the
-            embeddings when ``embedding_layer_norm``).
-        max_len: size of the learned position table: the longest sequence the model accepts.
-        num_segments: size of the segment (token type) table; 2 for sentence pairs.
-        activation: ``"relu"`` (d2l) or ``"gelu"`` (BERT), used in the FFN and the MLM transform.
-        embedding_layer_norm: LayerNorm and dropout after summing the three embeddings (BERT).
-        tie_mlm_weights: use the token embedding matrix as the MLM output projection (BERT).
-        layer_norm_eps: epsilon of every LayerNorm.
-        pre_layer_norm: pre-LN transformer layers, ``x + Drop(Sublayer(LN(x)))``, known to train
-            stably at higher learning rates (Xiong et al., 2020); False: post-LN, as BERT and d2l.
-            The original BERT (and Hugging Face's ``BertModel``) cannot express it.
+    ``pre_layer_norm``: pre-LN transformer layers, ``x + Drop(Sublayer(LN(x)))``, known to train
+    stably at higher learning rates (Xiong et al., 2020); False: post-LN, as BERT and d2l. The
+    original BERT (and Hugging Face's ``BertModel``) cannot express it.
     """
 
-    vocab_size: int
-    num_hiddens: int = 128
-    ffn_num_hiddens: int = 256
-    num_heads: int = 2
-    num_layers: int = 2
-    dropout: float = 0.2
-    max_len: int = 512
-    num_segments: int = 2
-    activation: str = "relu"
-    embedding_layer_norm: bool = False
-    tie_mlm_weights: bool = False
-    layer_norm_eps: float = 1e-5
-    pre_layer_norm: bool = False
+    vocab_size: int = option(help="number of token ids; every id must lie in [0, vocab_size)", check=integer(1),
+                             cli=False)
+    num_hiddens: int = option(128, "width H of every hidden state (a multiple of --num-heads)", check=integer(1),
+                              flag="--hidden-size", cli=False)
+    ffn_num_hiddens: int = option(256, "inner width of the position-wise feed-forward network", check=integer(1),
+                                  flag="--ffn-size", cli=False)
+    num_heads: int = option(2, "attention heads per layer", check=integer(1), flag="--num-heads", cli=False)
+    num_layers: int = option(2, "transformer encoder layers", check=integer(1), flag="--num-layers", cli=False)
+    dropout: float = option(0.2, "drop probability of the attention weights and after every sublayer (and after "
+                            "the embeddings when they are layer-normalised)", check=number(at_least=0, less_than=1),
+                            flag="--dropout", cli=False)
+    max_len: int = option(512, "size of the learned position table: the longest sequence the model accepts",
+                          check=integer(1), cli=False)
+    num_segments: int = option(2, "size of the segment (token type) table; 2 for sentence pairs", check=integer(1),
+                               cli=False)
+    activation: str = option("relu", "the activation of the FFN and the MLM transform (relu: d2l, gelu: BERT)",
+                             choices=ACTIVATIONS, cli=False)
+    embedding_layer_norm: bool = option(False, "LayerNorm and dropout after summing the three embeddings (BERT)",
+                                        check=boolean(), cli=False)
+    tie_mlm_weights: bool = option(False, "the token embedding matrix is the MLM output projection (BERT)",
+                                   check=boolean(), cli=False)
+    layer_norm_eps: float = option(1e-5, "epsilon of every LayerNorm", check=number(greater_than=0), cli=False)
+    pre_layer_norm: bool = option(False, "pre-LN layers (LayerNorm before each sublayer) instead of post-LN",
+                                  check=boolean(), cli=False)
 
     def __post_init__(self):
-        for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
-                     "max_len", "num_segments"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        validate(self)
         if self.num_hiddens % self.num_heads:
-            raise ValueError(
-                f"num_hiddens ({self.num_hiddens}) must be divisible by num_heads ({self.num_heads}): "
-                f"each head gets num_hiddens // num_heads features; choose e.g. num_heads="
+            raise OptionError(
+                f"num_hiddens ({self.num_hiddens}, --hidden-size) must be divisible by num_heads ({self.num_heads}, "
+                f"--num-heads): each head gets num_hiddens // num_heads features; choose e.g. num_heads="
                 f"{_largest_divisor_at_most(self.num_hiddens, self.num_heads)} or num_hiddens="
                 f"{-(-self.num_hiddens // self.num_heads) * self.num_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
 
     @property
     def head_size(self):
@@ -126,11 +119,74 @@ def bert_small(vocab_size, **overrides):
     return _original_bert(vocab_size, 4, 512, overrides)
 
 
+def bert_medium(vocab_size, **overrides):
+    """BERT-Medium: 8 layers, H=512, 8 heads, FFN 2048, original-BERT options; ``overrides`` replace
+    fields."""
+    return _original_bert(vocab_size, 8, 512, overrides)
+
+
 def bert_base(vocab_size, **overrides):
     """BERT-Base: 12 layers, H=768, 12 heads, FFN 3072, original-BERT options; ``overrides`` replace
     fields."""
     return _original_bert(vocab_size, 12, 768, overrides)
 
 
-def _largest_divisor_at_most(number, limit):
-    return max(d for d in range(1, limit + 1) if number % d == 0)
+def _largest_divisor_at_most(value, limit):
+    return max(d for d in range(1, limit + 1) if value % d == 0)
+
+
+#: The named sizes of :class:`ModelOptions` (``--model``): d2l's small BERT, and the original BERT's sizes
+#: (Devlin et al. 2019; Turc et al. 2019 for tiny to medium).
+NAMED_CONFIGS = {"d2l-small": bert_d2l_small, "bert-tiny": bert_tiny, "bert-mini": bert_mini,
+                 "bert-small": bert_small, "bert-medium": bert_medium, "bert-base": bert_base}
+
+#: The layouts of :class:`ModelOptions` (``--architecture``), whatever the size: ``d2l``, d2l's own (ReLU, post-LN,
+#: no LayerNorm after the embeddings, untied decoder); ``bert``, the original BERT's (GELU, LayerNorm after the
+#: embeddings, tied decoder, epsilon 1e-12; exportable to Hugging Face's BertForPreTraining); ``bert-preln``, the
+#: same with pre-LN layers, which learns best in a short CPU run (docs/quality.md).
+ARCHITECTURES = {
+    "d2l": dict(activation="relu", embedding_layer_norm=False, tie_mlm_weights=False, layer_norm_eps=1e-5,
+                pre_layer_norm=False),
+    "bert": dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True, layer_norm_eps=1e-12,
+                 pre_layer_norm=False),
+    "bert-preln": dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True, layer_norm_eps=1e-5,
+                       pre_layer_norm=True),
+}
+
+
+def _override(name):
+    """A :class:`ModelOptions` field overriding :class:`BERTConfig`'s ``name`` (None: the named size's value),
+    with that field's help and flag."""
+    field = {f.name: f for f in dataclasses.fields(BERTConfig)}[name]
+    return option(None, f"{field.metadata['help']} (overrides --model)", flag=field.metadata["flag"])
+
+
+@dataclass
+class ModelOptions:
+    """The model a recipe builds: a named size (:data:`NAMED_CONFIGS`), a layout (:data:`ARCHITECTURES`) and
+    optional overrides of single sizes. :meth:`config` gives the :class:`BERTConfig` once the vocabulary is
+    known. The defaults are d2l's small BERT. Sizes are checked by :class:`BERTConfig` when the options are
+    made, so a bad one is refused before any data is read."""
+
+    model: str = option("d2l-small", "the size: d2l's small BERT or one of the original BERT sizes",
+                        choices=tuple(NAMED_CONFIGS))
+    architecture: str = option("d2l", "the layout: d2l's own; bert, the original BERT's (exports to Hugging Face); "
+                               "bert-preln, BERT's with pre-LN layers", choices=tuple(ARCHITECTURES))
+    num_layers: Optional[int] = _override("num_layers")
+    num_hiddens: Optional[int] = _override("num_hiddens")
+    num_heads: Optional[int] = _override("num_heads")
+    ffn_num_hiddens: Optional[int] = _override("ffn_num_hiddens")
+    dropout: Optional[float] = _override("dropout")
+
+    def __post_init__(self):
+        validate(self)
+        self.config(vocab_size=1, max_len=1)  # the sizes, checked by BERTConfig's own validators
+
+    def config(self, vocab_size, max_len):
+        """The :class:`BERTConfig` of these options for a vocabulary of ``vocab_size`` ids and ``max_len``
+        positions."""
+        overrides = {name: getattr(self, name) for name in ("num_layers", "num_hiddens", "num_heads",
+                                                            "ffn_num_hiddens", "dropout")
+                     if getattr(self, name) is not None}
+        return NAMED_CONFIGS[self.model](vocab_size, max_len=max_len, **ARCHITECTURES[self.architecture],
+                                         **overrides)

@@ -186,17 +186,17 @@ class _Run:
     """One training run's state (model, trainer, strategy, checkpointer, history, step, seed) and the jobs of
     a step, an evaluation and a checkpoint; :func:`train_bert` drives it."""
 
-    def __init__(self, train_iter, net, devices, config, strategy, eval_iter, vocab):
-        self.train_iter, self.devices, self.config, self.strategy = train_iter, devices, config, strategy
+    def __init__(self, train_iter, net, config, strategy, eval_iter, vocab):
+        self.train_iter, self.devices, self.config, self.strategy = train_iter, strategy.devices, config, strategy
         self.vocab = vocab
         self.seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if config.seed is None else int(config.seed)
         self.model = net if isinstance(net, BERTForPretraining) else BERTForPretraining(net)
-        _place_parameters(self.model, devices, self.seed, config.initializer)
+        _place_parameters(self.model, self.devices, self.seed, config.initializer)
         self.model.hybridize(static_alloc=True, static_shape=True)
         self.schedule = config.schedule()
         self.trainer = strategy.make_trainer(_parameters_by_structure(self.model), config.optimizer,
                                              {"learning_rate": self.schedule(1), **(config.optimizer_params or {})})
-        self.lead = strategy.rank == 0  # one worker writes checkpoints, logs, evaluates and shows progress; all train
+        self.lead = strategy.lead  # one worker writes checkpoints, logs, evaluates and shows progress; all train
         self.eval_iter = eval_iter if self.lead else None
         self.checkpointer = Checkpointer(config.checkpoint_dir, config.checkpoint_interval, config.keep_checkpoints,
                                          writes=self.lead)
@@ -233,7 +233,7 @@ class _Run:
             check_token_range(self.model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
         sums = train_step(self.model, self.trainer, batch, self.devices,
                           self.strategy.global_counts(num_preds, batch_size), self.config.use_nsp,
-                          self.config.clip_global_norm, update_batch_size=self.strategy.update_batch_size)
+                          self.config.clip_global_norm, self.strategy.update_batch_size)
         metrics = summarise(sums, batch_size)
         if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
             raise NonFiniteLossError(
@@ -269,84 +269,73 @@ class _Run:
             distributed.report_progress(f"checkpoint {self.step}")
 
 
-def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimizer="adam", optimizer_params=None,
-               warmup_steps=0, lr_decay="none", clip_gradient=None, use_nsp=True, eval_iter=None,
-               eval_interval=None, checkpoint_dir=None, checkpoint_interval=None, keep_checkpoints=2,
-               resume=False, kvstore="device", progress=None, seed=None, vocab=None, log_interval=10,
-               initializer="xavier", clip_global_norm=None):
-    """Pretrain ``net`` on ``train_iter`` for exactly ``num_steps`` optimiser steps.
+def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vocab=None, strategy=None,
+               **options):
+    """Pretrain ``net`` on ``train_iter`` for exactly ``config.num_steps`` optimiser steps.
 
     Args:
         train_iter: batches (:class:`~bertpretrain.data.PretrainingBatch`), e.g. from ``load_data_wiki``;
             iterated over as many epochs as needed. A :class:`~bertpretrain.data.PretrainingLoader`
             also has its position saved in checkpoints, for exact resumption.
-        net: a :class:`~bertpretrain.model.BERTModel` (uninitialised parameters get ``initializer``).
+        net: a :class:`~bertpretrain.model.BERTModel` (uninitialised parameters get ``config.initializer``).
+        config: the :class:`~bertpretrain.train.TrainingConfig` of the run (None: its defaults, d2l's run).
         devices: MXNet contexts (default: all GPUs, else the CPU; with Horovod, the GPU of the process's
             local rank). Each batch is split over them.
-        num_steps: optimiser steps to reach (counted from the start, resumed steps included).
-        lr, optimizer, optimizer_params: any MXNet optimiser by name (Adam and lr 0.01, as d2l).
-        warmup_steps, lr_decay: linear warm-up, then ``'none'`` (constant) or ``'linear'`` decay.
-        clip_global_norm: clip the gradients' global L2 norm to this value (None: no clipping). Not MXNet's
-            ``optimizer_params={'clip_gradient': c}``, which clips each gradient element to [-c, c].
-        clip_gradient: deprecated name of ``clip_global_norm`` (the same global-norm clipping; it warns).
-        use_nsp: add the next-sentence loss to the masked-LM loss (False: MLM alone).
-        eval_iter, eval_interval: held-out batches, evaluated every ``eval_interval`` steps and at the end.
-        checkpoint_dir, checkpoint_interval, keep_checkpoints: where and how often to checkpoint
-            (always at the end and on Ctrl-C when a directory is given), and how many to keep.
-        resume: continue from the latest checkpoint in ``checkpoint_dir`` (if there is one).
-        kvstore: how gradients are added across devices (``'device'``, ``'local'``) and processes
-            (``'dist_sync'`` under :mod:`bertpretrain.launch`, or ``'horovod'`` under ``horovodrun``,
-            one device per process); each process then reads its own shard of ``train_iter`` during
-            training (its previous shard is restored afterwards).
-        progress: show a progress bar (None: only when the output is a terminal).
-        seed: seeds initialisation and dropout (None: a random seed, logged).
+        eval_iter: held-out batches, evaluated every ``config.eval_interval`` steps and at the end.
         vocab: saved with each checkpoint so that it is self-contained.
-        log_interval: log a line through ``logging`` every this many steps (0 or None: the last step only),
-            with the sequences/s over those steps.
-        initializer: how uninitialised weights start: ``'xavier'`` (d2l) or ``'bert'`` (normal, std
-            0.02; see :func:`~bertpretrain.train.config.make_initializer`).
+        strategy: how gradients are added up (:func:`~bertpretrain.train.strategy.make_strategy`), when the
+            caller already made it (it holds the devices); default: made here from ``config.kvstore``.
+        **options: fields of :class:`~bertpretrain.train.TrainingConfig` (``num_steps=1000, lr=1e-4``, ...):
+            the d2l keyword form. They replace the fields of ``config`` (or of the defaults); the config is
+            made and checked once. ``clip_gradient`` is the deprecated name of ``clip_global_norm``.
 
-    The options but the data, model, devices and vocabulary form a
-    :class:`~bertpretrain.train.config.TrainingConfig` (``train_bert(..., **config.keywords())``).
+    With a ``dist_*`` kvstore or Horovod each process reads its own shard of ``train_iter`` during
+    training (its previous shard is restored afterwards); rank 0 alone logs, evaluates and writes.
     Returns:
         :class:`TrainingHistory`: per-step ``step``, ``mlm_loss``, ``nsp_loss``, ``mlm_acc``, ``nsp_acc``,
         ``lr``, ``seq_per_sec``, and ``eval`` (a dict per evaluation, with its ``step``).
     Raises:
+        OptionError: an option is invalid (naming it).
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
         CheckpointError: the checkpoint folder cannot be written (found before the first step), the disk
             filled up while saving (the previous checkpoint is kept), or the checkpoint to resume is damaged
             or was saved with another model configuration or vocabulary.
     """
-    if clip_gradient is not None:
-        if clip_global_norm is not None:
+    if "clip_gradient" in options:
+        if "clip_global_norm" in options:
             raise ValueError("pass clip_global_norm alone: clip_gradient is its deprecated name")
         warnings.warn("train_bert's clip_gradient is deprecated: it clips the global norm, so pass "
                       "clip_global_norm instead (MXNet's optimizer_params clip_gradient clips each element)",
                       DeprecationWarning, stacklevel=2)
-        clip_global_norm = clip_gradient
-    config = TrainingConfig(
-        num_steps=num_steps, lr=lr, optimizer=optimizer, optimizer_params=optimizer_params,
-        warmup_steps=warmup_steps, lr_decay=lr_decay, clip_global_norm=clip_global_norm, use_nsp=use_nsp,
-        eval_interval=eval_interval, checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
-        keep_checkpoints=keep_checkpoints, resume=resume, kvstore=kvstore, progress=progress, seed=seed,
-        log_interval=log_interval, initializer=initializer)
-    strategy, devices = make_strategy(kvstore, devices)
-    run = _Run(train_iter, net, devices, config, strategy, eval_iter, vocab)
+        options["clip_global_norm"] = options.pop("clip_gradient")
+    if config is not None and not isinstance(config, TrainingConfig):
+        raise TypeError(f"train_bert's third argument is a TrainingConfig, got {type(config).__name__}: pass "
+                        "devices=... and num_steps=... as keywords")
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainingConfig)})
+    if unknown:
+        raise TypeError(f"train_bert() got unknown options {unknown}: its options are the fields of TrainingConfig")
+    config = dataclasses.replace(config, **options) if config is not None else TrainingConfig(**options)
+    if strategy is None:
+        strategy = make_strategy(config.kvstore, devices)
+    elif devices is not None:
+        raise ValueError("pass devices or a strategy (which holds its devices), not both")
+    run = _Run(train_iter, net, config, strategy, eval_iter, vocab)
+    num_steps = config.num_steps
     with reading_shard(train_iter, strategy.rank, strategy.workers), _logging_if(run.lead):
         run.checkpointer.check_writable()  # before the first step: a read-only folder must not cost the run
-        if resume:
+        if config.resume:
             run.resume()
         strategy.start(run.trainer)
-        logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, devices)),
+        logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, run.devices)),
                     f" x {strategy.workers} workers" if strategy.workers > 1 else "", num_steps, run.seed)
         batches, history = _batches_forever(train_iter), run.history
-        reporter = _Progress(num_steps, run.step, progress if run.lead else False, log_interval)
+        reporter = _Progress(num_steps, run.step, config.progress if run.lead else False, config.log_interval)
         with _stop_on_ctrl_c() as stop_requested, reporter.bar, _token_ids_checked_on_host(run.model.bert) as check:
             while run.step < num_steps and not stop_requested.is_set():
                 batch = next(batches)
-                if batch.tokens.shape[0] < len(devices):
+                if batch.tokens.shape[0] < len(run.devices):
                     logger.warning("skipping a batch of %d examples: fewer than the %d devices",
-                                   batch.tokens.shape[0], len(devices))
+                                   batch.tokens.shape[0], len(run.devices))
                     continue
                 run.step += 1
                 metrics = run.train_step(batch, check)

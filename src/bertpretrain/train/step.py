@@ -31,7 +31,7 @@ def _gather_sums(outputs):
     return total.asnumpy()
 
 
-def clip_global_norm(params, devices, max_norm):
+def clip_gradients(params, devices, max_norm):
     """Scale every device's gradients so that their global L2 norm is at most ``max_norm``.
 
     After the all-reduce every device holds the same gradients, so each scales its own copy;
@@ -48,13 +48,14 @@ def clip_global_norm(params, devices, max_norm):
             g *= scale
 
 
-def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradient=None, update_batch_size=1):
+def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_global_norm=None, update_batch_size=1):
     """Forward, backward and update on one batch split over ``devices``; return this batch's sums.
 
     The loss is normalised over the GLOBAL batch, whose ``totals = (real predictions, examples)``
     cover every device (and every worker, when training is distributed): each device backpropagates
     ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / total_examples`` and the kvstore adds the
     gradients, so the update, and the learning rate's meaning, do not depend on the number of devices.
+    ``clip_global_norm``: clip the gradients' global L2 norm to it (None: no clipping).
     ``update_batch_size`` is what ``trainer.update`` divides the gradients by (1: they are final).
     """
     total_preds, total_examples = totals
@@ -65,8 +66,8 @@ def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradie
                   else out.mlm_loss_sum / total_preds for out in outputs]
     autograd.backward(losses)
     trainer.allreduce_grads()
-    if clip_gradient:
-        clip_global_norm(list(model.collect_params().values()), devices, clip_gradient)
+    if clip_global_norm:
+        clip_gradients(list(model.collect_params().values()), devices, clip_global_norm)
     trainer.update(update_batch_size)
     return _gather_sums(outputs)
 

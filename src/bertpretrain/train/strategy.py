@@ -1,8 +1,9 @@
 """How gradients are added up: one strategy object per way (devices of one process, ps-lite, Horovod).
 
-Each knows this worker's ``rank`` and the number of ``workers``, creates the Trainer, sums per-worker
-counts into global ones, and holds the workers together at the end. :func:`make_strategy` picks one
-from ``train_bert``'s ``kvstore``.
+Each knows the ``devices`` this process trains on, this worker's ``rank`` and the number of ``workers``,
+creates the Trainer, sums per-worker counts into global ones, and holds the workers together at the
+end. :func:`make_strategy` makes the one of a run from its ``kvstore`` option, once, at the entry point
+(``train_bert``, or the recipe, which needs the rank before training and passes it on).
 """
 import mxnet as mx
 from mxnet import gluon
@@ -14,16 +15,22 @@ _COUNTS_KEY = 1 << 30  # a kvstore key no parameter uses (the Trainer numbers th
 
 
 class LocalStrategy:
-    """One process: the kvstore (``'device'``, ``'local'``, or None for one device) adds the devices'
-    gradients."""
+    """One process: the kvstore (``'device'``, ``'local'``, or None for one device) adds the gradients of
+    ``devices``."""
     rank, workers = 0, 1
+    distributed = False  # several processes, which must leave together (see distributed.exit_on_error)
     update_batch_size = 1  # what trainer.update divides the gradients by: the loss is already normalised
 
     def __init__(self, kvstore, devices):
         if len(devices) > 1 and kvstore is None:
             raise ValueError("kvstore=None does not add up gradients across devices, so replicas would drift "
                              "apart: use kvstore='device' (or 'local') with several devices")
-        self.kvstore = kvstore
+        self.kvstore, self.devices = kvstore, list(devices)
+
+    @property
+    def lead(self):
+        """Whether this worker is the one that logs, evaluates and writes files (rank 0); all train."""
+        return self.rank == 0
 
     def make_trainer(self, params, optimizer, optimizer_params):
         """A Trainer over ``params`` ({name: Parameter}) that leaves the update to this process."""
@@ -43,9 +50,10 @@ class LocalStrategy:
 class ParameterServerStrategy(LocalStrategy):
     """Several processes under :mod:`bertpretrain.launch`: a ``dist_*`` kvstore (ps-lite) adds the workers'
     gradients; the counts go through the same kvstore under a key of their own."""
+    distributed = True
 
     def __init__(self, kvstore, devices):
-        super().__init__(distributed.create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore, devices)
+        super().__init__(distributed.create_kvstore(kvstore), devices)
         self.rank, self.workers = self.kvstore.rank, self.kvstore.num_workers
 
     def make_trainer(self, params, optimizer, optimizer_params):
@@ -71,12 +79,14 @@ class ParameterServerStrategy(LocalStrategy):
 class HorovodStrategy(LocalStrategy):
     """One process per device under ``horovodrun``: Horovod's trainer all-reduces the gradients, and
     rank 0's initial parameters are broadcast to all."""
+    distributed = True
 
     def __init__(self, devices):
         self.hvd = distributed.import_horovod()
         if len(devices) != 1:
             raise ValueError("with Horovod each process trains on one device: pass "
                              "devices=[mx.gpu(hvd.local_rank())]")
+        self.devices = list(devices)
         self.rank, self.workers = self.hvd.rank(), self.hvd.size()
         # Horovod's trainer averages the workers' gradients; the loss is already normalised over the global
         # batch, so the update's batch size undoes the 1/workers.
@@ -102,15 +112,15 @@ class HorovodStrategy(LocalStrategy):
 
 
 def make_strategy(kvstore, devices=None):
-    """The strategy of ``kvstore`` (``'horovod'``, a ``dist_*`` name or KVStore, or a local kvstore) and the
-    devices to train on (``devices``, or by default all GPUs, else the CPU; with Horovod, the GPU of the
-    process's local rank)."""
+    """The strategy of ``kvstore`` (``'horovod'``, a ``dist_*`` name, or a local kvstore name or None) on
+    ``devices`` (default: all GPUs, else the CPU; with Horovod, the GPU of the process's local rank), each
+    checked to run. A ``dist_*`` kvstore is created here, once."""
     if kvstore == "horovod":
         devices = list(devices) if devices else HorovodStrategy.default_devices()
         check_runnable(devices)
-        return HorovodStrategy(devices), devices
+        return HorovodStrategy(devices)
     devices = list(devices) if devices else default_devices()
     check_runnable(devices)
-    if distributed.is_distributed(kvstore):
-        return ParameterServerStrategy(kvstore, devices), devices
-    return LocalStrategy(kvstore, devices), devices
+    if kvstore is not None and kvstore.startswith("dist"):
+        return ParameterServerStrategy(kvstore, devices)
+    return LocalStrategy(kvstore, devices)
