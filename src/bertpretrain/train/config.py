@@ -1,4 +1,5 @@
 """The options of one training run, checked together before any work."""
+import os
 from dataclasses import dataclass, fields
 
 from mxnet import init
@@ -47,6 +48,7 @@ class TrainingConfig:
     seed: int = None
     log_interval: int = 10
     initializer: str = "xavier"
+    plot: object = False
 
     def __post_init__(self):
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -58,6 +60,10 @@ class TrainingConfig:
             raise ValueError(f"checkpoint_interval must be an integer >= 1 or None, got {self.checkpoint_interval!r}")
         if (self.resume or self.checkpoint_interval) and self.checkpoint_dir is None:
             raise ValueError("resume and checkpoint_interval need checkpoint_dir: the folder to keep checkpoints in")
+        if not (isinstance(self.plot, bool) or self.plot is None
+                or isinstance(self.plot, (str, os.PathLike)) and os.fspath(self.plot).lower().endswith(".png")):
+            raise ValueError(f"plot must be True (live in a notebook), False or the path of a .png file to redraw, "
+                             f"got {self.plot!r}")
         make_initializer(self.initializer)
         self.schedule()  # a bad lr, warm-up or decay fails here
 

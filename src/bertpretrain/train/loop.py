@@ -14,15 +14,16 @@ import warnings
 
 import mxnet as mx
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import distributed
+from ..display import progress_bar
 from ..model import BERTForPretraining
 from ..model.bert import check_token_range
 from .checkpoint import Checkpointer
 from .config import TrainingConfig, make_initializer
 from .evaluate import evaluate_bert
 from .history import TrainingHistory
+from .plot import live_plot
 from .step import summarise, train_step
 from .strategy import make_strategy
 
@@ -156,12 +157,12 @@ def _logging_if(enabled):
 
 class _Progress:
     """The progress bar, a log line every ``log_interval`` steps (and at the last) with the sequences/s
-    since the previous line, and the launcher's progress reports."""
+    since the previous line, the launcher's progress reports, and the live plot (a
+    :class:`~.plot.LivePlot` or None) redrawn every ``log_interval`` steps and at the end."""
 
-    def __init__(self, num_steps, first_step, show, log_interval):
-        self.num_steps, self.log_interval = num_steps, log_interval
-        self.bar = tqdm(total=num_steps, initial=first_step, unit="step", dynamic_ncols=True,
-                        disable=None if show is None else not show)
+    def __init__(self, num_steps, first_step, show, log_interval, plot=None):
+        self.num_steps, self.log_interval, self.plot = num_steps, log_interval, plot
+        self.bar = progress_bar(show, total=num_steps, initial=first_step, unit="step", dynamic_ncols=True)
         self.tick = self.logged_since = time.perf_counter()
         self.logged_sequences = 0
 
@@ -180,6 +181,17 @@ class _Progress:
                         metrics["nsp_acc"], lr, self.logged_sequences / (now - self.logged_since))
             self.logged_sequences, self.logged_since = 0, now
         return seq_per_sec
+
+    def redraw(self, history, final=False):
+        """Redraw the live plot, if any, at a ``log_interval`` step before the last, or ``final``ly (after the last
+        evaluation), then release it."""
+        if self.plot is None:
+            return
+        step = history["step"][-1] if history["step"] else 0
+        if final or (self.log_interval and step % self.log_interval == 0 and step < self.num_steps):
+            self.plot.update(history, final=final)
+        if final:
+            self.plot.close()
 
 
 class _Run:
@@ -273,7 +285,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
                warmup_steps=0, lr_decay="none", clip_gradient=None, use_nsp=True, eval_iter=None,
                eval_interval=None, checkpoint_dir=None, checkpoint_interval=None, keep_checkpoints=2,
                resume=False, kvstore="device", progress=None, seed=None, vocab=None, log_interval=10,
-               initializer="xavier", clip_global_norm=None):
+               initializer="xavier", clip_global_norm=None, plot=False):
     """Pretrain ``net`` on ``train_iter`` for exactly ``num_steps`` optimiser steps.
 
     Args:
@@ -298,13 +310,18 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             (``'dist_sync'`` under :mod:`bertpretrain.launch`, or ``'horovod'`` under ``horovodrun``,
             one device per process); each process then reads its own shard of ``train_iter`` during
             training (its previous shard is restored afterwards).
-        progress: show a progress bar (None: only when the output is a terminal).
+        progress: show a progress bar (None: where it updates in place: on a terminal, or in a Jupyter notebook
+            as one output line).
         seed: seeds initialisation and dropout (None: a random seed, logged).
         vocab: saved with each checkpoint so that it is self-contained.
         log_interval: log a line through ``logging`` every this many steps (0 or None: the last step only),
             with the sequences/s over those steps.
         initializer: how uninitialised weights start: ``'xavier'`` (d2l) or ``'bert'`` (normal, std
             0.02; see :func:`~bertpretrain.train.config.make_initializer`).
+        plot: draw the losses and held-out points as training goes, every ``log_interval`` steps (at most once a
+            second) and at the end: True, in a Jupyter notebook, as one figure under the cell, redrawn in place
+            (elsewhere nothing is drawn, and one warning says so: ``history.plot()`` draws a finished run); a
+            path ending in ``.png``, into that file, anywhere. Needs matplotlib (``bertpretrain[plot]``).
 
     The options but the data, model, devices and vocabulary form a
     :class:`~bertpretrain.train.config.TrainingConfig` (``train_bert(..., **config.keywords())``).
@@ -329,7 +346,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         warmup_steps=warmup_steps, lr_decay=lr_decay, clip_global_norm=clip_global_norm, use_nsp=use_nsp,
         eval_interval=eval_interval, checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
         keep_checkpoints=keep_checkpoints, resume=resume, kvstore=kvstore, progress=progress, seed=seed,
-        log_interval=log_interval, initializer=initializer)
+        log_interval=log_interval, initializer=initializer, plot=plot)
     strategy, devices = make_strategy(kvstore, devices)
     run = _Run(train_iter, net, devices, config, strategy, eval_iter, vocab)
     with reading_shard(train_iter, strategy.rank, strategy.workers), _logging_if(run.lead):
@@ -339,14 +356,18 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         strategy.start(run.trainer)
         logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, devices)),
                     f" x {strategy.workers} workers" if strategy.workers > 1 else "", num_steps, run.seed)
-        batches, history = _batches_forever(train_iter), run.history
-        reporter = _Progress(num_steps, run.step, progress if run.lead else False, log_interval)
+        batches, history, skipped = _batches_forever(train_iter), run.history, 0
+        reporter = _Progress(num_steps, run.step, progress if run.lead else False, log_interval,
+                             live_plot(plot, num_steps) if run.lead else None)
         with _stop_on_ctrl_c() as stop_requested, reporter.bar, _token_ids_checked_on_host(run.model.bert) as check:
             while run.step < num_steps and not stop_requested.is_set():
                 batch = next(batches)
                 if batch.tokens.shape[0] < len(devices):
-                    logger.warning("skipping a batch of %d examples: fewer than the %d devices",
-                                   batch.tokens.shape[0], len(devices))
+                    skipped += 1  # an epoch's short last batch, maybe every epoch: warned about once
+                    if skipped == 1:
+                        logger.warning("skipping a batch of %d examples: fewer than the %d devices (so is every "
+                                       "such batch; drop_last=True in load_data_wiki leaves them out)",
+                                       batch.tokens.shape[0], len(devices))
                     continue
                 run.step += 1
                 metrics = run.train_step(batch, check)
@@ -354,13 +375,17 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
                 history.record(run.step, run.trainer.learning_rate, seq_per_sec, metrics)
                 if run.evaluation_due():
                     run.evaluate()
+                reporter.redraw(history)
                 if run.checkpointer.due(run.step, num_steps):
                     run.save()
             history.interrupted = stop_requested.is_set()
+        if skipped > 1:
+            logger.info("skipped %d batches of fewer examples than devices", skipped)
         if history.interrupted:
             logger.warning("interrupted at step %d of %d", run.step, num_steps)
         elif run.eval_iter is not None and (not history.eval or history.eval[-1]["step"] != run.step):
             run.evaluate()
+        reporter.redraw(history, final=True)
         if run.checkpointer.saved_step != run.step:
             run.save()
     strategy.finish()
