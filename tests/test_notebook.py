@@ -104,3 +104,14 @@ def test_the_notebook_runs_in_a_jupyter_kernel(tmp_path):
     cosines = [float(x) for x in re.findall(r"cosine of .*: (-?\d\.\d+)", text_of(code_cell(notebook, "cosine(").outputs))]
     assert len(cosines) == 2 and all(-1 <= c <= 1 for c in cosines), cosines
 
+
+def test_the_readme_says_how_to_open_the_notebook():
+    """Its notebook section installs extras that exist and opens this notebook (run above)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## In a notebook\n(.*?)(?=^## )", readme, re.S | re.M).group(1)
+    (block,) = re.findall(r"^```bash\n(.*?)^```$", section, re.S | re.M)
+    install, open_it = block.splitlines()
+    extras = re.fullmatch(r"pip install 'bertpretrain\[([a-z,]+)\]' jupyterlab", install).group(1).split(",")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert extras == ["cpu", "plot"] and all(re.search(rf"^{e} = \[", pyproject, re.M) for e in extras)
+    assert open_it == "jupyter lab examples/pretrain_bert.ipynb" and (ROOT / open_it.split()[-1]) == NOTEBOOK
