@@ -148,7 +148,7 @@ def test_the_live_plot_skips_redraws_that_would_cost_more_than_its_share(monkeyp
     assert live.redraws == 2
 
 
-def test_plot_true_outside_a_notebook_draws_nothing_and_says_so_once(caplog, tmp_path):
+def test_plot_true_outside_a_notebook_draws_nothing_and_says_so_once(caplog):
     train_iter, vocab = load_data_wiki(8, 32, "wikitext-2-sample", seed=0)
     with caplog.at_level(logging.WARNING, logger="bertpretrain"):
         history = train_bert(train_iter, BERTModel(len(vocab), **TINY), [mx.cpu()], 4, seed=0, progress=False,
@@ -189,9 +189,9 @@ def test_the_progress_bar_in_a_notebook_is_one_line_replaced_in_place(monkeypatc
 
 def test_the_progress_bar_outside_a_notebook_shows_on_terminals_only():
     assert display.notebook_shell() is None
-    assert display.progress_bar(None, total=3).disable  # pytest's stderr is no terminal
-    assert not display.progress_bar(True, total=3).disable
-    assert display.progress_bar(False, total=3).disable
+    for show, disabled in ((None, True), (True, False), (False, True)):  # None: pytest's stderr is no terminal
+        with display.progress_bar(show, total=3) as bar:
+            assert bar.disable == disabled, show
 
 
 class WithShortBatches:

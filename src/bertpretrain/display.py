@@ -1,7 +1,7 @@
 """Where progress is shown: a tqdm bar on a terminal's stderr; in a Jupyter notebook, one output replaced in place.
 
 A notebook kernel's stderr is no terminal: a text bar written there with carriage returns arrives as one output
-per refresh (a cell stored by ``nbconvert --execute`` or ``nbclient`` keeps them all: about 100 KB per minute),
+per refresh (a cell stored by ``nbconvert --execute`` or ``nbclient`` keeps them all: some 80 KB per minute),
 and tqdm's notebook widget needs ``ipywidgets``, which a notebook install often lacks (``tqdm.auto`` then warns
 and falls back to that text bar). So in a notebook the bar's text goes into one display output (IPython's
 display id) that each refresh replaces: one line in the cell, however long the run.

@@ -318,8 +318,9 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             with the sequences/s over those steps.
         initializer: how uninitialised weights start: ``'xavier'`` (d2l) or ``'bert'`` (normal, std
             0.02; see :func:`~bertpretrain.train.config.make_initializer`).
-        plot: draw the losses and held-out points as training goes, every ``log_interval`` steps (at most once a
-            second) and at the end: True, in a Jupyter notebook, as one figure under the cell, redrawn in place
+        plot: draw the losses and held-out points as training goes, every ``log_interval`` steps (skipping a
+            redraw within a second of the last or that would take over 10% of the time) and at the end: True,
+            in a Jupyter notebook, as one figure under the cell, redrawn in place
             (elsewhere nothing is drawn, and one warning says so: ``history.plot()`` draws a finished run); a
             path ending in ``.png``, into that file, anywhere. Needs matplotlib (``bertpretrain[plot]``).
 
