@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ..display import progress_bar
 from . import seeding
 from .errors import DataError
 from .vocab import Vocab
@@ -42,8 +42,8 @@ def iter_paragraphs(path, progress=None):
     size = os.path.getsize(path)
     show = (size >= _PROGRESS_MIN_BYTES and None) if progress is None else progress
     offset, has_text = 0, False
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
-                                     disable=None if show is None else not show) as bar:
+    with open(path, "rb") as f, progress_bar(show, total=size, unit="B", unit_scale=True,
+                                             desc=f"reading {os.path.basename(path)}") as bar:
         for number, raw in enumerate(f):
             try:
                 line = raw.decode("utf-8")

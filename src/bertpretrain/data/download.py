@@ -24,9 +24,9 @@ import zipfile
 
 import requests
 import urllib3
-from tqdm.auto import tqdm
 
 from .. import __version__
+from ..display import progress_bar
 from ..files import LockError, atomic_folder, atomic_write, cache_root, exclusive_lock, remove_stale
 from .errors import DownloadError
 
@@ -160,8 +160,8 @@ def _fetch(url, destination):
             expected = r.headers.get("Content-Length")
             expected = int(expected) if expected and "Content-Encoding" not in r.headers else None
             digest = hashlib.sha1()
-            with open(destination, "wb") as f, tqdm(total=expected, unit="B", unit_scale=True,
-                                                    desc=posixpath.basename(url), disable=None) as bar:
+            with open(destination, "wb") as f, progress_bar(None, total=expected, unit="B", unit_scale=True,
+                                                            desc=posixpath.basename(url)) as bar:
                 window_start, window_bytes = time.monotonic(), 0
                 for chunk in iter(lambda: r.raw.read1(_CHUNK_BYTES, decode_content=True), b""):
                     f.write(chunk)

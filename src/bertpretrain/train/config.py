@@ -1,4 +1,5 @@
 """The options of one training run, declared once (default, help, check) and checked together before any work."""
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,6 +25,14 @@ def _kvstore(value):
                                                       or value.startswith("dist_"))):
         return None
     return "'device' or 'local' (one process), 'dist_sync' (under 'bertpretrain launch') or 'horovod'"
+
+
+def _plot(value):
+    """The check of ``plot``: True, False, None, or the path of a PNG file."""
+    if isinstance(value, bool) or value is None or (isinstance(value, (str, os.PathLike))
+                                                    and os.fspath(value).lower().endswith(".png")):
+        return None
+    return "True (live in a notebook), False or the path of a .png file to redraw"
 
 
 @dataclass
@@ -59,7 +68,8 @@ class TrainingConfig:
     resume: bool = option(False, "continue from the latest checkpoint", check=boolean())
     kvstore: Optional[str] = option("device", "how gradients are combined: device (one process), dist_sync "
                                     "(under 'bertpretrain launch') or horovod (under horovodrun)", check=_kvstore)
-    progress: Optional[bool] = option(None, "show the progress bar (default: only on a terminal)",
+    progress: Optional[bool] = option(None, "show the progress bar (default: where it updates in place: on a "
+                                      "terminal, or in a notebook as one output line)",
                                       check=boolean(optional=True))
     seed: Optional[int] = option(None, "seeds the initialisation and dropout (the command: the data too; none: a "
                                  "random seed, logged)", check=integer(0, optional=True))
@@ -67,6 +77,9 @@ class TrainingConfig:
                                          check=integer(0, optional=True), metavar="N")
     initializer: str = option("xavier", "how weights start: xavier (d2l) or bert (normal, std 0.02)",
                               choices=INITIALIZERS)
+    plot: object = option(False, "redraw the loss curves every log_interval steps: True in a notebook (one figure "
+                          "updated in place), or the path of a PNG file rewritten as training goes", check=_plot,
+                          cli=False)
 
     def __post_init__(self):
         validate(self)

@@ -14,15 +14,16 @@ import warnings
 
 import mxnet as mx
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import distributed
+from ..display import progress_bar
 from ..model import BERTForPretraining
 from ..model.bert import check_token_range
 from .checkpoint import Checkpointer
 from .config import TrainingConfig, make_initializer
 from .evaluate import evaluate_bert
 from .history import TrainingHistory
+from .plot import live_plot
 from .step import summarise, train_step
 from .strategy import make_strategy
 
@@ -156,12 +157,12 @@ def _logging_if(enabled):
 
 class _Progress:
     """The progress bar, a log line every ``log_interval`` steps (and at the last) with the sequences/s
-    since the previous line, and the launcher's progress reports."""
+    since the previous line, the launcher's progress reports, and the live plot (a
+    :class:`~.plot.LivePlot` or None) redrawn every ``log_interval`` steps and at the end."""
 
-    def __init__(self, num_steps, first_step, show, log_interval):
-        self.num_steps, self.log_interval = num_steps, log_interval
-        self.bar = tqdm(total=num_steps, initial=first_step, unit="step", dynamic_ncols=True,
-                        disable=None if show is None else not show)
+    def __init__(self, num_steps, first_step, show, log_interval, plot=None):
+        self.num_steps, self.log_interval, self.plot = num_steps, log_interval, plot
+        self.bar = progress_bar(show, total=num_steps, initial=first_step, unit="step", dynamic_ncols=True)
         self.tick = self.logged_since = time.perf_counter()
         self.logged_sequences = 0
 
@@ -180,6 +181,17 @@ class _Progress:
                         metrics["nsp_acc"], lr, self.logged_sequences / (now - self.logged_since))
             self.logged_sequences, self.logged_since = 0, now
         return seq_per_sec
+
+    def redraw(self, history, final=False):
+        """Redraw the live plot, if any, at a ``log_interval`` step before the last, or ``final``ly (after the last
+        evaluation), then release it."""
+        if self.plot is None:
+            return
+        step = history["step"][-1] if history["step"] else 0
+        if final or (self.log_interval and step % self.log_interval == 0 and step < self.num_steps):
+            self.plot.update(history, final=final)
+        if final:
+            self.plot.close()
 
 
 class _Run:
@@ -328,14 +340,18 @@ def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vo
         strategy.start(run.trainer)
         logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, run.devices)),
                     f" x {strategy.workers} workers" if strategy.workers > 1 else "", num_steps, run.seed)
-        batches, history = _batches_forever(train_iter), run.history
-        reporter = _Progress(num_steps, run.step, config.progress if run.lead else False, config.log_interval)
+        batches, history, skipped = _batches_forever(train_iter), run.history, 0
+        reporter = _Progress(num_steps, run.step, config.progress if run.lead else False, config.log_interval,
+                             live_plot(config.plot, num_steps) if run.lead else None)
         with _stop_on_ctrl_c() as stop_requested, reporter.bar, _token_ids_checked_on_host(run.model.bert) as check:
             while run.step < num_steps and not stop_requested.is_set():
                 batch = next(batches)
                 if batch.tokens.shape[0] < len(run.devices):
-                    logger.warning("skipping a batch of %d examples: fewer than the %d devices",
-                                   batch.tokens.shape[0], len(run.devices))
+                    skipped += 1  # an epoch's short last batch, maybe every epoch: warned about once
+                    if skipped == 1:
+                        logger.warning("skipping a batch of %d examples: fewer than the %d devices (so is every "
+                                       "such batch; drop_last=True in load_data_wiki leaves them out)",
+                                       batch.tokens.shape[0], len(run.devices))
                     continue
                 run.step += 1
                 metrics = run.train_step(batch, check)
@@ -343,13 +359,17 @@ def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vo
                 history.record(run.step, run.trainer.learning_rate, seq_per_sec, metrics)
                 if run.evaluation_due():
                     run.evaluate()
+                reporter.redraw(history)
                 if run.checkpointer.due(run.step, num_steps):
                     run.save()
             history.interrupted = stop_requested.is_set()
+        if skipped > 1:
+            logger.info("skipped %d batches of fewer examples than devices", skipped)
         if history.interrupted:
             logger.warning("interrupted at step %d of %d", run.step, num_steps)
         elif run.eval_iter is not None and (not history.eval or history.eval[-1]["step"] != run.step):
             run.evaluate()
+        reporter.redraw(history, final=True)
         if run.checkpointer.saved_step != run.step:
             run.save()
     strategy.finish()
