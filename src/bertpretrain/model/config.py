@@ -25,8 +25,9 @@ class BERTConfig:
         ffn_num_hiddens: inner width of the position-wise feed-forward network.
         num_heads: attention heads per layer.
         num_layers: transformer encoder layers.
-        dropout: drop probability for attention weights and after every sublayer (and after the
-            embeddings when ``embedding_layer_norm``).
+        dropout: drop probability for attention weights and after every sublayer, and after the
+            embeddings when ``embedding_layer_norm`` or ``pre_layer_norm`` (BERT; Megatron-BERT and GPT-2
+            drop out the embeddings of their pre-LN models too; d2l does not).
         max_len: size of the learned position table: the longest sequence the model accepts.
         num_segments: size of the segment (token type) table; 2 for sentence pairs.
         activation: ``"relu"`` (d2l) or ``"gelu"`` (BERT), used in the FFN and the MLM transform.
@@ -36,6 +37,11 @@ class BERTConfig:
         pre_layer_norm: pre-LN transformer layers, ``x + Drop(Sublayer(LN(x)))``, known to train
             stably at higher learning rates (Xiong et al., 2020); False: post-LN, as BERT and d2l.
             The original BERT (and Hugging Face's ``BertModel``) cannot express it.
+        final_layer_norm: a LayerNorm after the last layer, which every pre-LN design applies (GPT-2,
+            Megatron-BERT, Xiong et al. 2020): without it the encoder returns the raw residual stream.
+            Default (None): the same as ``pre_layer_norm``. Post-LN layers already end in a LayerNorm,
+            so True needs ``pre_layer_norm``. Saved configurations that predate this field have none
+            (:meth:`from_dict` reads its absence as False).
     """
 
     vocab_size: int
@@ -51,8 +57,11 @@ class BERTConfig:
     tie_mlm_weights: bool = False
     layer_norm_eps: float = 1e-5
     pre_layer_norm: bool = False
+    final_layer_norm: bool = None
 
     def __post_init__(self):
+        if self.final_layer_norm is None:
+            object.__setattr__(self, "final_layer_norm", bool(self.pre_layer_norm))
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
                      "max_len", "num_segments"):
             value = getattr(self, name)
@@ -70,6 +79,9 @@ class BERTConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if self.final_layer_norm and not self.pre_layer_norm:
+            raise ValueError("final_layer_norm=True needs pre_layer_norm=True: post-LN layers already end in a "
+                             "LayerNorm; leave final_layer_norm unset")
 
     @property
     def head_size(self):
@@ -82,12 +94,14 @@ class BERTConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Build a configuration from :meth:`to_dict` output; unknown keys are an error."""
+        """Build a configuration from :meth:`to_dict` output (a saved ``config.json``); unknown keys are an
+        error. A dict without ``final_layer_norm`` was saved before that field existed, when no model had
+        a final LayerNorm: it reads as False."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown BERTConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**values)
+        return cls(**{"final_layer_norm": False, **values})
 
 
 def bert_d2l_small(vocab_size, **overrides):

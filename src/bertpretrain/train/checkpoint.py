@@ -25,7 +25,7 @@ import tempfile
 from ..data import load_saved_vocab
 from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, atomic_folder, atomic_write,
                      file_digest, remove_stale, saved_vocab_file, vocab_file_name)
-from ..model import save_pretrained
+from ..model import BERTConfig, save_pretrained
 
 FORMAT = "bertpretrain-checkpoint-v2"
 LATEST = "latest"
@@ -236,6 +236,8 @@ def check_compatible(folder, config, vocab):
     """
     with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
         saved = json.load(f)
+    with contextlib.suppress(TypeError, ValueError):  # fields it predates read as they were (see from_dict);
+        saved = BERTConfig.from_dict(saved).to_dict()  # one it cannot read is compared key by key below
     passed = config.to_dict()
     differences = [f"{key}: {saved.get(key)!r} in the checkpoint, {passed.get(key)!r} now"
                    for key in sorted(set(saved) | set(passed)) if saved.get(key) != passed.get(key)]
