@@ -103,13 +103,15 @@ class PretrainOptions:
 
 
 #: BERTModel options of each ``architecture`` (d2l's small BERT's sizes in all): ``d2l``, its own layout;
-#: ``bert``, the original BERT's layout (GELU, LayerNorm after the embeddings, tied decoder; exportable to
-#: Hugging Face); ``bert-preln``, the same with pre-LN layers, which learns best in a short CPU budget
-#: (README "What to expect") but which Hugging Face's BERT cannot express.
+#: ``bert``, the original BERT's layout (GELU, LayerNorm after the embeddings, tied decoder; exported as
+#: transformers' BertForPreTraining); ``bert-preln``, the same with pre-LN layers and a final LayerNorm, which
+#: learns best in a short CPU budget (README "What to expect"; exported as RobertaPreLayerNormForMaskedLM);
+#: ``megatron-bert``, that without the LayerNorm after the embeddings (exported as MegatronBertForPreTraining).
 ARCHITECTURES = {"d2l": {}, "bert": dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True,
                                          layer_norm_eps=1e-12),
                  "bert-preln": dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True,
-                                    pre_layer_norm=True)}
+                                    pre_layer_norm=True),
+                 "megatron-bert": dict(activation="gelu", tie_mlm_weights=True, pre_layer_norm=True)}
 
 # d2l's published run, whatever the defaults of PretrainOptions become: ``--preset d2l``.
 PRESETS = {
