@@ -356,3 +356,103 @@ def test_export_hf_writes_each_pre_ln_architecture_as_its_transformers_class(tmp
     assert ("leaves out this model's NSP" in caplog.text) == (architecture == "bert-preln")
     again, vocab = import_huggingface(str(tmp_path / "hf"))
     assert again.config == net.config and vocab.idx_to_token == word_vocab.idx_to_token
+
+
+@pytest.fixture
+def bert_folder(tmp_path, word_vocab):
+    """A BERT export of a small model with the word-level vocabulary."""
+    return pathlib.Path(export_huggingface(_model(len(word_vocab), True), word_vocab, str(tmp_path / "hf")))
+
+
+def _edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del config[key]
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_import_reads_only_inside_its_folder(bert_folder, tmp_path):
+    weights = bert_folder / "model.safetensors"
+    names = list(json.loads(weights.read_bytes()[8:8 + int.from_bytes(weights.read_bytes()[:8], "little")]))
+    os.replace(weights, tmp_path / "outside.safetensors")
+    index = bert_folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {name: "../outside.safetensors" for name in names
+                                                if name != "__metadata__"}}))
+    with pytest.raises(DataError, match=r"model.safetensors.index.json names the shard '../outside.safetensors', "
+                                        r"which lies outside"):
+        import_huggingface(str(bert_folder))
+    index.write_text(json.dumps({"weight_map": {"x": str(tmp_path / "outside.safetensors")}}))
+    with pytest.raises(DataError, match="lies outside"):
+        import_huggingface(str(bert_folder))
+    # shards inside the folder, even as symbolic links (the Hugging Face cache links snapshots to blobs), are read
+    os.symlink(tmp_path / "outside.safetensors", bert_folder / "model-00001-of-00001.safetensors")
+    index.write_text(json.dumps({"weight_map": {name: "model-00001-of-00001.safetensors" for name in names}}))
+    assert import_huggingface(str(bert_folder))[0].config.vocab_size > 0
+
+
+def test_import_checks_sizes_against_the_files_before_allocating(bert_folder):
+    import resource
+    vocab_size = json.loads((bert_folder / "config.json").read_text())["vocab_size"]
+    for name in ("tokenizer.json", "vocab.txt"):
+        if (bert_folder / name).exists():
+            os.remove(bert_folder / name)
+    for claimed in (10 ** 9, 2 * 10 ** 7):  # 10**9: MXNet cannot even build it; 2*10**7: 2.6 GB
+        _edit_config(bert_folder, vocab_size=claimed)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+        with pytest.raises(DataError, match=rf"model.safetensors: bert.embeddings.word_embeddings.weight has shape "
+                                            rf"\({vocab_size}, 32\) but .*config.json implies \({claimed}, 32\)"):
+            import_huggingface(str(bert_folder))
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000, "allocated before checking"
+    _edit_config(bert_folder, vocab_size=vocab_size, num_hidden_layers=3)
+    with pytest.raises(DataError, match=r"lacks 16 parameter\(s\) of BertForPreTraining, e.g. \['bert.encoder.layer.2"):
+        import_huggingface(str(bert_folder))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "config.json").write_text('{"model_type": "bert", "vocab_size": 10,'),
+     r"config.json is not valid JSON \(Expecting property name"),
+    (lambda f: _edit_config(f, hidden_size=None), r"config.json has no 'hidden_size'"),
+    (lambda f: _edit_config(f, num_attention_heads="four"), r"config.json describes no model .*num_heads"),
+    (lambda f: (f / "model.safetensors").write_bytes(os.urandom(4096)), r"model.safetensors is not a readable "
+                                                                         r"safetensors file"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+     r"model.safetensors is not a readable safetensors file .*damaged or truncated"),
+    (lambda f: ((f / "model.safetensors.index.json").write_text("[1, 2"), os.remove(f / "model.safetensors")),
+     r"model.safetensors.index.json is not a safetensors index"),
+])
+def test_a_damaged_folder_is_refused_naming_the_file(bert_folder, damage, message):
+    damage(bert_folder)
+    with pytest.raises(DataError, match=message) as error:
+        import_huggingface(str(bert_folder))
+    assert str(bert_folder) in str(error.value)
+
+
+def _quick_pretrain(tmp_path, *options):
+    from bertpretrain import cli
+    return cli.main(["pretrain", "--dataset", "wikitext-2-sample", "--num-steps", "1", "--batch-size", "8",
+                     "--max-len", "32", "--no-progress", "--output-dir", str(tmp_path / "run"), *options])
+
+
+def test_init_from_a_pytorch_bin_folder_gives_the_conversion_command(bert_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    os.replace(bert_folder / "model.safetensors", bert_folder / "pytorch_model.bin")
+    assert _quick_pretrain(tmp_path, "--init-from-hf", str(bert_folder)) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: {bert_folder} holds pytorch_model.bin only" in err
+    assert f"M.from_pretrained('{bert_folder}').save_pretrained('{bert_folder}')" in err
+
+
+def test_export_hf_to_a_file_or_a_read_only_disk_names_out(tmp_path, tmpfs, word_vocab, capsys):
+    from bertpretrain import cli
+    from bertpretrain.model import save_pretrained
+    save_pretrained(_model(len(word_vocab), True), str(tmp_path / "model"), vocab=word_vocab)
+    (tmp_path / "file").write_text("not a folder")
+    read_only = tmpfs("ro", "size=1m,ro")
+    for out in (tmp_path / "file", read_only / "hf"):
+        assert cli.main(["export-hf", str(tmp_path / "model"), str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot ") and str(out) in err, err
+        assert ".tmp-" not in err and "Errno" not in err, err
+    assert (tmp_path / "file").read_text() == "not a folder"
