@@ -287,8 +287,8 @@ def test_google_vocabulary_layout_moves_reserved_ids_and_rows_together(random_mo
     pieces = ["[PAD]"] + [f"[unused{i}]" for i in range(90)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "##s"]
     (folder / "vocab.txt").write_text("".join(p + "\n" for p in pieces), encoding="utf-8")
     net, tokenizer = import_huggingface(str(folder))
-    _, order = load_tokenizer(str(folder / "vocab.txt"))
-    new_id = np.argsort(order)
+    assert (tokenizer.source_order == load_tokenizer(str(folder / "vocab.txt")).source_order).all()
+    new_id = np.argsort(tokenizer.source_order)
     tokens, segments, valid, positions = _batch(97)
     mapped = (new_id[tokens].astype(np.int32), segments, valid, positions)
     assert (mapped[0][tokens == 0] == 1).all()  # [PAD]: old id 0, new id 1

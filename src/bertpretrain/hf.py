@@ -366,7 +366,8 @@ def _shard_files(folder):
         for name in names:
             # Shards are files of the folder itself: a path leaving it (absolute, or through "..") is refused. The
             # files may be symbolic links (the Hugging Face cache links its snapshots to blobs).
-            if not isinstance(name, str) or os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] in ("..", ""):
+            relative = os.path.normpath(name) if isinstance(name, str) and not os.path.isabs(name) else os.pardir
+            if relative == os.pardir or relative.startswith(os.pardir + os.sep):
                 raise DataError(f"{index} names the shard {name!r}, which lies outside {folder}: import reads only "
                                 "the files of the model's folder")
         missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
@@ -467,9 +468,9 @@ def import_huggingface(folder, device=None):
             raise DataError(f"{weights.where[name][0]}: {name} has shape {weights.shapes[name]} but {config_path} "
                             f"implies {expected}: the configuration does not describe these weights")
 
-    tokenizer, order = None, None
+    tokenizer = None
     if any(os.path.isfile(os.path.join(folder, name)) for name in (TOKENIZER_FILE, "vocab.txt")):
-        tokenizer, order = load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder)
         if len(tokenizer) != options["vocab_size"]:
             raise DataError(f"the tokenizer in {folder} has {len(tokenizer)} ids but {config_path} says vocab_size="
                             f"{options['vocab_size']}")
@@ -482,8 +483,8 @@ def import_huggingface(folder, device=None):
     net.initialize(ctx=device)
     for name, param, kind in tensors:
         array = arrays[name]
-        if kind == _TOKEN_ROWS and order is not None:
-            array = array[order]
+        if kind == _TOKEN_ROWS and tokenizer is not None and tokenizer.source_order is not None:
+            array = array[tokenizer.source_order]
         elif kind == _POSITION_ROWS:
             array = array[layout.position_offset:]
         elif kind == _NSP_ROWS:

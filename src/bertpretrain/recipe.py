@@ -166,7 +166,7 @@ def _tokenizer_and_model(options, folder, kvstore):
         # Training is not reproducible (ties between pieces), so a run keeps its tokenizer for --resume.
         path = os.path.join(options.output_dir, TOKENIZER_FILE)
         if options.resume and os.path.isfile(path):
-            return load_tokenizer(path)[0], None
+            return load_tokenizer(path), None
         if distributed.num_workers(kvstore if distributed.is_distributed(options.kvstore) else None) > 1:
             raise DataError("--tokenizer wordpiece trains a tokenizer, which several workers would each do "
                             "differently: train it once (bertpretrain.train_wordpiece(files).save('tokenizer.json')) "
@@ -175,7 +175,7 @@ def _tokenizer_and_model(options, folder, kvstore):
         os.makedirs(options.output_dir, exist_ok=True)
         tokenizer.save(path)
         return tokenizer, None
-    return load_tokenizer(options.tokenizer)[0], None
+    return load_tokenizer(options.tokenizer), None
 
 
 def _sequences_seen(loader, steps):

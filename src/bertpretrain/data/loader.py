@@ -153,7 +153,7 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
     if tokenizer is not None:
         if vocab is not None:
             raise ValueError("pass either vocab= (word-level) or tokenizer=, not both")
-        vocab, _ = load_tokenizer(tokenizer)
+        vocab = load_tokenizer(tokenizer)
     if not isinstance(max_len, (int, np.integer)) or max_len < 5:
         raise ValueError(f"max_len must be an integer >= 5 ([CLS] a [SEP] b [SEP] with one word each), "
                          f"got {max_len!r}")
