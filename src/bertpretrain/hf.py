@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass
 
 import mxnet as mx
 import numpy as np
@@ -51,7 +50,7 @@ _POSITION_ROWS = "position rows"  # transformers' row ``offset + t`` is our posi
 _NSP_ROWS = "nsp rows"  # transformers' NSP class 0 is "B follows A", ours is 1: the two rows swap
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Layout:
     """One transformers class that expresses a bertpretrain architecture exactly, and its parameter names.
 
@@ -181,7 +180,20 @@ def _to_hf(array, kind, layout):
     return array
 
 
+def _from_hf(array, kind, layout, source_order=None):
+    """A stored value as our parameter takes it: the inverse of :func:`_to_hf`, and the token rows put in
+    the tokenizer's order (``source_order``, see :class:`~bertpretrain.data.vocab.TokenTable`)."""
+    if kind == _TOKEN_ROWS and source_order is not None:
+        return array[source_order]
+    if kind == _POSITION_ROWS:
+        return array[layout.position_offset:]
+    if kind == _NSP_ROWS:
+        return np.ascontiguousarray(array[::-1])
+    return array
+
+
 def _hf_shape(shape, kind, layout):
+    """The shape transformers stores a parameter of ``shape`` in."""
     return (shape[0] + layout.position_offset, *shape[1:]) if kind == _POSITION_ROWS else tuple(shape)
 
 
@@ -413,6 +425,10 @@ class _Weights:
     def __contains__(self, name):
         return name in self.where
 
+    def alias(self, name, stored):
+        """Read the tensor ``stored`` under ``name`` too."""
+        self.where[name], self.shapes[name] = self.where[stored], self.shapes[stored]
+
     def load(self, names):
         """{name: float32 array} of ``names``, each file opened once."""
         safetensors, arrays = _safetensors(), {}
@@ -453,9 +469,8 @@ def import_huggingface(folder, device=None):
     decoder = f"{layout.mlm}decoder.weight"
     net = BERTModel(tie_mlm_weights=hf.get("tie_word_embeddings", True) or decoder not in weights, **options)
     tensors = _tensors(net, layout)  # the parameters are declared, not allocated yet
-    head_bias, decoder_bias = f"{layout.mlm}bias", f"{layout.mlm}decoder.bias"
-    if head_bias not in weights and decoder_bias in weights:
-        weights.where[head_bias], weights.shapes[head_bias] = weights.where[decoder_bias], weights.shapes[decoder_bias]
+    if f"{layout.mlm}bias" not in weights and f"{layout.mlm}decoder.bias" in weights:  # one name of a tied pair
+        weights.alias(f"{layout.mlm}bias", f"{layout.mlm}decoder.bias")
     nsp = {id(param) for param in net.nsp.collect_params().values()}
     missing = [name for name, param, _ in tensors if name not in weights and id(param) not in nsp]
     if missing:
@@ -481,15 +496,9 @@ def import_huggingface(folder, device=None):
     arrays = weights.load([name for name, _, _ in tensors])
     device = device or mx.current_context()
     net.initialize(ctx=device)
+    order = tokenizer.source_order if tokenizer is not None else None
     for name, param, kind in tensors:
-        array = arrays[name]
-        if kind == _TOKEN_ROWS and tokenizer is not None and tokenizer.source_order is not None:
-            array = array[tokenizer.source_order]
-        elif kind == _POSITION_ROWS:
-            array = array[layout.position_offset:]
-        elif kind == _NSP_ROWS:
-            array = array[::-1]
-        param.set_data(mx.np.array(np.ascontiguousarray(array), dtype=np.float32, ctx=device))
+        param.set_data(mx.np.array(_from_hf(arrays[name], kind, layout, order), dtype=np.float32, ctx=device))
     loaded = {id(param) for _, param, _ in tensors}
     fresh = [param for param in net.nsp.collect_params().values() if id(param) not in loaded]
     if fresh:  # as transformers initialises a Linear layer
