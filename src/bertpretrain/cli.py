@@ -28,19 +28,22 @@ def add_pretrain_arguments(parser):
 def export_hf_main(argv=None, prog=None):
     """``export-hf RUN_OR_MODEL_DIR OUT``: write a bertpretrain model as a Hugging Face BERT folder."""
     parser = argparse.ArgumentParser(prog=prog, description="Export a model trained with bertpretrain as a "
-                                     "folder that transformers' BertForPreTraining and AutoTokenizer load.")
+                                     "folder that transformers' AutoModelForPreTraining and AutoTokenizer load "
+                                     "(BertForPreTraining, RobertaPreLayerNormForMaskedLM or "
+                                     "MegatronBertForPreTraining, after the model's architecture).")
     parser.add_argument("model_dir", metavar="RUN_OR_MODEL_DIR",
                         help="a run folder of 'bertpretrain pretrain' (--output-dir) or its model/ folder")
     parser.add_argument("out", metavar="OUT", help="the folder to write (replaced if it exists)")
     args = parser.parse_args(argv)
-    from .hf import export_run
+    from .hf import export_run, exported_class
     try:
         folder = export_run(args.model_dir, args.out)
     except (ValueError, ImportError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"exported {args.model_dir} to {folder}: load it with transformers' "
-          f"BertForPreTraining.from_pretrained({folder!r}) and AutoTokenizer.from_pretrained({folder!r})")
+          f"AutoModelForPreTraining.from_pretrained({folder!r}) (a {exported_class(folder)}) and "
+          f"AutoTokenizer.from_pretrained({folder!r})")
     return 0
 
 

@@ -154,7 +154,7 @@ def _tokenizer_and_model(options, folder, strategy):
         # Training is not reproducible (ties between pieces), so a run keeps its tokenizer for --resume.
         path = os.path.join(run.output_dir, TOKENIZER_FILE)
         if options.training.resume and os.path.isfile(path):
-            return load_tokenizer(path)[0], None
+            return load_tokenizer(path), None
         if strategy.workers > 1:
             raise DataError("--tokenizer wordpiece trains a tokenizer, which several workers would each do "
                             "differently: train it once (bertpretrain.train_wordpiece(files).save('tokenizer.json')) "
@@ -163,7 +163,7 @@ def _tokenizer_and_model(options, folder, strategy):
         os.makedirs(run.output_dir, exist_ok=True)
         tokenizer.save(path)
         return tokenizer, None
-    return load_tokenizer(data.tokenizer)[0], None
+    return load_tokenizer(data.tokenizer), None
 
 
 def _sequences_seen(loader, steps):

@@ -152,7 +152,7 @@ def _resolve_tokenizer(config, vocab, path):
         return None
     if spec == "wordpiece":
         return train_wordpiece([path], vocab_size=config.vocab_size)
-    return load_tokenizer(spec)[0]
+    return load_tokenizer(spec)
 
 
 def _check_one_vocabulary(vocab, options):

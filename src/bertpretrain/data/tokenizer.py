@@ -59,11 +59,12 @@ class WordPieceTokenizer(TokenTable):
             :data:`~bertpretrain.data.RESERVED_TOKENS` (``<unk>`` may be spelled ``[UNK]``); its padding
             and truncation are turned off (a sentence must encode whole).
         source: where it came from, named in error messages.
+        source_order: the permutation loading applied to the source's ids (see :class:`TokenTable`), or None.
     """
 
     FILE_NAME = TOKENIZER_FILE  # what it is saved as beside a model
 
-    def __init__(self, tokenizer, source="the tokenizer"):
+    def __init__(self, tokenizer, source="the tokenizer", source_order=None):
         model = json.loads(tokenizer.to_str())["model"]
         if model.get("type") != "WordPiece":
             raise DataError(f"{source} is a {model.get('type')} tokenizer; a WordPiece one was expected "
@@ -76,6 +77,7 @@ class WordPieceTokenizer(TokenTable):
         tokenizer.no_truncation()
         self.tokenizer = tokenizer
         self.source = source
+        self.source_order = source_order
         self.unk_token = specials[0]
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         self.idx_to_token = [None] * tokenizer.get_vocab_size(with_added_tokens=True)
@@ -196,13 +198,13 @@ def load_tokenizer(source, lowercase=True):
             a ``tokenizer.json`` file, a BERT ``vocab.txt`` file (one piece per line), or a folder holding one.
         lowercase: for ``vocab.txt``: lower-case the text (uncased BERT).
     Returns:
-        ``(tokenizer, order)``: a :class:`WordPieceTokenizer` (or the :class:`Vocab` of a word-level
-        ``tokenizer.json``) and ``order``, None when the ids are the file's own, else the (V,) permutation
-        ``order[new_id] = old_id`` applied to put the reserved tokens at ids 0-4 (reorder a model's
-        token rows with it).
+        a :class:`WordPieceTokenizer` (or the :class:`Vocab` of a word-level ``tokenizer.json``). Where the
+        file keeps the reserved tokens at other ids (a Google ``vocab.txt``: ``[PAD]`` 0, ``[UNK]`` 100, ...)
+        they are swapped into ids 0-4, and its ``source_order`` is the permutation ``source_order[new_id] =
+        old_id`` (None when the ids are the file's own): reorder a model's token rows with it.
     """
     if isinstance(source, (WordPieceTokenizer, Vocab)):
-        return source, None
+        return source
     tk = _tokenizers()
     if isinstance(source, tk.Tokenizer):
         config, name = json.loads(source.to_str()), "the given tokenizer"
@@ -229,14 +231,14 @@ def load_tokenizer(source, lowercase=True):
                                 "tokenizers' Tokenizer.save or save_pretrained") from None
     kind = (config.get("model") or {}).get("type")
     if kind == "WordLevel":
-        return _vocab_from_word_level(config, name), None
+        return _vocab_from_word_level(config, name)
     if kind != "WordPiece":
         raise DataError(f"{name} holds a {kind} tokenizer; bertpretrain reads WordPiece (BERT) and its own "
                         "word-level tokenizers")
     config, order = _move_specials(config, name)
     moved = not (order == np.arange(len(order))).all()
     tokenizer = tk.Tokenizer.from_str(json.dumps(config))
-    return WordPieceTokenizer(tokenizer, source=name), (order if moved else None)
+    return WordPieceTokenizer(tokenizer, source=name, source_order=order if moved else None)
 
 
 def load_saved_vocab(folder):
@@ -246,7 +248,7 @@ def load_saved_vocab(folder):
     path = saved_vocab_file(folder)
     if path is None:
         return None
-    return load_tokenizer(path)[0] if os.path.basename(path) == TOKENIZER_FILE else Vocab.load(path)
+    return load_tokenizer(path) if os.path.basename(path) == TOKENIZER_FILE else Vocab.load(path)
 
 
 def _from_vocab_txt(tk, path, lowercase):

@@ -27,7 +27,15 @@ class BERTConfig:
 
     ``pre_layer_norm``: pre-LN transformer layers, ``x + Drop(Sublayer(LN(x)))``, known to train
     stably at higher learning rates (Xiong et al., 2020); False: post-LN, as BERT and d2l. The
-    original BERT (and Hugging Face's ``BertModel``) cannot express it.
+    original BERT (and Hugging Face's ``BertModel``) cannot express it. ``dropout`` also applies after
+    the embeddings when ``embedding_layer_norm`` or ``pre_layer_norm`` (BERT; Megatron-BERT and GPT-2
+    drop out the embeddings of their pre-LN models too; d2l does not).
+
+    ``final_layer_norm``: a LayerNorm after the last layer, which every pre-LN design applies (GPT-2,
+    Megatron-BERT, Xiong et al. 2020): without it the encoder returns the raw residual stream. Default
+    (None): the same as ``pre_layer_norm``. Post-LN layers already end in a LayerNorm, so True needs
+    ``pre_layer_norm``. Saved configurations that predate this field have none (:meth:`from_dict` reads
+    its absence as False).
     """
 
     vocab_size: int = option(help="number of token ids; every id must lie in [0, vocab_size)", check=integer(1),
@@ -54,8 +62,12 @@ class BERTConfig:
     layer_norm_eps: float = option(1e-5, "epsilon of every LayerNorm", check=number(greater_than=0), cli=False)
     pre_layer_norm: bool = option(False, "pre-LN layers (LayerNorm before each sublayer) instead of post-LN",
                                   check=boolean(), cli=False)
+    final_layer_norm: Optional[bool] = option(None, "a LayerNorm after the last layer (None: as pre_layer_norm)",
+                                              check=boolean(optional=True), cli=False)
 
     def __post_init__(self):
+        if self.final_layer_norm is None:
+            object.__setattr__(self, "final_layer_norm", bool(self.pre_layer_norm))
         validate(self)
         if self.num_hiddens % self.num_heads:
             raise OptionError(
@@ -63,6 +75,9 @@ class BERTConfig:
                 f"--num-heads): each head gets num_hiddens // num_heads features; choose e.g. num_heads="
                 f"{_largest_divisor_at_most(self.num_hiddens, self.num_heads)} or num_hiddens="
                 f"{-(-self.num_hiddens // self.num_heads) * self.num_heads}")
+        if self.final_layer_norm and not self.pre_layer_norm:
+            raise OptionError("final_layer_norm=True needs pre_layer_norm=True: post-LN layers already end in a "
+                              "LayerNorm; leave final_layer_norm unset")
 
     @property
     def head_size(self):
@@ -75,12 +90,14 @@ class BERTConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Build a configuration from :meth:`to_dict` output; unknown keys are an error."""
+        """Build a configuration from :meth:`to_dict` output (a saved ``config.json``); unknown keys are an
+        error. A dict without ``final_layer_norm`` was saved before that field existed, when no model had
+        a final LayerNorm: it reads as False."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown BERTConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**values)
+        return cls(**{"final_layer_norm": False, **values})
 
 
 def bert_d2l_small(vocab_size, **overrides):
@@ -142,8 +159,10 @@ NAMED_CONFIGS = {"d2l-small": bert_d2l_small, "bert-tiny": bert_tiny, "bert-mini
 
 #: The layouts of :class:`ModelOptions` (``--architecture``), whatever the size: ``d2l``, d2l's own (ReLU, post-LN,
 #: no LayerNorm after the embeddings, untied decoder); ``bert``, the original BERT's (GELU, LayerNorm after the
-#: embeddings, tied decoder, epsilon 1e-12; exportable to Hugging Face's BertForPreTraining); ``bert-preln``, the
-#: same with pre-LN layers, which learns best in a short CPU run (docs/quality.md).
+#: embeddings, tied decoder, epsilon 1e-12; exported as transformers' BertForPreTraining); ``bert-preln``, the
+#: same with pre-LN layers and a final LayerNorm, which learns best in a short CPU run (exported as
+#: RobertaPreLayerNormForMaskedLM); ``megatron-bert``, that without the LayerNorm after the embeddings
+#: (exported as MegatronBertForPreTraining).
 ARCHITECTURES = {
     "d2l": dict(activation="relu", embedding_layer_norm=False, tie_mlm_weights=False, layer_norm_eps=1e-5,
                 pre_layer_norm=False),
@@ -151,6 +170,8 @@ ARCHITECTURES = {
                  pre_layer_norm=False),
     "bert-preln": dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True, layer_norm_eps=1e-5,
                        pre_layer_norm=True),
+    "megatron-bert": dict(activation="gelu", embedding_layer_norm=False, tie_mlm_weights=True, layer_norm_eps=1e-5,
+                          pre_layer_norm=True),
 }
 
 
@@ -170,8 +191,10 @@ class ModelOptions:
 
     model: str = option("d2l-small", "the size: d2l's small BERT or one of the original BERT sizes",
                         choices=tuple(NAMED_CONFIGS))
-    architecture: str = option("d2l", "the layout: d2l's own; bert, the original BERT's (exports to Hugging Face); "
-                               "bert-preln, BERT's with pre-LN layers", choices=tuple(ARCHITECTURES))
+    architecture: str = option("d2l", "the layout: d2l's own; bert, the original BERT's; bert-preln, BERT's with "
+                               "pre-LN layers and a final LayerNorm; megatron-bert, that without the LayerNorm "
+                               "after the embeddings (all but d2l export to Hugging Face)",
+                               choices=tuple(ARCHITECTURES))
     num_layers: Optional[int] = _override("num_layers")
     num_hiddens: Optional[int] = _override("num_hiddens")
     num_heads: Optional[int] = _override("num_heads")

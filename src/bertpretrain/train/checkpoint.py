@@ -25,7 +25,7 @@ import tempfile
 from ..data import load_saved_vocab
 from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, atomic_folder, atomic_write,
                      file_digest, remove_stale, saved_vocab_file, vocab_file_name)
-from ..model import save_pretrained
+from ..model import BERTConfig, save_pretrained
 
 FORMAT = "bertpretrain-checkpoint-v2"
 LATEST = "latest"
@@ -207,21 +207,6 @@ def _untrusted(folder, path, problem, offer_previous):
     return CheckpointError(f"checkpoint file {path} cannot be trusted: {problem}{offer}")
 
 
-def _saved_tokens(path):
-    """The id -> token list of a saved vocabulary: a :class:`~bertpretrain.data.Vocab`'s JSON
-    (``idx_to_token``) or a Hugging Face ``tokenizer.json`` (its model's ``vocab`` and added tokens)."""
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if "idx_to_token" in saved:
-        return saved["idx_to_token"]
-    ids = dict(saved["model"]["vocab"])
-    ids.update({token["content"]: token["id"] for token in saved.get("added_tokens", [])})
-    tokens = [None] * (max(ids.values()) + 1)
-    for token, idx in ids.items():
-        tokens[idx] = token
-    return tokens
-
-
 def check_compatible(folder, config, vocab):
     """Refuse to resume the checkpoint in ``folder`` with a different model configuration or vocabulary.
 
@@ -236,6 +221,8 @@ def check_compatible(folder, config, vocab):
     """
     with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
         saved = json.load(f)
+    with contextlib.suppress(TypeError, ValueError):  # fields it predates read as they were (see from_dict);
+        saved = BERTConfig.from_dict(saved).to_dict()  # one it cannot read is compared key by key below
     passed = config.to_dict()
     differences = [f"{key}: {saved.get(key)!r} in the checkpoint, {passed.get(key)!r} now"
                    for key in sorted(set(saved) | set(passed)) if saved.get(key) != passed.get(key)]
@@ -245,7 +232,7 @@ def check_compatible(folder, config, vocab):
         if saved_name != name:
             differences.append(f"tokenizer: {_VOCAB_KINDS[saved_name]} ({saved_name}) in the checkpoint, "
                                f"{_VOCAB_KINDS[name]} ({name}) now")
-        saved_tokens = _saved_tokens(vocab_path)
+        saved_tokens = load_saved_vocab(folder).idx_to_token
         tokens = list(vocab.idx_to_token)
         if saved_tokens != tokens:
             moved = [i for i, (a, b) in enumerate(zip(saved_tokens, tokens)) if a != b]
