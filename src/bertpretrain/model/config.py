@@ -62,7 +62,7 @@ class BERTConfig:
     layer_norm_eps: float = option(1e-5, "epsilon of every LayerNorm", check=number(greater_than=0), cli=False)
     pre_layer_norm: bool = option(False, "pre-LN layers (LayerNorm before each sublayer) instead of post-LN",
                                   check=boolean(), cli=False)
-    final_layer_norm: Optional[bool] = option(None, "a LayerNorm after the last layer (None: as pre_layer_norm)",
+    final_layer_norm: Optional[bool] = option(None, "a LayerNorm after the last layer (unset: with pre-LN layers)",
                                               check=boolean(optional=True), cli=False)
 
     def __post_init__(self):
@@ -179,7 +179,7 @@ def _override(name):
     """A :class:`ModelOptions` field overriding :class:`BERTConfig`'s ``name`` (None: the named size's value),
     with that field's help and flag."""
     field = {f.name: f for f in dataclasses.fields(BERTConfig)}[name]
-    return option(None, f"{field.metadata['help']} (overrides --model)", flag=field.metadata["flag"])
+    return option(None, f"{field.metadata['help']} (overrides --model / --architecture)", flag=field.metadata["flag"])
 
 
 @dataclass
@@ -200,6 +200,7 @@ class ModelOptions:
     num_heads: Optional[int] = _override("num_heads")
     ffn_num_hiddens: Optional[int] = _override("ffn_num_hiddens")
     dropout: Optional[float] = _override("dropout")
+    final_layer_norm: Optional[bool] = _override("final_layer_norm")
 
     def __post_init__(self):
         validate(self)
@@ -209,7 +210,7 @@ class ModelOptions:
         """The :class:`BERTConfig` of these options for a vocabulary of ``vocab_size`` ids and ``max_len``
         positions."""
         overrides = {name: getattr(self, name) for name in ("num_layers", "num_hiddens", "num_heads",
-                                                            "ffn_num_hiddens", "dropout")
+                                                            "ffn_num_hiddens", "dropout", "final_layer_norm")
                      if getattr(self, name) is not None}
         return NAMED_CONFIGS[self.model](vocab_size, max_len=max_len, **ARCHITECTURES[self.architecture],
                                          **overrides)
