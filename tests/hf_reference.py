@@ -7,6 +7,10 @@
         the head, nsp_logits; prints the class and its loading report (missing / unexpected keys).
     python tests/hf_reference.py tokenize FOLDER TEXTS.json OUT.json
         AutoTokenizer.from_pretrained(FOLDER) ids of each [text] or [text_a, text_b].
+    python tests/hf_reference.py adamw IN.npz OUT.npz
+        torch.optim.AdamW (lr, weight_decay from IN; PyTorch's betas and eps) on the parameters "p:NAME" of
+        IN, with the gradients "g<step>:NAME" of each step; weight decay only for parameters of 2 or more
+        dimensions (Hugging Face's rule: none for biases and LayerNorm); writes the parameters to OUT.
     python tests/hf_reference.py random FOLDER MODEL_TYPE [FOLDER MODEL_TYPE ...]
         a randomly initialised model of AutoModelForPreTraining's class for MODEL_TYPE (bert,
         megatron-bert, roberta-prelayernorm; seeded, small) saved with save_pretrained.
@@ -55,6 +59,21 @@ def tokenize(folder, texts_path, out_path):
         json.dump(result, f)
 
 
+def adamw(in_path, out_path):
+    arrays = np.load(in_path)
+    params = {key[2:]: torch.nn.Parameter(torch.from_numpy(arrays[key].copy())) for key in arrays.files
+              if key.startswith("p:")}
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": float(arrays["weight_decay"])},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=float(arrays["lr"]))
+    for step in range(1, int(arrays["steps"]) + 1):
+        for name, param in params.items():
+            param.grad = torch.from_numpy(arrays[f"g{step}:{name}"].copy())
+        optimizer.step()
+    np.savez(out_path, **{name: param.detach().numpy() for name, param in params.items()})
+
+
 def random(*folders_and_types):
     for folder, model_type in zip(folders_and_types[::2], folders_and_types[1::2]):
         torch.manual_seed(0)
@@ -73,4 +92,4 @@ def random(*folders_and_types):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"outputs": outputs, "tokenize": tokenize, "random": random}[command](*args)
+    {"outputs": outputs, "tokenize": tokenize, "random": random, "adamw": adamw}[command](*args)

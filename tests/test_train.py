@@ -32,8 +32,8 @@ def params_of(net):
     return [p.data(p.list_ctx()[0]).asnumpy() for p in net.collect_params().values()]
 
 
-def run(devices=(mx.cpu(),), num_steps=4, dropout=0.0, batch_size=16, **kwargs):
-    train_iter, vocab = sample_loader(batch_size)
+def run(devices=(mx.cpu(),), num_steps=4, dropout=0.0, batch_size=16, data=None, **kwargs):
+    train_iter, vocab = sample_loader(batch_size, **(data or {}))
     net = BERTModel(len(vocab), dropout=dropout, **TINY)
     history = train_bert(train_iter, net, devices=list(devices), num_steps=num_steps, seed=1, progress=False, **kwargs)
     return history, net, train_iter
@@ -317,3 +317,78 @@ def test_logged_rate_covers_every_step_since_the_last_line(caplog):
     # Over steps 1-2 the rate is 32 sequences over the two steps' time: the harmonic mean of the rates.
     for line, steps in zip(logged, (per_step[0:2], per_step[2:4])):
         assert line == pytest.approx(len(steps) / sum(1 / r for r in steps), rel=0.02, abs=1)
+
+
+def test_four_accumulated_batches_of_32_equal_one_batch_of_128():
+    """Gradients of 4 micro-batches of 32 add up to those of the batch of 128 they cut: the same parameters
+    after several Adam steps (dropout 0), and the same per-step losses (normalised over the global batch)."""
+    whole, net_whole, _ = run(num_steps=3, batch_size=128, optimizer="adamw", data=dict(truncate_pairs=True))
+    parts, net_parts, loader = run(num_steps=3, batch_size=32, optimizer="adamw", accumulate_steps=4,
+                                   data=dict(truncate_pairs=True))
+    assert loader.state_dict() == {"epoch": 0, "batches_given": 12}  # 4 micro-batches per step
+    np.testing.assert_allclose(parts["mlm_loss"], whole["mlm_loss"], rtol=1e-5)
+    np.testing.assert_allclose(parts["nsp_acc"], whole["nsp_acc"], rtol=1e-6)
+    assert parts["seq_per_sec"] and all(rate > 0 for rate in parts["seq_per_sec"])
+    # Adam moves a weight by ~lr = 1e-2 per step; rounding of tiny gradients gives ~1e-5. Not compared: the
+    # attention key bias, whose gradient is zero in exact arithmetic (the softmax ignores a shift shared by
+    # all keys), so that Adam turns its rounding noise, which any other summation order changes, into steps.
+    whole_params = net_whole._collect_params_with_prefix()
+    for name, param in net_parts._collect_params_with_prefix().items():
+        if not name.endswith("key_bias"):
+            np.testing.assert_allclose(param.data().asnumpy(), whole_params[name].data().asnumpy(), rtol=1e-4,
+                                       atol=2e-5, err_msg=name)
+    _, net_two, _ = run(num_steps=3, batch_size=32, optimizer="adamw", accumulate_steps=2,
+                        data=dict(truncate_pairs=True))
+    assert not all(np.allclose(a, b, atol=1e-4) for a, b in zip(params_of(net_two), params_of(net_whole)))
+
+
+def test_ctrl_c_during_an_accumulation_cycle_finishes_the_step_and_resumes_exactly(tmp_path):
+    """Ctrl-C on the 2nd of 3 micro-batches of step 2: the step is finished and checkpointed, so resuming
+    (AdamW with weight decay, accumulation) gives the uninterrupted run's losses and parameters."""
+    options = dict(optimizer="adamw", weight_decay=0.05, accumulate_steps=3, dropout=0.2, batch_size=32)
+    reference, reference_net, _ = run(num_steps=4, data=dict(truncate_pairs=True), **options)
+
+    train_iter, vocab = sample_loader(32, truncate_pairs=True)
+    history = train_bert(InterruptAfter(train_iter, 5), BERTModel(len(vocab), dropout=0.2, **TINY),
+                         devices=[mx.cpu()], num_steps=4, seed=1, progress=False, checkpoint_dir=str(tmp_path),
+                         optimizer="adamw", weight_decay=0.05, accumulate_steps=3)
+    assert history.interrupted and history["step"] == [1, 2]
+    assert train_iter.state_dict() == {"epoch": 0, "batches_given": 6}
+
+    train_iter, vocab = sample_loader(32, truncate_pairs=True)
+    net = BERTModel(len(vocab), dropout=0.2, **TINY)
+    resumed = train_bert(train_iter, net, devices=[mx.cpu()], num_steps=4, seed=1, progress=False,
+                         checkpoint_dir=str(tmp_path), resume=True, optimizer="adamw", weight_decay=0.05,
+                         accumulate_steps=3)
+    np.testing.assert_allclose(resumed["mlm_loss"], reference["mlm_loss"], rtol=1e-6)
+    for a, b in zip(params_of(net), params_of(reference_net)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_adamw_decays_weights_but_not_layernorm_or_biases():
+    """One AdamW step with a huge decay and a tiny rate: weight matrices shrink by (1 - lr * wd), LayerNorm
+    scales and shifts and biases move by the Adam step alone (at most lr, plus a rounding step of 1.0)."""
+    train_iter, vocab = sample_loader(16)
+    net = BERTModel(len(vocab), **TINY)
+    net.initialize(mx.init.Normal(0.02))
+    before = {name: p.data().asnumpy() for name, p in net._collect_params_with_prefix().items()}
+    train_bert(train_iter, net, devices=[mx.cpu()], num_steps=1, seed=1, progress=False, optimizer="adamw",
+               lr=1e-6, weight_decay=1e4)  # decay factor 1 - 1e-2; the Adam step moves by at most 1e-6
+    after = {name: p.data().asnumpy() for name, p in net._collect_params_with_prefix().items()}
+    for name, value in before.items():
+        moved = np.abs(after[name] - value).max()
+        if name.endswith(("bias", "gamma", "beta")):
+            assert moved <= 1.2e-6, name
+        else:
+            np.testing.assert_allclose(after[name], value * (1 - 1e-2), atol=1.2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(accumulate_steps=0), r"accumulate_steps \(--accumulate-steps\) must be an integer >= 1, got 0"),
+    (dict(weight_decay=-0.1), r"weight_decay \(--weight-decay\) must be a finite number >= 0 or None, got -0.1"),
+    (dict(weight_decay=0.1, optimizer_params={"wd": 0.1}), r"pass weight_decay \(--weight-decay\) or "),
+])
+def test_bad_optimizer_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**options)
+    assert TrainingConfig(optimizer="adamw").decay() == 0.01 and TrainingConfig().decay() == 0.0

@@ -3,9 +3,10 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from mxnet import init
+from mxnet import init, optimizer as mx_optimizer
 
 from ..options import OptionError, boolean, integer, number, option, validate
+from . import optimizer as _registers_adamw  # noqa: F401  (MXNet's optimizer registry gains 'adamw')
 from .schedule import LearningRateSchedule
 
 INITIALIZERS = ("xavier", "bert")
@@ -25,6 +26,13 @@ def _kvstore(value):
                                                       or value.startswith("dist_"))):
         return None
     return "'device' or 'local' (one process), 'dist_sync' (under 'bertpretrain launch') or 'horovod'"
+
+
+def _optimizer(value):
+    """The check of ``optimizer``: a name in MXNet's optimizer registry (which holds ``adamw`` too)."""
+    if isinstance(value, str) and value.lower() in mx_optimizer.Optimizer.opt_registry:
+        return None
+    return "adamw, adam, sgd or another MXNet optimiser name"
 
 
 def _plot(value):
@@ -50,8 +58,14 @@ class TrainingConfig:
     num_steps: int = option(50, "optimiser steps to reach, counted from the start (resumed steps included)",
                             check=integer(1))
     lr: float = option(0.01, "peak learning rate", check=number(greater_than=0))
-    optimizer: str = option("adam", "any MXNet optimiser by name")
+    optimizer: str = option("adam", "adamw (BERT's: PyTorch's AdamW, decoupled weight decay) or any MXNet "
+                            "optimiser by name (adam: d2l's)", check=_optimizer)
     optimizer_params: Optional[dict] = option(None, "more keyword arguments of the MXNet optimiser", cli=False)
+    weight_decay: Optional[float] = option(None, "weight decay of the weight matrices and embeddings, never of "
+                                           "LayerNorm and biases (none: 0.01 with adamw, as BERT; 0 otherwise)",
+                                           check=number(at_least=0, optional=True))
+    accumulate_steps: int = option(1, "add up the gradients of N batches before each update: the global batch is "
+                                   "batch size x N x workers", check=integer(1), metavar="N")
     warmup_steps: int = option(0, "steps of linear learning-rate warm-up", check=integer(0))
     lr_decay: str = option("none", "after warm-up: constant (d2l) or linear decay to zero (BERT)", choices=LR_DECAYS)
     clip_global_norm: Optional[float] = option(None, "clip the gradients' global L2 norm to this value",
@@ -83,8 +97,16 @@ class TrainingConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.weight_decay is not None and "wd" in (self.optimizer_params or {}):
+            raise OptionError("pass weight_decay (--weight-decay) or optimizer_params['wd'], not both")
         if (self.resume or self.checkpoint_interval) and self.checkpoint_dir is None:
             raise OptionError("resume and checkpoint_interval need checkpoint_dir: the folder to keep checkpoints in")
+
+    def decay(self):
+        """The weight decay rate the optimiser applies (see ``weight_decay``)."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.optimizer.lower() == "adamw" else 0.0
 
     def schedule(self):
         """The :class:`LearningRateSchedule` of these options: the learning rate of each step."""

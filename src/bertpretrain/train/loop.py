@@ -23,6 +23,7 @@ from .checkpoint import Checkpointer
 from .config import TrainingConfig, make_initializer
 from .evaluate import evaluate_bert
 from .history import TrainingHistory
+from .optimizer import make_trainer
 from .plot import live_plot
 from .step import summarise, train_step
 from .strategy import make_strategy
@@ -39,15 +40,41 @@ def _host(array):
     return array.asnumpy() if isinstance(array, mx.np.ndarray) else np.asarray(array)
 
 
-def _batches_forever(train_iter):
-    """Batches across epochs; consumed one at a time, so the loader's position is exact."""
-    while True:
-        empty = True
-        for batch in train_iter:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("train_iter gave no batch: the training data is empty")
+class _StepBatches:
+    """The batches of each optimiser step, across epochs: ``next_step()`` gives the next ``accumulate`` batches.
+
+    Batches are taken one at a time, so the loader's position is exact. A batch with fewer examples than the
+    ``num_devices`` it is split over (an epoch's short last batch) is skipped, with a warning the first time;
+    ``skipped`` counts them.
+    """
+
+    def __init__(self, train_iter, accumulate, num_devices):
+        self.accumulate, self.num_devices, self.skipped = accumulate, num_devices, 0
+        self._batches = self._forever(train_iter)
+
+    @staticmethod
+    def _forever(train_iter):
+        while True:
+            empty = True
+            for batch in train_iter:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("train_iter gave no batch: the training data is empty")
+
+    def next_step(self):
+        group = []
+        while len(group) < self.accumulate:
+            batch = next(self._batches)
+            if batch.tokens.shape[0] >= self.num_devices:
+                group.append(batch)
+                continue
+            self.skipped += 1  # an epoch's short last batch, maybe every epoch: warned about once
+            if self.skipped == 1:
+                logger.warning("skipping a batch of %d examples: fewer than the %d devices (so is every such "
+                               "batch; drop_last=True in load_data_wiki leaves them out)", batch.tokens.shape[0],
+                               self.num_devices)
+        return group
 
 
 @contextlib.contextmanager
@@ -206,8 +233,7 @@ class _Run:
         _place_parameters(self.model, self.devices, self.seed, config.initializer)
         self.model.hybridize(static_alloc=True, static_shape=True)
         self.schedule = config.schedule()
-        self.trainer = strategy.make_trainer(_parameters_by_structure(self.model), config.optimizer,
-                                             {"learning_rate": self.schedule(1), **(config.optimizer_params or {})})
+        self.trainer = make_trainer(_parameters_by_structure(self.model), config, strategy, self.schedule(1))
         self.lead = strategy.lead  # one worker writes checkpoints, logs, evaluates and shows progress; all train
         self.eval_iter = eval_iter if self.lead else None
         self.checkpointer = Checkpointer(config.checkpoint_dir, config.checkpoint_interval, config.keep_checkpoints,
@@ -229,24 +255,26 @@ class _Run:
         else:
             logger.info("no checkpoint in %s yet: starting from step 0", self.config.checkpoint_dir)
 
-    def train_step(self, batch, check_ids):
-        """One optimiser step (``self.step``) on ``batch``, a PretrainingBatch of B examples ((B, T) tokens, (B, P)
-        MLM weights), split over the devices; return its metrics (mean losses and accuracies).
+    def train_step(self, batches, check_ids):
+        """One optimiser step (``self.step``) on ``batches``: the ``accumulate_steps`` PretrainingBatches whose
+        gradients add up to one update, each of B examples ((B, T) tokens, (B, P) MLM weights) split over the
+        devices; return the step's metrics (mean losses and accuracies over all of them).
 
         ``check_ids``: check the (B, T) token ids against the vocabulary on the host first.
         Raises NonFiniteLossError when a loss is NaN or infinite (nothing saved for this step)."""
-        batch_size = batch.tokens.shape[0]
+        num_examples = sum(batch.tokens.shape[0] for batch in batches)
         self.trainer.set_learning_rate(self.schedule(self.step))
         _seed_devices(self.seed, self.step, self.devices)
-        # The batch is in host memory (numpy, or MXNet arrays on the CPU): reading it waits for no device.
-        num_preds = float(_host(batch.mlm_weights).sum())
+        # The batches are in host memory (numpy, or MXNet arrays on the CPU): reading them waits for no device.
+        num_preds = sum(float(_host(batch.mlm_weights).sum()) for batch in batches)
         if check_ids:
-            tokens = _host(batch.tokens)
-            check_token_range(self.model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
-        sums = train_step(self.model, self.trainer, batch, self.devices,
-                          self.strategy.global_counts(num_preds, batch_size), self.config.use_nsp,
+            for batch in batches:
+                tokens = _host(batch.tokens)
+                check_token_range(self.model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
+        sums = train_step(self.model, self.trainer, batches, self.devices,
+                          self.strategy.global_counts(num_preds, num_examples), self.config.use_nsp,
                           self.config.clip_global_norm, self.strategy.update_batch_size)
-        metrics = summarise(sums, batch_size)
+        metrics = summarise(sums, num_examples)
         if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
             raise NonFiniteLossError(
                 f"the loss became non-finite at step {self.step} (mlm {metrics['mlm_loss']}, nsp "
@@ -340,22 +368,16 @@ def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vo
         strategy.start(run.trainer)
         logger.info("training on %s%s for %d steps (seed %d)", ", ".join(map(str, run.devices)),
                     f" x {strategy.workers} workers" if strategy.workers > 1 else "", num_steps, run.seed)
-        batches, history, skipped = _batches_forever(train_iter), run.history, 0
+        batches, history = _StepBatches(train_iter, config.accumulate_steps, len(run.devices)), run.history
         reporter = _Progress(num_steps, run.step, config.progress if run.lead else False, config.log_interval,
                              live_plot(config.plot, num_steps) if run.lead else None)
         with _stop_on_ctrl_c() as stop_requested, reporter.bar, _token_ids_checked_on_host(run.model.bert) as check:
             while run.step < num_steps and not stop_requested.is_set():
-                batch = next(batches)
-                if batch.tokens.shape[0] < len(run.devices):
-                    skipped += 1  # an epoch's short last batch, maybe every epoch: warned about once
-                    if skipped == 1:
-                        logger.warning("skipping a batch of %d examples: fewer than the %d devices (so is every "
-                                       "such batch; drop_last=True in load_data_wiki leaves them out)",
-                                       batch.tokens.shape[0], len(run.devices))
-                    continue
+                group = batches.next_step()
                 run.step += 1
-                metrics = run.train_step(batch, check)
-                seq_per_sec = reporter.step(run.step, batch.tokens.shape[0], metrics, run.trainer.learning_rate)
+                metrics = run.train_step(group, check)
+                seq_per_sec = reporter.step(run.step, sum(batch.tokens.shape[0] for batch in group), metrics,
+                                            run.trainer.learning_rate)
                 history.record(run.step, run.trainer.learning_rate, seq_per_sec, metrics)
                 if run.evaluation_due():
                     run.evaluate()
@@ -363,8 +385,8 @@ def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vo
                 if run.checkpointer.due(run.step, num_steps):
                     run.save()
             history.interrupted = stop_requested.is_set()
-        if skipped > 1:
-            logger.info("skipped %d batches of fewer examples than devices", skipped)
+        if batches.skipped > 1:
+            logger.info("skipped %d batches of fewer examples than devices", batches.skipped)
         if history.interrupted:
             logger.warning("interrupted at step %d of %d", run.step, num_steps)
         elif run.eval_iter is not None and (not history.eval or history.eval[-1]["step"] != run.step):
