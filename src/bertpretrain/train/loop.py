@@ -208,8 +208,9 @@ class _Run:
         if resumed:
             source, state, self.vocab = resumed
             self.step, self.seed = state["step"], state["seed"]
+            # The resumed checkpoint stays the run's last one until a later step is saved (rank 0 writes them).
             self.history = dataclasses.replace(TrainingHistory.from_dict(state["history"]), interrupted=False,
-                                               checkpoint=None, rank=self.strategy.rank,
+                                               checkpoint=source if self.lead else None, rank=self.strategy.rank,
                                                workers=self.strategy.workers)
             if state.get("data") is not None and hasattr(self.train_iter, "load_state_dict"):
                 self.train_iter.load_state_dict(state["data"])
