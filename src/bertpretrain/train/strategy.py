@@ -100,6 +100,15 @@ class HorovodStrategy(LocalStrategy):
         total_preds, total_examples = counts.asnumpy()
         return float(total_preds), float(total_examples)
 
+    def finish(self):
+        """Wait here until every worker has finished, as :func:`~bertpretrain.distributed.finish_together` does
+        for the parameter server: a worker that exits shuts Horovod down for all, and rank 0 still needs it for
+        the last step's gradients while it evaluates and saves. horovod.mxnet has no barrier, so a one-number
+        all-reduce, waited for, is one."""
+        mx.nd.waitall()
+        if self.workers > 1:
+            self.hvd.allreduce(mx.nd.zeros(1), average=False, name="bertpretrain_finish").asnumpy()
+
 
 def make_strategy(kvstore, devices=None):
     """The strategy of ``kvstore`` (``'horovod'``, a ``dist_*`` name or KVStore, or a local kvstore) and the
