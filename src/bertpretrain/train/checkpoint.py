@@ -25,6 +25,7 @@ import shutil
 import tempfile
 
 from ..data import load_saved_vocab
+from ..errors import UserError
 from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, atomic_folder, atomic_write,
                      file_digest, remove_stale, saved_vocab_file, vocab_file_name)
 from ..model import save_pretrained
@@ -39,7 +40,7 @@ _STEP_NAME = re.compile(r"step-[0-9]+")
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be written or cannot be trusted for resuming; the message says what to do."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..errors import UserError
 from ..model import BERTForPretraining
 from ..model.bert import check_token_range
 from .checkpoint import Checkpointer
@@ -29,7 +30,7 @@ from .strategy import make_strategy
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite; training stopped without overwriting any checkpoint."""
 
 
