@@ -102,6 +102,11 @@ def test_data_dir_without_a_validation_split_trains_without_evaluation(tmp_path,
     (["--max-len", "4"], "--max-len must be an integer >= 5"),
     (["--warmup-steps", "-1"], "--warmup-steps must be an integer >= 0, got -1"),
     (["--checkpoint-interval", "0"], "--checkpoint-interval must be an integer >= 1, got 0"),
+    (["--tokenizer", "wordpiece", "--vocab-size", "3"], "--vocab-size must be an integer >= 6, got 3"),
+    (["--max-len", "100000"], "--max-len 100000 is more than the 512 positions (the longest sequence the model "
+                              "takes): a training step of 32 sequences of 100000 tokens would need about 106 GB of "
+                              "memory. Use --max-len 512 or less"),
+    (["--max-len", "513"], "--max-len 513 is more than the 512 positions"),
 ])
 def test_bad_arguments_are_usage_errors(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:

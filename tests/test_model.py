@@ -445,3 +445,19 @@ def test_pre_layer_norm_model_hybridizes_and_saves(tmp_path, with_loss):
     assert again.config.pre_layer_norm
     batch = make_batch()
     onp.testing.assert_allclose(again(*batch[:4])[1].asnumpy(), net(*batch[:4])[1].asnumpy(), rtol=1e-6)
+
+
+def test_a_sequence_length_beyond_the_positions_is_refused_with_a_memory_estimate():
+    from bertpretrain.model import DEFAULT_POSITIONS, SequenceLengthError, check_max_len, estimate_step_memory
+    check_max_len(DEFAULT_POSITIONS, batch_size=128)
+    with pytest.raises(SequenceLengthError, match=r"max_len 100000 is more than the 512 positions .* 128 sequences "
+                                                  r"of 100000 tokens would need about 302 GB of memory\. Use max_len "
+                                                  r"512 or less"):
+        check_max_len(100_000, batch_size=128)
+    config = BERTConfig(vocab_size=100, max_len=2048)  # a configuration with more positions
+    config.check_max_len(2048, batch_size=4)
+    with pytest.raises(ValueError, match="--max-len 4096 is more than the 2048 positions of hf-folder"):
+        config.check_max_len(4096, batch_size=4, name="--max-len", source="hf-folder")
+    # linear in the tokens of a batch, plus one (T, T) score matrix
+    small = BERTConfig(vocab_size=100)
+    assert estimate_step_memory(small, 64, 512) == 2 * estimate_step_memory(small, 32, 512) - 4 * 512 * 512

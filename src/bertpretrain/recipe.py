@@ -14,11 +14,11 @@ import sys
 from dataclasses import asdict, dataclass
 
 from . import distributed
-from .data import (DATA_HUB, DataError, DownloadError, download_extract, load_data_wiki, load_tokenizer, split_file,
-                   train_wordpiece)
+from .data import (DATA_HUB, NUM_RESERVED, DataError, DownloadError, download_extract, load_data_wiki, load_tokenizer,
+                   split_file, train_wordpiece)
 from .encoding import get_bert_encoding
 from .files import TOKENIZER_FILE, atomic_write
-from .model import BERTModel, save_pretrained
+from .model import BERTModel, check_max_len, save_pretrained
 from .train import TrainingConfig, parse_devices, train_bert
 from .train.checkpoint import check_writable
 from .train.loop import reading_shard
@@ -80,6 +80,10 @@ class PretrainOptions:
             integer(name, least)
         if self.checkpoint_interval is not None:
             integer("checkpoint_interval", 1)
+        if self.tokenizer == "wordpiece":
+            integer("vocab_size", NUM_RESERVED + 1)
+        if not self.init_from_hf:  # a Hugging Face model's own positions are checked once it is read
+            check_max_len(self.max_len, self.batch_size, "--max-len")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}")
         if self.data_dir is None and self.dataset not in DATA_HUB:
@@ -222,9 +226,8 @@ def run_pretraining(options):
         logger.warning("%s has no wiki.valid.tokens: training without held-out evaluation", folder)
     if net is None:
         net = BERTModel(len(vocab), max_len=options.max_len, **ARCHITECTURES[options.architecture])
-    elif net.config.max_len < options.max_len:
-        raise DataError(f"{options.init_from_hf} has {net.config.max_len} positions, fewer than --max-len "
-                        f"{options.max_len}: lower --max-len")
+    else:
+        net.config.check_max_len(options.max_len, options.batch_size, "--max-len", source=options.init_from_hf)
     history = train_bert(train_iter, net, devices, eval_iter=eval_iter, vocab=vocab,
                          **options.training_config(kvstore).keywords())
     if history.rank != 0:

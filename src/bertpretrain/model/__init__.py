@@ -5,10 +5,11 @@ configuration) or ``BERTModel(vocab_size, **options)``. Never imports :mod:`bert
 or :mod:`bertpretrain.train`: data flows one way.
 """
 from .bert import BERTModel
-from .config import BERTConfig, bert_base, bert_d2l_small, bert_mini, bert_small, bert_tiny
+from .config import (DEFAULT_POSITIONS, BERTConfig, SequenceLengthError, bert_base, bert_d2l_small, bert_mini,
+                     bert_small, bert_tiny, check_max_len, estimate_step_memory)
 from .io import export, load_pretrained, save_pretrained
 from .pretraining import BERTForPretraining, PretrainingOutput
 
 __all__ = ["BERTConfig", "BERTModel", "BERTForPretraining", "PretrainingOutput", "save_pretrained",
            "load_pretrained", "export", "bert_d2l_small", "bert_tiny", "bert_mini", "bert_small",
-           "bert_base"]
+           "bert_base", "DEFAULT_POSITIONS", "SequenceLengthError", "check_max_len", "estimate_step_memory"]
