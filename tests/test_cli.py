@@ -149,6 +149,7 @@ def test_a_full_disk_is_an_error_naming_the_file_not_a_traceback(tmp_path, tmpfs
     assert f"error: the disk is full: [Errno 28] No space left on device (the disk is full): " \
            f"'{small / 'model' / 'model.params'}'" in err
     assert f"checkpoints in {small / 'checkpoints'} are kept" in err and "--resume" in err
+    assert sorted(p.name for p in small.iterdir()) == ["checkpoints"], "model/ is written whole or not at all"
     subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)  # space freed: the way out works
     assert cli.main([*args, "--output-dir", str(small), "--resume"]) == 0
     _check_outputs(small, 3)

@@ -17,7 +17,7 @@ from . import distributed
 from .data import (DATA_HUB, NUM_RESERVED, DataError, DownloadError, download_extract, load_data_wiki, load_tokenizer,
                    split_file, train_wordpiece)
 from .encoding import get_bert_encoding
-from .files import TOKENIZER_FILE, atomic_write
+from .files import TOKENIZER_FILE, atomic_folder, atomic_write
 from .model import BERTModel, check_max_len, save_pretrained
 from .train import TrainingConfig, parse_devices, train_bert
 from .train.checkpoint import check_writable
@@ -232,7 +232,9 @@ def run_pretraining(options):
                          **options.training_config(kvstore).keywords())
     if history.rank != 0:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
-    model_dir = save_pretrained(net, os.path.join(options.output_dir, "model"), vocab=vocab)
+    model_dir = os.path.join(options.output_dir, "model")
+    with atomic_folder(model_dir) as staging:  # a failed save (a full disk) leaves no half-written model/
+        save_pretrained(net, staging, vocab=vocab)
     steps = history["step"][-1] if history["step"] else 0
     with reading_shard(train_iter, history.rank, history.workers):  # the share this worker read
         sequences = _sequences_seen(train_iter, steps)
