@@ -303,3 +303,27 @@ def test_logged_rate_covers_every_step_since_the_last_line(caplog):
     # Over steps 1-2 the rate is 32 sequences over the two steps' time: the harmonic mean of the rates.
     for line, steps in zip(logged, (per_step[0:2], per_step[2:4])):
         assert line == pytest.approx(len(steps) / sum(1 / r for r in steps), rel=0.02, abs=1)
+
+
+def test_a_diverging_loss_gets_one_loud_warning_naming_the_learning_rate(caplog):
+    train_iter, vocab = sample_loader()
+    eval_iter, _ = sample_loader(64, split="valid", vocab=vocab, shuffle=False)
+    caplog.set_level(logging.INFO, logger="bertpretrain.train.loop")
+    history = train_bert(train_iter, BERTModel(len(vocab), dropout=0.0, **TINY), [mx.cpu()], 12, seed=1,
+                         progress=False, lr=3.0, eval_iter=eval_iter, log_interval=1)
+    losses = history["mlm_loss"]
+    assert max(losses) > 3 * losses[0], "the test needs a run that diverges"
+    warnings_ = [r.getMessage() for r in caplog.records if "diverging" in r.getMessage()]
+    assert len(warnings_) == 1 and r"lr 3" in warnings_[0] and "learning rate" in warnings_[0]
+    assert f"{losses[0]:.3f} at step 1" in warnings_[0]
+    final = history["eval"][-1]["mlm_perplexity"]
+    assert final > 1e6
+    evaluation = [r.getMessage() for r in caplog.records if " eval: " in r.getMessage()][-1]
+    assert "perplexity too large to mean anything" in evaluation and f"{final:.1f}" not in evaluation
+
+
+def test_a_learning_rate_that_trains_gets_no_divergence_warning(caplog):
+    caplog.set_level(logging.WARNING)
+    history, _, _ = run(num_steps=12, lr=0.01)
+    assert history["mlm_loss"][-1] < history["mlm_loss"][0]
+    assert "diverging" not in caplog.text

@@ -22,7 +22,7 @@ from ..model import BERTForPretraining
 from ..model.bert import check_token_range
 from .checkpoint import Checkpointer
 from .config import TrainingConfig, make_initializer
-from .evaluate import evaluate_bert
+from .evaluate import describe_perplexity, evaluate_bert
 from .history import TrainingHistory
 from .step import summarise, train_step
 from .strategy import make_strategy
@@ -202,6 +202,7 @@ class _Run:
         self.checkpointer = Checkpointer(config.checkpoint_dir, config.checkpoint_interval, config.keep_checkpoints,
                                          writes=self.lead)
         self.history, self.step = TrainingHistory(rank=strategy.rank, workers=strategy.workers), 0
+        self.warned_diverging = False
 
     def resume(self):
         """Continue from the latest checkpoint (every worker reads it), if there is one."""
@@ -241,9 +242,27 @@ class _Run:
             raise NonFiniteLossError(
                 f"the loss became non-finite at step {self.step} (mlm {metrics['mlm_loss']}, nsp "
                 f"{metrics['nsp_loss']}) with lr {self.trainer.learning_rate:g}: lower lr, add warmup_steps or "
-                f"clip_global_norm. No checkpoint was written for it; the last good one is "
-                f"{self.checkpointer.latest() if self.lead else None}")
+                f"clip_global_norm. No checkpoint was written for it; {self._last_good_checkpoint()}")
+        self._warn_if_diverging(metrics["mlm_loss"])
         return metrics
+
+    def _last_good_checkpoint(self):
+        """A sentence naming the checkpoint a failed run can resume from."""
+        latest = self.checkpointer.latest() if self.lead else None
+        return f"the last good one is {latest}" if latest else "no checkpoint had been written yet"
+
+    def _warn_if_diverging(self, loss):
+        """Log one loud warning when the MLM loss climbs far above its first value: more than twice it and 5 nats
+        above. A learning rate far too high makes the loss huge but finite (1e19 at lr 1e9), which the NaN check
+        never catches, so the run would otherwise go on quietly."""
+        first = self.history["mlm_loss"][:1]
+        if self.warned_diverging or not first or not (loss > 2 * first[0] and loss > first[0] + 5):
+            return
+        self.warned_diverging = True
+        logger.warning("!! the training loss is diverging: mlm loss %.4g at step %d, far above its first value %.3f "
+                       "at step %d. The learning rate is too high (lr %g at its peak, %.3g now): lower it (lr, "
+                       "--lr), add warm-up steps (warmup_steps) or clip the gradients (clip_global_norm)", loss,
+                       self.step, first[0], self.history["step"][0], self.config.lr, self.trainer.learning_rate)
 
     def evaluation_due(self):
         """Whether ``eval_interval`` asks for an evaluation after this step (the last step is evaluated anyway)."""
@@ -255,9 +274,9 @@ class _Run:
         """Evaluate on ``eval_iter`` and record the result in the history."""
         metrics = evaluate_bert(self.model, self.eval_iter, self.devices)
         self.history.eval.append({"step": self.step, **metrics})
-        logger.info("step %d eval: mlm loss %.3f (acc %.3f, perplexity %.1f), nsp loss %.3f (acc %.3f)", self.step,
-                    metrics["mlm_loss"], metrics["mlm_acc"], metrics["mlm_perplexity"], metrics["nsp_loss"],
-                    metrics["nsp_acc"])
+        logger.info("step %d eval: mlm loss %.3f (acc %.3f, %s), nsp loss %.3f (acc %.3f)", self.step,
+                    metrics["mlm_loss"], metrics["mlm_acc"], describe_perplexity(metrics["mlm_perplexity"]),
+                    metrics["nsp_loss"], metrics["nsp_acc"])
         distributed.report_progress(f"eval {self.step}")
 
     def save(self):
