@@ -142,9 +142,9 @@ def test_a_worker_other_than_rank_0_leaves_the_loader_and_the_logger_as_they_wer
     class SecondOfTwo(LocalStrategy):  # rank 1 of 2 workers, without a second process
         rank, workers = 1, 2
 
-        def global_counts(self, num_preds, batch_size):
+        def global_counts(self, num_preds, batch_size, stop=False):
             during.append((train_iter.shard_index, train_iter.num_shards, loop.logger.disabled))
-            return super().global_counts(num_preds, batch_size)
+            return super().global_counts(num_preds, batch_size, stop)
 
     monkeypatch.setattr(loop, "make_strategy", lambda kvstore, devices: (SecondOfTwo(kvstore, devices), devices))
     history = train_bert(train_iter, BERTModel(len(vocab), **TINY), [mx.cpu()], 2, seed=1, progress=False,
@@ -327,3 +327,24 @@ def test_a_learning_rate_that_trains_gets_no_divergence_warning(caplog):
     history, _, _ = run(num_steps=12, lr=0.01)
     assert history["mlm_loss"][-1] < history["mlm_loss"][0]
     assert "diverging" not in caplog.text
+
+
+def test_a_ctrl_c_on_another_worker_stops_this_one_after_the_same_step(monkeypatch, tmp_path):
+    # Under a launcher every worker gets the Ctrl-C, at slightly different moments; a worker that stopped alone
+    # would leave the others waiting for its gradients. The request travels in the step's counts: here the
+    # other worker's arrives in step 3's, and rank 0 stops after step 3 and saves it.
+    train_iter, vocab = sample_loader()
+
+    class FirstOfTwo(LocalStrategy):  # rank 0 of 2 workers, without a second process
+        rank, workers, calls = 0, 2, 0
+
+        def global_counts(self, num_preds, batch_size, stop=False):
+            FirstOfTwo.calls += 1
+            preds, examples, _ = super().global_counts(num_preds, batch_size, stop)
+            return 2 * preds, 2 * examples, stop or FirstOfTwo.calls == 3
+
+    monkeypatch.setattr(loop, "make_strategy", lambda kvstore, devices: (FirstOfTwo(kvstore, devices), devices))
+    history = train_bert(train_iter, BERTModel(len(vocab), **TINY), [mx.cpu()], 10, seed=1, progress=False,
+                         checkpoint_dir=str(tmp_path))
+    assert history.interrupted and history["step"] == [1, 2, 3]
+    assert history.checkpoint == str(tmp_path / "step-00000003")

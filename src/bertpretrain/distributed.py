@@ -241,4 +241,6 @@ def exit_on_error(kvstore, report=None):
             traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1)
+        if isinstance(error, SystemExit):
+            os._exit(error.code if isinstance(error.code, int) else 1)
+        os._exit(130 if isinstance(error, KeyboardInterrupt) else 1)  # 130: as a shell reports Ctrl-C

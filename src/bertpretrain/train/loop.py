@@ -203,6 +203,7 @@ class _Run:
                                          writes=self.lead)
         self.history, self.step = TrainingHistory(rank=strategy.rank, workers=strategy.workers), 0
         self.warned_diverging = False
+        self.stop_agreed = False  # a worker's Ctrl-C, shared with all in a step's counts
 
     def resume(self):
         """Continue from the latest checkpoint (every worker reads it), if there is one."""
@@ -220,11 +221,18 @@ class _Run:
         else:
             logger.info("no checkpoint in %s yet: starting from step 0", self.config.checkpoint_dir)
 
-    def train_step(self, batch, check_ids):
+    def should_stop(self, requested):
+        """Whether to stop before the next step, ``requested`` being this worker's Ctrl-C: at once with one worker;
+        with several, once a request has reached every worker in a step's counts, so that all stop after the same
+        step (a worker that stopped alone would leave the others waiting for its gradients)."""
+        return self.stop_agreed if self.strategy.workers > 1 else requested
+
+    def train_step(self, batch, check_ids, stop_requested=False):
         """One optimiser step (``self.step``) on ``batch``, a PretrainingBatch of B examples ((B, T) tokens, (B, P)
         MLM weights), split over the devices; return its metrics (mean losses and accuracies).
 
-        ``check_ids``: check the (B, T) token ids against the vocabulary on the host first.
+        ``check_ids``: check the (B, T) token ids against the vocabulary on the host first. ``stop_requested``:
+        this worker's Ctrl-C, shared with the others in the step's counts (see :meth:`should_stop`).
         Raises NonFiniteLossError when a loss is NaN or infinite (nothing saved for this step)."""
         batch_size = batch.tokens.shape[0]
         self.trainer.set_learning_rate(self.schedule(self.step))
@@ -234,9 +242,11 @@ class _Run:
         if check_ids:
             tokens = _host(batch.tokens)
             check_token_range(self.model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
-        sums = train_step(self.model, self.trainer, batch, self.devices,
-                          self.strategy.global_counts(num_preds, batch_size), self.config.use_nsp,
-                          self.config.clip_global_norm, update_batch_size=self.strategy.update_batch_size)
+        total_preds, total_examples, self.stop_agreed = self.strategy.global_counts(num_preds, batch_size,
+                                                                                    stop_requested)
+        sums = train_step(self.model, self.trainer, batch, self.devices, (total_preds, total_examples),
+                          self.config.use_nsp, self.config.clip_global_norm,
+                          update_batch_size=self.strategy.update_batch_size)
         metrics = summarise(sums, batch_size)
         if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
             raise NonFiniteLossError(
@@ -363,21 +373,21 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         batches, history = _batches_forever(train_iter), run.history
         reporter = _Progress(num_steps, run.step, progress if run.lead else False, log_interval)
         with _stop_on_ctrl_c() as stop_requested, reporter.bar, _token_ids_checked_on_host(run.model.bert) as check:
-            while run.step < num_steps and not stop_requested.is_set():
+            while run.step < num_steps and not run.should_stop(stop_requested.is_set()):
                 batch = next(batches)
                 if batch.tokens.shape[0] < len(devices):
                     logger.warning("skipping a batch of %d examples: fewer than the %d devices",
                                    batch.tokens.shape[0], len(devices))
                     continue
                 run.step += 1
-                metrics = run.train_step(batch, check)
+                metrics = run.train_step(batch, check, stop_requested.is_set())
                 seq_per_sec = reporter.step(run.step, batch.tokens.shape[0], metrics, run.trainer.learning_rate)
                 history.record(run.step, run.trainer.learning_rate, seq_per_sec, metrics)
                 if run.evaluation_due():
                     run.evaluate()
                 if run.checkpointer.due(run.step, num_steps):
                     run.save()
-            history.interrupted = stop_requested.is_set()
+            history.interrupted = run.should_stop(stop_requested.is_set())
         if history.interrupted:
             logger.warning("interrupted at step %d of %d", run.step, num_steps)
         elif run.eval_iter is not None and (not history.eval or history.eval[-1]["step"] != run.step):
