@@ -1,18 +1,16 @@
 """The optional Horovod backend, run for real: ``horovodrun`` with 2 processes (Gloo) on this machine.
 
-Horovod must be built against MXNet, so it lives in a Python of its own: ``$BERTPRETRAIN_HOROVOD_PYTHON``,
-else ``.venv-horovod-check/bin/python`` in the checkout (which ``.ci/run`` creates, see
-``tests/requirements-horovod-check.txt``), else this Python if it has Horovod; without one the tests that
-run Horovod skip and say how to build it. The checkout's ``src/`` comes first on that Python's path, so it
-is this checkout's code that runs.
+Horovod must be built against MXNet, so it lives in a Python of its own (the ``horovod_python`` fixture of
+conftest.py: ``$BERTPRETRAIN_HOROVOD_PYTHON``, else ``.venv-horovod-check/bin/python``, which ``.ci/run``
+makes from ``tests/requirements-horovod-check.txt``); without one the tests that run Horovod skip and say
+how to build it. The checkout's ``src/`` comes first on that Python's path, so it is this checkout's code
+that runs.
 """
 import importlib.util
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 
 from bertpretrain import distributed
 from bertpretrain.model import load_pretrained
+from dist_helpers.jobs import horovod_env
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "dist_helpers" / "horovod_pretrain.py"
@@ -32,40 +31,6 @@ def test_missing_horovod_says_how_to_build_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
     with pytest.raises(ImportError, match="HOROVOD_WITH_MXNET=1 pip install --no-build-isolation horovod"):
         distributed.import_horovod()
-
-
-def _horovod_python():
-    """A Python with Horovod's MXNet extension (built with Gloo), or None."""
-    candidates = [os.environ.get("BERTPRETRAIN_HOROVOD_PYTHON"), str(ROOT / ".venv-horovod-check" / "bin" / "python")]
-    if importlib.util.find_spec("horovod") is not None:  # not imported here: see distributed.import_horovod
-        candidates.append(sys.executable)
-    for python in filter(None, candidates):
-        if os.path.isfile(python) and subprocess.run(
-                [python, "-c", "import bertpretrain, horovod.mxnet as h; assert h.gloo_built()"],
-                capture_output=True, env=_env(python)).returncode == 0:
-            return python
-    return None
-
-
-def _env(python):
-    """The environment of a Horovod run: ``python``'s bin folder first on PATH (its horovodrun and bertpretrain),
-    this checkout's src/ first on PYTHONPATH, one OpenMP thread per process."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    return env
-
-
-@pytest.fixture(scope="module")
-def horovod_python():
-    python = _horovod_python()
-    if python is None:
-        pytest.skip("no Python with Horovod's MXNet extension (Gloo) found: run .ci/run, or make a venv with "
-                    "tests/requirements-horovod-check.txt, then HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 "
-                    "HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 pip install "
-                    "--no-build-isolation horovod==0.28.1 and pip install -e . in it, and set "
-                    "BERTPRETRAIN_HOROVOD_PYTHON to its python")
-    return python
 
 
 def readme_horovodrun_command():
@@ -84,7 +49,7 @@ def on_this_machine(command, processes=2):
 
 
 def run(command, cwd, python):
-    done = subprocess.run(command, cwd=cwd, env=_env(python), capture_output=True, text=True, timeout=TIMEOUT_S)
+    done = subprocess.run(command, cwd=cwd, env=horovod_env(python), capture_output=True, text=True, timeout=TIMEOUT_S)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -150,5 +115,5 @@ print("same parameters")
 def test_one_process_horovod_trains_like_plain_training(horovod_python):
     # A fresh process: Horovod cannot join one where the fused kernels are already loaded.
     done = subprocess.run([horovod_python, "-c", ONE_PROCESS], capture_output=True, text=True, timeout=TIMEOUT_S,
-                          env=_env(horovod_python))
+                          env=horovod_env(horovod_python))
     assert done.returncode == 0 and "same parameters" in done.stdout, done.stderr
