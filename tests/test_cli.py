@@ -58,6 +58,15 @@ def test_command_falls_back_to_the_sample_loudly_and_resumes(offline_wikitext2, 
     _check_outputs(tmp_path / "run", 5)
 
 
+def test_resuming_a_finished_run_keeps_its_checkpoint_in_the_summary(tmp_path):
+    args = ["pretrain", "--dataset", "wikitext-2-sample", "--output-dir", str(tmp_path), *QUICK]
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--resume"]) == 0  # its last checkpoint is already the final step: nothing to train
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["summary"]["checkpoint"] == saved["history"]["checkpoint"]
+    assert saved["summary"]["checkpoint"].endswith("step-00000003")
+
+
 def test_no_fallback_fails_with_the_download_error(offline_wikitext2, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
     assert cli.main(["pretrain", "--no-fallback", "--output-dir", str(tmp_path), *QUICK]) == 1
