@@ -221,7 +221,8 @@ def report_progress(what):
 
 @contextlib.contextmanager
 def exit_on_error(kvstore, report=None):
-    """Wrap a worker's training so that an exception ends the process at once, with exit code 1.
+    """Wrap a worker's training so that an exception ends the process at once, with exit code 1 (130 for
+    Ctrl-C, as a shell reports it).
 
     Without it, an exception in one ``dist_*`` worker leaves every process waiting on the others
     forever (see the module docstring).  With it, the traceback is printed (or, when ``report(error)``
