@@ -125,6 +125,6 @@ def test_train_bert_still_rejects_token_ids_beyond_the_vocabulary():
 
 
 def test_an_interrupted_worker_of_rank_above_0_exits_130(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "run_pretraining", lambda options: {"dataset": "x", "rank": 1, "interrupted": True})
+    monkeypatch.setattr(cli, "run_pretraining", lambda options, report: {"dataset": "x", "rank": 1, "interrupted": True})
     assert cli.pretrain_main(["--no-progress"]) == 130
     assert "worker 1 interrupted" in capsys.readouterr().out

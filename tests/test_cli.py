@@ -60,6 +60,15 @@ def test_command_falls_back_to_the_sample_loudly_and_resumes(offline_wikitext2, 
     _check_outputs(tmp_path / "run", 5)
 
 
+def test_resuming_a_finished_run_keeps_its_checkpoint_in_the_summary(tmp_path):
+    args = ["pretrain", "--dataset", "wikitext-2-sample", "--output-dir", str(tmp_path), *QUICK]
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--resume"]) == 0  # its last checkpoint is already the final step: nothing to train
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["summary"]["checkpoint"] == saved["history"]["checkpoint"]
+    assert saved["summary"]["checkpoint"].endswith("step-00000003")
+
+
 def test_no_fallback_fails_with_the_download_error(offline_wikitext2, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
     assert cli.main(["pretrain", "--no-fallback", "--output-dir", str(tmp_path), *QUICK]) == 1
@@ -110,6 +119,10 @@ BAD_VALUES = [  # (flag and value, the option in Python, the one message of its 
     (["--hidden-size", "100", "--num-heads", "3"], dict(num_hiddens=100, num_heads=3),
      "num_hiddens (100, --hidden-size) must be divisible by num_heads (3, --num-heads)"),
     (["--dropout", "1"], dict(dropout=1.0), "dropout (--dropout) must be a finite number >= 0 and < 1, got 1.0"),
+    (["--max-len", "100000"], dict(max_len=100000, batch_size=32),  # checked against the model's positions
+     "--max-len 100000 is more than the 512 positions (the longest sequence the model takes): a training step of "
+     "32 sequences of 100000 tokens would need about 106 GB of memory. Use --max-len 512 or less"),
+    (["--max-len", "513"], dict(max_len=513), "--max-len 513 is more than the 512 positions"),
 ]
 
 
@@ -132,9 +145,10 @@ def test_python_gets_the_commands_message_from_the_same_check(args, python, mess
     assert message in str(raised.value)
     owners = [(section, values) for (_, section), values in zip(SECTIONS, split_by_owner(
         [section for _, section in SECTIONS], python)) if values]
-    section, values = owners[0]  # the dataclass that owns the option refuses it alone, with the same message
-    with pytest.raises(OptionError, match=re.escape(message)):
-        section(**values)
+    section, values = owners[0]  # the dataclass that owns the option refuses it alone, with the same message,
+    if "positions" not in message:  # unless the check needs another section too (max_len: the model's positions)
+        with pytest.raises(OptionError, match=re.escape(message)):
+            section(**values)
 
 
 def test_every_option_defaults_to_its_dataclass_field():
@@ -183,6 +197,7 @@ def test_a_full_disk_is_an_error_naming_the_file_not_a_traceback(tmp_path, tmpfs
     assert f"error: the disk is full: [Errno 28] No space left on device (the disk is full): " \
            f"'{small / 'model' / 'model.params'}'" in err
     assert f"checkpoints in {small / 'checkpoints'} are kept" in err and "--resume" in err
+    assert sorted(p.name for p in small.iterdir()) == ["checkpoints"], "model/ is written whole or not at all"
     subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)  # space freed: the way out works
     assert cli.main([*args, "--output-dir", str(small), "--resume"]) == 0
     _check_outputs(small, 3)
@@ -197,7 +212,7 @@ def test_preset_d2l_gives_the_defaults_and_other_options_override_it(monkeypatch
     from dataclasses import fields
     from bertpretrain.recipe import PRESETS, SECTIONS, PretrainOptions
     seen = []
-    monkeypatch.setattr(cli, "run_pretraining", lambda options: seen.append(options) or {"interrupted": False})
+    monkeypatch.setattr(cli, "run_pretraining", lambda options, report: seen.append(options) or {"interrupted": False})
     assert cli.pretrain_main(["--preset", "d2l", "--seed", "3"]) == 0
     assert cli.pretrain_main(["--preset", "d2l", "--num-steps", "7", "--lr", "0.5"]) == 0
     assert cli.pretrain_main([]) == 0

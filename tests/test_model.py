@@ -506,3 +506,19 @@ def test_pre_ln_models_drop_out_their_embeddings_like_megatron():
         with autograd.record(train_mode=True):
             out = embeddings(tokens, np.zeros_like(tokens), positions).asnumpy()
         assert ((out == 0).mean() > 0.3) == dropped, options
+
+
+def test_a_sequence_length_beyond_the_positions_is_refused_with_a_memory_estimate():
+    from bertpretrain.model import DEFAULT_POSITIONS, SequenceLengthError, check_max_len, estimate_step_memory
+    check_max_len(DEFAULT_POSITIONS, batch_size=128)
+    with pytest.raises(SequenceLengthError, match=r"max_len 100000 is more than the 512 positions .* 128 sequences "
+                                                  r"of 100000 tokens would need about 302 GB of memory\. Use max_len "
+                                                  r"512 or less"):
+        check_max_len(100_000, batch_size=128)
+    config = BERTConfig(vocab_size=100, max_len=2048)  # a configuration with more positions
+    config.check_max_len(2048, batch_size=4)
+    with pytest.raises(ValueError, match="--max-len 4096 is more than the 2048 positions of hf-folder"):
+        config.check_max_len(4096, batch_size=4, name="--max-len", source="hf-folder")
+    # linear in the tokens of a batch, plus one (T, T) score matrix
+    small = BERTConfig(vocab_size=100)
+    assert estimate_step_memory(small, 64, 512) == 2 * estimate_step_memory(small, 32, 512) - 4 * 512 * 512

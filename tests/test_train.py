@@ -155,9 +155,9 @@ def test_a_worker_other_than_rank_0_leaves_the_loader_and_the_logger_as_they_wer
     class SecondOfTwo(LocalStrategy):  # rank 1 of 2 workers, without a second process
         rank, workers = 1, 2
 
-        def global_counts(self, num_preds, batch_size):
+        def global_counts(self, num_preds, batch_size, stop=False):
             during.append((train_iter.shard_index, train_iter.num_shards, loop.logger.disabled))
-            return super().global_counts(num_preds, batch_size)
+            return super().global_counts(num_preds, batch_size, stop)
 
     history = train_bert(train_iter, BERTModel(len(vocab), **TINY), strategy=SecondOfTwo("device", [mx.cpu()]),
                          num_steps=2, seed=1, progress=False, checkpoint_dir=str(tmp_path))
@@ -392,3 +392,47 @@ def test_bad_optimizer_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         TrainingConfig(**options)
     assert TrainingConfig(optimizer="adamw").decay() == 0.01 and TrainingConfig().decay() == 0.0
+
+
+def test_a_diverging_loss_gets_one_loud_warning_naming_the_learning_rate(caplog):
+    train_iter, vocab = sample_loader()
+    eval_iter, _ = sample_loader(64, split="valid", vocab=vocab, shuffle=False)
+    caplog.set_level(logging.INFO, logger="bertpretrain.train.loop")
+    history = train_bert(train_iter, BERTModel(len(vocab), dropout=0.0, **TINY), devices=[mx.cpu()], num_steps=12,
+                         seed=1, progress=False, lr=3.0, eval_iter=eval_iter, log_interval=1)
+    losses = history["mlm_loss"]
+    assert max(losses) > 3 * losses[0], "the test needs a run that diverges"
+    warnings_ = [r.getMessage() for r in caplog.records if "diverging" in r.getMessage()]
+    assert len(warnings_) == 1 and r"lr 3" in warnings_[0] and "learning rate" in warnings_[0]
+    assert f"{losses[0]:.3f} at step 1" in warnings_[0]
+    final = history["eval"][-1]["mlm_perplexity"]
+    assert final > 1e6
+    evaluation = [r.getMessage() for r in caplog.records if " eval: " in r.getMessage()][-1]
+    assert "perplexity too large to mean anything" in evaluation and f"{final:.1f}" not in evaluation
+
+
+def test_a_learning_rate_that_trains_gets_no_divergence_warning(caplog):
+    caplog.set_level(logging.WARNING)
+    history, _, _ = run(num_steps=12, lr=0.01)
+    assert history["mlm_loss"][-1] < history["mlm_loss"][0]
+    assert "diverging" not in caplog.text
+
+
+def test_a_ctrl_c_on_another_worker_stops_this_one_after_the_same_step(monkeypatch, tmp_path):
+    # Under a launcher every worker gets the Ctrl-C, at slightly different moments; a worker that stopped alone
+    # would leave the others waiting for its gradients. The request travels in the step's counts: here the
+    # other worker's arrives in step 3's, and rank 0 stops after step 3 and saves it.
+    train_iter, vocab = sample_loader()
+
+    class FirstOfTwo(LocalStrategy):  # rank 0 of 2 workers, without a second process
+        rank, workers, calls = 0, 2, 0
+
+        def global_counts(self, num_preds, batch_size, stop=False):
+            FirstOfTwo.calls += 1
+            preds, examples, _ = super().global_counts(num_preds, batch_size, stop)
+            return 2 * preds, 2 * examples, stop or FirstOfTwo.calls == 3
+
+    history = train_bert(train_iter, BERTModel(len(vocab), **TINY), strategy=FirstOfTwo("device", [mx.cpu()]),
+                         num_steps=10, seed=1, progress=False, checkpoint_dir=str(tmp_path))
+    assert history.interrupted and history["step"] == [1, 2, 3]
+    assert history.checkpoint == str(tmp_path / "step-00000003")

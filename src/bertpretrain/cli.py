@@ -7,10 +7,10 @@ import os
 import sys
 
 from . import options as opts
-from .data import DataError, DownloadError
-from .train import NonFiniteLossError
-from .train.checkpoint import CheckpointError
+from .errors import UserError
 from .recipe import DEFAULT_PRESET, PRESETS, SECTIONS, PretrainOptions, run_pretraining
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def add_pretrain_arguments(parser):
@@ -60,21 +60,43 @@ def pretrain_options(argv=None, prog=None):
         parser.error(str(error))
 
 
+def user_error_message(error, output_dir):
+    """The one paragraph the command prints for an error the user can cause and fix, or None for anything else
+    (a bug, which keeps its traceback): a :class:`~bertpretrain.errors.UserError`, whose message names the file
+    or argument and the way out, or a full disk (writing the outputs after the last checkpoint), which says
+    whether the checkpoints in ``output_dir`` let ``--resume`` finish the job."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+        checkpoints = os.path.join(output_dir, "checkpoints")
+        if os.path.isfile(os.path.join(checkpoints, "latest")):
+            return (f"the disk is full: {error}. The checkpoints in {checkpoints} are kept: free some space and run "
+                    "the same command with --resume to write the outputs")
+        return (f"the disk is full: {error}. Free some space (or choose --output-dir on another disk) and run the "
+                "command again")
+    return None
+
+
 def pretrain_main(argv=None, prog=None):
-    """Parse ``pretrain`` options and run the recipe; return the exit status (130 when interrupted)."""
+    """Parse ``pretrain`` options and run the recipe; return the exit status (130 when interrupted).
+
+    An error the user can fix (:func:`user_error_message`) is printed as one paragraph, ``error: ...``, with
+    exit status 1; on a ``dist_*`` worker too, which then exits at once (see :func:`distributed.exit_on_error`).
+    """
     options = pretrain_options(argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    def report(error):
+        message = user_error_message(error, options.run.output_dir)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        return message is not None
+
     try:
-        summary = run_pretraining(options)
-    except (DataError, DownloadError, NonFiniteLossError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # the disk filled up after the last checkpoint, writing the outputs
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        summary = run_pretraining(options, report=report)
+    except Exception as error:  # noqa: BLE001  (reported when the user can fix it, re-raised otherwise)
+        if not report(error):
             raise
-        print(f"error: the disk is full: {error}. The checkpoints in "
-              f"{os.path.join(options.run.output_dir, 'checkpoints')} are kept: free some space and run the same "
-              "command with --resume to write the outputs", file=sys.stderr)
         return 1
     if summary["interrupted"]:
         if summary.get("rank", 0):  # rank 0 writes the checkpoint and reports it

@@ -10,13 +10,16 @@ value gets the same message from Python and from the command::
 
     num_steps (--num-steps) must be an integer >= 1, got 0
 
-Imports nothing from the rest of the package (``data``, ``model`` and ``train`` all use it).
+Imports nothing from the rest of the package but :mod:`bertpretrain.errors` (``data``, ``model`` and ``train``
+all use it).
 """
 import dataclasses
 import math
 import typing
 
-class OptionError(ValueError):
+from .errors import UserError
+
+class OptionError(UserError, ValueError):
     """A configuration value is invalid; the message names the option, its flag, what was expected and what
     was given."""
 

@@ -18,8 +18,8 @@ from . import distributed
 from .data import (DataConfig, DataError, DownloadError, download_extract, load_data, load_tokenizer, split_file,
                    train_wordpiece)
 from .encoding import get_bert_encoding
-from .files import TOKENIZER_FILE, atomic_write
-from .model import BERTModel, ModelOptions, save_pretrained
+from .files import TOKENIZER_FILE, atomic_folder, atomic_write
+from .model import BERTModel, ModelOptions, check_max_len, save_pretrained
 from .options import OptionError, option, split_by_owner, validate
 from .train import TrainingConfig, parse_devices, train_bert
 from .train.checkpoint import check_writable
@@ -90,6 +90,8 @@ class PretrainOptions:
     def __post_init__(self):
         if self.run.init_from_hf and self.data.tokenizer != "word":
             raise OptionError("init_from_hf (--init-from-hf) uses the tokenizer in its folder: drop --tokenizer")
+        if not self.run.init_from_hf:  # a Hugging Face model's own positions are checked once it is read
+            check_max_len(self.data.max_len, self.data.batch_size, "--max-len")
 
     @classmethod
     def create(cls, preset=DEFAULT_PRESET, **options):
@@ -187,17 +189,18 @@ def describe_encodings(net, vocab, device):
     return lines
 
 
-def run_pretraining(options):
+def run_pretraining(options, report=None):
     """Run the whole recipe of :class:`PretrainOptions` ``options``; return a summary dict (dataset used, final
     losses, evaluation, paths, and the ``encodings`` lines the command prints).
 
     The training strategy is made here, once: under the launcher with ``kvstore='dist_sync'`` (or
     ``horovodrun`` with ``'horovod'``) every worker trains, rank 0 alone writes files, and an error ends the
-    worker's process at once (see :func:`bertpretrain.distributed.exit_on_error`).
+    worker's process at once (see :func:`bertpretrain.distributed.exit_on_error`, which calls ``report(error)``
+    first: True when it reported the error, else the traceback is printed).
     """
     run = options.run
     strategy = make_strategy(options.training.kvstore, parse_devices(run.devices) if run.devices else None)
-    with distributed.exit_on_error(strategy.distributed):
+    with distributed.exit_on_error(strategy.distributed, report=report):
         return _pretrain(options, strategy)
 
 
@@ -216,13 +219,14 @@ def _pretrain(options, strategy):
         logger.warning("%s has no wiki.valid.tokens: training without held-out evaluation", folder)
     if net is None:
         net = BERTModel.from_config(options.model.config(len(vocab), data.max_len))
-    elif net.config.max_len < data.max_len:
-        raise DataError(f"{run.init_from_hf} has {net.config.max_len} positions, fewer than --max-len "
-                        f"{data.max_len}: lower --max-len")
+    else:
+        net.config.check_max_len(data.max_len, data.batch_size, "--max-len", source=run.init_from_hf)
     history = train_bert(train_iter, net, training, eval_iter=eval_iter, vocab=vocab, strategy=strategy)
     if not strategy.lead:
         return {"dataset": dataset, "rank": history.rank, "interrupted": history.interrupted}
-    model_dir = save_pretrained(net, os.path.join(run.output_dir, "model"), vocab=vocab)
+    model_dir = os.path.join(run.output_dir, "model")
+    with atomic_folder(model_dir) as staging:  # a failed save (a full disk) leaves no half-written model/
+        save_pretrained(net, staging, vocab=vocab)
     steps = history["step"][-1] if history["step"] else 0
     with reading_shard(train_iter, history.rank, history.workers):  # the share this worker read
         sequences = _sequences_seen(train_iter, steps)

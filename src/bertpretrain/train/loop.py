@@ -17,11 +17,12 @@ import numpy as np
 
 from .. import distributed
 from ..display import progress_bar
+from ..errors import UserError
 from ..model import BERTForPretraining
 from ..model.bert import check_token_range
 from .checkpoint import Checkpointer
 from .config import TrainingConfig, make_initializer
-from .evaluate import evaluate_bert
+from .evaluate import describe_perplexity, evaluate_bert
 from .history import TrainingHistory
 from .optimizer import make_trainer
 from .plot import live_plot
@@ -31,7 +32,7 @@ from .strategy import make_strategy
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite; training stopped without overwriting any checkpoint."""
 
 
@@ -239,6 +240,8 @@ class _Run:
         self.checkpointer = Checkpointer(config.checkpoint_dir, config.checkpoint_interval, config.keep_checkpoints,
                                          writes=self.lead)
         self.history, self.step = TrainingHistory(rank=strategy.rank, workers=strategy.workers), 0
+        self.warned_diverging = False
+        self.stop_agreed = False  # a worker's Ctrl-C, shared with all in a step's counts
 
     def resume(self):
         """Continue from the latest checkpoint (every worker reads it), if there is one."""
@@ -246,8 +249,9 @@ class _Run:
         if resumed:
             source, state, self.vocab = resumed
             self.step, self.seed = state["step"], state["seed"]
+            # The resumed checkpoint stays the run's last one until a later step is saved (rank 0 writes them).
             self.history = dataclasses.replace(TrainingHistory.from_dict(state["history"]), interrupted=False,
-                                               checkpoint=None, rank=self.strategy.rank,
+                                               checkpoint=source if self.lead else None, rank=self.strategy.rank,
                                                workers=self.strategy.workers)
             if state.get("data") is not None and hasattr(self.train_iter, "load_state_dict"):
                 self.train_iter.load_state_dict(state["data"])
@@ -255,12 +259,19 @@ class _Run:
         else:
             logger.info("no checkpoint in %s yet: starting from step 0", self.config.checkpoint_dir)
 
-    def train_step(self, batches, check_ids):
+    def should_stop(self, requested):
+        """Whether to stop before the next step, ``requested`` being this worker's Ctrl-C: at once with one worker;
+        with several, once a request has reached every worker in a step's counts, so that all stop after the same
+        step (a worker that stopped alone would leave the others waiting for its gradients)."""
+        return self.stop_agreed if self.strategy.workers > 1 else requested
+
+    def train_step(self, batches, check_ids, stop_requested=False):
         """One optimiser step (``self.step``) on ``batches``: the ``accumulate_steps`` PretrainingBatches whose
         gradients add up to one update, each of B examples ((B, T) tokens, (B, P) MLM weights) split over the
         devices; return the step's metrics (mean losses and accuracies over all of them).
 
-        ``check_ids``: check the (B, T) token ids against the vocabulary on the host first.
+        ``check_ids``: check the (B, T) token ids against the vocabulary on the host first. ``stop_requested``:
+        this worker's Ctrl-C, shared with the others in the step's counts (see :meth:`should_stop`).
         Raises NonFiniteLossError when a loss is NaN or infinite (nothing saved for this step)."""
         num_examples = sum(batch.tokens.shape[0] for batch in batches)
         self.trainer.set_learning_rate(self.schedule(self.step))
@@ -271,17 +282,36 @@ class _Run:
             for batch in batches:
                 tokens = _host(batch.tokens)
                 check_token_range(self.model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
-        sums = train_step(self.model, self.trainer, batches, self.devices,
-                          self.strategy.global_counts(num_preds, num_examples), self.config.use_nsp,
-                          self.config.clip_global_norm, self.strategy.update_batch_size)
+        total_preds, total_examples, self.stop_agreed = self.strategy.global_counts(num_preds, num_examples,
+                                                                                    stop_requested)
+        sums = train_step(self.model, self.trainer, batches, self.devices, (total_preds, total_examples),
+                          self.config.use_nsp, self.config.clip_global_norm, self.strategy.update_batch_size)
         metrics = summarise(sums, num_examples)
         if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
             raise NonFiniteLossError(
                 f"the loss became non-finite at step {self.step} (mlm {metrics['mlm_loss']}, nsp "
                 f"{metrics['nsp_loss']}) with lr {self.trainer.learning_rate:g}: lower lr, add warmup_steps or "
-                f"clip_global_norm. No checkpoint was written for it; the last good one is "
-                f"{self.checkpointer.latest() if self.lead else None}")
+                f"clip_global_norm. No checkpoint was written for it; {self._last_good_checkpoint()}")
+        self._warn_if_diverging(metrics["mlm_loss"])
         return metrics
+
+    def _last_good_checkpoint(self):
+        """A sentence naming the checkpoint a failed run can resume from."""
+        latest = self.checkpointer.latest() if self.lead else None
+        return f"the last good one is {latest}" if latest else "no checkpoint had been written yet"
+
+    def _warn_if_diverging(self, loss):
+        """Log one loud warning when the MLM loss climbs far above its first value: more than twice it and 5 nats
+        above. A learning rate far too high makes the loss huge but finite (1e19 at lr 1e9), which the NaN check
+        never catches, so the run would otherwise go on quietly."""
+        first = self.history["mlm_loss"][:1]
+        if self.warned_diverging or not first or not (loss > 2 * first[0] and loss > first[0] + 5):
+            return
+        self.warned_diverging = True
+        logger.warning("!! the training loss is diverging: mlm loss %.4g at step %d, far above its first value %.3f "
+                       "at step %d. The learning rate is too high (lr %g at its peak, %.3g now): lower it (lr, "
+                       "--lr), add warm-up steps (warmup_steps) or clip the gradients (clip_global_norm)", loss,
+                       self.step, first[0], self.history["step"][0], self.config.lr, self.trainer.learning_rate)
 
     def evaluation_due(self):
         """Whether ``eval_interval`` asks for an evaluation after this step (the last step is evaluated anyway)."""
@@ -293,9 +323,9 @@ class _Run:
         """Evaluate on ``eval_iter`` and record the result in the history."""
         metrics = evaluate_bert(self.model, self.eval_iter, self.devices)
         self.history.eval.append({"step": self.step, **metrics})
-        logger.info("step %d eval: mlm loss %.3f (acc %.3f, perplexity %.1f), nsp loss %.3f (acc %.3f)", self.step,
-                    metrics["mlm_loss"], metrics["mlm_acc"], metrics["mlm_perplexity"], metrics["nsp_loss"],
-                    metrics["nsp_acc"])
+        logger.info("step %d eval: mlm loss %.3f (acc %.3f, %s), nsp loss %.3f (acc %.3f)", self.step,
+                    metrics["mlm_loss"], metrics["mlm_acc"], describe_perplexity(metrics["mlm_perplexity"]),
+                    metrics["nsp_loss"], metrics["nsp_acc"])
         distributed.report_progress(f"eval {self.step}")
 
     def save(self):
@@ -372,10 +402,10 @@ def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vo
         reporter = _Progress(num_steps, run.step, config.progress if run.lead else False, config.log_interval,
                              live_plot(config.plot, num_steps) if run.lead else None)
         with _stop_on_ctrl_c() as stop_requested, reporter.bar, _token_ids_checked_on_host(run.model.bert) as check:
-            while run.step < num_steps and not stop_requested.is_set():
+            while run.step < num_steps and not run.should_stop(stop_requested.is_set()):
                 group = batches.next_step()
                 run.step += 1
-                metrics = run.train_step(group, check)
+                metrics = run.train_step(group, check, stop_requested.is_set())
                 seq_per_sec = reporter.step(run.step, sum(batch.tokens.shape[0] for batch in group), metrics,
                                             run.trainer.learning_rate)
                 history.record(run.step, run.trainer.learning_rate, seq_per_sec, metrics)
@@ -384,7 +414,7 @@ def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vo
                 reporter.redraw(history)
                 if run.checkpointer.due(run.step, num_steps):
                     run.save()
-            history.interrupted = stop_requested.is_set()
+            history.interrupted = run.should_stop(stop_requested.is_set())
         if batches.skipped > 1:
             logger.info("skipped %d batches of fewer examples than devices", batches.skipped)
         if history.interrupted:

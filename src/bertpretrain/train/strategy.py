@@ -39,9 +39,10 @@ class LocalStrategy:
     def start(self, trainer):
         """Called once the model holds its first parameters (fresh or resumed), before the first step."""
 
-    def global_counts(self, num_preds, batch_size):
-        """(predictions, examples) of the global batch, as floats: this worker's counts summed over workers."""
-        return float(num_preds), float(batch_size)
+    def global_counts(self, num_preds, batch_size, stop=False):
+        """(predictions, examples, stop) of the global batch: this worker's counts summed over workers, as
+        floats, and whether any worker asked to stop (Ctrl-C) before this step, so that all stop after it."""
+        return float(num_preds), float(batch_size), bool(stop)
 
     def finish(self):
         """Called on every worker after its last step, evaluation and checkpoint."""
@@ -58,19 +59,19 @@ class ParameterServerStrategy(LocalStrategy):
 
     def make_trainer(self, params, optimizer, optimizer_params):
         trainer = super().make_trainer(params, optimizer, optimizer_params)
-        self.kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
+        self.kvstore.init(_COUNTS_KEY, mx.nd.zeros(3))
         return trainer
 
     def start(self, trainer):
         distributed.sync_initial_params(trainer)  # before the first forward: see its docstring
 
-    def global_counts(self, num_preds, batch_size):
+    def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
-            return super().global_counts(num_preds, batch_size)
-        counts = mx.nd.array([num_preds, batch_size])
+            return super().global_counts(num_preds, batch_size, stop)
+        counts = mx.nd.array([num_preds, batch_size, float(stop)])
         self.kvstore.pushpull(_COUNTS_KEY, counts, out=counts)
-        total_preds, total_examples = counts.asnumpy()
-        return float(total_preds), float(total_examples)
+        total_preds, total_examples, stops = counts.asnumpy()
+        return float(total_preds), float(total_examples), bool(stops)
 
     def finish(self):
         distributed.finish_together(self.kvstore)  # no worker may exit while another still needs it
@@ -103,12 +104,22 @@ class HorovodStrategy(LocalStrategy):
         self.hvd.broadcast_parameters(params, root_rank=0)
         return trainer
 
-    def global_counts(self, num_preds, batch_size):
+    def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
-            return super().global_counts(num_preds, batch_size)
-        counts = self.hvd.allreduce(mx.nd.array([num_preds, batch_size]), average=False, name="bertpretrain_counts")
-        total_preds, total_examples = counts.asnumpy()
-        return float(total_preds), float(total_examples)
+            return super().global_counts(num_preds, batch_size, stop)
+        counts = self.hvd.allreduce(mx.nd.array([num_preds, batch_size, float(stop)]), average=False,
+                                    name="bertpretrain_counts")
+        total_preds, total_examples, stops = counts.asnumpy()
+        return float(total_preds), float(total_examples), bool(stops)
+
+    def finish(self):
+        """Wait here until every worker has finished, as :func:`~bertpretrain.distributed.finish_together` does
+        for the parameter server: a worker that exits shuts Horovod down for all, and rank 0 still needs it for
+        the last step's gradients while it evaluates and saves. horovod.mxnet has no barrier, so a one-number
+        all-reduce, waited for, is one."""
+        mx.nd.waitall()
+        if self.workers > 1:
+            self.hvd.allreduce(mx.nd.zeros(1), average=False, name="bertpretrain_finish").asnumpy()
 
 
 def make_strategy(kvstore, devices=None):
