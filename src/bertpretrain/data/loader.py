@@ -1,4 +1,4 @@
-"""Iterating over pretraining batches, and ``load_data_wiki``, the one call from a split to batches."""
+"""Iterating over pretraining batches; ``load_data_text`` (files to batches), ``load_data_wiki`` (a WikiText split)."""
 import logging
 import math
 
@@ -11,9 +11,11 @@ from .cache import load_encoded_corpus
 from .corpus import split_file
 from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
+from .errors import DataError
 from .pairs import EpochPairs, make_nsp_pairs
-from .tokenizer import load_tokenizer
-from .vocab import UNK_ID
+from .textfiles import check_text_format, describe, detect_format, resolve_files
+from .tokenizer import load_tokenizer, train_wordpiece
+from .vocab import NUM_RESERVED, UNK_ID, Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -141,19 +143,7 @@ def _warn_if_foreign(path, token_ids, vocab):
                        "it", path, 100 * rate, 100 * vocab.unk_rate)
 
 
-def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False, unk_targets=True, dynamic_pairs=False, cache="auto", cache_dir=None,
-                  tokenizer=None, whole_word_masking=False):
-    """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
-
-    The vocabulary is counted from this split unless ``vocab`` is given, or ``tokenizer`` (see
-    :func:`load_data_wiki`), which is then returned as ``vocab``. ``cache`` and ``cache_dir``:
-    see :func:`~bertpretrain.data.cache.load_encoded_corpus`.
-    """
-    if tokenizer is not None:
-        if vocab is not None:
-            raise ValueError("pass either vocab= (word-level) or tokenizer=, not both")
-        vocab, _ = load_tokenizer(tokenizer)
+def _check_dataset_options(max_len, min_freq, dynamic_masking, truncate_pairs, dynamic_pairs):
     if not isinstance(max_len, (int, np.integer)) or max_len < 5:
         raise ValueError(f"max_len must be an integer >= 5 ([CLS] a [SEP] b [SEP] with one word each), "
                          f"got {max_len!r}")
@@ -162,25 +152,140 @@ def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynami
     if dynamic_pairs and not (dynamic_masking and truncate_pairs):
         raise ValueError("dynamic_pairs=True draws new pairs every epoch: it needs dynamic_masking=True (new masks "
                          "for the new pairs) and truncate_pairs=True (the same number of examples every epoch)")
+
+
+def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
+                  truncate_pairs=False, unk_targets=True, dynamic_pairs=False, cache="auto", cache_dir=None,
+                  tokenizer=None, whole_word_masking=False, text_format="wikitext", lowercase=True):
+    """Read the file(s) ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
+
+    The vocabulary is counted from these files unless ``vocab`` is given, or ``tokenizer`` (see
+    :func:`load_data_wiki`), which is then returned as ``vocab``. ``cache``, ``cache_dir``, ``text_format``
+    (``'wikitext'`` or ``'bert'``) and ``lowercase``: see :func:`~bertpretrain.data.cache.load_encoded_corpus`.
+    """
+    if tokenizer is not None:
+        if vocab is not None:
+            raise ValueError("pass either vocab= (word-level) or tokenizer=, not both")
+        vocab, _ = load_tokenizer(tokenizer)
+    _check_dataset_options(max_len, min_freq, dynamic_masking, truncate_pairs, dynamic_pairs)
     seed = seeding.resolve_seed(seed)
     given = vocab
-    corpus, vocab = load_encoded_corpus(path, vocab, min_freq, cache, cache_dir)
+    corpus, vocab = load_encoded_corpus(path, vocab, min_freq, cache, cache_dir, text_format=text_format,
+                                        lowercase=lowercase)
+    name = corpus.path
     if given is not None:
-        _warn_if_foreign(path, corpus.token_ids, given)
+        _warn_if_foreign(name, corpus.token_ids, given)
     if vocab.num_words < 1:
-        raise ValueError(f"the vocabulary of {path} has no word seen at least min_freq={min_freq} times; "
+        raise ValueError(f"the vocabulary of {name} has no word seen at least min_freq={min_freq} times; "
                          "lower min_freq or use a larger corpus")
     starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
-    epoch_pairs = EpochPairs(lengths, paragraph_sizes, max_len, seed, starts, path) if dynamic_pairs else None
+    epoch_pairs = EpochPairs(lengths, paragraph_sizes, max_len, seed, starts, name) if dynamic_pairs else None
     pairs = (epoch_pairs(0) if dynamic_pairs else
              make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
-                            truncate=truncate_pairs, path=path, sentence_starts=starts))
+                            truncate=truncate_pairs, path=name, sentence_starts=starts))
     continuation = getattr(vocab, "continuation", None) if whole_word_masking else None
     dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, unk_targets,
                                  epoch_pairs, continuation)
-    logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
+    logger.info("%s: %d documents, %d sentences, %d tokens -> %d examples (max_len %d, vocab %d)", name,
                 len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
+
+
+def _lowercases(tokenizer):
+    """Whether a WordPiece tokenizer lower-cases the text it encodes (its normaliser)."""
+    normalizer = tokenizer.tokenizer.normalizer
+    return normalizer is not None and normalizer.normalize_str("A") == "a"
+
+
+def _text_tokenizer(tokenizer, vocab, paths, text_format, lowercase, vocab_size):
+    """What encodes the text, and whether the reader lower-cases it: ``(vocab, tokenizer, reader_lowercase)``.
+
+    The rules of :func:`load_data_text`'s ``tokenizer`` and ``lowercase``; refuses what cannot work.
+    """
+    name = describe(paths)
+    if isinstance(tokenizer, str) and tokenizer == "wordpiece":
+        if vocab is not None:
+            raise ValueError("pass either vocab= (word-level) or tokenizer='wordpiece', not both")
+        tokenizer = train_wordpiece(paths, vocab_size=vocab_size, lowercase=lowercase is not False)
+    elif tokenizer is not None:
+        if vocab is not None:
+            raise ValueError("pass either vocab= (word-level) or tokenizer=, not both")
+        tokenizer, _ = load_tokenizer(tokenizer, lowercase=lowercase is not False)
+        if isinstance(tokenizer, Vocab):  # a word-level tokenizer.json, or a Vocab passed as tokenizer=
+            tokenizer, vocab = None, tokenizer
+    if tokenizer is None:
+        if text_format == "bert":
+            raise DataError(f"{name} is in BERT's format (raw text), which needs a subword tokenizer: pass "
+                            "tokenizer='wordpiece' (trained on these files) or a tokenizer.json / vocab.txt. The "
+                            "word-level vocabulary splits on spaces only, so raw text's 'end.' and 'end' would be "
+                            "different words; it is meant for WikiText, whose punctuation is already split off")
+        if lowercase is False:
+            raise ValueError("lowercase=False: the word-level vocabulary is lower-cased (d2l's reading of WikiText, "
+                             "and its exported tokenizer lower-cases); keep the case with a WordPiece tokenizer "
+                             "(tokenizer='wordpiece')")
+        return vocab, None, True
+    if lowercase is False and _lowercases(tokenizer):
+        raise ValueError(f"lowercase=False, but {tokenizer.source} lower-cases the text it encodes: pass a cased "
+                         "tokenizer, or leave lowercase unset")
+    reader_lowercase = lowercase is not False if text_format == "wikitext" else bool(lowercase)
+    return None, tokenizer, reader_lowercase
+
+
+def load_data_text(files, batch_size, max_len=64, *, text_format="auto", tokenizer=None, vocab=None,
+                   lowercase=None, vocab_size=30522, min_freq=5, seed=None, shuffle=True, num_workers=0,
+                   dynamic_masking=False, truncate_pairs=False, unk_targets=True, dynamic_pairs=False,
+                   drop_last=False, cache="auto", cache_dir=None, whole_word_masking=False):
+    """Pretraining batches of your own text files, and their vocabulary (or tokenizer).
+
+    Args:
+        files: a file, a folder (its ``*.txt``, ``*.text``, ``*.tokens``, ``*.raw`` files at any depth), a glob
+            (``'shards/*.txt.gz'``), or a list of them; ``.gz`` files are decompressed as they are read. The
+            documents of all files follow each other (a file ends its last document).
+        batch_size: examples per batch (the last batch of an epoch may be smaller, see ``drop_last``).
+        max_len: tokens per example, ``[CLS]`` and ``[SEP]`` included.
+        text_format: ``'bert'``: Google BERT's pretraining input, one sentence per line and a blank line
+            between documents, raw text; ``'wikitext'``: WikiText's, one paragraph per line (a document),
+            sentences split on ``' . '``, words and punctuation separated by spaces; ``'auto'``: detected
+            from each file's first 256 KB, with an error naming the file when it fits neither or both.
+            Next-sentence pairs are drawn inside a document, their negatives from other documents.
+        tokenizer: None: a word-level vocabulary (``vocab``, or counted from these files at ``min_freq``),
+            for WikiText only (raw text needs subwords); ``'wordpiece'``: BERT's WordPiece tokenizer,
+            trained on these files (``vocab_size`` ids); or a tokenizer to reuse: a
+            :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer`, a ``tokenizer.json`` or a BERT
+            ``vocab.txt`` (see :func:`~bertpretrain.data.tokenizer.load_tokenizer`).
+        vocab: a word-level :class:`Vocab` to reuse (e.g. the training files' for validation files).
+        lowercase: lower-case the text. None: WikiText yes (d2l's reading); BERT's format as the tokenizer
+            does (one trained here lower-cases: uncased BERT). False keeps the case: it needs a cased
+            WordPiece tokenizer (one trained here is, with ``lowercase=False``).
+        vocab_size: the size of the WordPiece vocabulary trained with ``tokenizer='wordpiece'``.
+        min_freq, seed, shuffle, num_workers, dynamic_masking, truncate_pairs, unk_targets, dynamic_pairs,
+        drop_last, whole_word_masking, cache, cache_dir: as for :func:`load_data_wiki`. Through the cache
+            (``'auto'``: corpora of 32 MB or more) the encoded corpus is memory-mapped, so memory does not
+            grow with the corpus.
+    Returns:
+        ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary
+        or tokenizer (pass it as ``tokenizer=`` / ``vocab=`` for the validation files).
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_text_format(text_format)
+    if lowercase not in (None, True, False):
+        raise ValueError(f"lowercase must be True, False or None (the tokenizer's own), got {lowercase!r}")
+    if not isinstance(vocab_size, (int, np.integer)) or vocab_size <= NUM_RESERVED:
+        raise ValueError(f"vocab_size must be an integer > {NUM_RESERVED} (the reserved tokens), got {vocab_size!r}")
+    _check_dataset_options(max_len, min_freq, dynamic_masking, truncate_pairs, dynamic_pairs)
+    paths = resolve_files(files, "files")
+    if text_format == "auto":
+        text_format = detect_format(paths)
+        logger.info("%s: read as %s", describe(paths), "BERT's format" if text_format == "bert" else "WikiText")
+    vocab, tokenizer, reader_lowercase = _text_tokenizer(tokenizer, vocab, paths, text_format, lowercase,
+                                                         vocab_size)
+    data, vocab = build_dataset(paths, max_len, min_freq=min_freq, seed=seed, vocab=vocab, tokenizer=tokenizer,
+                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
+                                unk_targets=unk_targets, dynamic_pairs=dynamic_pairs, cache=cache,
+                                cache_dir=cache_dir, whole_word_masking=whole_word_masking,
+                                text_format=text_format, lowercase=reader_lowercase)
+    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last), vocab
 
 
 def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
@@ -188,6 +293,8 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
                    truncate_pairs=False, unk_targets=True, dynamic_pairs=False, drop_last=False, cache="auto",
                    cache_dir=None, verify=False, tokenizer=None, whole_word_masking=False):
     """Pretraining batches of a WikiText split, and its vocabulary (or tokenizer).
+
+    :func:`load_data_text` on the file ``wiki.<split>.tokens``, read as WikiText.
 
     Args:
         batch_size: examples per batch (the last batch of an epoch may be smaller, see ``drop_last``).
@@ -223,8 +330,8 @@ def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if data_dir is None:
         data_dir = download_extract(dataset, cache_dir=cache_dir, verify=verify)
-    data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
-                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
-                                unk_targets=unk_targets, dynamic_pairs=dynamic_pairs, cache=cache,
-                                cache_dir=cache_dir, tokenizer=tokenizer, whole_word_masking=whole_word_masking)
-    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last), vocab
+    return load_data_text(split_file(data_dir, split), batch_size, max_len, text_format="wikitext",
+                          tokenizer=tokenizer, vocab=vocab, min_freq=min_freq, seed=seed, shuffle=shuffle,
+                          num_workers=num_workers, dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
+                          unk_targets=unk_targets, dynamic_pairs=dynamic_pairs, drop_last=drop_last, cache=cache,
+                          cache_dir=cache_dir, whole_word_masking=whole_word_masking)
