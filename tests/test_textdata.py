@@ -3,6 +3,7 @@ documents as the unit of next-sentence pairs; cased and uncased WordPiece; the c
 import gzip
 import importlib.util
 import json
+import mmap
 import os
 import shutil
 import textwrap
@@ -291,7 +292,7 @@ def test_bert_format_corpus_is_cached_memory_mapped_and_keyed_by_format_and_case
     cached, _ = load_encoded_corpus(str(TRAIN), wordpiece, cache=True, cache_dir=tmp_path, text_format="bert",
                                     lowercase=False)
     _same_corpus(direct, cached)
-    assert isinstance(cached.token_ids, np.memmap) and not cached.token_ids.flags.writeable
+    assert isinstance(cached.token_ids.base.obj, mmap.mmap) and not cached.token_ids.flags.writeable
     (entry,) = os.listdir(tmp_path / "preprocessed")
     meta = json.loads((tmp_path / "preprocessed" / entry / "meta.json").read_text())
     assert meta["text_format"] == "bert" and meta["lowercase"] is False and meta["sources"] == [str(TRAIN)]

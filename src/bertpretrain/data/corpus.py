@@ -20,6 +20,8 @@ is known.
 """
 import contextlib
 import io
+import itertools
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -211,7 +213,7 @@ class _Encoder:
             return self.tokenizer.encode_sentences(self.sentences)
         words = [sentence.split() for sentence in self.sentences]
         lengths = np.fromiter(map(len, words), dtype=np.int32, count=len(words))
-        ids = np.fromiter(map(self.lookup.__getitem__, (w for s in words for w in s)), dtype=np.int32,
+        ids = np.fromiter(map(self.lookup.__getitem__, itertools.chain.from_iterable(words)), dtype=np.int32,
                           count=int(lengths.sum()))
         return ids, lengths
 
@@ -308,20 +310,51 @@ class EncodedCorpus:
     def shuffled_sentences(self, seed):
         """Sentences with the paragraphs in an order drawn from ``seed``; the tokens do not move.
 
-        Returns ``(sentence_starts, sentence_lengths, paragraph_sizes)`` int64 arrays: sentence i starts at
-        ``token_ids[sentence_starts[i]]``, and paragraphs are runs of consecutive sentences.
+        Returns ``(sentence_starts, sentence_lengths, paragraph_sizes)``: (S,) int64 offsets (sentence i starts
+        at ``token_ids[sentence_starts[i]]``), (S,) int32 lengths and (P,) int64 sizes; paragraphs are runs of
+        consecutive sentences. Built with as few (S,) temporaries as possible: a corpus of 100M words has
+        millions of sentences.
         """
         sizes = self.paragraph_sizes.astype(np.int64)
-        starts = np.concatenate(([0], np.cumsum(self.sentence_lengths, dtype=np.int64)[:-1]))
         order = seeding.stream(seed, seeding.PARAGRAPH_SHUFFLE).permutation(len(sizes))
-        first_sentence = np.cumsum(sizes) - sizes
         new_sizes = sizes[order]
-        within = np.arange(new_sizes.sum()) - np.repeat(np.cumsum(new_sizes) - new_sizes, new_sizes)
-        sentences = np.repeat(first_sentence[order], new_sizes) + within
-        return starts[sentences], self.sentence_lengths[sentences].astype(np.int64), new_sizes
+        num_sentences = int(new_sizes.sum())
+        index = np.int32 if num_sentences < 2 ** 31 else np.int64
+        # new position j of old paragraph p holds its sentence first[p] + (j - new_first[p])
+        shift = (np.cumsum(sizes) - sizes)[order] - (np.cumsum(new_sizes) - new_sizes)
+        sentences = np.repeat(shift.astype(index), new_sizes)
+        sentences += np.arange(num_sentences, dtype=index)
+        starts = np.cumsum(self.sentence_lengths, dtype=np.int64)
+        starts -= self.sentence_lengths
+        starts = starts[sentences]
+        return starts, np.asarray(self.sentence_lengths[sentences], dtype=np.int32), new_sizes
+
+
+def _map_npy(path, random_access=False):
+    """A 1-D ``.npy`` file as a read-only array over a memory map of it.
+
+    ``random_access``: tell the kernel that reads will be scattered (``MADV_RANDOM``), so that a page fault
+    reads that page from disk, not the next hundred KB too (read-ahead): a batch reads a few hundred short
+    spans of the token array. The pages read count in the process's RSS as file-backed memory, which the
+    kernel drops again when memory is needed (they are clean).
+    """
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+        if len(shape) != 1:
+            raise ValueError(f"{path} holds an array of shape {shape}, not 1-D")
+        if shape[0] == 0:
+            return np.zeros(0, dtype=dtype)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if random_access and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype=dtype, count=shape[0], offset=offset)
 
 
 def load_arrays(folder):
     """The arrays of an encoded corpus saved in ``folder`` (``<name>.npy``), memory-mapped read-only."""
-    return {array: np.load(os.path.join(folder, f"{array}.npy"), mmap_mode="r", allow_pickle=False)
+    return {array: _map_npy(os.path.join(folder, f"{array}.npy"), random_access=array == "token_ids")
             for array in ARRAYS}

@@ -97,7 +97,9 @@ class WordPieceTokenizer(TokenTable):
         Returns ``(ids, lengths)``: (N,) int32 ids of all sentences, concatenated, and (S,) int32
         pieces per sentence.
         """
-        encodings = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, which are not needed here
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encodings = encode(sentences, add_special_tokens=False)
         lengths = np.fromiter(map(len, encodings), dtype=np.int32, count=len(encodings))
         ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32,
                           count=int(lengths.sum()))
