@@ -321,6 +321,15 @@ def test_a_cached_run_gives_the_same_batches_as_an_uncached_one(tmp_path, wordpi
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
 
 
+def test_worker_processes_read_a_memory_mapped_corpus(tmp_path, wordpiece):
+    def loader(workers):
+        return load_data_text(str(TRAIN), 512, 128, tokenizer=wordpiece, seed=4, cache=True, cache_dir=tmp_path,
+                              num_workers=workers)[0]
+    for x, y in zip(loader(0), loader(2)):
+        for fx, fy in zip(x, y):
+            np.testing.assert_array_equal(fx.asnumpy(), fy.asnumpy())
+
+
 # --- memory ----------------------------------------------------------------------------------------------
 
 def _peak_bytes(function):

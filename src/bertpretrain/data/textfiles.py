@@ -23,7 +23,8 @@ from .errors import DataError
 TEXT_FORMATS = ("bert", "wikitext")
 #: What a folder is searched for (any depth; hidden files and folders are skipped).
 TEXT_SUFFIXES = (".txt", ".text", ".tokens", ".raw")
-DETECT_SAMPLE_BYTES = 256 << 10   # bytes of each file read by detect_format
+DETECT_SAMPLE_BYTES = 256 << 10   # bytes of each file read by detect_format ...
+DETECT_TOTAL_BYTES = 16 << 20     # ... at most this much in all (many shards: less of each, at least 16 KB)
 _BOM = b"\xef\xbb\xbf"
 _WIKITEXT_HEADING = re.compile(r"^(= )+\S.*?( =)+$")               # ' = Title = ', ' = = Section = = '
 _WIKITEXT_TOKEN = re.compile(r" @[-,.]@ ")                         # ' @-@ ', ' @,@ ', ' @.@ '
@@ -135,7 +136,7 @@ class TextFile:
                             "(gzip -k file) or pass the uncompressed file") from None
 
 
-def _sample_lines(path, limit=DETECT_SAMPLE_BYTES):
+def _sample_lines(path, limit):
     lines, size = [], 0
     with TextFile(path) as f:
         for line in f:
@@ -169,7 +170,8 @@ _HOW = ("BERT's format has one sentence per line and a blank line between docume
 
 
 def detect_format(paths):
-    """``'bert'`` or ``'wikitext'``: the format of the files ``paths``, judged from each one's first 256 KB.
+    """``'bert'`` or ``'wikitext'``: the format of the files ``paths``, judged from each one's first 256 KB
+    (less for many files: 16 MB in all, at least 16 KB each).
 
     WikiText: its headings or ``@-@`` tokens, and lines holding several sentences (paragraphs). BERT's
     format: no WikiText marks, lines in runs (the sentences of a document), most ending a sentence
@@ -181,8 +183,9 @@ def detect_format(paths):
             file, what was seen, and the ``text_format`` to pass when you know it.
     """
     found = {}
+    limit = max(16 << 10, min(DETECT_SAMPLE_BYTES, DETECT_TOTAL_BYTES // max(1, len(paths))))
     for path in paths:
-        lines = _sample_lines(path)
+        lines = _sample_lines(path, limit)
         e = _format_evidence(lines)
         if not e["lines"]:
             raise DataError(f"{path} is empty: it holds no text to pretrain on")
