@@ -312,6 +312,15 @@ def test_bert_format_corpus_is_cached_memory_mapped_and_keyed_by_format_and_case
     assert len(keys) == 4
 
 
+def test_auto_caching_counts_gz_files_uncompressed(tmp_path, monkeypatch, wordpiece):
+    packed = tmp_path / "train.txt.gz"
+    packed.write_bytes(gzip.compress(TRAIN.read_bytes()))
+    assert cache_module.text_bytes(str(packed)) == TRAIN.stat().st_size > 3 * packed.stat().st_size
+    monkeypatch.setattr(cache_module, "AUTO_CACHE_BYTES", TRAIN.stat().st_size)
+    load_encoded_corpus(str(packed), wordpiece, cache="auto", cache_dir=tmp_path / "c", text_format="bert")
+    assert len(os.listdir(tmp_path / "c" / "preprocessed")) == 1
+
+
 def test_a_cached_run_gives_the_same_batches_as_an_uncached_one(tmp_path, wordpiece):
     def first(cache):
         loader, _ = load_data_text(str(TRAIN), 256, 128, tokenizer=wordpiece, seed=2, cache=cache,

@@ -18,14 +18,14 @@ import os
 from ..files import VOCAB_FILE, atomic_folder, atomic_write, cache_root, remove_stale
 from .corpus import ARRAYS, EncodedCorpus, load_arrays
 from .download import sha1_of_file
-from .textfiles import describe
+from .textfiles import describe, text_bytes
 from .vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the reading rules or the array layout change: older entries are then ignored.
 FORMAT_VERSION = 2
-AUTO_CACHE_BYTES = 32 << 20   # cache='auto' caches corpora of at least this many bytes (on disk)
+AUTO_CACHE_BYTES = 32 << 20   # cache='auto' caches corpora of at least this many bytes of text
 _META = "meta.json"
 
 
@@ -99,7 +99,8 @@ def load_encoded_corpus(paths, vocab=None, min_freq=5, cache="auto", cache_dir=N
     Args:
         paths: a file or a list of files (their documents follow each other).
         cache: True to use the cache, False to always encode in memory, ``'auto'`` to cache corpora of
-            at least 32 MB (WikiText-103's training split; WikiText-2 encodes in a fraction of a second).
+            at least 32 MB of text, ``.gz`` files counted uncompressed (WikiText-103's training split;
+            WikiText-2 encodes in a fraction of a second).
         cache_dir: the cache root (default: ``$BERTPRETRAIN_HOME``, else the user's cache folder);
             entries live in ``<root>/preprocessed/<key>``.
         text_format, lowercase: how the text is read (see :func:`~bertpretrain.data.corpus.iter_paragraphs`).
@@ -109,7 +110,7 @@ def load_encoded_corpus(paths, vocab=None, min_freq=5, cache="auto", cache_dir=N
     paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
     options = dict(text_format=text_format, lowercase=lowercase)
     if cache == "auto":
-        cache = sum(os.path.getsize(path) for path in paths) >= AUTO_CACHE_BYTES
+        cache = sum(text_bytes(path) for path in paths) >= AUTO_CACHE_BYTES
     if not cache:
         return EncodedCorpus.read(paths, vocab, min_freq, progress, **options)
     name = describe(paths)

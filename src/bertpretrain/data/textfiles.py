@@ -82,6 +82,17 @@ def resolve_files(files, what="text file"):
     return paths
 
 
+def text_bytes(path):
+    """The size of a file's text: its size, or for ``.gz`` the uncompressed size its trailer records
+    (modulo 4 GiB, and the last member's only: a lower bound that is exact for ordinary files)."""
+    size = os.path.getsize(path)
+    if not os.fspath(path).endswith(".gz") or size < 18:
+        return size
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return max(size, int.from_bytes(f.read(4), "little"))
+
+
 def describe(paths):
     """A short name for a list of files in messages and logs: the file, or the first and a count."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
