@@ -56,7 +56,7 @@ def pretrain_options(argv=None, prog=None):
     args = parser.parse_args(argv)
     try:
         return PretrainOptions.create(None, **{name: value for name, value in vars(args).items() if name != "preset"})
-    except opts.OptionError as error:
+    except UserError as error:  # an OptionError, or a --train-file that names no file
         parser.error(str(error))
 
 

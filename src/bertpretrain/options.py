@@ -162,6 +162,9 @@ def add_arguments(parser, cls, presets=None, default_preset=None):
         elif kind is bool:
             parser.add_argument(flag, dest=field.name, action="store_false" if field.default else "store_true",
                                 default=field.default, help=help_text)
+        elif kind is list:  # one or more values
+            parser.add_argument(flag, dest=field.name, nargs="+", default=field.default, help=help_text,
+                                metavar=metavar)
         else:
             parser.add_argument(flag, dest=field.name, type=kind, default=field.default, help=help_text,
                                 choices=field.metadata.get("choices"),

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import distributed
-from .data import (DataConfig, DataError, DownloadError, download_extract, load_data, load_tokenizer, split_file,
-                   train_wordpiece)
+from .data import (DataConfig, DataError, DownloadError, describe, download_extract, load_data, load_tokenizer,
+                   resolve_files, split_file, train_wordpiece)
 from .encoding import get_bert_encoding
 from .files import TOKENIZER_FILE, atomic_folder, atomic_write
 from .model import BERTModel, ModelOptions, check_max_len, save_pretrained
@@ -136,11 +136,11 @@ def _data_folder(data, run):
         return download_extract(SAMPLE), SAMPLE
 
 
-def _tokenizer_and_model(options, folder, strategy):
+def _tokenizer_and_model(options, train_paths, strategy):
     """The tokenizer to encode the data with (None: count a word vocabulary) and the model, if already made.
 
     ``init_from_hf``: the model and tokenizer of a Hugging Face folder; ``tokenizer``: ``'word'``, ``'wordpiece'``
-    (trained on the training split, ``vocab_size`` ids) or a ``tokenizer.json`` / ``vocab.txt`` file.
+    (trained on the training files ``train_paths``, ``vocab_size`` ids) or a ``tokenizer.json`` / ``vocab.txt``.
     """
     data, run = options.data, options.run
     if run.init_from_hf:
@@ -161,7 +161,7 @@ def _tokenizer_and_model(options, folder, strategy):
             raise DataError("--tokenizer wordpiece trains a tokenizer, which several workers would each do "
                             "differently: train it once (bertpretrain.train_wordpiece(files).save('tokenizer.json')) "
                             "and pass --tokenizer tokenizer.json")
-        tokenizer = train_wordpiece([split_file(folder, "train")], vocab_size=data.vocab_size)
+        tokenizer = train_wordpiece(train_paths, vocab_size=data.vocab_size, lowercase=data.lowercase is not False)
         os.makedirs(run.output_dir, exist_ok=True)
         tokenizer.save(path)
         return tokenizer, None
@@ -208,15 +208,22 @@ def _pretrain(options, strategy):
     data, run, training = options.data, options.run, options.training
     if strategy.lead:  # the worker that writes: find an unwritable folder before any work
         check_writable(run.output_dir, "output folder")
-    folder, dataset = _data_folder(data, run)
-    tokenizer, net = _tokenizer_and_model(options, folder, strategy)
-    data = dataclasses.replace(data, data_dir=folder)
+    if data.train_files:  # your own files
+        folder, train_paths = None, resolve_files(data.train_files, "--train-file")
+        dataset = describe(train_paths)
+        held_out = data.valid_files is not None
+    else:
+        folder, dataset = _data_folder(data, run)
+        data, train_paths = dataclasses.replace(data, data_dir=folder), [split_file(folder, "train")]
+        held_out = os.path.isfile(os.path.join(folder, "wiki.valid.tokens"))
+    tokenizer, net = _tokenizer_and_model(options, train_paths, strategy)
     train_iter, vocab = load_data(data, "train", vocab=tokenizer, seed=training.seed)
     eval_iter = None
-    if os.path.isfile(os.path.join(folder, "wiki.valid.tokens")):
+    if held_out:
         eval_iter, _ = load_data(data, "valid", vocab=vocab, seed=training.seed, shuffle=False)
     else:
-        logger.warning("%s has no wiki.valid.tokens: training without held-out evaluation", folder)
+        logger.warning("%s: no held-out text (%s): training without held-out evaluation", dataset,
+                       "no --valid-file" if data.train_files else "no wiki.valid.tokens")
     if net is None:
         net = BERTModel.from_config(options.model.config(len(vocab), data.max_len))
     else:

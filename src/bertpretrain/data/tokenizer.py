@@ -16,6 +16,7 @@ import numpy as np
 
 from ..files import TOKENIZER_FILE, atomic_write, saved_vocab_file
 from .errors import DataError
+from .textfiles import TextFile, describe, resolve_files
 from .vocab import (CLS, CLS_ID, MASK, NUM_RESERVED, PAD, RESERVED_TOKENS, SEP, SEP_ID, UNK, TokenTable, Vocab,
                     _TokenToId)
 
@@ -98,7 +99,9 @@ class WordPieceTokenizer(TokenTable):
         Returns ``(ids, lengths)``: (N,) int32 ids of all sentences, concatenated, and (S,) int32
         pieces per sentence.
         """
-        encodings = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, which are not needed here
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encodings = encode(sentences, add_special_tokens=False)
         lengths = np.fromiter(map(len, encodings), dtype=np.int32, count=len(encodings))
         ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32,
                           count=int(lengths.sum()))
@@ -120,18 +123,18 @@ class WordPieceTokenizer(TokenTable):
 def train_wordpiece(files, vocab_size=30522, min_frequency=2, lowercase=True):
     """Train BERT's WordPiece tokenizer on text files with Hugging Face ``tokenizers``.
 
-    BERT's normalizer (lower-casing when ``lowercase``) and pre-tokenizer (whitespace and
-    punctuation); the reserved tokens take ids 0-4, so the literal ``<unk>`` of WikiText is the
-    unknown token. Returns a :class:`WordPieceTokenizer` of at most ``vocab_size`` ids.
+    ``files``: a file, a folder of text files, a glob, or a list of them, plain or ``.gz`` (see
+    :func:`~bertpretrain.data.textfiles.resolve_files`); every line is read, in either text format.
+    BERT's normalizer (lower-casing when ``lowercase``: uncased BERT; False keeps the case) and
+    pre-tokenizer (whitespace and punctuation); the reserved tokens take ids 0-4, so the literal
+    ``<unk>`` of WikiText is the unknown token. Returns a :class:`WordPieceTokenizer` of at most
+    ``vocab_size`` ids.
 
     Training twice on the same text may give different pieces or ids (``tokenizers`` breaks ties
     between equally frequent pieces arbitrarily): save the result (:meth:`WordPieceTokenizer.save`)
     and load it (:func:`load_tokenizer`) wherever the same ids are needed.
     """
-    files = [os.fspath(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
-    for path in files:
-        if not os.path.isfile(path):
-            raise DataError(f"cannot train a WordPiece tokenizer on {path}: no such file")
+    paths = resolve_files(files, "WordPiece training file")
     if not isinstance(vocab_size, (int, np.integer)) or vocab_size <= NUM_RESERVED:
         raise ValueError(f"vocab_size must be an integer > {NUM_RESERVED} (the reserved tokens), got {vocab_size!r}")
     tk = _tokenizers()
@@ -140,9 +143,23 @@ def train_wordpiece(files, vocab_size=30522, min_frequency=2, lowercase=True):
     trainer = tk.trainers.WordPieceTrainer(vocab_size=int(vocab_size), min_frequency=min_frequency,
                                            special_tokens=list(RESERVED_TOKENS), show_progress=False,
                                            continuing_subword_prefix=CONTINUATION_PREFIX)
-    tokenizer.train(files, trainer)
+    tokenizer.train_from_iterator(_line_batches(paths), trainer)
     tokenizer.post_processor = _pair_template(tk)
-    return WordPieceTokenizer(tokenizer, source=f"WordPiece trained on {', '.join(files)}")
+    return WordPieceTokenizer(tokenizer, source=f"WordPiece trained on {describe(paths)}")
+
+
+def _line_batches(paths, size=4096):
+    """The lines of the files ``paths`` (decompressed, checked UTF-8), in lists of ``size``."""
+    batch = []
+    for path in paths:
+        with TextFile(path) as f:
+            for line in f:
+                batch.append(line)
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+    if batch:
+        yield batch
 
 
 def word_level_tokenizer(vocab):
