@@ -234,3 +234,17 @@ def test_recipe_options_build_the_training_config(tmp_path):
     assert (config.num_steps, config.lr, config.lr_decay, config.initializer) == (50, 0.01, "none", "xavier")
     assert (config.checkpoint_dir, config.checkpoint_interval, config.seed) == (str(tmp_path / "checkpoints"), 5, 3)
     assert config.kvstore == "device"
+
+
+def test_bert_base_trains_and_saves_on_a_cpu(tmp_path, monkeypatch):
+    """--model bert-base --max-len 128: two steps on the CPU, saved and loadable (a small WordPiece vocabulary
+    and batch keep it quick; the 12 x 768 layers are BERT-base's)."""
+    from bertpretrain import load_pretrained
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    text = ROOT / "tests" / "data" / "grimms-fairy-tales" / "valid.txt"
+    assert cli.main(["pretrain", "--model", "bert-base", "--max-len", "128", "--num-steps", "2", "--batch-size", "4",
+                     "--train-file", str(text), "--tokenizer", "wordpiece", "--vocab-size", "2000", "--no-progress",
+                     "--output-dir", str(tmp_path / "run")]) == 0
+    net, _ = load_pretrained(str(tmp_path / "run" / "model"))
+    assert (net.config.num_layers, net.config.num_hiddens, net.config.max_len) == (12, 768, 128)
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["summary"]["steps"] == 2

@@ -456,3 +456,31 @@ def test_export_hf_to_a_file_or_a_read_only_disk_names_out(tmp_path, tmpfs, word
         assert err.startswith(f"error: cannot ") and str(out) in err, err
         assert ".tmp-" not in err and "Errno" not in err, err
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+GRIMM = ROOT / "tests" / "data" / "grimms-fairy-tales"
+
+
+def test_any_bert_on_your_own_text_exports_to_transformers_with_the_same_outputs(tmp_path, monkeypatch, reference):
+    """Issue 21's run: BERT-mini on text that is not WikiText (BERT's format), WordPiece, AdamW, accumulation;
+    export-hf; transformers gives our encoder and MLM outputs."""
+    from bertpretrain import cli, load_pretrained
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", "--model", "bert-mini", "--num-layers", "2", "--train-file", str(GRIMM / "train.txt"),
+                     "--valid-file", str(GRIMM / "valid.txt"), "--tokenizer", "wordpiece", "--vocab-size", "3000",
+                     "--optimizer", "adamw", "--accumulate-steps", "2", "--num-steps", "3", "--batch-size", "8",
+                     "--max-len", "48", "--eval-interval", "2", "--no-progress", "--output-dir", str(run)]) == 0
+    saved = json.loads((run / "history.json").read_text())
+    assert [e["step"] for e in saved["history"]["eval"]] == [2, 3]
+    options = saved["summary"]["options"]
+    assert (options["optimizer"], options["accumulate_steps"], options["model"]) == ("adamw", 2, "bert-mini")
+    net, tokenizer = load_pretrained(str(run / "model"))
+    assert (net.config.num_hiddens, net.config.num_layers, net.config.num_heads) == (256, 2, 4)
+    assert "Once upon a time" not in tokenizer.tokenize("Once upon a time")  # lower-cased pieces
+    assert cli.main(["export-hf", str(run), str(tmp_path / "hf")]) == 0
+    batch = _batch(len(tokenizer))
+    theirs = _transformers_outputs(reference, [tmp_path / "hf"], batch, tmp_path)[tmp_path / "hf"]
+    encoder, mlm, nsp = _max_differences(_outputs(net, batch), theirs)
+    assert encoder < 1e-4 and mlm < 1e-4 and nsp is None  # the recipe's layout: RoBERTa-PreLN, no NSP head
+
