@@ -170,34 +170,21 @@ def _original_bert(vocab_size, num_layers, num_hiddens, overrides):
     return BERTConfig(vocab_size=vocab_size, **options)
 
 
-def bert_tiny(vocab_size, **overrides):
-    """BERT-Tiny: 2 layers, H=128, 2 heads, FFN 512, original-BERT options; ``overrides`` replace
-    fields."""
-    return _original_bert(vocab_size, 2, 128, overrides)
+def _original_size(name, num_layers, num_hiddens):
+    """The factory of an original BERT size (see :func:`_original_bert`): ``factory(vocab_size, **overrides)``."""
+    def factory(vocab_size, **overrides):
+        return _original_bert(vocab_size, num_layers, num_hiddens, overrides)
+    factory.__name__ = factory.__qualname__ = f"bert_{name.lower()}"
+    factory.__doc__ = (f"BERT-{name}: {num_layers} layers, H={num_hiddens}, {num_hiddens // 64} heads, FFN "
+                       f"{4 * num_hiddens}, original-BERT options; ``overrides`` replace fields.")
+    return factory
 
 
-def bert_mini(vocab_size, **overrides):
-    """BERT-Mini: 4 layers, H=256, 4 heads, FFN 1024, original-BERT options; ``overrides`` replace
-    fields."""
-    return _original_bert(vocab_size, 4, 256, overrides)
-
-
-def bert_small(vocab_size, **overrides):
-    """BERT-Small: 4 layers, H=512, 8 heads, FFN 2048, original-BERT options; ``overrides`` replace
-    fields."""
-    return _original_bert(vocab_size, 4, 512, overrides)
-
-
-def bert_medium(vocab_size, **overrides):
-    """BERT-Medium: 8 layers, H=512, 8 heads, FFN 2048, original-BERT options; ``overrides`` replace
-    fields."""
-    return _original_bert(vocab_size, 8, 512, overrides)
-
-
-def bert_base(vocab_size, **overrides):
-    """BERT-Base: 12 layers, H=768, 12 heads, FFN 3072, original-BERT options; ``overrides`` replace
-    fields."""
-    return _original_bert(vocab_size, 12, 768, overrides)
+bert_tiny = _original_size("Tiny", 2, 128)
+bert_mini = _original_size("Mini", 4, 256)
+bert_small = _original_size("Small", 4, 512)
+bert_medium = _original_size("Medium", 8, 512)
+bert_base = _original_size("Base", 12, 768)
 
 
 def _largest_divisor_at_most(value, limit):

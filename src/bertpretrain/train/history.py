@@ -63,6 +63,11 @@ class TrainingHistory:
         rate = statistics.median(self.seq_per_sec) if self.seq_per_sec else None
         return len(self.step), rate, last, self.eval[-1] if self.eval else None
 
+    def _status(self):
+        """How the run stands beside its numbers: this worker's rank of several, and an interruption."""
+        return ([f"rank {self.rank} of {self.workers}"] if self.workers > 1 else []) + (
+            ["interrupted"] if self.interrupted else [])
+
     def __repr__(self):
         """One line, whatever the length of the run: the lists are ``history.mlm_loss`` and so on."""
         steps, rate, last, evaluation = self._summary()
@@ -76,11 +81,7 @@ class TrainingHistory:
                          f"(acc {evaluation['nsp_acc']:.3f})")
         if rate is not None:
             parts.append(f"{rate:,.0f} seq/s")
-        if self.workers > 1:
-            parts.append(f"rank {self.rank} of {self.workers}")
-        if self.interrupted:
-            parts.append("interrupted")
-        return f"TrainingHistory({'; '.join(parts)})"
+        return f"TrainingHistory({'; '.join(parts + self._status())})"
 
     def _repr_html_(self):
         """A table for notebooks: the last step and every evaluation (the last 10), with perplexities."""
@@ -88,10 +89,7 @@ class TrainingHistory:
         caption = [f"TrainingHistory: {steps} steps"]
         if rate is not None:
             caption.append(f"median {rate:,.0f} sequences/s")
-        if self.workers > 1:
-            caption.append(f"rank {self.rank} of {self.workers}")
-        if self.interrupted:
-            caption.append("interrupted")
+        caption += self._status()
         if self.checkpoint:
             caption.append(f"checkpoint {self.checkpoint}")
         columns = ("step", "mlm_loss", "mlm_acc", "mlm_perplexity", "nsp_loss", "nsp_acc")
