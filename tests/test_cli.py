@@ -229,8 +229,8 @@ def test_preset_d2l_gives_the_defaults_and_other_options_override_it(monkeypatch
 
 
 def test_recipe_options_build_the_training_config(tmp_path):
-    from bertpretrain.recipe import preset_options
-    config = preset_options("d2l", output_dir=str(tmp_path), checkpoint_interval=5, seed=3).training
+    from bertpretrain.recipe import PretrainOptions
+    config = PretrainOptions.create("d2l", output_dir=str(tmp_path), checkpoint_interval=5, seed=3).training
     assert (config.num_steps, config.lr, config.lr_decay, config.initializer) == (50, 0.01, "none", "xavier")
     assert (config.checkpoint_dir, config.checkpoint_interval, config.seed) == (str(tmp_path / "checkpoints"), 5, 3)
     assert config.kvstore == "device"

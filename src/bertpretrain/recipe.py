@@ -115,11 +115,6 @@ class PretrainOptions:
                 for name, value in dataclasses.asdict(getattr(self, title)).items()}
 
 
-def preset_options(name, **overrides):
-    """The :class:`PretrainOptions` of preset ``name`` (see :data:`PRESETS`), with ``overrides`` on top."""
-    return PretrainOptions.create(name, **overrides)
-
-
 def _data_folder(data, run):
     """The folder of the split files: ``data_dir``, a download, or, offline, the bundled sample (loudly)."""
     if data.data_dir:
