@@ -33,10 +33,10 @@ def test_missing_horovod_says_how_to_build_it(monkeypatch):
         distributed.import_horovod()
 
 
-def readme_horovodrun_command():
-    """The README's ``horovodrun ... bertpretrain pretrain ...`` command, as argv."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    (command,) = re.findall(r"`(horovodrun [^`]*bertpretrain pretrain[^`]*)`", readme)
+def documented_horovodrun_command():
+    """The ``horovodrun ... bertpretrain pretrain ...`` command of docs/distributed.md, as argv."""
+    text = (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
+    (command,) = re.findall(r"^(horovodrun [^\n]*bertpretrain pretrain[^\n]*)$", text, re.M)
     return shlex.split(command)
 
 
@@ -62,10 +62,10 @@ def assert_rank_0_saved_everything(run_dir, steps):
     assert saved["summary"]["checkpoint"].endswith(f"step-{steps:08d}") and saved["summary"]["eval"]
 
 
-def test_the_readmes_horovodrun_command_finishes_and_saves(horovod_python, tmp_path):
+def test_the_documented_horovodrun_command_finishes_and_saves(horovod_python, tmp_path):
     # Rank 1 used to leave after its last step and shut Horovod down under rank 0's final evaluation: exit 1
     # and nothing saved.
-    command = on_this_machine(readme_horovodrun_command()) + SIZES
+    command = on_this_machine(documented_horovodrun_command()) + SIZES
     assert command[command.index("--gloo") + 5:][:3] == ["bertpretrain", "pretrain", "--kvstore"], command
     status, output = run(command, tmp_path, horovod_python)
     assert status == 0, output[-6000:]
@@ -75,7 +75,7 @@ def test_the_readmes_horovodrun_command_finishes_and_saves(horovod_python, tmp_p
 
 
 def test_two_horovod_processes_end_with_the_same_parameters_as_the_saved_model(horovod_python, tmp_path):
-    command = on_this_machine(readme_horovodrun_command())
+    command = on_this_machine(documented_horovodrun_command())
     cut = command.index("bertpretrain")
     assert command[cut + 1] == "pretrain"
     command = [*command[:cut], horovod_python, str(HELPER), str(tmp_path), *command[cut + 2:], *SIZES]

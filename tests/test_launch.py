@@ -113,14 +113,14 @@ def test_ctrl_c_on_the_launcher_lets_rank_0_checkpoint(tmp_path):
                 "--output-dir", "run"]
     launcher = Launcher(["-n", "2", "-s", "1", "--", *pretrain], tmp_path,
                         program=(*bertpretrain_command(), "launch"))
-    deadline = time.monotonic() + README_TIMEOUT_S
+    deadline = time.monotonic() + DOC_TIMEOUT_S
     while "step 20/100000" not in launcher.output:
         if time.monotonic() > deadline or launcher.proc.poll() is not None:
             launcher.abort()
             pytest.fail(f"no step 20:\n{launcher.log}\n{launcher.output}")
         time.sleep(0.05)
     launcher.proc.send_signal(signal.SIGINT)
-    status, _ = launcher.finish(timeout=README_TIMEOUT_S)
+    status, _ = launcher.finish(timeout=DOC_TIMEOUT_S)
 
     assert status == 130, launcher.log + launcher.output
     step = int(re.search(r"interrupted at step (\d+); resume with --resume", launcher.output).group(1))
@@ -217,10 +217,10 @@ def test_hostfile_job_runs_over_ssh(tmp_path):
     assert_nothing_left(launcher)
 
 
-# ------------------------------------------------------------- the README's launch commands
+# ------------------------------------------------------------- the documented launch commands (docs/distributed.md)
 
 SAMPLE = Path(launch.__file__).resolve().parent / "data" / "sample"  # in the repository
-README_TIMEOUT_S = 240  # a job that reaches its last step used to hang forever
+DOC_TIMEOUT_S = 240  # a job that reaches its last step used to hang forever
 
 
 def bertpretrain_command():
@@ -229,11 +229,11 @@ def bertpretrain_command():
     return (str(script),) if script.exists() else (sys.executable, "-m", "bertpretrain.cli")
 
 
-def readme_launch_commands():
-    """The README's two ``bertpretrain launch`` examples, read from its text: a (launch arguments, pretrain
-    arguments) pair each, split at ``--`` (continuation lines joined)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"```bash\n(# 2 workers \+ 1 server.*?)```", readme, re.S).group(1)
+def documented_launch_commands():
+    """The two ``bertpretrain launch`` examples of docs/distributed.md, read from its text: a (launch arguments,
+    pretrain arguments) pair each, split at ``--`` (continuation lines joined)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(# 2 workers \+ 1 server.*?)```", text, re.S).group(1)
     commands = [shlex.split(line) for line in re.sub(r"\\\n\s*", " ", block).splitlines()
                 if line.startswith("bertpretrain launch ")]
     assert len(commands) == 2, block
@@ -247,7 +247,7 @@ def readme_launch_commands():
 
 def with_values(args, **values):
     """``args`` with each ``--flag`` (underscores for dashes; ``n`` and ``s`` for ``-n``/``-s``) set to its
-    value: replaced where the README gives it, added where it does not."""
+    value: replaced where the command gives it, added where it does not."""
     args = list(args)
     for name, value in values.items():
         flag = f"-{name}" if len(name) == 1 else "--" + name.replace("_", "-")
@@ -264,14 +264,14 @@ def assert_rank_0_wrote_its_outputs(output_dir, steps):
     assert (output_dir / "history.json").is_file()
 
 
-def test_readme_launch_on_this_machine_finishes_with_every_output(tmp_path):
-    # The README's first command, with tiny sizes and the bundled sample (it has a validation split,
+def test_documented_launch_on_this_machine_finishes_with_every_output(tmp_path):
+    # The first documented command, with tiny sizes and the bundled sample (it has a validation split,
     # so rank 0 evaluates after the last step, which is where the job hung).
-    (launch_args, pretrain_args), _ = readme_launch_commands()
+    (launch_args, pretrain_args), _ = documented_launch_commands()
     pretrain = [*bertpretrain_command(), "pretrain", *with_values(
         pretrain_args, data_dir=SAMPLE, batch_size=32, max_len=32, num_steps=3, output_dir="run")]
     status, _, launcher = run_launcher([*launch_args, "--", *pretrain], tmp_path,
-                                       timeout=README_TIMEOUT_S,
+                                       timeout=DOC_TIMEOUT_S,
                                        program=(*bertpretrain_command(), "launch"))
 
     assert status == 0, launcher.log + launcher.output
@@ -281,8 +281,8 @@ def test_readme_launch_on_this_machine_finishes_with_every_output(tmp_path):
     assert_nothing_left(launcher)
 
 
-def test_readme_launch_with_a_hostfile_finishes_with_every_output(tmp_path):
-    # The README's second command on loopback: the hosts are this machine under two names, reached
+def test_documented_launch_with_a_hostfile_finishes_with_every_output(tmp_path):
+    # The second documented command on loopback: the hosts are this machine under two names, reached
     # by the stand-in ssh; a data folder without a validation split (rank 0 saves right after the
     # last step); --devices cpu for gpu.
     env = stand_in_ssh(tmp_path)
@@ -292,13 +292,13 @@ def test_readme_launch_with_a_hostfile_finishes_with_every_output(tmp_path):
     (data / "wiki.train.tokens").write_bytes((SAMPLE / "wiki.train.tokens").read_bytes())
     work_dir = tmp_path / "shared"
     work_dir.mkdir()
-    _, (launch_args, pretrain_args) = readme_launch_commands()
+    _, (launch_args, pretrain_args) = documented_launch_commands()
     pretrain = [*bertpretrain_command(), "pretrain", *with_values(
         pretrain_args, devices="cpu", data_dir=data, batch_size=32, max_len=32, num_steps=3,
         output_dir=work_dir / "run")]
     launch_args = with_values(launch_args, n=2, hostfile=tmp_path / "hosts", host_ip="127.0.0.1", interface="lo")
     status, _, launcher = run_launcher(
-        [*launch_args, "--", *pretrain], work_dir, env, timeout=README_TIMEOUT_S,
+        [*launch_args, "--", *pretrain], work_dir, env, timeout=DOC_TIMEOUT_S,
         program=(*bertpretrain_command(), "launch"))
 
     assert status == 0, launcher.log + launcher.output
@@ -311,13 +311,13 @@ def test_readme_launch_with_a_hostfile_finishes_with_every_output(tmp_path):
 
 # ------------------------------------------------------------------------ progress watchdog
 
-def test_a_stopped_pretrain_worker_stops_the_readme_job(tmp_path):
-    # The first README command, training long enough to stop one of its workers with SIGSTOP.
+def test_a_stopped_pretrain_worker_stops_the_documented_job(tmp_path):
+    # The first documented command, training long enough to stop one of its workers with SIGSTOP.
     pretrain = [*bertpretrain_command(), "pretrain", "--kvstore", "dist_sync", "--data-dir", str(SAMPLE),
                 "--batch-size", "32", "--max-len", "32", "--num-steps", "100000", "--output-dir", "run"]
     launcher = Launcher(["-n", "2", "-s", "1", "--timeout", "5", "--grace", "2", "--", *pretrain], tmp_path,
                         program=(*bertpretrain_command(), "launch"))
-    wait_for_output(launcher, "bertpretrain.train.loop: step 10/100000", timeout=README_TIMEOUT_S)
+    wait_for_output(launcher, "bertpretrain.train.loop: step 10/100000", timeout=DOC_TIMEOUT_S)
     worker = started_pids(launcher.log)["worker 1"]
     os.kill(worker, signal.SIGSTOP)
     status, _ = launcher.finish(timeout=60)

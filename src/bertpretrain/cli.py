@@ -25,6 +25,12 @@ def add_pretrain_arguments(parser):
     return parser
 
 
+def options_markdown():
+    """The reference of ``pretrain``'s options, one markdown table per section, as docs/command.md holds it."""
+    return "\n\n".join(f"### {title} options\n\n" + opts.markdown_table(section, PRESETS, DEFAULT_PRESET)
+                       for title, section in SECTIONS)
+
+
 def export_hf_main(argv=None, prog=None):
     """``export-hf RUN_OR_MODEL_DIR OUT``: write a bertpretrain model as a Hugging Face BERT folder."""
     parser = argparse.ArgumentParser(prog=prog, description="Export a model trained with bertpretrain as a "

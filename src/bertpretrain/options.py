@@ -172,6 +172,24 @@ def add_arguments(parser, cls, presets=None, default_preset=None):
     return parser
 
 
+def markdown_table(cls, presets=None, default_preset=None):
+    """The command-line fields of ``cls`` as a markdown table (flag, default, ``default_preset``'s value, help):
+    the reference the docs hold, made from the same fields as ``--help``."""
+    preset = (presets or {}).get(default_preset, {})
+    rows = [f"| option | default | {f'preset {default_preset}' if default_preset else ''} | what it does |",
+            "| --- | --- | --- | --- |"]
+    for field in cli_fields(cls):
+        flag = flag_of(field)
+        turned_off = _value_type(cls, field) is bool and field.default is True
+        default = "on" if turned_off else _shown(field.default)
+        if _value_type(cls, field) is bool and field.default is None:
+            flag = f"{flag}, --no-{flag[2:]}"
+        chosen = _shown(preset[field.name]) if field.name in preset else ""
+        text = ("turn off: " if turned_off else "") + field.metadata["help"]
+        rows.append(f"| `{flag}` | {default} | {chosen} | {text.replace('|', '/').replace('<', '&lt;')} |")
+    return "\n".join(rows)
+
+
 def values(cls, namespace):
     """{field name: value} of the command-line fields of ``cls`` found in an argparse ``namespace``."""
     return {f.name: getattr(namespace, f.name) for f in cli_fields(cls) if hasattr(namespace, f.name)}
