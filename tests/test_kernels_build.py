@@ -3,6 +3,8 @@
 Needs no C++ compiler: the cache tests use a fake compiler script, and the fallback
 tests run in fresh processes (a kernel library can be loaded only once per process).
 """
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -86,7 +88,8 @@ def _library_files(cache):
     return sorted(p.name for p in cache.iterdir() if p.name != ".build.lock")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage of the same size", "no record"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage of the same size", "no record",
+                                    "a record from before manifests"])
 def test_damaged_cached_library_is_rebuilt_with_one_log_line(fake_cxx, sources, tmp_path, caplog, damage):
     cache = tmp_path / "cache"
     library = build.build(sources, cache)
@@ -95,8 +98,11 @@ def test_damaged_cached_library_is_rebuilt_with_one_log_line(fake_cxx, sources, 
         os.truncate(library, 3)
     elif damage == "garbage of the same size":
         library.write_bytes(b"\x7fELF" + b"\0" * (len(good) - 4))
-    else:
+    elif damage == "no record":
         build.record_path(library).unlink()
+    else:  # the layout of c41b35a and before: {"size": ..., "sha256": ...}
+        build.record_path(library).write_text(json.dumps(
+            {"size": len(good), "sha256": hashlib.sha256(good).hexdigest()}))
     caplog.set_level(logging.INFO, logger="bertpretrain.kernels")
     assert build.build(sources, cache) == library and fake_cxx() == 2
     assert library.read_bytes() == good

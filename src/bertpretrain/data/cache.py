@@ -2,21 +2,20 @@
 
 An entry is keyed by the corpus file's SHA1, every option that changes the encoding (``min_freq``,
 or the given vocabulary), and :data:`FORMAT_VERSION`. It holds the flat id arrays, the vocabulary
-and a ``meta.json`` with each file's size and SHA1. It is built in a temporary folder and renamed
+and a ``meta.json``: a manifest (:mod:`bertpretrain.files`) of each file's size and SHA-256. It is built in a temporary folder and renamed
 into place; on load every file is checked, and an entry that is incomplete or corrupt is rebuilt,
 never trusted. An entry another process completed first is kept (not replaced under its readers),
 and build folders that killed processes left behind are removed by the next build.
 """
 import hashlib
-import json
 import logging
 import os
 
 import numpy as np
 
-from ..files import VOCAB_FILE, atomic_folder, atomic_write, cache_root, remove_stale
+from ..files import (VOCAB_FILE, atomic_folder, cache_root, file_digest, manifest, manifest_problem, read_manifest,
+                     remove_stale, write_manifest)
 from .corpus import EncodedCorpus
-from .download import sha1_of_file
 from .vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -40,15 +39,19 @@ def entry_key(corpus_sha1, vocab=None, min_freq=5):
     return digest.hexdigest()
 
 
+def _meta_before_manifests(meta):
+    """A ``meta.json`` as versions up to c41b35a wrote it (files as ``[size, sha1]``), as a manifest: the
+    entry stays valid."""
+    return {**meta, "files": {name: {"size": size, "sha1": sha1} for name, (size, sha1) in meta["files"].items()}}
+
+
 def _load(folder, path, vocab=None):
     """The cached corpus and vocabulary in ``folder``, or None when it is missing, incomplete or corrupt."""
     try:
-        with open(os.path.join(folder, _META)) as f:
-            meta = json.load(f)
-        for name, (size, sha1) in meta["files"].items():
-            file = os.path.join(folder, name)
-            if os.path.getsize(file) != size or sha1_of_file(file) != sha1:
-                raise ValueError(f"{name} does not match its recorded size and SHA1")
+        files = read_manifest(os.path.join(folder, _META), legacy=_meta_before_manifests)["files"]
+        mismatch = manifest_problem(folder, files)
+        if mismatch is not None:
+            raise ValueError("%s: %s" % mismatch)
         arrays = {name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False) for name in _ARRAYS}
         vocab = vocab if vocab is not None else Vocab.load(os.path.join(folder, VOCAB_FILE))
     except FileNotFoundError:
@@ -71,11 +74,9 @@ def _store(folder, corpus, vocab, corpus_sha1, min_freq, replace):
         for name in _ARRAYS:
             np.save(os.path.join(staging, f"{name}.npy"), getattr(corpus, name))
         vocab.save(os.path.join(staging, VOCAB_FILE))
-        files = {name: [os.path.getsize(os.path.join(staging, name)), sha1_of_file(os.path.join(staging, name))]
-                 for name in [f"{a}.npy" for a in _ARRAYS] + [VOCAB_FILE]}
-        atomic_write(os.path.join(staging, _META), json.dumps(
-            {"format": FORMAT_VERSION, "source": corpus.path, "source_sha1": corpus_sha1, "min_freq": min_freq,
-             "files": files}, indent=1))
+        files = manifest(staging, [f"{a}.npy" for a in _ARRAYS] + [VOCAB_FILE])
+        write_manifest(os.path.join(staging, _META), files, format=FORMAT_VERSION, source=corpus.path,
+                       source_sha1=corpus_sha1, min_freq=min_freq)
 
 
 def load_encoded_corpus(path, vocab=None, min_freq=5, cache="auto", cache_dir=None, progress=None):
@@ -93,7 +94,7 @@ def load_encoded_corpus(path, vocab=None, min_freq=5, cache="auto", cache_dir=No
         cache = os.path.getsize(path) >= AUTO_CACHE_BYTES
     if not cache:
         return EncodedCorpus.read(path, vocab, min_freq, progress)
-    corpus_sha1 = sha1_of_file(path)
+    corpus_sha1 = file_digest(path, "sha1")
     folder = os.path.join(cache_root(cache_dir), "preprocessed", entry_key(corpus_sha1, vocab, min_freq))
     corrupt = os.path.isdir(folder)  # when _load finds nothing usable in an existing folder
     cached = _load(folder, path, vocab)
