@@ -15,29 +15,16 @@ import json
 import pathlib
 import random
 import re
+import resource
 import shutil
-import subprocess
-import sys
 import time
 
-SPLITS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "wikitext-2"  # the real valid + test splits
-
-CHILD = """
-import json, resource, sys, time
-start = time.perf_counter()
-from bertpretrain.data import load_data_wiki
-imported = time.perf_counter()
-loader, vocab = load_data_wiki(512, 64, data_dir=sys.argv[1], cache=True, cache_dir=sys.argv[2], seed=0)
-first = next(iter(loader))
-done = time.perf_counter()
-print(json.dumps({"import_s": imported - start, "seconds": done - imported, "examples": len(loader.dataset),
-                  "vocab": len(vocab), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+from common import WIKITEXT2, child_json, header, import_library
 
 
 def build_corpus(target_words, path, seed=0):
     """Write ~target_words words of WikiText-2 articles, each copy shuffled at the article level."""
-    text = "".join((SPLITS / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("valid", "test"))
+    text = "".join((WIKITEXT2 / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("valid", "test"))
     articles = re.split(r"(?m)^(?= = [^=].* = \n)", text)
     words_per_copy = len(text.split())
     copies = max(1, round(target_words / words_per_copy))
@@ -49,17 +36,29 @@ def build_corpus(target_words, path, seed=0):
     return copies * words_per_copy
 
 
-def run_child(data_dir, cache_dir):
-    out = subprocess.run([sys.executable, "-c", CHILD, str(data_dir), str(cache_dir)], check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def first_batch(data_dir, cache_dir):
+    """In a fresh child: import, then ``load_data_wiki`` with the cache up to its first batch; what it took."""
+    start = time.perf_counter()
+    import_library()
+    from bertpretrain.data import load_data_wiki
+    imported = time.perf_counter()
+    loader, vocab = load_data_wiki(512, 64, data_dir=data_dir, cache=True, cache_dir=cache_dir, seed=0)
+    next(iter(loader))
+    done = time.perf_counter()
+    return {"import_s": imported - start, "seconds": done - imported, "examples": len(loader.dataset),
+            "vocab": len(vocab), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=float, default=100e6)
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/bertpretrain-scale"))
+    parser.add_argument("--child", nargs=2, metavar=("DATA_DIR", "CACHE_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(first_batch(*args.child)))
+        return
+    header(__doc__.splitlines()[0])
     data_dir, cache_dir = args.workdir / "data", args.workdir / "cache"
     shutil.rmtree(args.workdir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -68,7 +67,7 @@ def main():
     size_mb = (data_dir / "wiki.train.tokens").stat().st_size / 2 ** 20
     print(f"corpus: {words / 1e6:.1f}M words, {size_mb:.0f} MB (written in {time.perf_counter() - start:.1f} s)")
     for name in ("cold", "warm"):
-        r = run_child(data_dir, cache_dir)
+        r = child_json([__file__, "--child", data_dir, cache_dir])
         print(f"{name}: {r['seconds']:.1f} s to the first batch (+{r['import_s']:.1f} s import), "
               f"peak RSS {r['peak_rss_mb']:.0f} MB, {r['examples']:,} examples, vocabulary {r['vocab']:,}")
     shutil.rmtree(args.workdir, ignore_errors=True)
