@@ -32,9 +32,10 @@ import argparse
 import collections
 import functools
 import json
+import os
 import sys
 
-from common import (add_baseline_arguments, alternating, child_json, header, import_library, interleaved,
+from common import (CLOCKS, add_baseline_arguments, alternating, child_json, header, import_library, interleaved,
                     median_best_ms, sources)
 
 # A row's timed columns, per table: training-mode forward, inference-mode forward, forward + backward.
@@ -158,7 +159,7 @@ def measure(args):
     def rows(table, case, paths):
         """Every column of ``table`` for every path (a function making the output), interleaved."""
         steps = [functools.partial(measures[column], run) for column in COLUMNS[table] for run in paths.values()]
-        times = iter(interleaved(steps, args.repeats, warmup=3))
+        times = iter(interleaved(steps, args.repeats, warmup=3, clock=args.clock))
         seconds = {path: {} for path in paths}
         for column in COLUMNS[table]:
             for path in paths:
@@ -182,7 +183,7 @@ def measure(args):
 def collect(args, versions):
     """{(table, case, path, threads, source name): {column: (median, best) ms over every round's calls}}."""
     pooled = collections.defaultdict(lambda: collections.defaultdict(list))
-    child = [__file__, "--child", "--repeats", args.repeats, "--mlm-chunks", *args.mlm_chunks]
+    child = [__file__, "--child", "--repeats", args.repeats, "--clock", args.clock, "--mlm-chunks", *args.mlm_chunks]
     child += ["--only-blocks"] if args.only_blocks else []
     for threads in args.threads:
         for _, source in alternating(versions, args.rounds):
@@ -200,8 +201,8 @@ def report(args, versions, results):
     cell = "{:.1f} ({:.1f})".format
     keys = list(results)
     if not args.only_blocks:
-        print("\nPer-op kernels against builtin operators through the op layer: ms per call, median (best); "
-              "fwd = training-mode forward, fwd+bwd = forward + backward\n")
+        print(f"\nPer-op kernels against builtin operators through the op layer: ms ({args.clock} clock) per call, "
+              "median (best); fwd = training-mode forward, fwd+bwd = forward + backward\n")
         print("| operator | threads | library | builtin fwd | fused fwd | builtin fwd+bwd | fused fwd+bwd "
               "| speed-up (fwd+bwd) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -212,8 +213,8 @@ def report(args, versions, results):
             print(f"| {case} | {threads} | {name} | {cell(*builtin['fwd'])} | {cell(*fused['fwd'])} | "
                   f"{cell(*builtin['fwd+bwd'])} | {cell(*fused['fwd+bwd'])} | "
                   f"{builtin['fwd+bwd'][0] / fused['fwd+bwd'][0]:.1f}x |")
-    print("\nWhole-block kernels against the builtin paths they replace: ms per call, median (best); speed-up of "
-          "forward + backward against the builtin path\n")
+    print(f"\nWhole-block kernels against the builtin paths they replace: ms ({args.clock} clock) per call, median "
+          "(best); speed-up of forward + backward against the builtin path\n")
     print("| case | path | threads | library | fwd (training) | fwd (inference) | fwd+bwd | speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for table, case, path, threads, name in keys:
@@ -223,8 +224,8 @@ def report(args, versions, results):
                   + " | ".join(cell(*row[column]) for column in COLUMNS["blocks"])
                   + f" | {builtin['fwd+bwd'][0] / row['fwd+bwd'][0]:.2f}x |")
     if len(names) == 2:
-        print(f"\nThis checkout ({names[0]}) against {names[1]}: forward + backward, ms per call, median "
-              f"(best) over {args.rounds} round(s) in turns; ratio < 1: faster now\n")
+        print(f"\nThis checkout ({names[0]}) against {names[1]}: forward + backward, ms ({args.clock} clock) per "
+              f"call, median (best) over {args.rounds} round(s) in turns; ratio < 1: faster now\n")
         print(f"| case | path | threads | {names[0]} | {names[1]} | ratio |")
         print("| --- | --- | --- | --- | --- | --- |")
         for table, case, path, threads, name in keys:
@@ -243,14 +244,20 @@ def main():
                         help="measure only the whole-block kernels (attention, MLM decoder) against their paths")
     parser.add_argument("--mlm-chunks", type=int, nargs="+", default=[1 << 20, 1 << 21, 1 << 23],
                         help="other chunk sizes (logits per chunk) of the fused MLM decoder to measure")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="time calls in wall-clock seconds, or in the process's CPU seconds (less stretched "
+                             "by other work on a shared machine; OpenMP threads then wait passively)")
     add_baseline_arguments(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args)))
         return
+    if args.clock == "cpu":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the children: CPU time is work
     header(__doc__.split("\n\n")[0])
-    print(f"threads {args.threads}, {args.repeats} timed calls per round, {args.rounds} round(s)", flush=True)
+    print(f"threads {args.threads}, {args.repeats} timed calls per round, {args.rounds} round(s), {args.clock} "
+          f"clock, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
     with sources(args.baseline) as versions:
         results = collect(args, versions)
     report(args, versions, results)

@@ -72,12 +72,19 @@ def clocks():
     return time.perf_counter(), time.process_time()
 
 
-def interleaved(variants, repeats, warmup=1, sync=None):
+#: The clocks a benchmark can time with: wall-clock, or the CPU time of the process (all its threads),
+#: which other work on a shared machine stretches far less (with OMP_WAIT_POLICY=PASSIVE, so that
+#: waiting OpenMP threads do not spin).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved(variants, repeats, warmup=1, sync=None, clock="wall"):
     """Time every function of ``variants``: ``warmup`` untimed rounds, then ``repeats`` timed ones, each
     calling the variants once in turn, so that load from other processes hits them alike. ``sync``
     (e.g. ``mx.nd.waitall``), when given, runs before each clock read so that asynchronous work is
-    counted where it was started. Returns per variant the list of its seconds."""
-    sync = sync or (lambda: None)
+    counted where it was started; ``clock`` names one of :data:`CLOCKS`. Returns per variant the list
+    of its seconds."""
+    sync, now = sync or (lambda: None), CLOCKS[clock]
     for _ in range(warmup):
         for run in variants:
             run()
@@ -85,10 +92,10 @@ def interleaved(variants, repeats, warmup=1, sync=None):
     for _ in range(repeats):
         for run, bucket in zip(variants, times):
             sync()
-            start = time.perf_counter()
+            start = now()
             run()
             sync()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(now() - start)
     return times
 
 
