@@ -2,10 +2,11 @@
 
 An entry is keyed by the corpus file's SHA1, every option that changes the encoding (``min_freq``,
 or the given vocabulary), and :data:`FORMAT_VERSION`. It holds the flat id arrays, the vocabulary
-and a ``meta.json``: a manifest (:mod:`bertpretrain.files`) of each file's size and SHA-256. It is built in a temporary folder and renamed
-into place; on load every file is checked, and an entry that is incomplete or corrupt is rebuilt,
-never trusted. An entry another process completed first is kept (not replaced under its readers),
-and build folders that killed processes left behind are removed by the next build.
+and a ``meta.json``: a manifest (:mod:`bertpretrain.files`) of each file's size and SHA-256. It is
+built in a temporary folder and renamed into place; on load every file is checked, and an entry
+that is incomplete or corrupt is rebuilt, never trusted. An entry another process completed first
+is kept (not replaced under its readers), and build folders that killed processes left behind are
+removed by the next build.
 """
 import hashlib
 import logging
