@@ -201,8 +201,8 @@ def verify_checkpoint(folder, state, offer_previous=True):
     mismatch = manifest_problem(folder, state["files"])
     if mismatch is not None:
         name, problem = mismatch
-        raise _untrusted(folder, os.path.join(folder, name), f"{problem}: it changed after it was saved (the "
-                         "file is truncated or corrupted)", offer_previous)
+        raise _untrusted(folder, os.path.join(folder, name), f"{problem} (checked against the record made when "
+                         "the checkpoint was saved: the file is damaged)", offer_previous)
 
 
 def _untrusted(folder, path, problem, offer_previous):
