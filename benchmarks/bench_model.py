@@ -31,7 +31,7 @@ import json
 import os
 import statistics
 
-from common import (WIKITEXT2, add_baseline_arguments, alternating, child_json, header, import_library, interleaved,
+from common import (CLOCKS, WIKITEXT2, add_baseline_arguments, alternating, child_json, header, import_library, interleaved,
                     sources)
 
 NUM_SPECIAL_TOKENS = 5  # <unk>, [PAD], [CLS], [SEP], [MASK]
@@ -241,7 +241,8 @@ def measure(args):
         def run(path):
             sums[path] = train_step(path, batches[index % 4])
 
-        seconds = interleaved([functools.partial(run, path) for path in order], 1, warmup=0, sync=npx.waitall)
+        seconds = interleaved([functools.partial(run, path) for path in order], 1, warmup=0, sync=npx.waitall,
+                              clock=args.clock)
         for path, (step_seconds,) in zip(order, seconds):
             if index >= args.warmup:
                 times[path].append(step_seconds)
@@ -284,8 +285,9 @@ def measure(args):
     return result
 
 
-def report(threads, runs, batch_size):
-    """Print the results of one thread count: ``runs`` maps a library name to its children's results."""
+def report(threads, runs, batch_size, clock):
+    """Print the results of one thread count: ``runs`` maps a library name to its children's results; step
+    times are in ``clock`` seconds (speeds from CPU seconds count the work of all threads)."""
     first = next(iter(runs.values()))[0]
     counts = "with" if first["count_correct"] else "without"
     print(f"--- OMP_NUM_THREADS={threads} (vocab {first['vocab_size']}, loss in the graph, {counts} accuracy "
@@ -307,7 +309,7 @@ def report(threads, runs, batch_size):
             per_round = [1e3 * statistics.median(r["paths"][path]["step_seconds"]) for r in results]
             step_ms[name, path] = ms = 1e3 * statistics.median(pooled)
             last = results[-1]["paths"][path]
-            line = (f"  {name} {path:>7}: step {ms:.0f} ms (median of {len(pooled)} steps; per round "
+            line = (f"  {name} {path:>7}: step {ms:.0f} ms of {clock} time (median of {len(pooled)} steps; per round "
                     f"{', '.join(f'{m:.0f}' for m in per_round)}) = {batch_size / ms * 1e3:.0f} sequences/s, "
                     f"{first['step_gflop'] / ms * 1e3:.1f} GFLOP/s")
             if ceilings:
@@ -357,6 +359,9 @@ def main():
     parser.add_argument("--profile-top", type=int, default=12, help="operators listed per path")
     parser.add_argument("--count-correct", action="store_true",
                         help="also count correct MLM/NSP predictions (the arg-max costs ~3%%)")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="time steps in wall-clock seconds, or in the process's CPU seconds (less stretched "
+                             "by other work on a shared machine; OpenMP threads then wait passively)")
     add_baseline_arguments(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceilings", action="store_true", help=argparse.SUPPRESS)
@@ -364,13 +369,16 @@ def main():
     if args.child:
         print(json.dumps(measure(args)))
         return
+    if args.clock == "cpu":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the children: CPU time is work
     header(__doc__.splitlines()[0])
     print(f"threads {args.threads}, batch {args.batch_size}, max_len {args.max_len}, {args.warmup} + "
-          f"{args.steps} steps per path and round, {args.rounds} round(s)", flush=True)
+          f"{args.steps} steps per path and round, {args.rounds} round(s), {args.clock} clock, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
     options = ["--batch-size", args.batch_size, "--max-len", args.max_len, "--num-hiddens", args.num_hiddens,
                "--ffn-num-hiddens", args.ffn_num_hiddens, "--num-heads", args.num_heads, "--num-layers",
                args.num_layers, "--vocab-size", args.vocab_size, "--lr", args.lr, "--warmup", args.warmup,
-               "--steps", args.steps, "--profile-top", args.profile_top]
+               "--steps", args.steps, "--profile-top", args.profile_top, "--clock", args.clock]
     options += ["--no-check-token-ids"] * args.no_check_token_ids + ["--count-correct"] * args.count_correct
     with sources(args.baseline) as versions:
         for threads in args.threads:
@@ -379,7 +387,7 @@ def main():
                 first = index == 0 and source is versions[0]  # profile and ceilings once
                 extra = ["--profile-steps", args.profile_steps if first else 0] + ["--ceilings"] * first
                 runs[source.name].append(child_json([__file__, "--child", *options, *extra], threads, source))
-            report(threads, runs, args.batch_size)
+            report(threads, runs, args.batch_size, args.clock)
 
 
 if __name__ == "__main__":
