@@ -312,7 +312,7 @@ def report(threads, runs, batch_size, clock):
             line = (f"  {name} {path:>7}: step {ms:.0f} ms of {clock} time (median of {len(pooled)} steps; per round "
                     f"{', '.join(f'{m:.0f}' for m in per_round)}) = {batch_size / ms * 1e3:.0f} sequences/s, "
                     f"{first['step_gflop'] / ms * 1e3:.1f} GFLOP/s")
-            if ceilings:
+            if ceilings and clock == "wall":  # the ceilings are wall-clock rates
                 line += (f", utilisation {100 * first['step_gflop'] / ms * 1e3 / ceilings['peak_gemm_gflops']:.1f}% "
                          f"of ceiling 1, {100 * ceilings['gemm_shapes_ms'] / ms:.1f}% of ceiling 2")
             print(line)
