@@ -54,15 +54,14 @@ _PAIRS = dict(_PROBE, dynamic_pairs=True, truncate_pairs=True)
 
 
 class _OnDefaults(dict):
-    """Overrides applied to today's ``PretrainOptions()`` defaults rather than to d2l's preset."""
+    """Overrides applied to the command's default preset (``recipe``) rather than to d2l's preset."""
 
 
-# name -> (PretrainOptions overrides on top of d2l's preset, or _OnDefaults(...) on today's defaults;
-# description).
+# name -> (option overrides on top of d2l's preset, or _OnDefaults(...) on the command's default; description).
 # Each lever is added to its parent alone.
 RECIPES = {
     "d2l": ({}, "d2l's published run: 50 steps, batch 512, lr 0.01, Xavier"),
-    "default": (_OnDefaults(), "PretrainOptions() as it is: the default of the example"),
+    "default": (_OnDefaults(), "the command's default recipe as it is"),
     "default-900": (_OnDefaults(num_steps=900, warmup_steps=90),
                     "the default for 900 steps (the default before 2026-11-29's re-measurement)"),
     "default-1200": (_OnDefaults(num_steps=1200, warmup_steps=120), "the default for 1,200 steps"),
@@ -81,11 +80,10 @@ RECIPES = {
 
 def recipe_options(name, **fixed):
     """The ``PretrainOptions`` of recipe ``name`` with the fields ``fixed`` (data folder, output)."""
-    from bertpretrain.recipe import PretrainOptions, preset_options
+    from bertpretrain.recipe import DEFAULT_PRESET, PretrainOptions
     overrides, _ = RECIPES[name]
-    if isinstance(overrides, _OnDefaults):
-        return PretrainOptions(**overrides, **fixed)
-    return preset_options("d2l", **overrides, **fixed)
+    return PretrainOptions.create(DEFAULT_PRESET if isinstance(overrides, _OnDefaults) else "d2l", **overrides,
+                                  **fixed)
 
 
 def make_split_folder(data_dir, folder, train_split, heldout_split):
@@ -171,8 +169,8 @@ def run_one(args):
         net = load_pretrained(summary["model_dir"])
         net.hybridize(static_alloc=True, static_shape=True)
         vocab = Vocab.load(os.path.join(summary["model_dir"], "vocab.json"))
-        train_iter, _ = load_data_wiki(512, options.max_len, data_dir=folder, vocab=vocab, seed=0, shuffle=False)
-        eval_iter, _ = load_data_wiki(512, options.max_len, data_dir=folder, split="valid", vocab=vocab, seed=0,
+        train_iter, _ = load_data_wiki(512, options.data.max_len, data_dir=folder, vocab=vocab, seed=0, shuffle=False)
+        eval_iter, _ = load_data_wiki(512, options.data.max_len, data_dir=folder, split="valid", vocab=vocab, seed=0,
                                       shuffle=False)
         result = heldout_metrics(net, train_iter.dataset.token_ids, eval_iter, vocab)
     result.update(recipe=args.run, description=RECIPES[args.run][1], cpu_seconds=cpu_seconds,

@@ -4,7 +4,8 @@ an earlier version of the library to compare with.
 - :func:`header` prints the line every benchmark starts with: what it measures, the CPU (absolute
   speeds compare only on one CPU, in one run) and the load average (how shared the machine was).
 - :func:`interleaved` times variants in turns, so that other work on the machine slows each alike.
-- :data:`WIKITEXT2`: the real WikiText-2 validation and test splits kept in ``tests/data``.
+- :data:`TEST_DATA`, :data:`WIKITEXT2`: the test suite's data (the real WikiText-2 validation and
+  test splits, the Grimm tales).
 - :func:`run_child` runs a script in a fresh process (OpenMP and MXNet read their settings at
   start-up) that imports the library from a chosen :class:`Source`; :func:`child_json` reads the
   JSON line it ends with.
@@ -27,8 +28,9 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-#: The real WikiText-2 validation and test splits (the test suite's data).
-WIKITEXT2 = REPO / "tests" / "data" / "wikitext-2"
+#: The test suite's data; in it, the real WikiText-2 validation and test splits.
+TEST_DATA = REPO / "tests" / "data"
+WIKITEXT2 = TEST_DATA / "wikitext-2"
 #: Set in a child's environment: the ``src`` folder its ``bertpretrain`` must come from.
 SOURCE_ENV = "BENCH_LIBRARY_SRC"
 

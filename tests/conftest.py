@@ -4,9 +4,11 @@ One OpenMP thread: MXNet's speed collapses when processes share a core. The real
 validation and test splits live in ``tests/data/wikitext-2`` inside the repository (see its
 README for their CC BY-SA attribution), so that a fresh clone has everything its tests read.
 """
+import importlib.util
 import os
 import pathlib
 import subprocess
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -14,7 +16,8 @@ import pytest  # noqa: E402
 
 import bertpretrain  # noqa: E402,F401  (its numpy fixes must precede every test module's `import mxnet`)
 
-WIKITEXT2 = pathlib.Path(__file__).resolve().parent / "data" / "wikitext-2"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WIKITEXT2 = ROOT / "tests" / "data" / "wikitext-2"
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +70,24 @@ def tmpfs(tmp_path):
     yield mount
     for folder in mounted:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture(scope="session")
+def horovod_python():
+    """A Python with Horovod's MXNet extension built with Gloo: ``$BERTPRETRAIN_HOROVOD_PYTHON``, else
+    ``.venv-horovod-check/bin/python`` in the checkout (which ``.ci/run`` makes), else this Python if it has
+    Horovod. Horovod must be built against MXNet, so it lives in a venv of its own; skips saying how to make one."""
+    candidates = [os.environ.get("BERTPRETRAIN_HOROVOD_PYTHON"), str(ROOT / ".venv-horovod-check" / "bin" / "python")]
+    if importlib.util.find_spec("horovod") is not None:  # not imported here: see distributed.import_horovod
+        candidates.append(sys.executable)
+    from dist_helpers.jobs import horovod_env
+    for python in filter(None, candidates):
+        if os.path.isfile(python) and subprocess.run(
+                [python, "-c", "import bertpretrain, horovod.mxnet as hvd; assert hvd.gloo_built()"],
+                capture_output=True, env=horovod_env(python)).returncode == 0:
+            return python
+    pytest.skip("no Python with Horovod's MXNet extension (Gloo) found: run .ci/run, or make a venv with "
+                "tests/requirements-horovod-check.txt, build Horovod in it (HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 "
+                "HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 pip install "
+                "--no-build-isolation horovod==0.28.1), pip install -e . there, and set BERTPRETRAIN_HOROVOD_PYTHON "
+                "to its python")

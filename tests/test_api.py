@@ -91,8 +91,8 @@ def test_load_pretrained_without_a_saved_vocabulary_says_how_to_save_one(tmp_pat
 def test_log_interval_zero_logs_only_the_last_step(caplog):
     train_iter, vocab = sample_loader()
     with caplog.at_level(logging.INFO, logger="bertpretrain.train.loop"):
-        history = train_bert(train_iter, BERTModel(len(vocab), **TINY), [mx.cpu()], 3, seed=0, progress=False,
-                             log_interval=0)
+        history = train_bert(train_iter, BERTModel(len(vocab), **TINY), devices=[mx.cpu()], num_steps=3, seed=0,
+                             progress=False, log_interval=0)
     assert history["step"] == [1, 2, 3]
     assert [r.getMessage().split(":")[0] for r in caplog.records if "mlm loss" in r.getMessage()] == ["step 3/3"]
 
@@ -102,7 +102,7 @@ def test_train_bert_reads_each_device_back_once_per_step(monkeypatch):
     # checking token ids on the devices would add one per device.
     train_iter, vocab = sample_loader()
     net = BERTModel(len(vocab), **TINY)
-    train_bert(train_iter, net, [mx.cpu(0), mx.cpu(1)], 1, seed=0, progress=False)  # builds the graph
+    train_bert(train_iter, net, devices=[mx.cpu(0), mx.cpu(1)], num_steps=1, seed=0, progress=False)  # builds the graph
     batches = [batch for batch, _ in zip(train_iter, range(4))]
     host = {id(field) for batch in batches for field in batch}
     reads, real = [], mx.np.ndarray.asnumpy
@@ -113,7 +113,7 @@ def test_train_bert_reads_each_device_back_once_per_step(monkeypatch):
         return real(array)
 
     monkeypatch.setattr(mx.np.ndarray, "asnumpy", counting_asnumpy)
-    train_bert(batches, net, [mx.cpu(0), mx.cpu(1)], 4, seed=0, progress=False)
+    train_bert(batches, net, devices=[mx.cpu(0), mx.cpu(1)], num_steps=4, seed=0, progress=False)
     assert reads == [(5,)] * 4, f"reads of computed arrays in 4 steps: {reads}"
     assert net.check_token_ids, "train_bert left the model's own token-id check off"
 
@@ -121,10 +121,10 @@ def test_train_bert_reads_each_device_back_once_per_step(monkeypatch):
 def test_train_bert_still_rejects_token_ids_beyond_the_vocabulary():
     train_iter, vocab = sample_loader()
     with pytest.raises(ValueError, match=r"tokens contains ids in \[0, \d+\] but vocab_size=10"):
-        train_bert(train_iter, BERTModel(10, **TINY), [mx.cpu()], 2, seed=0, progress=False)
+        train_bert(train_iter, BERTModel(10, **TINY), devices=[mx.cpu()], num_steps=2, seed=0, progress=False)
 
 
 def test_an_interrupted_worker_of_rank_above_0_exits_130(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "run_pretraining", lambda options: {"dataset": "x", "rank": 1, "interrupted": True})
+    monkeypatch.setattr(cli, "run_pretraining", lambda options, report: {"dataset": "x", "rank": 1, "interrupted": True})
     assert cli.pretrain_main(["--no-progress"]) == 130
     assert "worker 1 interrupted" in capsys.readouterr().out

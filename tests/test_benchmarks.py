@@ -36,7 +36,7 @@ def test_every_quality_recipe_makes_valid_options(bench_quality, tmp_path):
     its overrides name options that exist, with values they accept."""
     for name in bench_quality.RECIPES:
         options = bench_quality.recipe_options(name, data_dir=str(tmp_path), output_dir=str(tmp_path / name))
-        assert options.num_steps >= 1, name
+        assert options.training.num_steps >= 1, name
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -82,3 +82,107 @@ def test_a_baseline_is_checked_out_apart_and_removed_afterwards(common):
     with pytest.raises(SystemExit, match="not a commit"):
         with common.sources("no-such-commit-anywhere"):
             pass
+
+
+@pytest.fixture(scope="module")
+def probes(benchmarks_path):
+    import quality_probes
+    return quality_probes
+
+
+@pytest.fixture(scope="module")
+def heldout(probes, wikitext2_splits):
+    return probes.heldout_sentences(str(wikitext2_splits / "wiki.test.tokens"))
+
+
+@pytest.fixture(scope="module")
+def word_vocab(wikitext2_splits):
+    from bertpretrain.data import Vocab
+    return Vocab((wikitext2_splits / "wiki.valid.tokens").read_text(encoding="utf-8").lower().split(), min_freq=5)
+
+
+def _net(vocab, seed=0, **options):
+    import mxnet as mx
+    from bertpretrain.model import BERTModel
+    mx.random.seed(seed)
+    net = BERTModel(len(vocab), max_len=64, dropout=0.0, activation="gelu", embedding_layer_norm=True,
+                    tie_mlm_weights=True, pre_layer_norm=True, **options)
+    net.initialize(mx.init.Normal(0.5))
+    return net
+
+
+def test_fill_mask_questions_mask_one_known_content_word_of_a_clean_sentence(probes, heldout, word_vocab):
+    from bertpretrain.data import MASK, UNK_ID
+    net = _net(word_vocab)
+    questions = probes.masked_examples(net, word_vocab, heldout)
+    assert len(questions) == 10
+    for question in questions:
+        tokens, position, answer = question["tokens"], question["position"], question["answer"]
+        assert tokens.count(MASK) == 1 and tokens[position] == MASK
+        assert probes.MIN_WORDS <= len(tokens) <= probes.MAX_WORDS
+        assert answer.isalpha() and answer not in probes.FUNCTION_WORDS and word_vocab[answer] != UNK_ID
+        assert " ".join(tokens[:position] + [answer] + tokens[position + 1:]) in heldout
+    assert probes.masked_examples(net, word_vocab, heldout) == questions  # the seed fixes them
+    assert probes.masked_examples(net, word_vocab, heldout, seed=1) != questions
+
+
+def test_fill_mask_report_counts_unknown_first_guesses_and_hits(probes, heldout, word_vocab):
+    from mxnet import np as mx_np
+    from bertpretrain.data import UNK_ID
+    net = _net(word_vocab)
+    report = probes.fill_mask_report(net, word_vocab, heldout)
+    assert len(report["examples"]) == 10 and all(len(e["top"]) == 5 for e in report["examples"])
+    for example in report["examples"]:
+        probabilities = [p for _, p in example["top"]]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0 + 1e-6
+
+    bias = net.mlm.decoder_bias
+    favoured = bias.data().asnumpy() * 0
+    favoured[UNK_ID] = 100.0  # a model that answers the unknown token whatever the sentence
+    bias.set_data(mx_np.array(favoured))
+    report = probes.fill_mask_report(net, word_vocab, heldout)
+    assert report["unk_first"] == 1.0 and report["distinct_first"] == 1
+    assert all(e["top"][0] == ["<unk>", 1.0] for e in report["examples"])
+
+    answers = [e["answer"] for e in report["examples"]]
+    favoured[UNK_ID] = 0.0
+    favoured[word_vocab[answers]] = 100.0  # every answer first or among the first 10: each is in someone's top 5
+    bias.set_data(mx_np.array(favoured))
+    report = probes.fill_mask_report(net, word_vocab, heldout, top_k=len(set(answers)))
+    assert report["unk_first"] == 0.0 and report["top_k_hits"] == 1.0
+
+
+def test_clean_sentence_collapse_is_the_mean_cosine_between_positions(probes, heldout, word_vocab):
+    import numpy as np
+    from mxnet import np as mx_np
+    from bertpretrain.encoding import get_bert_encoding
+    net = _net(word_vocab)
+    clean = [s for s in heldout if 8 <= len(s.split()) <= 30][:20]
+    expected = []
+    for sentence in clean:  # pair by pair
+        states = get_bert_encoding(net, sentence.split(), vocab=word_vocab).asnumpy()[0, 1:-1]
+        cosines = [a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+                   for i, a in enumerate(states) for j, b in enumerate(states) if i != j]
+        expected.append(np.mean(cosines))
+    value = probes.clean_sentence_collapse(net, word_vocab, heldout)
+    assert abs(value - np.mean(expected)) < 1e-6 and value < 0.99
+    assert probes.clean_sentence_collapse(net, word_vocab, ["too short ."] + heldout) == value
+
+    norm = net.encoder.final_norm  # every position the same vector: beta
+    norm.gamma.set_data(mx_np.zeros(norm.gamma.shape))
+    norm.beta.set_data(mx_np.random.normal(size=norm.beta.shape))
+    assert abs(probes.clean_sentence_collapse(net, word_vocab, heldout) - 1.0) < 1e-6
+
+
+def test_wordpiece_questions_mask_whole_words_only(probes, heldout, wikitext2_splits):
+    pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not installed: pip install 'bertpretrain[hf]'")
+    from bertpretrain.data import MASK, train_wordpiece
+    tokenizer = train_wordpiece([str(wikitext2_splits / "wiki.valid.tokens")], vocab_size=3000)
+    net = _net(tokenizer)
+    report = probes.fill_mask_report(net, tokenizer, heldout)
+    assert len(report["examples"]) == 10
+    for question in probes.masked_examples(net, tokenizer, heldout):
+        after = question["tokens"][question["position"] + 1:]
+        assert not (after and after[0].startswith("##")) and not question["answer"].startswith("##")
+        assert question["tokens"][question["position"]] == MASK
+    assert 0.0 <= probes.clean_sentence_collapse(net, tokenizer, heldout) < 1.0

@@ -43,7 +43,11 @@ def test_cached_encoding_equals_the_direct_one_and_is_reused(corpus_file, tmp_pa
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete meta"])
 def test_corrupt_or_incomplete_entries_are_rebuilt(corpus_file, tmp_path, caplog, damage):
-    reference = load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path)
+    cached, vocab = load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path)
+    # the cached arrays map the entry's files: copy them before damaging those files in place
+    reference = EncodedCorpus(path=cached.path, **{name: np.array(getattr(cached, name)) for name in
+                                                   ("token_ids", "sentence_lengths", "paragraph_sizes")}), vocab
+    del cached
     entry = os.path.join(tmp_path, "preprocessed", _entries(tmp_path)[0])
     ids = os.path.join(entry, "token_ids.npy")
     if damage == "flip a byte":

@@ -23,8 +23,9 @@ def train(folder, num_steps, vocab=None, loader=None, resume=False, **model_opti
     train_iter, own_vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
     vocab = vocab or own_vocab
     net = BERTModel(len(vocab), **{**TINY, **model_options})
-    return train_bert(loader(train_iter) if loader else train_iter, net, [mx.cpu()], num_steps, seed=1,
-                      progress=False, checkpoint_dir=str(folder), checkpoint_interval=2, resume=resume, vocab=vocab)
+    return train_bert(loader(train_iter) if loader else train_iter, net, devices=[mx.cpu()], num_steps=num_steps,
+                      seed=1, progress=False, checkpoint_dir=str(folder), checkpoint_interval=2, resume=resume,
+                      vocab=vocab)
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,48 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmpfs, sav
     assert latest_checkpoint(str(folder)).endswith("step-00000002")
     assert sorted(os.listdir(folder)) == ["latest", "step-00000002"]
     ckpt.verify_checkpoint(str(folder / "step-00000002"), ckpt.read_state(str(folder / "step-00000002")))
+
+
+@pytest.mark.parametrize("latest", [None, "", "\n", "hello\n", "step-abc\n"])
+def test_without_a_usable_latest_resume_takes_the_newest_verified_checkpoint_and_says_so(checkpoints, latest, caplog):
+    if latest is None:
+        (checkpoints / "latest").unlink()
+    else:
+        (checkpoints / "latest").write_text(latest)
+    flip_bytes(checkpoints / "step-00000004" / "model.params")  # the newest is damaged: step-2 is the one to take
+    caplog.set_level("WARNING")
+    history = train(checkpoints, 6, resume=True)
+    assert history["step"] == list(range(1, 7))
+    assert "resuming from the newest complete checkpoint" in caplog.text
+    assert str(checkpoints / "step-00000002") in caplog.text
+    assert (checkpoints / "latest").read_text().strip() == "step-00000006"
+
+
+def test_without_a_usable_latest_and_no_checkpoint_that_verifies_resume_refuses_naming_them(checkpoints):
+    (checkpoints / "latest").unlink()
+    for step in ("step-00000002", "step-00000004"):
+        flip_bytes(checkpoints / step / "model.params")
+    with pytest.raises(CheckpointError) as error:
+        train(checkpoints, 6, resume=True)
+    message = str(error.value)
+    assert f"{checkpoints / 'latest'} is missing" in message
+    assert "step-00000002" in message and "step-00000004" in message and "new checkpoint folder" in message
+    assert sorted(os.listdir(checkpoints)) == ["step-00000002", "step-00000004"], "nothing was overwritten"
+
+
+@pytest.mark.parametrize("value", ["../evil", "/tmp/evil", "step-00000002/../../evil"])
+def test_latest_naming_a_folder_outside_the_checkpoint_folder_is_refused(checkpoints, value):
+    evil = checkpoints.parent / "evil"
+    subprocess.run(["cp", "-a", str(checkpoints / "step-00000004"), str(evil)], check=True)
+    (checkpoints / "latest").write_text(value + "\n")
+    with pytest.raises(CheckpointError) as error:
+        train(checkpoints, 6, resume=True)
+    message = str(error.value)
+    assert f"{checkpoints / 'latest'} names {value!r}, which is not a checkpoint in {checkpoints}" in message
+    assert f"echo step-00000004 > {checkpoints / 'latest'}" in message
+
+
+def test_resuming_a_finished_run_keeps_its_checkpoint_in_the_history(checkpoints):
+    history = train(checkpoints, 4, resume=True)
+    assert history["step"] == [1, 2, 3, 4]
+    assert history.checkpoint == str(checkpoints / "step-00000004")

@@ -143,9 +143,9 @@ def test_max_len_too_small_for_any_pair(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size \\(--batch-size\\) must be an integer >= 1, got 0"),
     ({"batch_size": 2.5}, "batch_size"),
-    ({"batch_size": 8, "max_len": 4}, "max_len must be an integer >= 5"),
+    ({"batch_size": 8, "max_len": 4}, "max_len \\(--max-len\\) must be an integer >= 5"),
     ({"batch_size": 8, "min_freq": 0}, "min_freq"),
     ({"batch_size": 8, "seed": -1}, "seed"),
     ({"batch_size": 8, "num_workers": -1}, "num_workers"),
@@ -207,7 +207,8 @@ def test_dynamic_pairs_draw_new_labels_and_negatives_each_epoch():
 
 @pytest.mark.parametrize("options", [dict(dynamic_masking=True), dict(truncate_pairs=True)])
 def test_dynamic_pairs_need_dynamic_masks_and_truncation(options):
-    with pytest.raises(ValueError, match="dynamic_pairs=True .* needs dynamic_masking=True .* truncate_pairs=True"):
+    with pytest.raises(ValueError, match=r"dynamic_pairs \(--dynamic-pairs\) .* needs dynamic_masking .* and "
+                                         r"truncate_pairs"):
         build_dataset(_sample_path(), 64, dynamic_pairs=True, **options)
 
 

@@ -8,8 +8,7 @@ from bertpretrain.train.strategy import make_strategy
 
 
 def test_cpu_devices_pass_the_check():
-    strategy, devices = make_strategy("device", [mx.cpu(0), mx.cpu(1)])
-    assert devices == [mx.cpu(0), mx.cpu(1)]
+    assert make_strategy("device", [mx.cpu(0), mx.cpu(1)]).devices == [mx.cpu(0), mx.cpu(1)]
 
 
 def test_gpu_that_cannot_run_is_refused_with_mxnets_reason():

@@ -1,7 +1,5 @@
 """train_bert over 2 processes on loopback: dist_sync (2 workers + 1 server, under bertpretrain.launch)
 and, where Horovod is installed, horovod (under horovodrun)."""
-import importlib.util
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +16,7 @@ from bertpretrain.train import train_bert
 HELPERS = Path(__file__).resolve().parent / "dist_helpers"
 sys.path.insert(0, str(HELPERS))
 from bert_worker import MODEL  # noqa: E402
-from jobs import assert_nothing_left, kill_leftovers, launcher_env, run_launcher  # noqa: E402
+from jobs import assert_nothing_left, horovod_env, kill_leftovers, run_launcher  # noqa: E402
 
 STEPS = 3
 JOB_TIMEOUT_S = 240  # a job that reaches its last step used to hang forever
@@ -35,26 +33,21 @@ class CombinedShards:
             yield PretrainingBatch(*(mx.np.concatenate([part[i] for part in parts]) for i in range(7)))
 
 
-def _horovodrun():
-    runner = Path(sys.executable).with_name("horovodrun")  # the one of this environment, else on PATH
-    runner = str(runner) if runner.exists() else shutil.which("horovodrun")
-    if importlib.util.find_spec("horovod") is None or not runner:
-        pytest.skip("Horovod with MXNet support is not installed")
-    return [runner, "-np", "2", "-H", "localhost:2", "--gloo", "--network-interface", "lo"]
-
-
-def _run_job(backend, out_dir, steps, optimizer, lr, *checkpoint_dir):
-    """Run bert_worker.py on 2 workers; the parameters of rank 0 (the others leave without reading
-    theirs, as `bertpretrain pretrain` does) and every rank's per-step losses."""
+def _run_job(backend, out_dir, steps, optimizer, lr, *checkpoint_dir, python=sys.executable):
+    """Run bert_worker.py on 2 workers (with Horovod: under the horovodrun of ``python``, a Python with Horovod);
+    the parameters of rank 0 (the others leave without reading theirs, as `bertpretrain pretrain` does) and every
+    rank's per-step losses."""
     out_dir.mkdir(exist_ok=True)
-    worker = [sys.executable, str(HELPERS / "bert_worker.py"), str(out_dir), str(steps), optimizer, str(lr),
+    worker = [python, str(HELPERS / "bert_worker.py"), str(out_dir), str(steps), optimizer, str(lr),
               backend, *map(str, checkpoint_dir)]
     if backend == "dist_sync":
         status, _, launcher = run_launcher(["-n", "2", "-s", "1", "--", *worker], out_dir, timeout=JOB_TIMEOUT_S)
         assert status == 0, launcher.log + launcher.output
         assert_nothing_left(launcher)
     else:
-        job = subprocess.Popen([*_horovodrun(), *worker], env=launcher_env(), stdout=subprocess.PIPE,
+        horovodrun = [str(Path(python).with_name("horovodrun")), "-np", "2", "-H", "localhost:2", "--gloo",
+                      "--network-interface", "lo"]
+        job = subprocess.Popen([*horovodrun, *worker], env=horovod_env(python), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             output, _ = job.communicate(timeout=JOB_TIMEOUT_S)
@@ -67,9 +60,10 @@ def _run_job(backend, out_dir, steps, optimizer, lr, *checkpoint_dir):
 
 
 @pytest.mark.parametrize("backend", ["dist_sync", "horovod"])
-def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path, backend):
+def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path, backend, request):
     # Plain SGD: unlike Adam, its update scales with the loss, so a wrong normalisation would show.
-    ranks = _run_job(backend, tmp_path, STEPS, "sgd", 2.0)
+    python = request.getfixturevalue("horovod_python") if backend == "horovod" else sys.executable
+    ranks = _run_job(backend, tmp_path, STEPS, "sgd", 2.0, python=python)
     assert not np.allclose(ranks[0]["mlm_loss"], ranks[1]["mlm_loss"]), "both workers read the same data"
 
     shards = [load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)[0].shard(r, 2) for r in (0, 1)]
@@ -77,7 +71,7 @@ def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path,
     mx.random.seed(1)  # what train_bert does before initialising: the workers start from these values
     net.initialize(mx.init.Xavier(), ctx=[mx.cpu(0), mx.cpu(1)])
     initial = [p.data().asnumpy() for p in net.collect_params().values()]
-    train_bert(CombinedShards(shards), net, [mx.cpu(0), mx.cpu(1)], STEPS, seed=1, progress=False,
+    train_bert(CombinedShards(shards), net, devices=[mx.cpu(0), mx.cpu(1)], num_steps=STEPS, seed=1, progress=False,
                optimizer="sgd", lr=2.0)
     for i, (p0, reference) in enumerate(zip(initial, (p.data().asnumpy() for p in net.collect_params().values()))):
         change, worker_change = reference - p0, ranks[0][f"p{i}"] - p0
@@ -101,7 +95,7 @@ def test_train_bert_reports_its_progress_to_the_launcher(tmp_path, monkeypatch, 
     monkeypatch.setenv(launch.PROGRESS_ENV, "1")  # what the launcher sets for its workers
     train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
     eval_iter, _ = load_data_wiki(16, 32, dataset="wikitext-2-sample", split="valid", vocab=vocab, shuffle=False)
-    train_bert(train_iter, BERTModel(len(vocab), **MODEL), [mx.cpu()], 2, seed=1, progress=False,
+    train_bert(train_iter, BERTModel(len(vocab), **MODEL), devices=[mx.cpu()], num_steps=2, seed=1, progress=False,
                eval_iter=eval_iter, checkpoint_dir=tmp_path)
     reports = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()
                if line.startswith(launch.PROGRESS_MARK + " ")]

@@ -304,13 +304,13 @@ def test_verify_data_flag_reaches_the_download(register, server, tmp_path, monke
     register("/wikitext-2-v1.zip")
     monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmp_path))
     options = pretrain_options(["--dataset", "test-wiki", "--verify-data"])
-    folder, _ = _data_folder(options)
+    folder, _ = _data_folder(options.data, options.run)
     path = os.path.join(folder, "wiki.test.tokens")
     info = os.stat(path)
     with open(path, "r+b") as f:
         f.write(b"X")
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-    assert _data_folder(options)[0] == folder
+    assert _data_folder(options.data, options.run)[0] == folder
     assert server.requests == ["/wikitext-2-v1.zip"] * 2
     assert open(path, "rb").read(1) != b"X"
 
@@ -382,3 +382,41 @@ def test_a_cache_that_cannot_be_written_is_refused_naming_it_and_the_way_out(reg
     assert f"the dataset cache {cache / 'datasets'} must be a writable folder" in message
     assert "BERTPRETRAIN_HOME" in message and "--data-dir" in message
     assert server.requests == []  # refused before downloading anything
+
+
+def test_a_file_where_the_dataset_folder_goes_is_refused_before_downloading(register, server, tmp_path):
+    register("/wikitext-2-v1.zip")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "test-wiki").write_text("not a folder")
+    with pytest.raises(DownloadError) as raised:
+        download_extract("test-wiki", cache_dir=tmp_path)
+    message = str(raised.value)
+    assert f"{tmp_path / 'datasets' / 'test-wiki'} is a file, where dataset 'test-wiki' goes" in message
+    assert "move or remove it" in message and "BERTPRETRAIN_HOME" in message
+    assert server.requests == []  # refused before the download, not after it
+
+
+def test_a_full_disk_during_the_download_names_the_cache_and_leaves_nothing(register, server, tmpfs):
+    register("/wikitext-2-v1.zip")
+    cache = tmpfs("small", "size=256k")  # the archive is about 1 MB
+    with pytest.raises(DownloadError) as raised:
+        download_extract("test-wiki", cache_dir=cache)
+    message = str(raised.value)
+    assert f"cannot download dataset 'test-wiki' into {cache / 'datasets' / 'test-wiki'}: the disk is full" in message
+    assert "BERTPRETRAIN_HOME" in message and "--data-dir" in message
+    assert sorted(p.name for p in (cache / "datasets").iterdir()) == [".download.lock"]
+
+
+def test_the_command_falls_back_to_the_sample_when_the_download_fills_the_disk(register, server, tmpfs, tmp_path,
+                                                                              monkeypatch, capsys, caplog):
+    from bertpretrain import cli
+    register("/wikitext-2-v1.zip")
+    monkeypatch.setenv("BERTPRETRAIN_HOME", str(tmpfs("small", "size=256k")))
+    quick = ["--dataset", "test-wiki", "--num-steps", "2", "--batch-size", "16", "--max-len", "32", "--no-progress"]
+    assert cli.main(["pretrain", *quick, "--output-dir", str(tmp_path / "run")]) == 0
+    fallback = caplog.text  # the library's warning, which the command shows on stderr
+    assert "the disk is full" in fallback and "FALLING BACK" in fallback
+    assert cli.main(["pretrain", *quick, "--no-fallback", "--output-dir", str(tmp_path / "other")]) == 1
+    err = capsys.readouterr().err
+    assert "error: cannot download dataset 'test-wiki'" in err and "the disk is full" in err
+    assert "checkpoints" not in err and "Traceback" not in err

@@ -238,7 +238,40 @@ def test_env_required_makes_absence_an_error(tmp_path):
 
 def test_env_rejects_unknown_values(tmp_path):
     out = probe(tmp_path, BERTPRETRAIN_KERNELS="yes")
-    assert "RAISED ValueError" in out
+    assert "RAISED KernelsSettingError BERTPRETRAIN_KERNELS='yes' is not understood" in out
+    from bertpretrain.kernels import KernelsSettingError
+    assert issubclass(KernelsSettingError, ValueError)
+
+
+def test_a_cached_library_that_does_not_load_is_rebuilt_once(kernels_available, tmp_path):
+    """A library overwritten together with its size/sha256 record passes the record check, but cannot be loaded:
+    it is removed and built again (here by a stand-in compiler that copies the real library), with one log line,
+    and the next run loads the new one quietly. It used to stay, with a warning on every run."""
+    log = tmp_path / "cxx.log"
+    script = tmp_path / "copying-cxx"
+    script.write_text(f"""#!/bin/sh
+if [ "$1" = "--version" ]; then echo "copying-c++ 1.0"; exit 0; fi
+echo "$@" >> {log}
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-o" ]; then cp {kernels_available.path} "$2"; fi
+  shift
+done
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    compiles = lambda: len(log.read_text().splitlines())  # noqa: E731
+    assert "AVAILABLE True" in probe(tmp_path, CXX=str(script)) and compiles() == 1
+    (library,) = (tmp_path / "home" / "kernels").glob("*.so")
+    garbage = b"\x7fELF, or so it says" * 1000
+    library.write_bytes(garbage)
+    build.record_path(library).write_text(json.dumps({"size": len(garbage),
+                                                      "sha256": hashlib.sha256(garbage).hexdigest()}))
+
+    out = probe(tmp_path, CXX=str(script))
+    assert "AVAILABLE True" in out and compiles() == 2
+    warnings = [line for line in out.splitlines() if "cannot be loaded" in line]
+    assert len(warnings) == 1 and str(library) in warnings[0] and "building it again" in warnings[0]
+    out = probe(tmp_path, CXX=str(script))
+    assert "AVAILABLE True" in out and "cannot be loaded" not in out and compiles() == 2
 
 
 @pytest.mark.parametrize("where", ["under a file", "on a read-only disk"])

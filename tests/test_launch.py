@@ -72,8 +72,11 @@ def test_a_dead_worker_stops_the_whole_job(tmp_path, how, status, words):
     assert_nothing_left(launcher, grandchildren)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_to_the_launcher_stops_the_job(tmp_path, signum):
+@pytest.mark.parametrize("signum, says", [
+    (signal.SIGINT, "got SIGINT: passing it on to the workers"),  # they die of it: nothing more to wait for
+    (signal.SIGTERM, "got SIGTERM: stopping the job"),
+])
+def test_a_signal_to_the_launcher_stops_the_job(tmp_path, signum, says):
     launcher = Launcher(["-n", "2", "-s", "1", "--", *SLEEPER], tmp_path)
     launcher.wait_for(r"started worker 1 \(pid")
     time.sleep(1)  # let the scheduler and server get into their server loop
@@ -81,7 +84,53 @@ def test_a_signal_to_the_launcher_stops_the_job(tmp_path, signum):
     status, _ = launcher.finish(timeout=30)
 
     assert status == 128 + signum, launcher.log
-    assert f"got {signal.Signals(signum).name}: stopping the job" in launcher.log
+    assert says in launcher.log
+    assert_nothing_left(launcher)
+
+
+def test_a_second_ctrl_c_stops_the_job_at_once(tmp_path):
+    ignoring = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                      "print('ready', flush=True); time.sleep(600)"]
+    launcher = Launcher(["-n", "2", "-s", "1", "--grace", "1", "--", *ignoring], tmp_path)
+    launcher.wait_for(r"started worker 1 \(pid")
+    while launcher.output.count("ready") < 2:
+        time.sleep(0.05)
+    launcher.proc.send_signal(signal.SIGINT)
+    launcher.wait_for("passing it on to the workers")
+    time.sleep(1)
+    assert launcher.proc.poll() is None, "the launcher waits for the workers to stop after their step"
+    launcher.proc.send_signal(signal.SIGINT)
+    status, _ = launcher.finish(timeout=30)
+    assert status == 130 and "got SIGINT again: stopping the job" in launcher.log, launcher.log
+    assert_nothing_left(launcher)
+
+
+def test_ctrl_c_on_the_launcher_lets_rank_0_checkpoint(tmp_path):
+    # As Ctrl-C on `bertpretrain pretrain`: the workers stop after the same step, rank 0 saves a checkpoint, all
+    # exit together. The launcher used to SIGTERM them at once, and nothing was saved.
+    pretrain = [*bertpretrain_command(), "pretrain", "--kvstore", "dist_sync", "--data-dir", str(SAMPLE),
+                "--batch-size", "16", "--max-len", "32", "--num-steps", "100000", "--no-progress",
+                "--output-dir", "run"]
+    launcher = Launcher(["-n", "2", "-s", "1", "--", *pretrain], tmp_path,
+                        program=(*bertpretrain_command(), "launch"))
+    deadline = time.monotonic() + README_TIMEOUT_S
+    while "step 20/100000" not in launcher.output:
+        if time.monotonic() > deadline or launcher.proc.poll() is not None:
+            launcher.abort()
+            pytest.fail(f"no step 20:\n{launcher.log}\n{launcher.output}")
+        time.sleep(0.05)
+    launcher.proc.send_signal(signal.SIGINT)
+    status, _ = launcher.finish(timeout=README_TIMEOUT_S)
+
+    assert status == 130, launcher.log + launcher.output
+    step = int(re.search(r"interrupted at step (\d+); resume with --resume", launcher.output).group(1))
+    assert 20 <= step < 100000
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == f"step-{step:08d}"
+    from bertpretrain.train import checkpoint
+    folder = str(checkpoints / f"step-{step:08d}")
+    checkpoint.verify_checkpoint(folder, checkpoint.read_state(folder))
+    assert "Traceback" not in launcher.output and "job interrupted" in launcher.log
     assert_nothing_left(launcher)
 
 

@@ -209,10 +209,10 @@ def test_a_few_adam_steps_on_one_batch_drive_both_losses_down():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_hiddens=10, num_heads=3), "num_hiddens \\(10\\) must be divisible by num_heads \\(3\\)"),
-    (dict(dropout=1.0), "dropout must be in"),
-    (dict(activation="swish"), "activation must be one of"),
-    (dict(num_layers=0), "num_layers must be a positive integer"),
+    (dict(num_hiddens=10, num_heads=3), "num_hiddens \\(10, --hidden-size\\) must be divisible by num_heads \\(3, "),
+    (dict(dropout=1.0), "dropout \\(--dropout\\) must be a finite number >= 0 and < 1, got 1.0"),
+    (dict(activation="swish"), "activation must be one of 'relu', 'gelu', got 'swish'"),
+    (dict(num_layers=0), "num_layers \\(--num-layers\\) must be an integer >= 1, got 0"),
 ])
 def test_invalid_configurations_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -446,3 +446,80 @@ def test_pre_layer_norm_model_hybridizes_and_saves(tmp_path, with_loss):
     assert again.config.pre_layer_norm
     batch = make_batch()
     onp.testing.assert_allclose(again(*batch[:4])[1].asnumpy(), net(*batch[:4])[1].asnumpy(), rtol=1e-6)
+
+
+def test_pre_layer_norm_models_end_in_a_layer_norm_and_post_ln_ones_do_not():
+    assert BERTConfig(VOCAB, pre_layer_norm=True).final_layer_norm
+    assert not BERTConfig(VOCAB).final_layer_norm and not BERTConfig(VOCAB, **BERT_STYLE).final_layer_norm
+    assert not BERTConfig(VOCAB, pre_layer_norm=True, final_layer_norm=False).final_layer_norm
+    with pytest.raises(ValueError, match="final_layer_norm=True needs pre_layer_norm=True"):
+        BERTConfig(VOCAB, final_layer_norm=True)
+
+    net = make_net(pre_layer_norm=True)
+    norm = net.encoder.final_norm
+    norm.gamma.set_data(np.random.normal(size=norm.gamma.shape))
+    norm.beta.set_data(np.random.normal(size=norm.beta.shape))
+    tokens, segments, valid_lens, positions, *_ = make_batch()
+    encoded = net(tokens, segments, valid_lens, positions)[0].asnumpy()
+    # the same model without its final LayerNorm gives the residual stream it normalises
+    raw = BERTModel(VOCAB, **dict(TINY, dropout=0.0), pre_layer_norm=True, final_layer_norm=False)
+    raw.initialize()
+    for name, param in raw._collect_params_with_prefix().items():
+        param.set_data(net._collect_params_with_prefix()[name].data())
+    stream = raw(tokens, segments, valid_lens, positions)[0].asnumpy()
+    mean, var = stream.mean(-1, keepdims=True), stream.var(-1, keepdims=True)
+    expected = (stream - mean) / onp.sqrt(var + net.config.layer_norm_eps) * norm.gamma.data().asnumpy() + \
+        norm.beta.data().asnumpy()
+    onp.testing.assert_allclose(encoded, expected, rtol=1e-4, atol=1e-4)
+    assert not onp.allclose(stream, expected, atol=1e-2)
+    assert make_net().encoder.final_norm is None
+
+
+def test_a_pre_ln_model_saved_before_final_layer_norm_existed_loads_without_one(tmp_path):
+    old = make_net(pre_layer_norm=True, final_layer_norm=False)
+    folder = tmp_path / "old"
+    save_pretrained(old, str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    del config["final_layer_norm"]  # the config.json of a model saved by an earlier version
+    (folder / "config.json").write_text(json.dumps(config))
+    again = load_pretrained(str(folder))
+    assert again.config.pre_layer_norm and not again.config.final_layer_norm
+    assert again.encoder.final_norm is None
+    batch = make_batch()
+    onp.testing.assert_allclose(again(*batch[:4])[0].asnumpy(), old(*batch[:4])[0].asnumpy(), rtol=1e-6)
+    # and a checkpoint's old configuration compares equal to the same model today
+    from bertpretrain.train.checkpoint import check_compatible
+    check_compatible(str(folder), old.config, None)
+    with pytest.raises(Exception, match="final_layer_norm: False in the checkpoint, True now"):
+        check_compatible(str(folder), BERTConfig(VOCAB, **dict(TINY, dropout=0.0), pre_layer_norm=True), None)
+
+
+def test_pre_ln_models_drop_out_their_embeddings_like_megatron():
+    """Dropout after the embeddings: BERT (after its LayerNorm) and every pre-LN model; d2l has none."""
+    from bertpretrain.model.encoder import BERTEmbeddings
+    from bertpretrain.model import ops
+    tokens = np.array(onp.random.RandomState(0).randint(0, VOCAB, (8, 24)), dtype="int32")
+    positions = np.zeros_like(tokens) + np.arange(24, dtype="int32")
+    for options, dropped in (({}, False), (BERT_STYLE, True), (dict(pre_layer_norm=True), True)):
+        embeddings = BERTEmbeddings(BERTConfig(VOCAB, **dict(TINY, dropout=0.5), **options),
+                                    ops.for_backend("builtin"))
+        embeddings.initialize(init.Normal(1.0))
+        with autograd.record(train_mode=True):
+            out = embeddings(tokens, np.zeros_like(tokens), positions).asnumpy()
+        assert ((out == 0).mean() > 0.3) == dropped, options
+
+
+def test_a_sequence_length_beyond_the_positions_is_refused_with_a_memory_estimate():
+    from bertpretrain.model import DEFAULT_POSITIONS, SequenceLengthError, check_max_len, estimate_step_memory
+    check_max_len(DEFAULT_POSITIONS, batch_size=128)
+    with pytest.raises(SequenceLengthError, match=r"max_len 100000 is more than the 512 positions .* 128 sequences "
+                                                  r"of 100000 tokens would need about 302 GB of memory\. Use max_len "
+                                                  r"512 or less"):
+        check_max_len(100_000, batch_size=128)
+    config = BERTConfig(vocab_size=100, max_len=2048)  # a configuration with more positions
+    config.check_max_len(2048, batch_size=4)
+    with pytest.raises(ValueError, match="--max-len 4096 is more than the 2048 positions of hf-folder"):
+        config.check_max_len(4096, batch_size=4, name="--max-len", source="hf-folder")
+    # linear in the tokens of a batch, plus one (T, T) score matrix
+    small = BERTConfig(vocab_size=100)
+    assert estimate_step_memory(small, 64, 512) == 2 * estimate_step_memory(small, 32, 512) - 4 * 512 * 512

@@ -23,8 +23,9 @@ SAMPLE = ["--dataset", "wikitext-2-sample"]  # bundled with the package: no netw
 QUICKSTART = re.compile(r"python3 -m venv \.venv && \.venv/bin/pip install -q -e '\.\[(?P<extras>[a-z,]+)\]' && "
                         r"\.venv/bin/python (?P<args>.+)")
 # Code blocks run by another test module: the two launch examples, which tests/test_launch.py reads
-# from this README and runs on loopback.
-RUN_ELSEWHERE = {"bertpretrain launch -n 2 -s 1": "the launch examples (tests/test_launch.py reads them from here)"}
+# from this README and runs on loopback, and the notebook's, whose notebook tests/test_notebook.py runs.
+RUN_ELSEWHERE = {"bertpretrain launch -n 2 -s 1": "the launch examples (tests/test_launch.py reads them from here)",
+                 "jupyter lab examples/pretrain_bert.ipynb": "the notebook (tests/test_notebook.py runs it)"}
 
 
 def section(title):

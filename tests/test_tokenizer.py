@@ -52,14 +52,15 @@ def test_word_level_tokenizer_gives_the_vocab_ids(sample_file):
     assert tokenizer.encode(text, add_special_tokens=False).ids == vocab[text.lower().split()]
     pair = tokenizer.encode("a b", "c")
     assert pair.ids == vocab[["[CLS]", "a", "b", "[SEP]", "c", "[SEP]"]] and pair.type_ids == [0, 0, 0, 0, 1, 1]
-    assert load_tokenizer(tokenizer)[0].idx_to_token == vocab.idx_to_token  # read back as a Vocab
+    assert load_tokenizer(tokenizer).idx_to_token == vocab.idx_to_token  # read back as a Vocab
 
 
 def test_google_layout_vocab_txt_gets_reserved_ids_moved(tmp_path):
     pieces = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cr", "##ane", "fly"]
     path = tmp_path / "vocab.txt"
     path.write_text("".join(p + "\n" for p in pieces), encoding="utf-8")
-    tokenizer, order = load_tokenizer(str(path))
+    tokenizer = load_tokenizer(str(path))
+    order = tokenizer.source_order
     assert tokenizer.to_tokens(range(NUM_RESERVED)) == ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
     assert sorted(order.tolist()) == list(range(len(pieces)))
     # every piece keeps its string: new id i is old id order[i]
@@ -156,9 +157,9 @@ def test_a_wordpiece_run_checkpoints_its_tokenizer_json_and_resumes_only_with_it
     files = json.loads((checkpoint / "state.json").read_text())["files"]
     assert sorted(files) == ["config.json", "model.params", "tokenizer.json", "trainer.states"]
     assert (checkpoint / "tokenizer.json").read_bytes() == (run / "model" / "tokenizer.json").read_bytes()
-    saved, _ = load_tokenizer(str(checkpoint / "tokenizer.json"))
-    assert isinstance(saved, WordPieceTokenizer)
-    assert saved.idx_to_token == load_tokenizer(str(run / "tokenizer.json"))[0].idx_to_token
+    saved = load_tokenizer(str(checkpoint / "tokenizer.json"))
+    assert isinstance(saved, WordPieceTokenizer) and saved.source_order is None  # ids are the file's own
+    assert saved.idx_to_token == load_tokenizer(str(run / "tokenizer.json")).idx_to_token
 
     assert cli.main([*args, "--num-steps", "3", "--resume"]) == 0
     assert json.loads((run / "history.json").read_text())["history"]["step"] == [1, 2, 3]

@@ -24,6 +24,7 @@ from . import data  # noqa: E402
 # name -> the module that defines it (relative to this package)
 D2L_NAMES = {
     "DATA_HUB": ".data", "Vocab": ".data", "download_extract": ".data", "load_data_wiki": ".data",
+    "load_data_text": ".data",
     "BERTModel": ".model", "BERTForPretraining": ".model", "save_pretrained": ".model",
     "load_pretrained": ".pretrained",
     "train_bert": ".train", "evaluate_bert": ".train",

@@ -54,18 +54,24 @@ Why these exist:
 import contextlib
 import importlib.util
 import os
+import shlex
+import shutil
 import sys
 import traceback
 
 from ._mxnet import mxnet as mx  # MXNet, imported after bertpretrain's numpy fixes
 from . import kernels
-from .launch import PROGRESS_ENV, PROGRESS_MARK
+from .errors import UserError
 
-_LAUNCH_HINT = (
-    "kvstore {kind!r} needs the scheduler, servers and workers that the launcher starts; run the "
-    "training command under it, e.g.:  python -m bertpretrain.launch -n 2 -s 1 -- {command}  "
-    "(or use a local kvstore such as 'device' to train in one process)"
-)
+# The progress protocol between workers and the launcher's watchdog (bertpretrain.launch): a worker whose
+# environment has PROGRESS_ENV=1 writes lines PROGRESS_MARK + " step 5" (or " done" once it has finished
+# training) to stderr, which the launcher takes out of the output it relays.
+PROGRESS_ENV = "BERTPRETRAIN_LAUNCH_PROGRESS"
+PROGRESS_MARK = "@bertpretrain-progress"
+
+
+class NotLaunchedError(UserError, RuntimeError):
+    """A ``dist_*`` kvstore was asked for in a process that the launcher did not start."""
 
 
 def is_distributed(kvstore):
@@ -84,9 +90,30 @@ def create_kvstore(kind="device"):
     is set); otherwise raise a RuntimeError that says how to launch, instead of MXNet's error.
     """
     if is_distributed(kind) and "DMLC_ROLE" not in os.environ:
-        command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "python train.py ..."
-        raise RuntimeError(_LAUNCH_HINT.format(kind=kind, command=command))
+        launcher, command = _launch_this_command()
+        raise NotLaunchedError(
+            f"kvstore {kind!r} needs the scheduler, servers and workers that the launcher starts: run this "
+            f"command under it, e.g.  {shlex.join([*launcher, '-n', '2', '--', *command])}  (2 workers and a "
+            "server on this machine), or use a local kvstore ('device', --kvstore device) to train in one process")
     return mx.kv.create(kind)
+
+
+def _launch_this_command():
+    """(the launcher's argv, this process's command line), both runnable as they are: ``bertpretrain launch`` and
+    ``bertpretrain ...`` for the console script (its path where ``bertpretrain`` on PATH is another one),
+    ``python -m bertpretrain.launch`` and ``python -m MODULE ...`` or ``python SCRIPT ...`` otherwise."""
+    argv = list(sys.argv) if sys.argv and sys.argv[0] else ["train.py", "..."]
+    python = sys.executable or "python"
+    if os.path.basename(argv[0]) == "bertpretrain":  # the console script
+        found = shutil.which("bertpretrain")
+        same = found is not None and os.path.exists(argv[0]) and os.path.samefile(found, argv[0])
+        program = "bertpretrain" if same else argv[0]
+        return [program, "launch"], [program, *argv[1:]]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name != "__main__":  # python -m MODULE
+        module = spec.name[:-len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        argv = ["-m", module, *argv[1:]]
+    return [python, "-m", "bertpretrain.launch"], [python, *argv]
 
 
 HOROVOD_INSTALL = ("HOROVOD_WITH_MXNET=1 pip install --no-build-isolation horovod  (after MXNet; add "
@@ -181,9 +208,7 @@ def finish_together(kvstore):
     """Wait until this worker's queued engine work (the last gradient push) is done, then until every
     worker gets here (a kvstore barrier).  Call it on every worker at the end of training, after
     rank 0's final evaluation and checkpoint, so that no worker exits while another one still needs
-    it.  Does nothing without a ``dist_*`` kvstore."""
-    if not is_distributed(kvstore):
-        return
+    it.  Only for ``dist_*`` kvstores."""
     mx.nd.waitall()
     kvstore._barrier()  # MXNet 1.9 has no public barrier; the kvstore uses this one itself at exit
 
@@ -198,22 +223,28 @@ def report_progress(what):
 
 
 @contextlib.contextmanager
-def exit_on_error(kvstore):
-    """Wrap a worker's training so that an exception ends the process at once, with exit code 1.
+def exit_on_error(enabled=True, report=None):
+    """Wrap a worker's training so that an exception ends the process at once, with exit code 1 (130 for
+    Ctrl-C, as a shell reports it).
 
-    Without it, an exception in one ``dist_*`` worker leaves every process waiting on the others
-    forever (see the module docstring).  With it, the traceback is printed, the process exits, and
-    the launcher sees the failure and stops the job.  Does nothing special for local kvstores.
+    Without it, an exception in one worker of a job of several processes leaves every process waiting on
+    the others forever (see the module docstring).  With it, the traceback is printed (or, when
+    ``report(error)`` returns True, what ``report`` printed instead: the one-paragraph message of an error
+    the user can fix), the process exits, and the launcher sees the failure and stops the job.
+    ``enabled=False`` (one process, e.g. a strategy's ``not distributed``) lets exceptions through.
     """
     try:
         yield
     except BaseException as error:  # SystemExit and KeyboardInterrupt too: any way out hangs
-        if not is_distributed(kvstore) or (isinstance(error, SystemExit) and not error.code):
+        if not enabled or (isinstance(error, SystemExit) and not error.code):
             raise
-        if not isinstance(error, SystemExit):
+        if isinstance(error, SystemExit):
+            if not isinstance(error.code, int):
+                print(error.code, file=sys.stderr)  # sys.exit("message"), as Python would print it
+        elif report is None or not report(error):
             traceback.print_exc()
-        elif not isinstance(error.code, int):
-            print(error.code, file=sys.stderr)  # sys.exit("message"), as Python would print it
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1)
+        if isinstance(error, SystemExit):
+            os._exit(error.code if isinstance(error.code, int) else 1)
+        os._exit(130 if isinstance(error, KeyboardInterrupt) else 1)  # 130: as a shell reports Ctrl-C

@@ -138,7 +138,8 @@ def atomic_folder(folder, replace=True):
     With ``replace=True`` an existing ``folder`` is replaced (removed just before the rename). With
     ``replace=False`` an existing ``folder`` wins: the staging folder is discarded, so that a folder
     other processes may be reading is never removed under them (the first complete result stays).
-    Yields the staging path; returns nothing. On an error the staging folder is removed.
+    Yields the staging path; returns nothing. On an error the staging folder is removed, and an
+    ``OSError`` naming a file in it names that file under ``folder`` instead (the name a user knows).
     """
     folder = os.path.abspath(os.fspath(folder))
     parent = os.path.dirname(folder)
@@ -161,8 +162,11 @@ def atomic_folder(folder, replace=True):
             if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or replace:
                 raise
             shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        filename = os.fspath(error.filename) if isinstance(error, OSError) and error.filename else ""
+        if filename == staging or filename.startswith(staging + os.sep):
+            raise OSError(error.errno, error.strerror, folder + filename[len(staging):]) from error
         raise
     fsync_dir(parent)
 

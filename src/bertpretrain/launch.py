@@ -15,8 +15,11 @@ one dead process leaves the rest waiting forever.  The launcher polls its proces
 exits with a non-zero code or is killed, it stops the whole job (SIGTERM to every process group,
 SIGKILL after ``--grace`` seconds, so that children of the commands die too) and exits non-zero,
 naming the process that died.  When every worker has exited 0 it stops what is left of the
-scheduler and servers (normally they have exited by themselves) and exits 0.  Ctrl-C, SIGTERM or
-SIGHUP to the launcher stop the job the same way.
+scheduler and servers (normally they have exited by themselves) and exits 0.  SIGTERM or SIGHUP to
+the launcher stop the job the same way.  Ctrl-C (SIGINT) is passed on to the workers instead, as if
+each had been pressed Ctrl-C: ``train_bert`` stops them all after the same step, rank 0 saves a
+checkpoint, and the launcher waits for them to exit (a worker silent for ``--timeout`` seconds, or a
+second Ctrl-C, stops the job at once) and exits 130.
 
 Progress watchdog: a worker that is alive but stuck (stopped with SIGSTOP, waiting on a peer that
 is) would hang the job just the same, and nothing dies.  So the launcher tells every worker (the
@@ -72,15 +75,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .distributed import PROGRESS_ENV, PROGRESS_MARK
+
 PROG = "python -m bertpretrain.launch"
 LOCAL = None  # Task.host of processes that run on this machine
 DEFAULT_GRACE_S = 5.0
 DEFAULT_TIMEOUT_S = 300.0
 WATCHDOG_STATUS = 124  # the launcher's exit status when the watchdog stops a job (as timeout(1))
-# Workers whose environment has PROGRESS_ENV=1 report progress as lines PROGRESS_MARK + " step 5"
-# (or " done" when they have finished training); see the module docstring.
-PROGRESS_ENV = "BERTPRETRAIN_LAUNCH_PROGRESS"
-PROGRESS_MARK = "@bertpretrain-progress"
 POLL_S = 0.1
 # Variables of the launcher's environment that remote (ssh) processes get too; local ones get all.
 FORWARDED_PREFIXES = ("BERTPRETRAIN_", "MXNET_", "OMP_", "PS_")
@@ -300,6 +301,7 @@ class Job:
         self.procs = []  # (task, Popen), in start order
         self.readers = []
         self.interrupt = None  # the signal number the launcher received, if any
+        self.signals = 0  # how many it received
         self._out_lock = threading.Lock()
 
     def say(self, message):
@@ -337,54 +339,94 @@ class Job:
         stream.close()
 
     def on_signal(self, signum, _frame):
-        """Signal handler: ask the watch loop to stop the job (a second signal: kill at once)."""
+        """Signal handler: ask the watch loop to stop the job, or for a first SIGINT to pass it on to
+        the workers (a second signal: kill at once)."""
         if self.interrupt is not None:
             self.grace_s = 0
         self.interrupt = signum
+        self.signals += 1
 
     def watch(self):
         """Wait until every worker exited 0, a process failed, or the launcher got a signal;
-        stop what is still running, and return the launcher's exit status."""
+        stop what is still running, and return the launcher's exit status.
+
+        After a first SIGINT (Ctrl-C), passed on to the workers, a worker that exits with 0 or 130
+        or dies of that SIGINT is not a failure: the launcher waits for every worker to exit so,
+        then stops the rest and returns 130."""
         workers = [proc for task, proc in self.procs if task.role == "worker"]
-        while self.interrupt is None:
+        interrupted_at = None  # when a SIGINT was passed on to the workers
+        while True:
+            if self.interrupt is not None:
+                if self.interrupt == signal.SIGINT and self.signals == 1:
+                    if interrupted_at is None:
+                        interrupted_at = time.monotonic()
+                        self._interrupt_workers()
+                else:
+                    again = " again" if self.interrupt == signal.SIGINT and self.signals > 1 else ""
+                    self.say(f"got {signal.Signals(self.interrupt).name}{again}: stopping the job")
+                    self.stop()
+                    return 128 + self.interrupt
             for task, proc in self.procs:
                 returncode = proc.poll()
-                if returncode:
+                stopped = (interrupted_at is not None and task.role == "worker"
+                           and returncode in (130, -signal.SIGINT))
+                if returncode and not stopped:
                     others = sum(p.poll() is None for _, p in self.procs)
                     self.say(f"{task.name} (pid {proc.pid}) {describe_exit(returncode)}; "
                              f"stopping the job ({others} processes still running)")
                     self.stop()
                     self.say(f"job FAILED: {task.name} (pid {proc.pid}) {describe_exit(returncode)}")
                     return exit_status(returncode)
-            silent = self._silent_workers()
+            silent = self._silent_workers(since=interrupted_at)
             if silent:
                 return self._stop_silent(silent)
+            if interrupted_at is not None and all(proc.returncode is not None for proc in workers):
+                self._wait(self.grace_s)
+                self.stop()
+                self.say(f"job interrupted (SIGINT): all {len(workers)} workers have stopped")
+                return 128 + signal.SIGINT
             if all(proc.returncode == 0 for proc in workers):
                 self._wait(self.grace_s)  # the scheduler and servers exit by themselves, normally
                 self.stop()
                 self.say(f"job done: all {len(workers)} workers exited with code 0")
                 return 0
             time.sleep(POLL_S)
-        self.say(f"got {signal.Signals(self.interrupt).name}: stopping the job")
-        self.stop()
-        return 128 + self.interrupt
 
-    def _silent_workers(self):
-        """The (task, process) of every running worker that reported progress once, is not done,
-        and has not reported for longer than ``timeout_s``."""
+    def _interrupt_workers(self):
+        """Pass a Ctrl-C on to every running worker's process group (the scheduler and the servers keep
+        running: the workers still need them to finish their step together)."""
+        self.say("got SIGINT: passing it on to the workers, which stop after their current step (rank 0 "
+                 "saves a checkpoint); press Ctrl-C again to stop the job at once")
+        for task, proc in self.procs:
+            if task.role == "worker" and proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGINT)
+
+    def _silent_workers(self, since=None):
+        """The (task, process) of every running worker that is not done and has not reported
+        progress for longer than ``timeout_s``: since its last report, or since ``since`` (a
+        SIGINT passed on, which every worker must answer), whichever came later; before its first
+        report a worker is not watched unless ``since`` is given."""
         if not self.timeout_s:
             return []
         now = time.monotonic()
-        return [(task, proc) for task, proc in self.procs
-                if task.name in self.progress and proc.poll() is None
-                and not self.progress[task.name].done
-                and now - self.progress[task.name].since > self.timeout_s]
+        silent = []
+        for task, proc in self.procs:
+            if task.role != "worker" or proc.poll() is not None:
+                continue
+            progress = self.progress.get(task.name)
+            if progress is not None and progress.done:
+                continue
+            last = max(filter(None, [progress and progress.since, since]), default=None)
+            if last is not None and now - last > self.timeout_s:
+                silent.append((task, proc))
+        return silent
 
     def _stop_silent(self, silent):
         """The watchdog's verdict: name the silent workers and the stopped processes, stop the job."""
         for task, proc in silent:
+            last = self.progress[task.name].last if task.name in self.progress else "nothing"
             self.say(f"{task.name} (pid {proc.pid}) made no progress for {self.timeout_s:g} s "
-                     f"(last: {self.progress[task.name].last})")
+                     f"(last: {last})")
         for task, proc in self.procs:
             if task.host is LOCAL and proc.poll() is None and _is_stopped(proc.pid):
                 self.say(f"{task.name} (pid {proc.pid}) is stopped (SIGSTOP?): it cannot go on "

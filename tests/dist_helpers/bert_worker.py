@@ -16,6 +16,7 @@ from bertpretrain import distributed
 from bertpretrain.data import load_data_wiki
 from bertpretrain.model import BERTModel
 from bertpretrain.train import train_bert
+from bertpretrain.train.strategy import make_strategy
 
 # The model `bertpretrain pretrain` trains (BERTModel's default sizes), short sequences, no dropout.
 # Not smaller: with a 1-layer model the last step's gradient push was quick enough that a job whose
@@ -24,12 +25,11 @@ MODEL = dict(max_len=32, dropout=0.0)
 
 
 def main(out_dir, steps, optimizer, lr, kvstore, checkpoint_dir=None):
-    if distributed.is_distributed(kvstore):
-        kvstore = distributed.create_kvstore(kvstore)
-    with distributed.exit_on_error(kvstore):
+    strategy = make_strategy(kvstore, [mx.cpu()])
+    with distributed.exit_on_error(strategy.distributed):
         train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
         net = BERTModel(len(vocab), **MODEL)
-        history = train_bert(train_iter, net, [mx.cpu()], steps, seed=1, progress=False, kvstore=kvstore,
+        history = train_bert(train_iter, net, strategy=strategy, num_steps=steps, seed=1, progress=False,
                              optimizer=optimizer, lr=lr, checkpoint_dir=checkpoint_dir,
                              checkpoint_interval=1 if checkpoint_dir else None, resume=bool(checkpoint_dir))
     # Only rank 0 reads its parameters, after train_bert (as `bertpretrain pretrain` saves the model):

@@ -128,3 +128,12 @@ def assert_nothing_left(launcher, extra_pids=()):
     left = running(pids)
     kill_leftovers(left)
     assert not left, f"processes left running: {sorted(left)}\n{launcher.log}"
+
+
+def horovod_env(python):
+    """The environment to run Horovod with ``python``: its bin folder first on PATH (its horovodrun and
+    bertpretrain), this checkout's src/ first on PYTHONPATH (this checkout's code runs), one OpenMP thread."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return env

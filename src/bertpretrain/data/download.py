@@ -12,7 +12,9 @@ of a distributed job can call :func:`download_extract`: the first downloads, the
 its verified folder, which is never replaced while they read it. Staging folders that a killed
 download left behind are removed by the next one.
 """
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -23,9 +25,9 @@ import zipfile
 
 import requests
 import urllib3
-from tqdm.auto import tqdm
 
 from .. import __version__
+from ..display import progress_bar
 from ..files import (LockError, atomic_folder, cache_root, exclusive_lock, file_problem, manifest,
                      read_manifest, remove_stale, write_manifest)
 from .errors import DownloadError
@@ -147,8 +149,8 @@ def _fetch(url, destination):
             expected = r.headers.get("Content-Length")
             expected = int(expected) if expected and "Content-Encoding" not in r.headers else None
             digest = hashlib.sha1()
-            with open(destination, "wb") as f, tqdm(total=expected, unit="B", unit_scale=True,
-                                                    desc=posixpath.basename(url), disable=None) as bar:
+            with open(destination, "wb") as f, progress_bar(None, total=expected, unit="B", unit_scale=True,
+                                                            desc=posixpath.basename(url)) as bar:
                 window_start, window_bytes = time.monotonic(), 0
                 for chunk in iter(lambda: r.raw.read1(_CHUNK_BYTES, decode_content=True), b""):
                     f.write(chunk)
@@ -230,6 +232,9 @@ def download_extract(name, cache_dir=None, verify=False):
     folder = os.path.join(datasets, name)
     if _cache_is_verified(folder, entry, verify):
         return folder
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise DownloadError(f"{folder} is a file, where dataset {name!r} goes (a folder of its split files): move or "
+                            "remove it, or set BERTPRETRAIN_HOME (or cache_dir) to another cache folder")
     try:
         with exclusive_lock(os.path.join(datasets, ".download.lock")) as locked:
             # Another process may have finished this download while we waited for the lock.
@@ -246,6 +251,24 @@ def download_extract(name, cache_dir=None, verify=False):
             f"archive yourself, extract it and pass its folder as data_dir (--data-dir)") from error
 
 
+@contextlib.contextmanager
+def _writing_named(name, folder):
+    """Turn a failure to write the download of dataset ``name`` into ``folder`` (a full disk, most likely: the
+    staging folder's errors name no path the user knows) into a :class:`DownloadError` naming the folder and the
+    ways out."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, LockError):
+            raise
+        problem = ("the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+                   else f"writing failed ({error.strerror or error})")
+        raise DownloadError(
+            f"cannot download dataset {name!r} into {folder}: {problem}; nothing was kept. Free some space, or set "
+            "BERTPRETRAIN_HOME (or cache_dir) to a folder on another disk, or download the archive yourself, "
+            "extract it and pass its folder as data_dir (--data-dir)") from error
+
+
 def _download(name, entry, folder):
     """Fetch ``entry`` from its first mirror that gives a verified archive into ``folder``; return it.
 
@@ -255,7 +278,7 @@ def _download(name, entry, folder):
     failures = []
     for number, url in enumerate(entry.urls, 1):
         try:
-            with atomic_folder(folder, replace=os.path.isdir(folder)) as staging:
+            with _writing_named(name, folder), atomic_folder(folder, replace=os.path.isdir(folder)) as staging:
                 archive = os.path.join(staging, "archive.zip")
                 archive_sha1 = _fetch(url, archive)
                 try:

@@ -1,4 +1,4 @@
-"""Iterating over pretraining batches, and ``load_data_wiki``, the one call from a split to batches."""
+"""Iterating over pretraining batches; ``load_data_text`` (files to batches), ``load_data_wiki`` (a WikiText split)."""
 import logging
 import math
 
@@ -8,12 +8,16 @@ from mxnet import np as mnp
 
 from . import seeding
 from .cache import load_encoded_corpus
+from .config import DataConfig
 from .corpus import split_file
 from .dataset import BATCH_DTYPES, PretrainingBatch, PretrainingDataset
 from .download import download_extract
+from .errors import DataError
 from .pairs import EpochPairs, make_nsp_pairs
-from .tokenizer import load_tokenizer
-from .vocab import UNK_ID
+from ..options import OptionError
+from .textfiles import describe, detect_format, resolve_files
+from .tokenizer import load_tokenizer, train_wordpiece
+from .vocab import UNK_ID, Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -141,90 +145,175 @@ def _warn_if_foreign(path, token_ids, vocab):
                        "it", path, 100 * rate, 100 * vocab.unk_rate)
 
 
-def build_dataset(path, max_len=64, *, min_freq=5, seed=None, vocab=None, dynamic_masking=False,
-                  truncate_pairs=False, unk_targets=True, dynamic_pairs=False, cache="auto", cache_dir=None,
-                  tokenizer=None, whole_word_masking=False):
-    """Read the split file ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
+def _lowercases(tokenizer):
+    """Whether a WordPiece tokenizer lower-cases the text it encodes (its normaliser)."""
+    normalizer = tokenizer.tokenizer.normalizer
+    return normalizer is not None and normalizer.normalize_str("A") == "a"
 
-    The vocabulary is counted from this split unless ``vocab`` is given, or ``tokenizer`` (see
-    :func:`load_data_wiki`), which is then returned as ``vocab``. ``cache`` and ``cache_dir``:
-    see :func:`~bertpretrain.data.cache.load_encoded_corpus`.
+
+def _encoder(config, vocab, paths, text_format):
+    """What encodes ``paths``, and whether their reader lower-cases the text: ``(vocab, reader_lowercase)``.
+
+    ``vocab`` when given (e.g. the training files' for held-out ones), else ``config.tokenizer``: None for
+    ``'word'`` (a vocabulary counted from the files, WikiText only: raw text needs subwords), a WordPiece
+    tokenizer trained on the files for ``'wordpiece'``, or the tokenizer of a file or object. ``config.lowercase``:
+    None reads WikiText lower-cased (d2l) and leaves BERT's format to the tokenizer. Refuses what cannot work.
     """
-    if tokenizer is not None:
-        if vocab is not None:
-            raise ValueError("pass either vocab= (word-level) or tokenizer=, not both")
-        vocab, _ = load_tokenizer(tokenizer)
-    if not isinstance(max_len, (int, np.integer)) or max_len < 5:
-        raise ValueError(f"max_len must be an integer >= 5 ([CLS] a [SEP] b [SEP] with one word each), "
-                         f"got {max_len!r}")
-    if not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
-        raise ValueError(f"min_freq must be an integer >= 1, got {min_freq!r}")
-    if dynamic_pairs and not (dynamic_masking and truncate_pairs):
-        raise ValueError("dynamic_pairs=True draws new pairs every epoch: it needs dynamic_masking=True (new masks "
-                         "for the new pairs) and truncate_pairs=True (the same number of examples every epoch)")
-    seed = seeding.resolve_seed(seed)
+    name, lowercase, spec = describe(paths), config.lowercase, config.tokenizer
+    if vocab is None and spec == "wordpiece":
+        vocab = train_wordpiece(paths, vocab_size=config.vocab_size, lowercase=lowercase is not False)
+    elif vocab is None and spec not in (None, "word"):
+        vocab = load_tokenizer(spec, lowercase=lowercase is not False)
+    if vocab is None or isinstance(vocab, Vocab):  # a word-level vocabulary
+        if text_format == "bert":
+            raise DataError(f"{name} is in BERT's format (raw text), which needs a subword tokenizer: pass "
+                            "--tokenizer wordpiece (tokenizer='wordpiece', trained on these files) or a "
+                            "tokenizer.json / vocab.txt. The word-level vocabulary splits on spaces only, so raw "
+                            "text's 'end.' and 'end' would be different words; it is meant for WikiText, whose "
+                            "punctuation is already split off")
+        if lowercase is False:
+            raise OptionError("lowercase (--no-lowercase) keeps the case, but the word-level vocabulary is lower-cased "
+                              "(d2l's reading of WikiText, and its exported tokenizer lower-cases): keep the case with "
+                              "a WordPiece tokenizer (--tokenizer wordpiece)")
+        return vocab, True
+    if lowercase is False and _lowercases(vocab):
+        raise OptionError(f"lowercase (--no-lowercase) keeps the case, but {vocab.source} lower-cases the text it "
+                          "encodes: pass a cased tokenizer, or leave lowercase unset")
+    return vocab, (lowercase is not False if text_format == "wikitext" else bool(lowercase))
+
+
+def _build(paths, config, seed, vocab, cache, cache_dir, text_format):
+    """:func:`build_dataset` of a checked :class:`DataConfig` on the file(s) ``paths`` in ``text_format``."""
     given = vocab
-    corpus, vocab = load_encoded_corpus(path, vocab, min_freq, cache, cache_dir)
+    vocab, reader_lowercase = _encoder(config, vocab, paths, text_format)
+    seed = seeding.resolve_seed(seed)
+    corpus, vocab = load_encoded_corpus(paths, vocab, config.min_freq, cache, cache_dir, text_format=text_format,
+                                        lowercase=reader_lowercase)
+    name = corpus.path
     if given is not None:
-        _warn_if_foreign(path, corpus.token_ids, given)
+        _warn_if_foreign(name, corpus.token_ids, given)
     if vocab.num_words < 1:
-        raise ValueError(f"the vocabulary of {path} has no word seen at least min_freq={min_freq} times; "
+        raise ValueError(f"the vocabulary of {name} has no word seen at least min_freq={config.min_freq} times; "
                          "lower min_freq or use a larger corpus")
+    max_len = config.max_len
     starts, lengths, paragraph_sizes = corpus.shuffled_sentences(seed)
-    epoch_pairs = EpochPairs(lengths, paragraph_sizes, max_len, seed, starts, path) if dynamic_pairs else None
-    pairs = (epoch_pairs(0) if dynamic_pairs else
+    epoch_pairs = EpochPairs(lengths, paragraph_sizes, max_len, seed, starts, name) if config.dynamic_pairs else None
+    pairs = (epoch_pairs(0) if config.dynamic_pairs else
              make_nsp_pairs(lengths, paragraph_sizes, max_len, seeding.stream(seed, seeding.NSP_PARTNERS),
-                            truncate=truncate_pairs, path=path, sentence_starts=starts))
-    continuation = getattr(vocab, "continuation", None) if whole_word_masking else None
-    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, dynamic_masking, unk_targets,
-                                 epoch_pairs, continuation)
-    logger.info("%s: %d paragraphs, %d sentences, %d words -> %d examples (max_len %d, vocab %d)", path,
+                            truncate=config.truncate_pairs, path=name, sentence_starts=starts))
+    continuation = getattr(vocab, "continuation", None) if config.whole_word_masking else None
+    dataset = PretrainingDataset(corpus.token_ids, pairs, len(vocab), max_len, seed, config.dynamic_masking,
+                                 config.unk_targets, epoch_pairs, continuation)
+    logger.info("%s: %d documents, %d sentences, %d tokens -> %d examples (max_len %d, vocab %d)", name,
                 len(paragraph_sizes), len(lengths), len(corpus.token_ids), len(dataset), max_len, len(vocab))
     return dataset, vocab
 
 
-def load_data_wiki(batch_size, max_len=64, dataset="wikitext-2", *, split="train", data_dir=None,
-                   min_freq=5, seed=None, shuffle=True, num_workers=0, dynamic_masking=False, vocab=None,
-                   truncate_pairs=False, unk_targets=True, dynamic_pairs=False, drop_last=False, cache="auto",
-                   cache_dir=None, verify=False, tokenizer=None, whole_word_masking=False):
-    """Pretraining batches of a WikiText split, and its vocabulary (or tokenizer).
+def _check_one_vocabulary(vocab, options):
+    """Refuse both ``vocab`` and a ``tokenizer`` option from a caller of the keyword forms."""
+    if vocab is not None and options.get("tokenizer") not in (None, "word"):
+        raise ValueError("pass either vocab= (the training split's vocabulary or tokenizer) or tokenizer=, not both")
+
+
+def build_dataset(path, max_len=DataConfig.max_len, *, seed=None, vocab=None, cache="auto", cache_dir=None,
+                  **options):
+    """Read the file(s) ``path`` into a :class:`PretrainingDataset`, returning ``(dataset, vocab)``.
+
+    ``options`` are fields of :class:`DataConfig` (``min_freq``, ``dynamic_masking``, ``truncate_pairs``,
+    ``tokenizer``, ``text_format`` (default here: ``'wikitext'``), ``lowercase``, ...), checked there. The
+    vocabulary is counted from the files unless ``vocab`` (e.g. the training split's) or a ``tokenizer`` is
+    given, which is then returned as ``vocab``; ``seed``: see :func:`load_data`; ``cache`` and ``cache_dir``:
+    see :func:`~bertpretrain.data.cache.load_encoded_corpus`.
+    """
+    _check_one_vocabulary(vocab, options)
+    config = DataConfig(max_len=max_len, **{"text_format": "wikitext", **options})
+    paths = resolve_files(path, "path")
+    text_format = detect_format(paths) if config.text_format == "auto" else config.text_format
+    return _build(paths, config, seed, vocab, cache, cache_dir, text_format)
+
+
+def _split_files(config, split, cache_dir):
+    """The files of ``split`` and their format: ``config.train_files`` / ``valid_files`` (their format
+    detected when ``text_format`` is ``'auto'``), else ``wiki.<split>.tokens`` of ``config.data_dir`` or of the
+    dataset ``config.dataset`` (downloaded and verified on first use)."""
+    own = {"train": config.train_files, "valid": config.valid_files}.get(split)
+    if config.train_files:
+        if own is None:
+            raise DataError(f"there are no {split} files: pass --valid-file (valid_files=) for held-out text"
+                            if split == "valid" else f"split {split!r} has no files of its own: use 'train' or "
+                            "'valid'")
+        paths = resolve_files(own, f"--{split}-file")
+        text_format = config.text_format
+        if text_format == "auto":
+            text_format = detect_format(paths)
+            logger.info("%s: read as %s", describe(paths), "BERT's format" if text_format == "bert" else "WikiText")
+        return paths, text_format
+    data_dir = config.data_dir
+    if data_dir is None:
+        data_dir = download_extract(config.dataset, cache_dir=cache_dir, verify=config.verify)
+    return [split_file(data_dir, split)], "wikitext"
+
+
+def load_data(config, split="train", *, vocab=None, seed=None, shuffle=True, cache="auto", cache_dir=None):
+    """Pretraining batches of a split, and its vocabulary (or tokenizer), as :class:`DataConfig` ``config`` says.
 
     Args:
-        batch_size: examples per batch (the last batch of an epoch may be smaller, see ``drop_last``).
-        max_len: tokens per example, ``[CLS]`` and ``[SEP]`` included.
-        dataset: a name in :data:`~bertpretrain.data.DATA_HUB`, downloaded and verified on first use.
-        split: ``'train'``, ``'valid'`` or ``'test'``: reads ``wiki.<split>.tokens``.
-        data_dir: a folder already holding ``wiki.<split>.tokens``; no download then.
-        min_freq: least count of a word to get its own id (others become ``<unk>``).
+        config: the data options (:class:`DataConfig`): your own files (``train_files``, ``valid_files``: files,
+            folders or globs, ``.gz`` too, in BERT's format or WikiText's) or a WikiText dataset.
+        split: ``'train'`` or ``'valid'`` (your own files), or ``'train'``, ``'valid'``, ``'test'`` of WikiText.
+        vocab: the vocabulary or tokenizer to encode with (e.g. the training split's when loading the validation
+            split); default: ``config.tokenizer`` (a word vocabulary counted from this split, a WordPiece
+            tokenizer trained on it, or a tokenizer file).
         seed: seed of every random choice (None: fresh randomness).
         shuffle: a new example order every epoch.
-        drop_last: leave out each epoch's last batch when it is short, so every step has ``batch_size``
-            examples (False: keep it, as d2l).
-        num_workers: worker processes preparing batches (0: in this process).
-        dynamic_masking: new masks every epoch (RoBERTa) rather than once (d2l, the default).
-        vocab: a :class:`Vocab` to reuse (e.g. the training one when loading the validation split).
-        truncate_pairs: shorten pairs longer than ``max_len`` instead of dropping them.
-        unk_targets: False never chooses a ``<unk>`` word as an MLM target (True: any word, as d2l).
-        dynamic_pairs: new NSP pairs and negatives every epoch (needs ``dynamic_masking`` and
-            ``truncate_pairs``), so that they cannot be memorised; False: drawn once (d2l).
-        cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (files >= 32 MB).
+        cache: keep the encoded corpus on disk for later runs: True, False, or ``'auto'`` (32 MB of text or more;
+            a cached corpus is memory-mapped, so memory does not grow with the corpus).
         cache_dir: cache root for downloads and encoded corpora (default ``$BERTPRETRAIN_HOME``, else the
             user's cache folder).
-        verify: hash a cached download's files again rather than trust their recorded size and mtime.
-        tokenizer: encode subword pieces instead of words: a
-            :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer` (e.g. from ``train_wordpiece``), a
-            ``tokenizer.json`` or a BERT ``vocab.txt`` (see ``load_tokenizer``); ``min_freq`` is then unused.
-        whole_word_masking: mask all pieces of a chosen word together (with a WordPiece tokenizer;
-            words are single tokens otherwise).
+    Returns:
+        ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary or
+        tokenizer (pass it as ``vocab=`` for the held-out split).
+    """
+    paths, text_format = _split_files(config, split, cache_dir)
+    data, vocab = _build(paths, config, seed, vocab, cache, cache_dir, text_format)
+    return PretrainingLoader(data, config.batch_size, shuffle=shuffle, num_workers=config.num_workers,
+                             drop_last=config.drop_last), vocab
+
+
+def load_data_text(files, batch_size, max_len=DataConfig.max_len, *, vocab=None, seed=None, shuffle=True,
+                   cache="auto", cache_dir=None, **options):
+    """Pretraining batches of your own text files, and their vocabulary (or tokenizer).
+
+    ``files``: a file, a folder (its ``*.txt``, ``*.text``, ``*.tokens``, ``*.raw`` files at any depth), a glob
+    (``'shards/*.txt.gz'``), or a list of them; ``.gz`` files are decompressed as they are read. The documents
+    of all files follow each other (a file ends its last document). ``options`` are fields of
+    :class:`DataConfig` (``text_format``: ``'bert'``, Google BERT's input, one sentence per line and a blank
+    line between documents; ``'wikitext'``, one paragraph per line; ``'auto'``, detected; ``tokenizer``:
+    ``'wordpiece'`` (trained on these files), a tokenizer file or object, or ``'word'`` (WikiText only);
+    ``lowercase``; ``vocab_size``; ...), checked there; the other arguments are those of :func:`load_data`.
+    For held-out files pass the training files' vocabulary or tokenizer as ``vocab``.
+
     Returns:
         ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary.
     """
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if data_dir is None:
-        data_dir = download_extract(dataset, cache_dir=cache_dir, verify=verify)
-    data, vocab = build_dataset(split_file(data_dir, split), max_len, min_freq=min_freq, seed=seed, vocab=vocab,
-                                dynamic_masking=dynamic_masking, truncate_pairs=truncate_pairs,
-                                unk_targets=unk_targets, dynamic_pairs=dynamic_pairs, cache=cache,
-                                cache_dir=cache_dir, tokenizer=tokenizer, whole_word_masking=whole_word_masking)
-    return PretrainingLoader(data, batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last), vocab
+    _check_one_vocabulary(vocab, options)
+    config = DataConfig(train_files=files, batch_size=batch_size, max_len=max_len, **options)
+    return load_data(config, "train", vocab=vocab, seed=seed, shuffle=shuffle, cache=cache, cache_dir=cache_dir)
+
+
+def load_data_wiki(batch_size, max_len=DataConfig.max_len, dataset=DataConfig.dataset, *, split="train", vocab=None,
+                   seed=None, shuffle=True, cache="auto", cache_dir=None, **options):
+    """Pretraining batches of a WikiText split, and its vocabulary (or tokenizer): d2l's ``load_data_wiki``.
+
+    ``batch_size``, ``max_len``, ``dataset`` and ``options`` are the fields of :class:`DataConfig` (its
+    defaults are d2l's; e.g. ``data_dir=`` a folder already holding ``wiki.<split>.tokens``,
+    ``dynamic_masking=True``, ``tokenizer=`` a :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer`, a
+    ``tokenizer.json`` or a BERT ``vocab.txt``), made into one and checked there; the other arguments are
+    those of :func:`load_data`, which this calls.
+
+    Returns:
+        ``(loader, vocab)``: a :class:`PretrainingLoader` of :class:`PretrainingBatch` es and the vocabulary.
+    """
+    _check_one_vocabulary(vocab, options)
+    config = DataConfig(batch_size=batch_size, max_len=max_len, dataset=dataset, **options)
+    return load_data(config, split, vocab=vocab, seed=seed, shuffle=shuffle, cache=cache, cache_dir=cache_dir)

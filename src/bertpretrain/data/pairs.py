@@ -27,8 +27,8 @@ def get_tokens_and_segments(tokens_a, tokens_b=None):
 
 
 class SentencePairs(NamedTuple):
-    """E sentence pairs as int64 arrays of shape (E,): where ``a`` and ``b`` start in the flat token
-    array, their lengths (after any truncation), and the NSP label (1 = ``b`` follows ``a``)."""
+    """E sentence pairs as arrays of shape (E,): where ``a`` and ``b`` start in the flat token array (int64),
+    their lengths after any truncation (int32), and the NSP label (int8, 1 = ``b`` follows ``a``)."""
     a_start: np.ndarray
     a_len: np.ndarray
     b_start: np.ndarray
@@ -71,41 +71,49 @@ def make_nsp_pairs(sentence_lengths, paragraph_sizes, max_len, rng, truncate=Fal
     Returns:
         :class:`SentencePairs` of the kept pairs, in sentence order.
     """
-    sentence_lengths = np.asarray(sentence_lengths, dtype=np.int64)
+    sentence_lengths = np.asarray(sentence_lengths)
     paragraph_sizes = np.asarray(paragraph_sizes, dtype=np.int64)
     num_sentences = len(sentence_lengths)
     if len(paragraph_sizes) < 2:
         raise DataError(f"{path} has only one paragraph of two or more sentences; next-sentence pairs "
                         "need a second paragraph to draw 'not next' sentences from: use a larger corpus")
-    sentence_start = (np.concatenate(([0], np.cumsum(sentence_lengths)[:-1])) if sentence_starts is None
-                      else np.asarray(sentence_starts, dtype=np.int64))
-    paragraph_first = np.repeat(np.cumsum(paragraph_sizes) - paragraph_sizes, paragraph_sizes)
-    paragraph_size = np.repeat(paragraph_sizes, paragraph_sizes)
-    last_in_paragraph = np.arange(num_sentences) == paragraph_first + paragraph_size - 1
-    a = np.flatnonzero(~last_in_paragraph)
+    if sentence_starts is None:
+        sentence_starts = np.cumsum(sentence_lengths, dtype=np.int64)
+        sentence_starts -= sentence_lengths
+    else:
+        sentence_starts = np.asarray(sentence_starts, dtype=np.int64)
+    # (S,)-sized arrays dominate the memory of a large corpus: sentence numbers are int32 where they fit,
+    # and temporaries are dropped as soon as they are used.
+    index = np.int32 if num_sentences < 2 ** 31 else np.int64
+    paragraph_first = np.cumsum(paragraph_sizes) - paragraph_sizes
+    paragraph = np.repeat(np.arange(len(paragraph_sizes), dtype=index), paragraph_sizes - 1)  # of each a
+    a = np.arange(len(paragraph), dtype=index)
+    a += paragraph  # every sentence but the last of its paragraph (each paragraph before drops one)
 
     is_next = rng.random(len(a)) < 0.5
     # A uniform sentence outside a's paragraph: draw among the S - size others, then skip the paragraph.
-    other = rng.integers(0, num_sentences - paragraph_size[a])
-    other += (other >= paragraph_first[a]) * paragraph_size[a]
+    size = paragraph_sizes[paragraph]
+    other = rng.integers(0, num_sentences - size)
+    other += (other >= paragraph_first[paragraph]) * size
+    del paragraph, size
     b = np.where(is_next, a + 1, other)
+    del other
 
-    a_len, b_len = sentence_lengths[a], sentence_lengths[b]
+    a_len, b_len = sentence_lengths[a].astype(np.int32), sentence_lengths[b].astype(np.int32)
     budget = max_len - NUM_PAIR_SPECIALS
     if truncate:
         if budget < 2:
             raise DataError(f"max_len={max_len} leaves no room for one token of each sentence "
                             f"({NUM_PAIR_SPECIALS} special tokens); use max_len >= {NUM_PAIR_SPECIALS + 2}")
         a_len, b_len = truncate_pair_lengths(a_len, b_len, budget)
-        keep = slice(None)
     else:
         keep = a_len + b_len <= budget
         if not keep.any():
             shortest = int((a_len + b_len).min()) + NUM_PAIR_SPECIALS
             raise DataError(f"no sentence pair of {path} fits max_len={max_len}: the shortest needs {shortest} "
                             "tokens with [CLS] and two [SEP]; raise max_len or pass truncate_pairs=True")
-    return SentencePairs(sentence_start[a][keep], a_len[keep], sentence_start[b][keep], b_len[keep],
-                         is_next[keep].astype(np.int64))
+        a, b, a_len, b_len, is_next = a[keep], b[keep], a_len[keep], b_len[keep], is_next[keep]
+    return SentencePairs(sentence_starts[a], a_len, sentence_starts[b], b_len, is_next.astype(np.int8))
 
 
 class EpochPairs:

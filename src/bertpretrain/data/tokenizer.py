@@ -16,6 +16,7 @@ import numpy as np
 
 from ..files import TOKENIZER_FILE, atomic_write, saved_vocab_file
 from .errors import DataError
+from .textfiles import TextFile, describe, resolve_files
 from .vocab import (CLS, CLS_ID, MASK, NUM_RESERVED, PAD, RESERVED_TOKENS, SEP, SEP_ID, UNK, TokenTable, Vocab,
                     _TokenToId)
 
@@ -59,11 +60,12 @@ class WordPieceTokenizer(TokenTable):
             :data:`~bertpretrain.data.RESERVED_TOKENS` (``<unk>`` may be spelled ``[UNK]``); its padding
             and truncation are turned off (a sentence must encode whole).
         source: where it came from, named in error messages.
+        source_order: the permutation loading applied to the source's ids (see :class:`TokenTable`), or None.
     """
 
     FILE_NAME = TOKENIZER_FILE  # what it is saved as beside a model
 
-    def __init__(self, tokenizer, source="the tokenizer"):
+    def __init__(self, tokenizer, source="the tokenizer", source_order=None):
         model = json.loads(tokenizer.to_str())["model"]
         if model.get("type") != "WordPiece":
             raise DataError(f"{source} is a {model.get('type')} tokenizer; a WordPiece one was expected "
@@ -76,6 +78,7 @@ class WordPieceTokenizer(TokenTable):
         tokenizer.no_truncation()
         self.tokenizer = tokenizer
         self.source = source
+        self.source_order = source_order
         self.unk_token = specials[0]
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         self.idx_to_token = [None] * tokenizer.get_vocab_size(with_added_tokens=True)
@@ -96,7 +99,9 @@ class WordPieceTokenizer(TokenTable):
         Returns ``(ids, lengths)``: (N,) int32 ids of all sentences, concatenated, and (S,) int32
         pieces per sentence.
         """
-        encodings = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, which are not needed here
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encodings = encode(sentences, add_special_tokens=False)
         lengths = np.fromiter(map(len, encodings), dtype=np.int32, count=len(encodings))
         ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32,
                           count=int(lengths.sum()))
@@ -118,18 +123,18 @@ class WordPieceTokenizer(TokenTable):
 def train_wordpiece(files, vocab_size=30522, min_frequency=2, lowercase=True):
     """Train BERT's WordPiece tokenizer on text files with Hugging Face ``tokenizers``.
 
-    BERT's normalizer (lower-casing when ``lowercase``) and pre-tokenizer (whitespace and
-    punctuation); the reserved tokens take ids 0-4, so the literal ``<unk>`` of WikiText is the
-    unknown token. Returns a :class:`WordPieceTokenizer` of at most ``vocab_size`` ids.
+    ``files``: a file, a folder of text files, a glob, or a list of them, plain or ``.gz`` (see
+    :func:`~bertpretrain.data.textfiles.resolve_files`); every line is read, in either text format.
+    BERT's normalizer (lower-casing when ``lowercase``: uncased BERT; False keeps the case) and
+    pre-tokenizer (whitespace and punctuation); the reserved tokens take ids 0-4, so the literal
+    ``<unk>`` of WikiText is the unknown token. Returns a :class:`WordPieceTokenizer` of at most
+    ``vocab_size`` ids.
 
     Training twice on the same text may give different pieces or ids (``tokenizers`` breaks ties
     between equally frequent pieces arbitrarily): save the result (:meth:`WordPieceTokenizer.save`)
     and load it (:func:`load_tokenizer`) wherever the same ids are needed.
     """
-    files = [os.fspath(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
-    for path in files:
-        if not os.path.isfile(path):
-            raise DataError(f"cannot train a WordPiece tokenizer on {path}: no such file")
+    paths = resolve_files(files, "WordPiece training file")
     if not isinstance(vocab_size, (int, np.integer)) or vocab_size <= NUM_RESERVED:
         raise ValueError(f"vocab_size must be an integer > {NUM_RESERVED} (the reserved tokens), got {vocab_size!r}")
     tk = _tokenizers()
@@ -138,9 +143,23 @@ def train_wordpiece(files, vocab_size=30522, min_frequency=2, lowercase=True):
     trainer = tk.trainers.WordPieceTrainer(vocab_size=int(vocab_size), min_frequency=min_frequency,
                                            special_tokens=list(RESERVED_TOKENS), show_progress=False,
                                            continuing_subword_prefix=CONTINUATION_PREFIX)
-    tokenizer.train(files, trainer)
+    tokenizer.train_from_iterator(_line_batches(paths), trainer)
     tokenizer.post_processor = _pair_template(tk)
-    return WordPieceTokenizer(tokenizer, source=f"WordPiece trained on {', '.join(files)}")
+    return WordPieceTokenizer(tokenizer, source=f"WordPiece trained on {describe(paths)}")
+
+
+def _line_batches(paths, size=4096):
+    """The lines of the files ``paths`` (decompressed, checked UTF-8), in lists of ``size``."""
+    batch = []
+    for path in paths:
+        with TextFile(path) as f:
+            for line in f:
+                batch.append(line)
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+    if batch:
+        yield batch
 
 
 def word_level_tokenizer(vocab):
@@ -196,13 +215,13 @@ def load_tokenizer(source, lowercase=True):
             a ``tokenizer.json`` file, a BERT ``vocab.txt`` file (one piece per line), or a folder holding one.
         lowercase: for ``vocab.txt``: lower-case the text (uncased BERT).
     Returns:
-        ``(tokenizer, order)``: a :class:`WordPieceTokenizer` (or the :class:`Vocab` of a word-level
-        ``tokenizer.json``) and ``order``, None when the ids are the file's own, else the (V,) permutation
-        ``order[new_id] = old_id`` applied to put the reserved tokens at ids 0-4 (reorder a model's
-        token rows with it).
+        a :class:`WordPieceTokenizer` (or the :class:`Vocab` of a word-level ``tokenizer.json``). Where the
+        file keeps the reserved tokens at other ids (a Google ``vocab.txt``: ``[PAD]`` 0, ``[UNK]`` 100, ...)
+        they are swapped into ids 0-4, and its ``source_order`` is the permutation ``source_order[new_id] =
+        old_id`` (None when the ids are the file's own): reorder a model's token rows with it.
     """
     if isinstance(source, (WordPieceTokenizer, Vocab)):
-        return source, None
+        return source
     tk = _tokenizers()
     if isinstance(source, tk.Tokenizer):
         config, name = json.loads(source.to_str()), "the given tokenizer"
@@ -229,14 +248,14 @@ def load_tokenizer(source, lowercase=True):
                                 "tokenizers' Tokenizer.save or save_pretrained") from None
     kind = (config.get("model") or {}).get("type")
     if kind == "WordLevel":
-        return _vocab_from_word_level(config, name), None
+        return _vocab_from_word_level(config, name)
     if kind != "WordPiece":
         raise DataError(f"{name} holds a {kind} tokenizer; bertpretrain reads WordPiece (BERT) and its own "
                         "word-level tokenizers")
     config, order = _move_specials(config, name)
     moved = not (order == np.arange(len(order))).all()
     tokenizer = tk.Tokenizer.from_str(json.dumps(config))
-    return WordPieceTokenizer(tokenizer, source=name), (order if moved else None)
+    return WordPieceTokenizer(tokenizer, source=name, source_order=order if moved else None)
 
 
 def load_saved_vocab(folder):
@@ -246,7 +265,7 @@ def load_saved_vocab(folder):
     path = saved_vocab_file(folder)
     if path is None:
         return None
-    return load_tokenizer(path)[0] if os.path.basename(path) == TOKENIZER_FILE else Vocab.load(path)
+    return load_tokenizer(path) if os.path.basename(path) == TOKENIZER_FILE else Vocab.load(path)
 
 
 def _from_vocab_txt(tk, path, lowercase):

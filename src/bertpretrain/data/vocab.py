@@ -25,7 +25,14 @@ class _TokenToId(dict):
 
 class TokenTable:
     """Lookups shared by :class:`Vocab` and :class:`~bertpretrain.data.tokenizer.WordPieceTokenizer`: a
-    subclass sets ``idx_to_token`` (list) and ``token_to_idx`` (a :class:`_TokenToId`, unknown -> ``<unk>``)."""
+    subclass sets ``idx_to_token`` (list) and ``token_to_idx`` (a :class:`_TokenToId`, unknown -> ``<unk>``).
+
+    ``source_order`` is None when the ids are those of the file the table was read from, else the (V,) int64
+    permutation ``source_order[id] = the file's id`` that loading applied (to put the reserved tokens at ids
+    0-4, see :func:`~bertpretrain.data.load_tokenizer`): reorder a model's token rows with it.
+    """
+
+    source_order = None
 
     def __len__(self):
         return len(self.idx_to_token)

@@ -11,8 +11,8 @@ Use: the model's op layer, :mod:`bertpretrain.model.ops`, chooses per model betw
 MXNet's builtin operators. ``BERTPRETRAIN_KERNELS=0`` (off), ``=1`` (required), unset (use
 when possible).
 """
-from .loader import (ENV_VAR, KernelStatus, KernelsUnavailableError, available, keep_off, load,
-                     usable_on, wanted)
+from .loader import (ENV_VAR, KernelsSettingError, KernelStatus, KernelsUnavailableError, available, keep_off,
+                     load, usable_on, wanted)
 
-__all__ = ["ENV_VAR", "KernelStatus", "KernelsUnavailableError", "available", "keep_off", "load",
-           "usable_on", "wanted"]
+__all__ = ["ENV_VAR", "KernelsSettingError", "KernelStatus", "KernelsUnavailableError", "available", "keep_off",
+           "load", "usable_on", "wanted"]

@@ -190,12 +190,28 @@ def _compile(command, target):
         write_manifest(record_path(target), {target.name: file_record(tmp)})
 
 
-def build(source_dir=SOURCE_DIR, cache=None):
+def discard(library):
+    """Remove the cached ``library`` and its record (one that cannot be loaded), so that the next
+    :func:`build` compiles it again."""
+    library = Path(library)
+    with exclusive_lock(library.parent / ".build.lock"):
+        for path in (library, record_path(library)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def build(source_dir=SOURCE_DIR, cache=None, report=False):
     """Path to the compiled kernel library, compiling it first when not cached or not intact.
 
-    ``source_dir`` and ``cache`` (default :func:`cache_dir`) exist for tests.
+    ``source_dir`` and ``cache`` (default :func:`cache_dir`) exist for tests. ``report=True`` returns
+    ``(path, built)``, with ``built`` False when the library came from the cache.
     Raises :class:`BuildError` naming the problem when the library cannot be built.
     """
+    path, built = _build(source_dir, cache)
+    return (path, built) if report else path
+
+
+def _build(source_dir, cache):
     compiler = find_compiler()
     api_files = mxnet_api_files()
     sources = kernel_sources(source_dir)
@@ -204,7 +220,7 @@ def build(source_dir=SOURCE_DIR, cache=None):
     cache = Path(cache) if cache is not None else cache_dir()
     target = cache / f"{LIBRARY_PREFIX}{library_key(compiler, sources, api_files)[:24]}.so"
     if target.is_file() and _damage(target) is None:
-        return target
+        return target, False
     include, lib_api = api_files
     command = (compiler + list(FLAGS) + ["-I", str(include)]
                + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api), "-o"])
@@ -214,7 +230,7 @@ def build(source_dir=SOURCE_DIR, cache=None):
             if target.is_file():  # damaged, or built by another process while this one waited
                 damage = _damage(target)
                 if damage is None:
-                    return target
+                    return target, False
                 logger.warning("the cached kernel library %s is damaged (%s): rebuilding it", target, damage)
             # Under the lock no other build runs, so every temporary file is a killed one's.
             for stale in remove_stale(cache, older_than=0 if locked else 2 * COMPILE_TIMEOUT_S):
@@ -223,4 +239,4 @@ def build(source_dir=SOURCE_DIR, cache=None):
     except OSError as error:
         raise BuildError(f"cannot build the kernels in the cache folder {cache}: {error}; "
                          "set BERTPRETRAIN_HOME to a writable folder") from error
-    return target
+    return target, True

@@ -10,6 +10,10 @@ model must keep working (on MXNet's builtin operators) where no compiler exists.
 
 ``BERTPRETRAIN_KERNELS``: ``0`` turns the kernels off, ``1`` makes their absence an
 error (:class:`KernelsUnavailableError`), unset or empty uses them when possible.
+
+A cached library that matches its recorded size and sha256 but cannot be loaded (overwritten together
+with its record, or built against something that changed) is removed and built again, once, with one
+log line; a library that still cannot be loaded is named in the reason, with the way to remove it.
 """
 import logging
 import os
@@ -19,14 +23,19 @@ from typing import Optional
 
 import mxnet
 
+from ..errors import UserError
 from . import build
 
 ENV_VAR = "BERTPRETRAIN_KERNELS"
 logger = logging.getLogger("bertpretrain.kernels")
 
 
-class KernelsUnavailableError(RuntimeError):
+class KernelsUnavailableError(UserError, RuntimeError):
     """``BERTPRETRAIN_KERNELS=1`` was set but the kernels cannot be built or loaded."""
+
+
+class KernelsSettingError(UserError, ValueError):
+    """``BERTPRETRAIN_KERNELS`` holds something other than 0, 1 or nothing."""
 
 
 @dataclass(frozen=True)
@@ -46,29 +55,47 @@ _warned_contexts = set()
 def _mode():
     value = os.environ.get(ENV_VAR, "").strip()
     if value not in ("", "0", "1"):
-        raise ValueError(f"{ENV_VAR}={value!r} is not understood: use 0 (off), "
-                         "1 (required) or leave it unset (use when possible)")
+        raise KernelsSettingError(f"{ENV_VAR}={value!r} is not understood: set it to 0 (off) or 1 (required), "
+                                  "or unset it (use the fused kernels when they can be built)")
     return value
 
 
 def _try_load():
-    """Build and load the library; a :class:`KernelStatus` either way."""
-    try:
-        path = build.build()
-    except build.BuildError as error:
-        return KernelStatus(False, f"the kernel library could not be built: {error}")
-    try:
-        mxnet.library.load(str(path), False)
-    except (mxnet.base.MXNetError, OSError) as error:
-        return KernelStatus(False, f"loading the kernel library {path} failed: {error}")
-    return KernelStatus(True, "loaded", str(path))
+    """Build and load the library; a :class:`KernelStatus` either way. A cached library that does not load
+    is removed and built again, once."""
+    for attempt in (1, 2):
+        try:
+            path, built = build.build(report=True)
+        except build.BuildError as error:
+            return KernelStatus(False, f"the kernel library could not be built: {error}")
+        try:
+            mxnet.library.load(str(path), False)
+        except (mxnet.base.MXNetError, OSError) as error:
+            problem = _first_line(error)
+            if attempt == 1 and not built:
+                logger.warning("the cached kernel library %s cannot be loaded (%s): removing it and building it "
+                               "again", path, problem)
+                try:
+                    build.discard(path)
+                except OSError as removal:
+                    return KernelStatus(False, f"the cached kernel library {path} cannot be loaded ({problem}) nor "
+                                               f"removed ({removal}): remove it by hand (rm {path}*)")
+                continue
+            return KernelStatus(False, f"loading the kernel library {path}, just built, failed ({problem}); remove "
+                                       f"it (rm {path}*) to build it anew on the next run")
+        return KernelStatus(True, "loaded", str(path))
+
+
+def _first_line(error):
+    """The first line of an error's message (MXNet's carry a C++ stack trace after it)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def load():
     """The process-wide :class:`KernelStatus`, building and loading the library on first call.
 
     Raises :class:`KernelsUnavailableError` when ``BERTPRETRAIN_KERNELS=1`` and the kernels
-    cannot be used, and ``ValueError`` for any other value than 0, 1 or unset.
+    cannot be used, and :class:`KernelsSettingError` (a ValueError) for any other value than 0, 1 or unset.
     """
     global _status
     with _lock:
@@ -83,7 +110,8 @@ def load():
                 if not status.available:
                     if mode == "1":
                         raise KernelsUnavailableError(
-                            f"{ENV_VAR}=1 requires the fused kernels, but {status.reason}")
+                            f"{ENV_VAR}=1 requires the fused kernels, but {status.reason}. Or set {ENV_VAR}=0 (or "
+                            "unset it) to train on MXNet's builtin operators")
                     logger.warning("bertpretrain kernels off, using MXNet's builtin "
                                    "operators: %s (set %s=0 to silence this)",
                                    status.reason, ENV_VAR)

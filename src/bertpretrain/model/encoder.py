@@ -1,4 +1,5 @@
-"""BERT's input embeddings and its stack of post-LN transformer encoder layers."""
+"""BERT's input embeddings and its stack of transformer encoder layers (post-LN, or pre-LN with a final
+LayerNorm)."""
 from mxnet.gluon import HybridBlock, nn
 
 from .attention import MultiHeadSelfAttention
@@ -11,14 +12,15 @@ class BERTEmbeddings(HybridBlock):
     ``tokens``, ``segments`` (B, T) and ``positions`` (B, T) (each row 0..T-1) -> (B, T, H).
     Positions are looked up per token, like the other two, so that the three embeddings add with
     the same shape (a broadcast add's backward is slow in MXNet 1.9.1). With
-    ``config.embedding_layer_norm`` the sum is layer-normalised and dropped out, as in the
-    original BERT (d2l does neither). ``ops`` is the model's op layer.
+    ``config.embedding_layer_norm`` the sum is layer-normalised, as in the original BERT; it is
+    dropped out then, and in every pre-LN model (Megatron-BERT, GPT-2); d2l does neither.
+    ``ops`` is the model's op layer.
     """
 
     def __init__(self, config, ops, **kwargs):
         super().__init__(**kwargs)
         self._ops = ops
-        self._dropout = config.dropout if config.embedding_layer_norm else 0.0
+        self._dropout = config.dropout if config.embedding_layer_norm or config.pre_layer_norm else 0.0
         self.token_embedding = nn.Embedding(config.vocab_size, config.num_hiddens)
         self.segment_embedding = nn.Embedding(config.num_segments, config.num_hiddens)
         self.position_embedding = nn.Embedding(config.max_len, config.num_hiddens)
@@ -29,8 +31,8 @@ class BERTEmbeddings(HybridBlock):
         embedded = self._ops.add(F, self.token_embedding(tokens), self.segment_embedding(segments),
                                  self.position_embedding(positions))
         if self.norm is not None:
-            embedded = self._ops.dropout(F, self.norm(embedded), self._dropout)
-        return embedded
+            embedded = self.norm(embedded)
+        return self._ops.dropout(F, embedded, self._dropout)
 
 
 class TransformerEncoderLayer(HybridBlock):
@@ -66,7 +68,9 @@ class TransformerEncoderLayer(HybridBlock):
 
 
 class BERTEncoder(HybridBlock):
-    """Embeddings followed by ``config.num_layers`` transformer layers.
+    """Embeddings followed by ``config.num_layers`` transformer layers (and, with
+    ``config.final_layer_norm``, a LayerNorm of the last layer's output: pre-LN layers leave it
+    unnormalised).
 
     ``tokens``, ``segments`` (B, T) int, ``valid_lens`` (B,) int -> encoded (B, T, H). Keys at
     positions >= ``valid_lens[b]`` are ignored by every attention softmax, so the encodings of the
@@ -80,6 +84,8 @@ class BERTEncoder(HybridBlock):
         self.layers = nn.HybridSequential()
         for _ in range(config.num_layers):
             self.layers.add(TransformerEncoderLayer(config, ops))
+        self.final_norm = (LayerNorm(config.num_hiddens, config.layer_norm_eps, ops)
+                           if config.final_layer_norm else None)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens):
         positions = F.npx.arange_like(tokens, axis=1).astype("int32")  # (T,)
@@ -87,4 +93,4 @@ class BERTEncoder(HybridBlock):
         x = self.embeddings(tokens, segments, F.np.zeros_like(tokens) + positions)
         for layer in self.layers:
             x = layer(x, mask)
-        return x
+        return x if self.final_norm is None else self.final_norm(x)

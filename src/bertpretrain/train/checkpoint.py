@@ -19,15 +19,18 @@ refused with the file or setting named instead of silently continuing.
 import contextlib
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 
 from ..data import load_saved_vocab
+from ..errors import UserError
 from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, ManifestError, atomic_folder,
                      atomic_write, manifest, manifest_problem, read_manifest, remove_stale, saved_vocab_file,
                      vocab_file_name, write_manifest)
-from ..model import save_pretrained
+from ..model import BERTConfig, save_pretrained
 
 FORMAT = "bertpretrain-checkpoint-v3"  # v2 recorded each file by its SHA-256 alone, v3 also by its size
 _READABLE_FORMATS = ("bertpretrain-checkpoint-v2", FORMAT)
@@ -36,9 +39,11 @@ STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.states"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _VOCAB_KINDS = {VOCAB_FILE: "a word-level vocabulary", TOKENIZER_FILE: "a WordPiece tokenizer"}
+_STEP_NAME = re.compile(r"step-[0-9]+")
+logger = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be written or cannot be trusted for resuming; the message says what to do."""
 
 
@@ -97,7 +102,7 @@ def save_checkpoint(directory, step, bert, trainer, state, vocab=None, keep=2):
     os.makedirs(directory, exist_ok=True)
     name = f"step-{step:08d}"
     final = os.path.join(directory, name)
-    previous = _read_latest_name(directory)
+    previous = _latest_step_name(directory)
     previous = os.path.join(directory, previous) if previous else None
     # Files written through bertpretrain.files name themselves in a disk-full error; the trainer's does not.
     with _disk_full_names(final, previous), atomic_folder(final) as staging:
@@ -122,44 +127,98 @@ def _prune(directory, keep, current):
 
 
 def _checkpoint_names(directory):
-    """The ``step-*`` folder names in ``directory``, oldest first."""
+    """The ``step-N`` folder names in ``directory``, oldest first."""
     try:
-        return sorted(n for n in os.listdir(directory) if n.startswith("step-")
-                      and os.path.isdir(os.path.join(directory, n)))
-    except FileNotFoundError:
+        names = [n for n in os.listdir(directory)
+                 if _STEP_NAME.fullmatch(n) and os.path.isdir(os.path.join(directory, n))]
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    return sorted(names, key=lambda n: int(n[len("step-"):]))
 
 
 def _read_latest_name(directory):
+    """What ``latest`` holds, stripped (None when the file is missing or empty)."""
     try:
-        with open(os.path.join(directory, LATEST)) as f:
+        with open(os.path.join(directory, LATEST), encoding="utf-8", errors="replace") as f:
             return f.read().strip() or None
     except FileNotFoundError:
         return None
 
 
-def _previous_complete(directory, before):
-    """A sentence offering the newest checkpoint older than ``before`` that verifies, or saying there is none."""
-    for name in reversed([n for n in _checkpoint_names(directory) if n < before]):
+def _latest_step_name(directory):
+    """The checkpoint name ``latest`` holds when it is one (``step-N``), else None."""
+    name = _read_latest_name(directory)
+    return name if name is not None and _STEP_NAME.fullmatch(name) else None
+
+
+def _newest_complete(directory, before=None):
+    """The folder of the newest checkpoint in ``directory`` (older than the name ``before``, if given) whose
+    state and files verify, or None."""
+    names = _checkpoint_names(directory)
+    if before is not None and _STEP_NAME.fullmatch(before):
+        names = [n for n in names if int(n[len("step-"):]) < int(before[len("step-"):])]
+    for name in reversed(names):
         folder = os.path.join(directory, name)
         try:
-            verify_checkpoint(folder, read_state(folder, offer_previous=False))
+            verify_checkpoint(folder, read_state(folder, offer_previous=False), offer_previous=False)
         except CheckpointError:
             continue
-        return (f"the previous complete checkpoint is {folder}: resume from it with "
-                f"`echo {name} > {os.path.join(directory, LATEST)}`, or start afresh in a new checkpoint folder")
-    return "there is no earlier complete checkpoint: start afresh in a new checkpoint folder"
+        return folder
+    return None
+
+
+def _previous_complete(directory, before=None):
+    """A sentence offering the newest checkpoint (older than ``before``) that verifies, or saying there is none."""
+    folder = _newest_complete(directory, before)
+    older = before is not None and _STEP_NAME.fullmatch(before)
+    if folder is None:
+        return f"there is no {'earlier ' if older else ''}complete checkpoint: start afresh in a new checkpoint folder"
+    previous = "previous" if older else "newest"
+    return (f"the {previous} complete checkpoint is {folder}: resume from it with "
+            f"`echo {os.path.basename(folder)} > {os.path.join(directory, LATEST)}`, or start afresh in a new "
+            "checkpoint folder")
 
 
 def latest_checkpoint(directory):
-    """The folder of the latest complete checkpoint in ``directory``, or None if there is none."""
+    """The folder of the checkpoint to resume from in ``directory``, or None when there is none.
+
+    That is the one ``latest`` names. Without a usable ``latest`` (missing, empty, or holding no checkpoint
+    name) it is the newest checkpoint whose files verify, with a warning saying which; a run never restarts
+    from step 0 beside checkpoints it could have resumed.
+
+    Raises:
+        CheckpointError: ``latest`` names a folder outside ``directory`` (a path, not a ``step-N`` name), or a
+            checkpoint that is missing or incomplete; or there is no usable ``latest`` and none of the
+            checkpoints verifies. The message offers the newest complete checkpoint, if any.
+    """
+    path = os.path.join(directory, LATEST)
     name = _read_latest_name(directory)
+    if name is not None and _STEP_NAME.fullmatch(name):
+        folder = os.path.join(directory, name)
+        if not os.path.isfile(os.path.join(folder, STATE_FILE)):
+            raise CheckpointError(f"{path} points to {name}, which is missing or incomplete; "
+                                  f"{_previous_complete(directory, name)}")
+        return folder
+    if name is not None and (os.path.isabs(name) or "/" in name or os.sep in name or name in (".", "..")):
+        raise CheckpointError(f"{path} names {name!r}, which is not a checkpoint in {directory} (latest holds the "
+                              f"name of a step-N folder beside it, never a path); {_previous_complete(directory)}")
+    names = _checkpoint_names(directory)
     if name is None:
+        why = f"{path} is missing" if not os.path.exists(path) else f"{path} is empty"
+    else:
+        why = f"{path} holds {name!r}, not the name of a checkpoint (step-N)"
+    if not names:
+        if name is not None:
+            logger.warning("%s and %s holds no checkpoint: starting from step 0", why, directory)
         return None
-    folder = os.path.join(directory, name)
-    if not os.path.isfile(os.path.join(folder, STATE_FILE)):
-        raise CheckpointError(f"{directory}/{LATEST} points to {name}, which is missing or incomplete; "
-                              f"{_previous_complete(directory, name)}")
+    folder = _newest_complete(directory)
+    if folder is None:
+        raise CheckpointError(f"{why}, and none of the checkpoints in {directory} ({', '.join(names)}) is complete "
+                              "and intact (each was checked against the SHA-256 sums in its state.json): start "
+                              "afresh in a new checkpoint folder (--output-dir), or remove these folders to "
+                              "start from step 0 here")
+    logger.warning("%s: resuming from the newest complete checkpoint, %s (checked against its recorded SHA-256 "
+                   "sums)", why, folder)
     return folder
 
 
@@ -211,21 +270,6 @@ def _untrusted(folder, path, problem, offer_previous):
     return CheckpointError(f"checkpoint file {path} cannot be trusted: {problem}{offer}")
 
 
-def _saved_tokens(path):
-    """The id -> token list of a saved vocabulary: a :class:`~bertpretrain.data.Vocab`'s JSON
-    (``idx_to_token``) or a Hugging Face ``tokenizer.json`` (its model's ``vocab`` and added tokens)."""
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if "idx_to_token" in saved:
-        return saved["idx_to_token"]
-    ids = dict(saved["model"]["vocab"])
-    ids.update({token["content"]: token["id"] for token in saved.get("added_tokens", [])})
-    tokens = [None] * (max(ids.values()) + 1)
-    for token, idx in ids.items():
-        tokens[idx] = token
-    return tokens
-
-
 def check_compatible(folder, config, vocab):
     """Refuse to resume the checkpoint in ``folder`` with a different model configuration or vocabulary.
 
@@ -240,6 +284,8 @@ def check_compatible(folder, config, vocab):
     """
     with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
         saved = json.load(f)
+    with contextlib.suppress(TypeError, ValueError):  # fields it predates read as they were (see from_dict);
+        saved = BERTConfig.from_dict(saved).to_dict()  # one it cannot read is compared key by key below
     passed = config.to_dict()
     differences = [f"{key}: {saved.get(key)!r} in the checkpoint, {passed.get(key)!r} now"
                    for key in sorted(set(saved) | set(passed)) if saved.get(key) != passed.get(key)]
@@ -249,7 +295,7 @@ def check_compatible(folder, config, vocab):
         if saved_name != name:
             differences.append(f"tokenizer: {_VOCAB_KINDS[saved_name]} ({saved_name}) in the checkpoint, "
                                f"{_VOCAB_KINDS[name]} ({name}) now")
-        saved_tokens = _saved_tokens(vocab_path)
+        saved_tokens = load_saved_vocab(folder).idx_to_token
         tokens = list(vocab.idx_to_token)
         if saved_tokens != tokens:
             moved = [i for i, (a, b) in enumerate(zip(saved_tokens, tokens)) if a != b]

@@ -7,6 +7,18 @@ from ..model import BERTForPretraining
 from .devices import default_devices
 from .step import SUM_NAMES, forward_sums, summarise
 
+#: Perplexities above this say only that the model is lost: guessing uniformly over the largest vocabularies in
+#: use (about 250,000 tokens) gives 250,000.
+MEANINGFUL_PERPLEXITY = 1e6
+
+
+def describe_perplexity(perplexity):
+    """``'perplexity 486.0'``, or, above :data:`MEANINGFUL_PERPLEXITY` (a diverged model: up to e^700, 305 digits),
+    ``'perplexity too large to mean anything (over 1e+06)'``."""
+    if perplexity <= MEANINGFUL_PERPLEXITY:
+        return f"perplexity {perplexity:.1f}"
+    return f"perplexity too large to mean anything (over {MEANINGFUL_PERPLEXITY:.0e})"
+
 
 def evaluate_bert(net, eval_iter, devices=None):
     """Evaluate ``net`` on every batch of ``eval_iter`` (one epoch), with dropout off.

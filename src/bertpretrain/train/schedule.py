@@ -2,7 +2,8 @@
 
 
 class LearningRateSchedule:
-    """``schedule(step)`` is the learning rate for ``step`` (1-based).
+    """``schedule(step)`` is the learning rate for ``step`` (1-based). The values come checked from a
+    :class:`~bertpretrain.train.TrainingConfig` (its ``schedule()``).
 
     Args:
         base_lr: the peak learning rate.
@@ -13,12 +14,6 @@ class LearningRateSchedule:
     """
 
     def __init__(self, base_lr, num_steps, warmup_steps=0, decay="none"):
-        if not base_lr > 0:
-            raise ValueError(f"lr must be > 0, got {base_lr!r}")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-        if decay not in ("none", "linear"):
-            raise ValueError(f"lr_decay must be 'none' or 'linear', got {decay!r}")
         self.base_lr, self.num_steps, self.warmup_steps, self.decay = base_lr, num_steps, warmup_steps, decay
 
     def __call__(self, step):

@@ -31,7 +31,7 @@ def _gather_sums(outputs):
     return total.asnumpy()
 
 
-def clip_global_norm(params, devices, max_norm):
+def clip_gradients(params, devices, max_norm):
     """Scale every device's gradients so that their global L2 norm is at most ``max_norm``.
 
     After the all-reduce every device holds the same gradients, so each scales its own copy;
@@ -48,26 +48,38 @@ def clip_global_norm(params, devices, max_norm):
             g *= scale
 
 
-def train_step(model, trainer, batch, devices, totals, use_nsp=True, clip_gradient=None, update_batch_size=1):
-    """Forward, backward and update on one batch split over ``devices``; return this batch's sums.
+def train_step(model, trainer, batches, devices, totals, use_nsp=True, clip_global_norm=None, update_batch_size=1):
+    """Forward and backward on each of ``batches`` (split over ``devices``), then one update; return their sums.
 
     The loss is normalised over the GLOBAL batch, whose ``totals = (real predictions, examples)``
-    cover every device (and every worker, when training is distributed): each device backpropagates
-    ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / total_examples`` and the kvstore adds the
-    gradients, so the update, and the learning rate's meaning, do not depend on the number of devices.
+    cover every batch of the step, every device and every worker (when training is distributed): each
+    device backpropagates ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / total_examples`` and the
+    gradients add up (over the batches: the parameters' ``grad_req`` is ``'add'`` when there are several, and
+    they are zeroed after the update; over devices and workers: the kvstore), so the update, and the
+    learning rate's meaning, depend neither on the number of devices nor on how the step is cut into
+    batches. ``clip_global_norm``: clip the gradients' global L2 norm to it (None: no clipping).
     ``update_batch_size`` is what ``trainer.update`` divides the gradients by (1: they are final).
     """
     total_preds, total_examples = totals
-    slices = split_batch(batch, devices)
-    with autograd.record():
-        outputs = [model(*part) for part in slices]
-        losses = [out.mlm_loss_sum / total_preds + out.nsp_loss_sum / total_examples if use_nsp
-                  else out.mlm_loss_sum / total_preds for out in outputs]
-    autograd.backward(losses)
+    outputs = []
+    for batch in batches:
+        slices = split_batch(batch, devices)
+        with autograd.record():
+            batch_outputs = [model(*part) for part in slices]
+            losses = [out.mlm_loss_sum / total_preds + out.nsp_loss_sum / total_examples if use_nsp
+                      else out.mlm_loss_sum / total_preds for out in batch_outputs]
+        autograd.backward(losses)
+        outputs += batch_outputs
     trainer.allreduce_grads()
-    if clip_gradient:
-        clip_global_norm(list(model.collect_params().values()), devices, clip_gradient)
+    params = list(model.collect_params().values())
+    if clip_global_norm:
+        clip_gradients(params, devices, clip_global_norm)
     trainer.update(update_batch_size)
+    if len(batches) > 1:  # Parameter.zero_grad takes no numpy-interface arrays in MXNet 1.9.1
+        for param in params:
+            if param.grad_req == "add":
+                for grad in param.list_grad():
+                    grad[:] = 0
     return _gather_sums(outputs)
 
 

@@ -1,8 +1,9 @@
 """How gradients are added up: one strategy object per way (devices of one process, ps-lite, Horovod).
 
-Each knows this worker's ``rank`` and the number of ``workers``, creates the Trainer, sums per-worker
-counts into global ones, and holds the workers together at the end. :func:`make_strategy` picks one
-from ``train_bert``'s ``kvstore``.
+Each knows the ``devices`` this process trains on, this worker's ``rank`` and the number of ``workers``,
+creates the Trainer, sums per-worker counts into global ones, and holds the workers together at the
+end. :func:`make_strategy` makes the one of a run from its ``kvstore`` option, once, at the entry point
+(``train_bert``, or the recipe, which needs the rank before training and passes it on).
 """
 import mxnet as mx
 from mxnet import gluon
@@ -14,16 +15,22 @@ _COUNTS_KEY = 1 << 30  # a kvstore key no parameter uses (the Trainer numbers th
 
 
 class LocalStrategy:
-    """One process: the kvstore (``'device'``, ``'local'``, or None for one device) adds the devices'
-    gradients."""
+    """One process: the kvstore (``'device'``, ``'local'``, or None for one device) adds the gradients of
+    ``devices``."""
     rank, workers = 0, 1
+    distributed = False  # several processes, which must leave together (see distributed.exit_on_error)
     update_batch_size = 1  # what trainer.update divides the gradients by: the loss is already normalised
 
     def __init__(self, kvstore, devices):
         if len(devices) > 1 and kvstore is None:
             raise ValueError("kvstore=None does not add up gradients across devices, so replicas would drift "
                              "apart: use kvstore='device' (or 'local') with several devices")
-        self.kvstore = kvstore
+        self.kvstore, self.devices = kvstore, list(devices)
+
+    @property
+    def lead(self):
+        """Whether this worker is the one that logs, evaluates and writes files (rank 0); all train."""
+        return self.rank == 0
 
     def make_trainer(self, params, optimizer, optimizer_params):
         """A Trainer over ``params`` ({name: Parameter}) that leaves the update to this process."""
@@ -32,9 +39,10 @@ class LocalStrategy:
     def start(self, trainer):
         """Called once the model holds its first parameters (fresh or resumed), before the first step."""
 
-    def global_counts(self, num_preds, batch_size):
-        """(predictions, examples) of the global batch, as floats: this worker's counts summed over workers."""
-        return float(num_preds), float(batch_size)
+    def global_counts(self, num_preds, batch_size, stop=False):
+        """(predictions, examples, stop) of the global batch: this worker's counts summed over workers, as
+        floats, and whether any worker asked to stop (Ctrl-C) before this step, so that all stop after it."""
+        return float(num_preds), float(batch_size), bool(stop)
 
     def finish(self):
         """Called on every worker after its last step, evaluation and checkpoint."""
@@ -43,26 +51,27 @@ class LocalStrategy:
 class ParameterServerStrategy(LocalStrategy):
     """Several processes under :mod:`bertpretrain.launch`: a ``dist_*`` kvstore (ps-lite) adds the workers'
     gradients; the counts go through the same kvstore under a key of their own."""
+    distributed = True
 
     def __init__(self, kvstore, devices):
-        super().__init__(distributed.create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore, devices)
+        super().__init__(distributed.create_kvstore(kvstore), devices)
         self.rank, self.workers = self.kvstore.rank, self.kvstore.num_workers
 
     def make_trainer(self, params, optimizer, optimizer_params):
         trainer = super().make_trainer(params, optimizer, optimizer_params)
-        self.kvstore.init(_COUNTS_KEY, mx.nd.zeros(2))
+        self.kvstore.init(_COUNTS_KEY, mx.nd.zeros(3))
         return trainer
 
     def start(self, trainer):
         distributed.sync_initial_params(trainer)  # before the first forward: see its docstring
 
-    def global_counts(self, num_preds, batch_size):
+    def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
-            return super().global_counts(num_preds, batch_size)
-        counts = mx.nd.array([num_preds, batch_size])
+            return super().global_counts(num_preds, batch_size, stop)
+        counts = mx.nd.array([num_preds, batch_size, float(stop)])
         self.kvstore.pushpull(_COUNTS_KEY, counts, out=counts)
-        total_preds, total_examples = counts.asnumpy()
-        return float(total_preds), float(total_examples)
+        total_preds, total_examples, stops = counts.asnumpy()
+        return float(total_preds), float(total_examples), bool(stops)
 
     def finish(self):
         distributed.finish_together(self.kvstore)  # no worker may exit while another still needs it
@@ -71,12 +80,14 @@ class ParameterServerStrategy(LocalStrategy):
 class HorovodStrategy(LocalStrategy):
     """One process per device under ``horovodrun``: Horovod's trainer all-reduces the gradients, and
     rank 0's initial parameters are broadcast to all."""
+    distributed = True
 
     def __init__(self, devices):
         self.hvd = distributed.import_horovod()
         if len(devices) != 1:
             raise ValueError("with Horovod each process trains on one device: pass "
                              "devices=[mx.gpu(hvd.local_rank())]")
+        self.devices = list(devices)
         self.rank, self.workers = self.hvd.rank(), self.hvd.size()
         # Horovod's trainer averages the workers' gradients; the loss is already normalised over the global
         # batch, so the update's batch size undoes the 1/workers.
@@ -93,24 +104,34 @@ class HorovodStrategy(LocalStrategy):
         self.hvd.broadcast_parameters(params, root_rank=0)
         return trainer
 
-    def global_counts(self, num_preds, batch_size):
+    def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
-            return super().global_counts(num_preds, batch_size)
-        counts = self.hvd.allreduce(mx.nd.array([num_preds, batch_size]), average=False, name="bertpretrain_counts")
-        total_preds, total_examples = counts.asnumpy()
-        return float(total_preds), float(total_examples)
+            return super().global_counts(num_preds, batch_size, stop)
+        counts = self.hvd.allreduce(mx.nd.array([num_preds, batch_size, float(stop)]), average=False,
+                                    name="bertpretrain_counts")
+        total_preds, total_examples, stops = counts.asnumpy()
+        return float(total_preds), float(total_examples), bool(stops)
+
+    def finish(self):
+        """Wait here until every worker has finished, as :func:`~bertpretrain.distributed.finish_together` does
+        for the parameter server: a worker that exits shuts Horovod down for all, and rank 0 still needs it for
+        the last step's gradients while it evaluates and saves. horovod.mxnet has no barrier, so a one-number
+        all-reduce, waited for, is one."""
+        mx.nd.waitall()
+        if self.workers > 1:
+            self.hvd.allreduce(mx.nd.zeros(1), average=False, name="bertpretrain_finish").asnumpy()
 
 
 def make_strategy(kvstore, devices=None):
-    """The strategy of ``kvstore`` (``'horovod'``, a ``dist_*`` name or KVStore, or a local kvstore) and the
-    devices to train on (``devices``, or by default all GPUs, else the CPU; with Horovod, the GPU of the
-    process's local rank)."""
+    """The strategy of ``kvstore`` (``'horovod'``, a ``dist_*`` name, or a local kvstore name or None) on
+    ``devices`` (default: all GPUs, else the CPU; with Horovod, the GPU of the process's local rank), each
+    checked to run. A ``dist_*`` kvstore is created here, once."""
     if kvstore == "horovod":
         devices = list(devices) if devices else HorovodStrategy.default_devices()
         check_runnable(devices)
-        return HorovodStrategy(devices), devices
+        return HorovodStrategy(devices)
     devices = list(devices) if devices else default_devices()
     check_runnable(devices)
-    if distributed.is_distributed(kvstore):
-        return ParameterServerStrategy(kvstore, devices), devices
-    return LocalStrategy(kvstore, devices), devices
+    if kvstore is not None and kvstore.startswith("dist"):
+        return ParameterServerStrategy(kvstore, devices)
+    return LocalStrategy(kvstore, devices)
