@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
+from bertpretrain import files
 from bertpretrain.kernels import build
 
 SRC = Path(bertpretrain.__file__).resolve().parent.parent
@@ -263,8 +264,7 @@ done
     (library,) = (tmp_path / "home" / "kernels").glob("*.so")
     garbage = b"\x7fELF, or so it says" * 1000
     library.write_bytes(garbage)
-    build.record_path(library).write_text(json.dumps({"size": len(garbage),
-                                                      "sha256": hashlib.sha256(garbage).hexdigest()}))
+    files.write_manifest(build.record_path(library), {library.name: files.file_record(library)})
 
     out = probe(tmp_path, CXX=str(script))
     assert "AVAILABLE True" in out and compiles() == 2
