@@ -32,11 +32,10 @@ import argparse
 import collections
 import functools
 import json
-import os
 import sys
 
-from common import (CLOCKS, add_baseline_arguments, alternating, child_json, header, import_library, interleaved,
-                    median_best_ms, sources)
+from common import (add_baseline_arguments, add_clock_argument, alternating, child_json, header, import_library,
+                    interleaved, median_best_ms, sources, use_clock)
 
 # A row's timed columns, per table: training-mode forward, inference-mode forward, forward + backward.
 COLUMNS = {"ops": ("fwd", "fwd+bwd"), "blocks": ("fwd", "fwd (inference)", "fwd+bwd")}
@@ -244,20 +243,17 @@ def main():
                         help="measure only the whole-block kernels (attention, MLM decoder) against their paths")
     parser.add_argument("--mlm-chunks", type=int, nargs="+", default=[1 << 20, 1 << 21, 1 << 23],
                         help="other chunk sizes (logits per chunk) of the fused MLM decoder to measure")
-    parser.add_argument("--clock", choices=CLOCKS, default="wall",
-                        help="time calls in wall-clock seconds, or in the process's CPU seconds (less stretched "
-                             "by other work on a shared machine; OpenMP threads then wait passively)")
+    add_clock_argument(parser, "calls")
     add_baseline_arguments(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args)))
         return
-    if args.clock == "cpu":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the children: CPU time is work
+    clock = use_clock(args.clock)
     header(__doc__.split("\n\n")[0])
-    print(f"threads {args.threads}, {args.repeats} timed calls per round, {args.rounds} round(s), {args.clock} "
-          f"clock, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
+    print(f"threads {args.threads}, {args.repeats} timed calls per round, {args.rounds} round(s), {clock}",
+          flush=True)
     with sources(args.baseline) as versions:
         results = collect(args, versions)
     report(args, versions, results)

@@ -31,8 +31,8 @@ import json
 import os
 import statistics
 
-from common import (CLOCKS, WIKITEXT2, add_baseline_arguments, alternating, child_json, header, import_library, interleaved,
-                    sources)
+from common import (WIKITEXT2, add_baseline_arguments, add_clock_argument, alternating, child_json, header,
+                    import_library, interleaved, sources, use_clock)
 
 NUM_SPECIAL_TOKENS = 5  # <unk>, [PAD], [CLS], [SEP], [MASK]
 PAD, CLS, SEP, MASK = 1, 2, 3, 4
@@ -359,9 +359,7 @@ def main():
     parser.add_argument("--profile-top", type=int, default=12, help="operators listed per path")
     parser.add_argument("--count-correct", action="store_true",
                         help="also count correct MLM/NSP predictions (the arg-max costs ~3%%)")
-    parser.add_argument("--clock", choices=CLOCKS, default="wall",
-                        help="time steps in wall-clock seconds, or in the process's CPU seconds (less stretched "
-                             "by other work on a shared machine; OpenMP threads then wait passively)")
+    add_clock_argument(parser, "steps")
     add_baseline_arguments(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceilings", action="store_true", help=argparse.SUPPRESS)
@@ -369,12 +367,10 @@ def main():
     if args.child:
         print(json.dumps(measure(args)))
         return
-    if args.clock == "cpu":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the children: CPU time is work
+    clock = use_clock(args.clock)
     header(__doc__.splitlines()[0])
     print(f"threads {args.threads}, batch {args.batch_size}, max_len {args.max_len}, {args.warmup} + "
-          f"{args.steps} steps per path and round, {args.rounds} round(s), {args.clock} clock, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
+          f"{args.steps} steps per path and round, {args.rounds} round(s), {clock}", flush=True)
     options = ["--batch-size", args.batch_size, "--max-len", args.max_len, "--num-hiddens", args.num_hiddens,
                "--ffn-num-hiddens", args.ffn_num_hiddens, "--num-heads", args.num_heads, "--num-layers",
                args.num_layers, "--vocab-size", args.vocab_size, "--lr", args.lr, "--warmup", args.warmup,

@@ -80,6 +80,22 @@ def clocks():
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def add_clock_argument(parser, timed):
+    """Add ``--clock wall|cpu`` to a benchmark's ``parser``: what its ``timed`` things (calls, steps) are
+    timed by."""
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help=f"time {timed} in wall-clock seconds, or in the process's CPU seconds (less stretched "
+                             "by other work on a shared machine; OpenMP threads then wait passively)")
+
+
+def use_clock(clock):
+    """Prepare this process's children for ``clock`` (with ``cpu``, OMP_WAIT_POLICY=PASSIVE unless set:
+    CPU time is then work, not spinning); return a description of the setting for the header."""
+    if clock == "cpu":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return f"{clock} clock, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+
+
 def interleaved(variants, repeats, warmup=1, sync=None, clock="wall"):
     """Time every function of ``variants``: ``warmup`` untimed rounds, then ``repeats`` timed ones, each
     calling the variants once in turn, so that load from other processes hits them alike. ``sync``
