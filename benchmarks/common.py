@@ -37,19 +37,22 @@ SOURCE_ENV = "BENCH_LIBRARY_SRC"
 
 # ---------------------------------------------------------------------------------------- machine
 
+_LSCPU_FIELDS = {"Model name": "model name", "CPU family": "cpu family", "Model": "model"}
+
+
 def cpu_description():
     """The CPU as ``lscpu`` names it, e.g. ``'AMD EPYC (cpu family 26, model 2), 2 logical CPUs'``
     (from /proc/cpuinfo, else the platform, where there is no lscpu)."""
-    fields = {}
+    fields = {}  # named as /proc/cpuinfo names them
     try:
         output = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30,
                                 env=dict(os.environ, LC_ALL="C")).stdout
-        fields = {"model name": "Model name", "cpu family": "CPU family", "model": "Model"}
-        fields = {ours: value.strip() for line in output.splitlines()
-                  for ours, theirs in fields.items() for key, _, value in [line.partition(":")]
-                  if key.strip() == theirs}
     except (OSError, subprocess.SubprocessError):
-        pass
+        output = ""
+    for line in output.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in _LSCPU_FIELDS:
+            fields[_LSCPU_FIELDS[key.strip()]] = value.strip()
     if "model name" not in fields:
         with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
             for line in f:
