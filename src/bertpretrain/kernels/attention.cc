@@ -28,6 +28,9 @@ namespace bp {
 namespace {
 
 const char* const kOp = "bp_attention";
+enum Input { kQkv, kLengths, kKey, kNumInputs };
+enum Output { kContext, kLse, kNumOutputs };
+using Backward = BackwardArgs<kNumInputs, kNumOutputs>;
 
 struct Params {
   int64_t heads;
@@ -48,15 +51,15 @@ bool parse_params(const Attrs& attrs, Params* out) {
 MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  *num_in = 3;
-  *num_out = 2;
+  *num_in = kNumInputs;
+  *num_out = kNumOutputs;
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  const auto& s = (*in)[0];
+  const auto& s = (*in)[kQkv];
   if (s.size() != 3 || s[2] % (3 * params.heads) != 0) {
     MX_ERROR_MSG << kOp << ": 'qkv' has shape " << shape_str(s) << ", expected (B, T, 3H) with H "
                  << "divisible by num_heads=" << params.heads
@@ -64,23 +67,23 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
     return MX_FAIL;
   }
   const std::vector<unsigned int> batch{s[0]};
-  if (!known((*in)[1])) (*in)[1] = batch;
-  if ((*in)[1] != batch) {
-    MX_ERROR_MSG << kOp << ": 'lengths' has shape " << shape_str((*in)[1]) << ", expected "
+  if (!known((*in)[kLengths])) (*in)[kLengths] = batch;
+  if ((*in)[kLengths] != batch) {
+    MX_ERROR_MSG << kOp << ": 'lengths' has shape " << shape_str((*in)[kLengths]) << ", expected "
                  << shape_str(batch) << " (one valid length per sequence of 'qkv' " << shape_str(s)
                  << ")";
     return MX_FAIL;
   }
-  (*out)[0] = {s[0], s[1], s[2] / 3};
-  (*out)[1] = {s[0], static_cast<unsigned int>(params.heads), s[1]};
+  (*out)[kContext] = {s[0], s[1], s[2] / 3};
+  (*out)[kLse] = {s[0], static_cast<unsigned int>(params.heads), s[1]};
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  if (!require_float32(in, 0, kOp, "qkv") || !require_index(*in, 1, kOp, "lengths") ||
-      !require_float32(in, 2, kOp, "key"))
+  if (!require_float32(in, kQkv, kOp, "qkv") || !require_index(*in, kLengths, kOp, "lengths") ||
+      !require_float32(in, kKey, kOp, "key"))
     return MX_FAIL;
-  (*out)[0] = (*out)[1] = mxnet::ext::kFloat32;
+  for (auto& t : *out) t = mxnet::ext::kFloat32;
   return MX_SUCCESS;
 }
 
@@ -93,6 +96,7 @@ struct Dims {
   float scale(const Params& p) const { return std::isnan(p.scale) ? 1.0f / std::sqrt(float(d)) : p.scale; }
 };
 
+// The valid length of sequence `seq`, clamped to [0, t].
 inline int64_t seq_length(const MXTensor& lengths, int64_t seq, int64_t t) {
   const int64_t len = read_index(lengths, seq);
   return len < 0 ? 0 : (len > t ? t : len);
@@ -113,14 +117,14 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
                       const OpResource&) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  const MXTensor& qkv_t = (*in)[0];
-  const MXTensor& lengths = (*in)[1];
-  const DropoutMask mask((*in)[2], params.p);
+  const MXTensor& qkv_t = (*in)[kQkv];
+  const MXTensor& lengths = (*in)[kLengths];
+  const DropoutMask mask((*in)[kKey], params.p);
   const Dims g(qkv_t, params.heads);
   const float scale = g.scale(params);
   const float* qkv = in_ptr(qkv_t);
-  float* ctx = (*out)[0].data<float>();
-  float* lse = (*out)[1].data<float>();
+  float* ctx = (*out)[kContext].data<float>();
+  float* lse = (*out)[kLse].data<float>();
   const int64_t ld = 3 * g.h;
 #pragma omp parallel
   {
@@ -144,15 +148,8 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
         float* si = s + i * g.t;
-        float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < len; ++j) mx = si[j] > mx ? si[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < len; ++j) {
-          si[j] = fast_exp(si[j] - mx);
-          sum += si[j];
-        }
+        const float mx = row_max(si, len);
+        const float sum = exp_sum(si, mx, len, si);
         lse_blk[i] = mx + std::log(sum);
         const float inv = 1.0f / sum;
         const uint64_t base = static_cast<uint64_t>(blk * g.t + i) * g.t;
@@ -171,20 +168,18 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   return MX_SUCCESS;
 }
 
-// Backward inputs: [dcontext, dlse, qkv, lengths, key, context, lse];
-// outputs: [dqkv, dlengths, dkey].
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                        const OpResource&) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  const float* dctx = in_ptr((*in)[0]);
-  const MXTensor& qkv_t = (*in)[2];
-  const MXTensor& lengths = (*in)[3];
-  const DropoutMask mask((*in)[4], params.p);
-  const float* lse = in_ptr((*in)[6]);
-  for (int i : {1, 2})
-    if (float* z = out_ptr(&(*out)[i])) std::memset(z, 0, (*out)[i].size() * sizeof(float));
-  float* dqkv = out_ptr(&(*out)[0]);
+  const float* dctx = in_ptr((*in)[Backward::output_grad(kContext)]);
+  const MXTensor& qkv_t = (*in)[Backward::input(kQkv)];
+  const MXTensor& lengths = (*in)[Backward::input(kLengths)];
+  const DropoutMask mask((*in)[Backward::input(kKey)], params.p);
+  const float* lse = in_ptr((*in)[Backward::output(kLse)]);
+  zero_output(&(*out)[kLengths]);
+  zero_output(&(*out)[kKey]);
+  float* dqkv = out_ptr(&(*out)[kQkv]);
   if (!dqkv) return MX_SUCCESS;
   const Dims g(qkv_t, params.heads);
   const float scale = g.scale(params);

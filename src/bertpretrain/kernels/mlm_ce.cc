@@ -33,6 +33,10 @@ namespace bp {
 namespace {
 
 const char* const kOp = "bp_mlm_ce";
+enum Input { kHidden, kWeight, kBias, kLabels, kWeights, kKey, kNumInputs };
+// gw, gb, gh: the gradients of sum(loss) computed in the training forward (not differentiable).
+enum Output { kLoss, kCorrect, kGradWeight, kGradBias, kGradHidden, kNumOutputs };
+using Backward = BackwardArgs<kNumInputs, kNumOutputs>;
 // Logits per chunk: 16 MiB, 607 rows at d2l's vocabulary of 6,899 (see kernels/ops.py MLM_CHUNK).
 constexpr int64_t kDefaultChunk = int64_t{1} << 22;
 
@@ -49,14 +53,14 @@ bool parse_chunk(const Attrs& attrs, int64_t* chunk) {
 MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
   int64_t chunk;
   if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
-  *num_in = 6;
-  *num_out = 5;
+  *num_in = kNumInputs;
+  *num_out = kNumOutputs;
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_shape(const Attrs&, Shapes* in, Shapes* out) {
-  const auto& h = (*in)[0];
-  const auto& w = (*in)[1];
+  const auto& h = (*in)[kHidden];
+  const auto& w = (*in)[kWeight];
   if (h.size() != 2) {
     MX_ERROR_MSG << kOp << ": 'hidden' has shape " << shape_str(h)
                  << ", expected (N, K); reshape it to (-1, K) first";
@@ -68,28 +72,28 @@ MXReturnValue infer_shape(const Attrs&, Shapes* in, Shapes* out) {
     return MX_FAIL;
   }
   const std::vector<unsigned int> vocab{w[0]}, rows{h[0]};
-  const char* names[] = {"", "", "bias", "labels", "weights"};
-  for (int i : {2, 3, 4}) {
-    const auto& want = i == 2 ? vocab : rows;
+  const char* names[kNumInputs] = {"hidden", "weight", "bias", "labels", "weights", "key"};
+  for (int i : {kBias, kLabels, kWeights}) {
+    const auto& want = i == kBias ? vocab : rows;
     if (!known((*in)[i])) (*in)[i] = want;
     if ((*in)[i] != want) {
       MX_ERROR_MSG << kOp << ": '" << names[i] << "' has shape " << shape_str((*in)[i])
                    << ", expected " << shape_str(want)
-                   << (i == 2 ? " (one per row of 'weight')" : " (one per row of 'hidden')");
+                   << (i == kBias ? " (one per row of 'weight')" : " (one per row of 'hidden')");
       return MX_FAIL;
     }
   }
-  (*out)[0] = (*out)[1] = rows;
-  (*out)[2] = w;
-  (*out)[3] = vocab;
-  (*out)[4] = h;
+  (*out)[kLoss] = (*out)[kCorrect] = rows;
+  (*out)[kGradWeight] = w;
+  (*out)[kGradBias] = vocab;
+  (*out)[kGradHidden] = h;
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  if (!require_float32(in, 0, kOp, "hidden") || !require_float32(in, 1, kOp, "weight") ||
-      !require_float32(in, 2, kOp, "bias") || !require_index(*in, 3, kOp, "labels") ||
-      !require_float32(in, 4, kOp, "weights") || !require_float32(in, 5, kOp, "key"))
+  if (!require_float32(in, kHidden, kOp, "hidden") || !require_float32(in, kWeight, kOp, "weight") ||
+      !require_float32(in, kBias, kOp, "bias") || !require_index(*in, kLabels, kOp, "labels") ||
+      !require_float32(in, kWeights, kOp, "weights") || !require_float32(in, kKey, kOp, "key"))
     return MX_FAIL;
   for (auto& t : *out) t = mxnet::ext::kFloat32;
   return MX_SUCCESS;
@@ -147,21 +151,13 @@ void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int6
       float* x = logits.data() + i * v;
       const int64_t r = act.rows[c0 + i];
       const float* b = p.bias;
-      float top = -INFINITY;
-#pragma omp simd reduction(max : top)
-      for (int64_t j = 0; j < v; ++j) {
-        x[j] += b[j];
-        top = x[j] > top ? x[j] : top;
-      }
+#pragma omp simd
+      for (int64_t j = 0; j < v; ++j) x[j] += b[j];
+      const float top = row_max(x, v);
       const int64_t label = read_index(*p.labels, r);
       const float label_logit = x[label];
       if (p.correct) p.correct[r] = std::find(x, x + v, top) - x == label ? p.weights[r] : 0.0f;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < v; ++j) {
-        x[j] = fast_exp(x[j] - top);
-        sum += x[j];
-      }
+      const float sum = exp_sum(x, top, v, x);
       if (p.loss) p.loss[r] = p.weights[r] * (top + std::log(sum) - label_logit);
       if (!grads) continue;
       // x -> scale * (softmax - onehot(label)), added to this thread's bias gradient
@@ -200,10 +196,6 @@ void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int6
   }
 }
 
-void zero(MXTensor* t) {
-  if (float* z = out_ptr(t)) std::memset(z, 0, t->size() * sizeof(float));
-}
-
 // y = s * x over n elements.
 void scale_into(const float* x, float s, int64_t n, float* y) {
 #pragma omp parallel for simd schedule(static)
@@ -214,9 +206,10 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
                       const OpResource&) {
   int64_t chunk;
   if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
-  const int64_t n = (*in)[0].shape[0], k = (*in)[0].shape[1], v = (*in)[1].shape[0];
-  const MXTensor& labels = (*in)[3];
-  const float* w = in_ptr((*in)[4]);
+  const int64_t n = (*in)[kHidden].shape[0], k = (*in)[kHidden].shape[1];
+  const int64_t v = (*in)[kWeight].shape[0];
+  const MXTensor& labels = (*in)[kLabels];
+  const float* w = in_ptr((*in)[kWeights]);
   for (int64_t r = 0; r < n; ++r) {
     const int64_t label = read_index(labels, r);
     if (w[r] != 0.0f && (label < 0 || label >= v)) {
@@ -225,15 +218,15 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       return MX_FAIL;
     }
   }
-  for (auto& t : *out) zero(&t);
-  const ActiveRows act(w, in_ptr((*in)[0]), n, k);
+  for (auto& t : *out) zero_output(&t);
+  const ActiveRows act(w, in_ptr((*in)[kHidden]), n, k);
   if (act.rows.empty()) return MX_SUCCESS;
-  const bool training = training_mode((*in)[5]);
-  const Pass pass{in_ptr((*in)[1]), in_ptr((*in)[2]), &labels, w, w,
-                  (*out)[0].data<float>(), (*out)[1].data<float>(),
-                  training ? (*out)[4].data<float>() : nullptr,
-                  training ? (*out)[2].data<float>() : nullptr,
-                  training ? (*out)[3].data<float>() : nullptr};
+  const bool training = training_mode((*in)[kKey]);
+  const Pass pass{in_ptr((*in)[kWeight]), in_ptr((*in)[kBias]), &labels, w, w,
+                  (*out)[kLoss].data<float>(), (*out)[kCorrect].data<float>(),
+                  training ? (*out)[kGradHidden].data<float>() : nullptr,
+                  training ? (*out)[kGradWeight].data<float>() : nullptr,
+                  training ? (*out)[kGradBias].data<float>() : nullptr};
   run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v));
   return MX_SUCCESS;
 }
@@ -252,36 +245,37 @@ bool uniform_over_weighted_rows(const float* dloss, const float* w, int64_t n, f
   return true;
 }
 
-// Backward inputs: [dloss, dcorrect, dgw, dgb, dgh, hidden, weight, bias, labels, weights, key,
-// loss, correct, gw, gb, gh]; outputs: [dhidden, dweight, dbias, dlabels, dweights, dkey].
 // The outputs gw, gb, gh and correct have no gradient of their own (they are not differentiable
-// quantities the model uses).
+// quantities the model uses): backward reads only the loss's.
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                        const OpResource&) {
   int64_t chunk;
   if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
-  const float* dloss = in_ptr((*in)[0]);
-  const MXTensor& hidden_t = (*in)[5];
-  const int64_t n = hidden_t.shape[0], k = hidden_t.shape[1], v = (*in)[6].shape[0];
-  const float* w = in_ptr((*in)[9]);
-  float* dhidden = out_ptr(&(*out)[0]);
-  float* dweight = out_ptr(&(*out)[1]);
-  float* dbias = out_ptr(&(*out)[2]);
+  const float* dloss = in_ptr((*in)[Backward::output_grad(kLoss)]);
+  const MXTensor& hidden_t = (*in)[Backward::input(kHidden)];
+  const MXTensor& weight_t = (*in)[Backward::input(kWeight)];
+  const int64_t n = hidden_t.shape[0], k = hidden_t.shape[1], v = weight_t.shape[0];
+  const float* w = in_ptr((*in)[Backward::input(kWeights)]);
+  float* dhidden = out_ptr(&(*out)[kHidden]);
+  float* dweight = out_ptr(&(*out)[kWeight]);
+  float* dbias = out_ptr(&(*out)[kBias]);
   float uniform;
-  if (training_mode((*in)[10]) && uniform_over_weighted_rows(dloss, w, n, &uniform)) {
-    for (int i : {3, 4, 5}) zero(&(*out)[i]);
-    if (dhidden) scale_into(in_ptr((*in)[15]), uniform, n * k, dhidden);
-    if (dweight) scale_into(in_ptr((*in)[13]), uniform, v * k, dweight);
-    if (dbias) scale_into(in_ptr((*in)[14]), uniform, v, dbias);
+  if (training_mode((*in)[Backward::input(kKey)]) &&
+      uniform_over_weighted_rows(dloss, w, n, &uniform)) {
+    for (int i : {kLabels, kWeights, kKey}) zero_output(&(*out)[i]);
+    if (dhidden) scale_into(in_ptr((*in)[Backward::output(kGradHidden)]), uniform, n * k, dhidden);
+    if (dweight) scale_into(in_ptr((*in)[Backward::output(kGradWeight)]), uniform, v * k, dweight);
+    if (dbias) scale_into(in_ptr((*in)[Backward::output(kGradBias)]), uniform, v, dbias);
     return MX_SUCCESS;
   }
-  for (auto& t : *out) zero(&t);
+  for (auto& t : *out) zero_output(&t);
   std::vector<float> g(n);
   for (int64_t r = 0; r < n; ++r) g[r] = dloss[r] * w[r];
   const ActiveRows act(g.data(), in_ptr(hidden_t), n, k);
   if (act.rows.empty()) return MX_SUCCESS;
-  const Pass pass{in_ptr((*in)[6]), in_ptr((*in)[7]), &(*in)[8], w, g.data(), nullptr, nullptr,
-                  dhidden, dweight, dbias};
+  const Pass pass{in_ptr(weight_t), in_ptr((*in)[Backward::input(kBias)]),
+                  &(*in)[Backward::input(kLabels)], w, g.data(), nullptr, nullptr, dhidden, dweight,
+                  dbias};
   run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v));
   return MX_SUCCESS;
 }

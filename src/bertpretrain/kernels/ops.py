@@ -133,21 +133,6 @@ def dropout(F, x, p):
                                     p=p).as_np_ndarray()
 
 
-def masked_softmax(F, scores, lengths, p=0.0):
-    """Softmax over the last axis of each row's first ``lengths`` entries, then dropout(p).
-
-    scores: (..., K) float32, e.g. (batch * heads, queries, K); lengths: (...) int32, one
-    per row (e.g. per-sequence valid lengths repeated over heads and queries), each in
-    [0, K]. Entries at or beyond a row's length get probability 0; a row of length 0 is
-    all zeros. Returns (..., K).
-    """
-    _check_p(p)
-    _check_float32(F, scores=scores)
-    out = _kernel(F, "bp_masked_softmax")(_legacy(scores), _legacy(lengths),
-                                          _legacy(_dropout_key(F, scores, p)), p=p)
-    return out[0].as_np_ndarray()
-
-
 def softmax_ce(F, logits, labels, weights, return_correct=False):
     """Per-row weighted softmax cross-entropy, without materialising the probabilities.
 
@@ -163,7 +148,6 @@ def softmax_ce(F, logits, labels, weights, return_correct=False):
     out = _kernel(F, "bp_softmax_ce")(_legacy(logits), _legacy(labels), _legacy(weights))
     loss = out[0].as_np_ndarray()
     return (loss, out[2].as_np_ndarray()) if return_correct else loss
-
 
 
 def attention(F, qkv, valid_lens, num_heads, p=0.0, scale=None):

@@ -20,8 +20,7 @@ class BERTModel(HybridBlock):
     ``config_options`` are the fields of :class:`BERTConfig` other than ``vocab_size`` (its
     defaults: d2l's small BERT); the configuration is kept as ``net.config``. To build from a
     configuration (e.g. a named one, :func:`~bertpretrain.model.bert_base`) use :meth:`from_config`.
-    ``backend`` (``"fused"``, ``"builtin"``, ``"fused-v1"`` (the previous per-op kernels, for
-    comparisons) or None: fused unless ``BERTPRETRAIN_KERNELS=0``) fixes
+    ``backend`` (``"fused"``, ``"builtin"`` or None: fused unless ``BERTPRETRAIN_KERNELS=0``) fixes
     how every op of this model is computed, see :mod:`bertpretrain.model.ops`; ``net.backend``
     names it. Initialise with e.g. ``net.initialize(init.Xavier())``
     and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
@@ -53,7 +52,7 @@ class BERTModel(HybridBlock):
 
     @property
     def backend(self):
-        """``"fused"``, ``"fused-v1"`` or ``"builtin"``: how this model's ops are computed (see :mod:`.ops`)."""
+        """``"fused"`` or ``"builtin"``: how this model's ops are computed (see :mod:`.ops`)."""
         return self.ops.backend
 
     def forward(self, tokens, segments, valid_lens, pred_positions=None):

@@ -18,12 +18,11 @@ Backends:
   formulation, and the kernel loader logs once why. Self-attention runs as one packed q/k/v GEMM,
   one kernel for every head and one output projection; the masked-LM decoder and its
   cross-entropy run as one kernel over chunks of rows, its gradients computed in the forward.
-- ``"fused-v1"``: the per-op kernels that preceded those two (layer norm, dropout, masked softmax,
-  cross-entropy), with builtin per-head attention and dense MLM logits: kept so that benchmarks
-  can compare the new kernels with the previous ones (bench_model.py, bench_train.py).
+  Layer normalisation (alone, or after the residual add and dropout), dropout and the NSP
+  cross-entropy each run as one kernel.
 
 The default (``backend=None``) is ``"fused"`` unless ``BERTPRETRAIN_KERNELS=0``. With dropout off
-every backend computes the same function; with dropout on they draw different masks. A hybridized
+both backends compute the same function; with dropout on they draw different masks. A hybridized
 block keeps the operators it was traced with.
 
 Adding an op: write its builtin formulation as a method of :class:`BuiltinOps` (the reference, and
@@ -37,7 +36,7 @@ from typing import NamedTuple
 from .. import kernels
 from ..kernels import ops as kernel_ops
 
-BACKENDS = ("fused", "fused-v1", "builtin")
+BACKENDS = ("fused", "builtin")
 
 # Added to the attention scores of keys that must be ignored: exp() of it underflows to exactly 0.
 _MASKED_SCORE = -1e30
@@ -69,19 +68,18 @@ class AttentionWeights(NamedTuple):
 class AttentionMask(NamedTuple):
     """Which keys each query of a batch may attend to, built once per batch and shared by all layers.
 
-    Made by :meth:`BuiltinOps.attention_mask`, read by ``masked_softmax`` and ``self_attention`` of
-    every backend (each reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
+    Made by :meth:`BuiltinOps.attention_mask`, read by ``self_attention`` of either backend (each
+    reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
     block's nested inputs over as lists: blocks rebuild it with ``AttentionMask(*mask)``.
 
     Attributes:
-        lengths: (B, T) int32, ``lengths[b, query]`` the number of keys that query may attend to
-            (sequence b's valid length); what the fused softmax takes (the fused attention takes
-            its first column, the valid lengths (B,)).
+        valid_lens: (B,) int32, sequence b attends to its first ``valid_lens[b]`` keys; what the
+            fused attention takes.
         bias: (B, T, T) float32, ``bias[b, query, key]`` 0 for keys before sequence b's valid length
             and a huge negative number from there on; added to the scores by the builtin softmax.
     """
 
-    lengths: object
+    valid_lens: object
     bias: object
 
 
@@ -97,10 +95,8 @@ def resolve_backend(backend=None):
 
 
 def for_backend(backend=None):
-    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps`,
-    :class:`PerOpFusedOps` or :class:`BuiltinOps`."""
-    return {"fused": FusedOps, "fused-v1": PerOpFusedOps,
-            "builtin": BuiltinOps}[resolve_backend(backend)]()
+    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps` or :class:`BuiltinOps`."""
+    return {"fused": FusedOps, "builtin": BuiltinOps}[resolve_backend(backend)]()
 
 
 class BuiltinOps:
@@ -148,14 +144,12 @@ class BuiltinOps:
         """The :class:`AttentionMask` of a batch: ``valid_lens`` (B,) int, ``positions`` (T,) 0..T-1.
 
         A valid length of 0 (never produced by bertpretrain.data: [CLS] is always valid) gives
-        all-zero attention weights with the fused softmax and uniform ones with the builtin one.
+        a zero context with the fused attention and uniform attention weights with the builtin one.
         """
-        lengths = F.np.expand_dims(valid_lens.astype("int32"), -1) + F.np.expand_dims(
-            F.np.zeros_like(positions).astype("int32"), 0)  # (B, T)
         key_is_padding = F.np.expand_dims(positions.astype("float32"), 0) >= F.np.expand_dims(
             valid_lens.astype("float32"), -1)  # (B, T)
         bias = key_is_padding.astype("float32") * _MASKED_SCORE
-        return AttentionMask(lengths, F.np.expand_dims(bias, 1) + F.np.expand_dims(
+        return AttentionMask(valid_lens.astype("int32"), F.np.expand_dims(bias, 1) + F.np.expand_dims(
             F.np.zeros_like(bias[0]), -1))
 
     def masked_softmax(self, F, scores, mask, rate):
@@ -234,16 +228,16 @@ class BuiltinOps:
         return self.softmax_cross_entropy(F, logits, labels, weights, count_correct)
 
 
-class PerOpFusedOps(BuiltinOps):
-    """The per-op fused CPU kernels where they can run, builtin operators elsewhere (``"fused-v1"``).
+class FusedOps(BuiltinOps):
+    """The fused CPU kernels where they can run, builtin operators elsewhere (``"fused"``).
 
-    Layer normalisation, the residual add + dropout + layer normalisation, dropout, the
-    length-masked attention softmax (with its dropout) and the cross-entropy (with its accuracy
-    count, for free) each run as one kernel; attention and the MLM decoder are composed as in
-    :class:`BuiltinOps` around them. :class:`FusedOps` adds the two whole-block kernels.
+    Self-attention and the masked-LM decoder with its cross-entropy each run as one kernel; layer
+    normalisation, the residual add + dropout + layer normalisation, dropout and the cross-entropy
+    (with its accuracy count, for free) each as one kernel too. The builtin attention's masked
+    softmax is never reached here: where the attention kernel cannot run, no kernel can.
     """
 
-    backend = "fused-v1"
+    backend = "fused"
 
     @staticmethod
     def _fused(F, x):
@@ -265,11 +259,6 @@ class PerOpFusedOps(BuiltinOps):
             return kernel_ops.add_layer_norm(F, x, residual, gamma, beta, p=rate, eps=eps)
         return super().add_layer_norm(F, x, residual, gamma, beta, eps, num_features, rate)
 
-    def masked_softmax(self, F, scores, mask, rate):
-        if self._fused(F, scores):
-            return kernel_ops.masked_softmax(F, scores, mask.lengths, p=rate)
-        return super().masked_softmax(F, scores, mask, rate)
-
     def softmax_cross_entropy(self, F, logits, labels, weights=None, count_correct=False):
         """One kernel computes the losses and the counts, without materialising the log-probabilities."""
         if not self._fused(F, logits):
@@ -290,13 +279,6 @@ class PerOpFusedOps(BuiltinOps):
             return losses
         return losses, F.np.sum(correct)
 
-
-class FusedOps(PerOpFusedOps):
-    """The per-op kernels of :class:`PerOpFusedOps`, plus self-attention and the masked-LM decoder
-    with its cross-entropy each as one kernel, where the kernels can run (``"fused"``)."""
-
-    backend = "fused"
-
     def self_attention(self, F, x, mask, weights, num_hiddens, num_heads, rate):
         """One packed (B, T, 3H) q/k/v GEMM on the concatenated weights, one kernel that computes
         every head's scores, masked softmax, dropout and context with the heads addressed by stride
@@ -309,8 +291,8 @@ class FusedOps(PerOpFusedOps):
         packed_bias = F.np.concatenate([weights.query_bias, weights.key_bias, weights.value_bias],
                                        axis=0)  # (3H,)
         qkv = _project(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
-        valid_lens = mask.lengths[:, 0]  # (B,)
-        context = kernel_ops.attention(F, qkv, valid_lens, num_heads, p=rate, scale=1.0)  # (B, T, H)
+        context = kernel_ops.attention(F, qkv, mask.valid_lens, num_heads, p=rate,
+                                       scale=1.0)  # (B, T, H)
         return _project(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
 
     def mlm_cross_entropy(self, F, hidden, weight, bias, labels, weights, vocab_size,
