@@ -32,6 +32,27 @@ void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                   int64_t ldc);
 
+// Whether this build has the bfloat16 GEMMs below: the compiler's target (-march) has
+// AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids and later).
+#if defined(__AVX512BF16__)
+constexpr bool kHasBf16 = true;
+
+// The product of bp::sgemm (same arguments and meaning) with op(a) and op(b) rounded to
+// bfloat16 (to nearest even) and their products accumulated in float32 (vdpbf16ps): twice the
+// float32 multiply-add rate. a, b and c are float32 in memory; only the packed copies are
+// bfloat16. Not in a build without AVX512_BF16 (see kHasBf16).
+void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc);
+
+// gemm_bf16 on the calling thread alone (see sgemm_serial).
+void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                      float* c, int64_t ldc);
+#else
+constexpr bool kHasBf16 = false;
+#endif
+
 }  // namespace bp
 
 #endif  // BERTPRETRAIN_KERNELS_GEMM_H_
