@@ -182,6 +182,28 @@ def test_bf16_model_shapes(bf16_library, shape):
         check(fn, *shape, trans_a, trans_b, 1.0, 0.0, pad=0, rounding=to_bfloat16)
 
 
+def test_bf16_bias_and_packed_operand(bf16_library):
+    """The dense layer's form (a bias added to every row, with beta, at edges too) and a product
+    through a PackedBf16 (op(b) packed once, as the MLM kernel reuses its weight), also over
+    several depth blocks where the plain call would split the depth."""
+    rng = onp.random.RandomState(1)
+    fn = ctypes.CDLL(str(bf16_library)).bp_gemm_bf16_bias
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr,
+                   i64, ptr]
+    for m, n, k, beta in [(100, 70, 129, 0.0), (30, 33, 1100, 0.5)]:
+        a, b = padded(rng, m, k, 0), padded(rng, n, k, 0)
+        c, bias = padded(rng, m, n, 0), rng.normal(size=n).astype("float32")
+        want = to_bfloat16(a).astype("float64") @ to_bfloat16(b).T + beta * c + bias
+        fn(0, 1, m, n, k, 1.0, a.ctypes.data, k, b.ctypes.data, k, beta, c.ctypes.data, n,
+           bias.ctypes.data)
+        assert onp.abs(c - want).max() / (onp.abs(want).max() + 1) < 1e-5, (m, n, k, beta)
+    packed = library(bf16_library, "bp_gemm_bf16_packed")
+    for (m, n, k), trans_a, trans_b in itertools.product([(37, 70, 9), (300, 200, 1100)],
+                                                         (False, True), (False, True)):
+        check(packed, m, n, k, trans_a, trans_b, -0.5, 2.0, pad=3, rounding=to_bfloat16)
+
+
 def test_bf16_several_threads(bf16_library):
     """The bfloat16 checks with 3 OpenMP threads: op(b) packed by all threads, c split in tasks."""
     tests = pathlib.Path(__file__).resolve().parent

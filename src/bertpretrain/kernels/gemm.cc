@@ -489,12 +489,12 @@ void pack_a_pairs(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t k
 }
 
 // tile (kMR, kNR) = sum over pairs q < kq of A(i, q) . b[q * kNR + j] (two products each), then
-// c = alpha * tile + beta * c (c only written when beta == 0). A(i, q) is a[q * kMR + i] for a
-// tile, else a[i * lda + q].
+// c = alpha * tile + beta * c + bias[j] (c only written when beta == 0; no bias when nullptr).
+// A(i, q) is a[q * kMR + i] for a tile, else a[i * lda + q].
 template <bool kTiled>
 inline void micro_kernel_bf16(int64_t kq, const Pair* __restrict a, int64_t lda,
-                              const Pair* __restrict b, float alpha, float beta, float* c,
-                              int64_t ldc) {
+                              const Pair* __restrict b, float alpha, float beta,
+                              const float* bias, float* c, int64_t ldc) {
   __m512 acc0[kMR], acc1[kMR];
 #pragma GCC unroll 16
   for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
@@ -510,41 +510,50 @@ inline void micro_kernel_bf16(int64_t kq, const Pair* __restrict a, int64_t lda,
     }
   }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 16
   for (int i = 0; i < kMR; ++i) {
     float* row = c + i * ldc;
     if (beta == 0.0f) {
-      _mm512_storeu_ps(row, _mm512_mul_ps(va, acc0[i]));
-      _mm512_storeu_ps(row + 16, _mm512_mul_ps(va, acc1[i]));
+      _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i], bias0));
+      _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i], bias1));
     } else {
-      _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i], _mm512_mul_ps(vb, _mm512_loadu_ps(row))));
+      _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i],
+                                            _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), bias0)));
       _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i],
-                                                 _mm512_mul_ps(vb, _mm512_loadu_ps(row + 16))));
+                                                 _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), bias1)));
     }
   }
 }
 
-// One tile of c (rows, cols) = alpha * A panel + beta * c, through `tile` (kMR, kNR) at an edge;
-// `tiled` says how a is packed (see pack_a_pairs), lda its row stride in pairs otherwise.
+// One tile of c (rows, cols) = alpha * A panel + beta * c (+ bias[j] when not nullptr), through
+// `tile` (kMR, kNR) at an edge; `tiled` says how a is packed (see pack_a_pairs), lda its row
+// stride in pairs otherwise.
 void tile_product_bf16(int64_t kq, const Pair* a, bool tiled, int64_t lda, const Pair* panel,
-                       float alpha, float beta, float* c, int64_t ldc, int64_t rows, int64_t cols,
-                       float* tile) {
+                       float alpha, float beta, const float* bias, float* c, int64_t ldc,
+                       int64_t rows, int64_t cols, float* tile) {
   const bool edge = rows < kMR || cols < kNR;
   float* out = edge ? tile : c;
   const int64_t ld = edge ? kNR : ldc;
+  const float* full_bias = edge ? nullptr : bias;
   if (tiled)
-    micro_kernel_bf16<true>(kq, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+    micro_kernel_bf16<true>(kq, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, full_bias,
+                            out, ld);
   else
-    micro_kernel_bf16<false>(kq, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+    micro_kernel_bf16<false>(kq, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta,
+                             full_bias, out, ld);
   if (!edge) return;
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j)
-      c[i * ldc + j] = beta == 0.0f ? alpha * tile[i * kNR + j]
-                                    : alpha * tile[i * kNR + j] + beta * c[i * ldc + j];
+      c[i * ldc + j] = (beta == 0.0f ? alpha * tile[i * kNR + j]
+                                     : alpha * tile[i * kNR + j] + beta * c[i * ldc + j]) +
+                       (bias ? bias[j] : 0.0f);
 }
 
-// The split-depth schedule of run_split_depth (a small c over a long depth), in bfloat16.
-void run_split_depth_bf16(const Plan& g, int threads) {
+// The split-depth schedule of run_split_depth (a small c over a long depth), in bfloat16; the
+// bias (when not nullptr) is added by thread 0 with its first block.
+void run_split_depth_bf16(const Plan& g, int threads, const float* bias) {
   const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC, kq_max = pairs_of(kSplitKC);
   const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
   threads = static_cast<int>(std::min<int64_t>(threads, blocks));
@@ -562,6 +571,7 @@ void run_split_depth_bf16(const Plan& g, int threads) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t pc = blk * kSplitKC, kc = std::min(kSplitKC, g.k - pc), kq = pairs_of(kc);
       const float beta = blk > b0 ? 1.0f : t == 0 ? g.beta : 0.0f;
+      const float* blk_bias = t == 0 && blk == b0 ? bias : nullptr;
       for (int64_t jp = 0; jp < panels; ++jp)
         pack_b_pairs(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
                      b_pack.get() + jp * kq * kNR);
@@ -570,6 +580,7 @@ void run_split_depth_bf16(const Plan& g, int threads) {
         for (int64_t it = 0; it < m_tiles; ++it)
           tile_product_bf16(kq, a_pack.get() + it * kMR * kq, g.trans_a, kq,
                             b_pack.get() + jp * kq * kNR, g.alpha, beta,
+                            blk_bias ? blk_bias + jp * kNR : nullptr,
                             out + it * kMR * ldo + jp * kNR, ldo,
                             std::min<int64_t>(kMR, g.m - it * kMR),
                             std::min<int64_t>(kNR, g.n - jp * kNR), tile.get());
@@ -589,38 +600,57 @@ void run_split_depth_bf16(const Plan& g, int threads) {
   }
 }
 
-// The task schedule of run, in bfloat16, with op(b) packed once for all tasks (see the top).
-void run_bf16(const Plan& g, int threads) {
-  if (g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC) return run_split_depth_bf16(g, threads);
+// op(b) packed for the task schedule: per depth block of kKC, its panels of kNR columns, each
+// (pairs_of(min(kKC, k)), kNR) pairs (the last block's only partly used).
+struct Panels {
+  int64_t blocks, panels, panel_size;
+  Panels(int64_t k, int64_t n)
+      : blocks((k + kKC - 1) / kKC), panels((n + kNR - 1) / kNR),
+        panel_size(pairs_of(std::min(kKC, k)) * kNR) {}
+  int64_t size() const { return blocks * panels * panel_size; }
+};
+
+// Packs panel `index` (block index / panels, panel index % panels) of op(b) into its place.
+void pack_panel(const Plan& g, const Panels& p, int64_t index, Pair* dst) {
+  const int64_t blk = index / p.panels, jp = index % p.panels;
+  pack_b_pairs(g, blk * kKC, std::min(kKC, g.k - blk * kKC), jp * kNR,
+               std::min<int64_t>(kNR, g.n - jp * kNR), dst + index * p.panel_size);
+}
+
+// The task schedule of run, in bfloat16, with op(b) packed once for all tasks (see the top): here,
+// by the threads together, or before (`packed`, see PackedBf16). The bias (when not nullptr) is
+// added with the first depth block.
+void run_bf16(const Plan& g, int threads, const float* bias, const Pair* packed = nullptr) {
+  if (!packed && g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC)
+    return run_split_depth_bf16(g, threads, bias);
   const Tasks t = cut(g.m, g.n, threads);
-  const int64_t blocks = (g.k + kKC - 1) / kKC;
-  const int64_t kq_max = pairs_of(std::min(kKC, g.k));
-  const int64_t panel_size = kq_max * kNR;  // pairs per packed panel
-  PairBuffer b_pack = allocate_pairs(blocks * t.panels * panel_size);
+  const Panels p(g.k, g.n);
+  PairBuffer own = packed ? PairBuffer() : allocate_pairs(p.size());
+  const Pair* b_pack = packed ? packed : own.get();
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
+    if (!packed) {
 #pragma omp for schedule(dynamic, 4)
-    for (int64_t index = 0; index < blocks * t.panels; ++index) {
-      const int64_t blk = index / t.panels, jp = index % t.panels;
-      pack_b_pairs(g, blk * kKC, std::min(kKC, g.k - blk * kKC), jp * kNR,
-                   std::min<int64_t>(kNR, g.n - jp * kNR), b_pack.get() + index * panel_size);
+      for (int64_t index = 0; index < p.blocks * p.panels; ++index)
+        pack_panel(g, p, index, own.get());
     }
-    PairBuffer a_pack = allocate_pairs((kMC + kMR) * kq_max);
+    PairBuffer a_pack = allocate_pairs((kMC + kMR) * (p.panel_size / kNR));
     Buffer tile = allocate(kMR * kNR);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
       const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
       const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
       const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
-      for (int64_t blk = 0; blk < blocks; ++blk) {
+      for (int64_t blk = 0; blk < p.blocks; ++blk) {
         const int64_t pc = blk * kKC, kc = std::min(kKC, g.k - pc), kq = pairs_of(kc);
         const float beta = blk == 0 ? g.beta : 1.0f;
         pack_a_pairs(g, i0, mc, pc, kc, kq, a_pack.get());
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
-          const Pair* panel = b_pack.get() + (blk * t.panels + jp) * panel_size;
+          const Pair* panel = b_pack + (blk * p.panels + jp) * p.panel_size;
           for (int64_t ir = 0; ir < mc; ir += kMR)
             tile_product_bf16(kq, a_pack.get() + ir * kq, g.trans_a, kq, panel, g.alpha, beta,
+                              blk == 0 && bias ? bias + j0 : nullptr,
                               g.c + (i0 + ir) * g.ldc + j0, g.ldc,
                               std::min<int64_t>(kMR, mc - ir), cols, tile.get());
         }
@@ -636,15 +666,28 @@ void scale_only(int64_t m, int64_t n, float beta, float* c, int64_t ldc, bool pa
     for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
 }
 
+void add_bias(int64_t m, int64_t n, const float* bias, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += bias[j];
+}
+
+int gemm_threads(int64_t m, int64_t n, int64_t k) {
+  return m * n * k < kSerialWork ? 1 : omp_get_max_threads();
+}
+
 }  // namespace
 
 void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-               int64_t ldc) {
+               int64_t ldc, const float* bias) {
   if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == 0.0f) return scale_only(m, n, beta, c, ldc, m * n > kSerialWork);
+  if (k <= 0 || alpha == 0.0f) {
+    scale_only(m, n, beta, c, ldc, m * n > kSerialWork);
+    if (bias) add_bias(m, n, bias, c, ldc);
+    return;
+  }
   run_bf16(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc},
-           m * n * k < kSerialWork ? 1 : omp_get_max_threads());
+           gemm_threads(m, n, k), bias);
 }
 
 void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -652,7 +695,27 @@ void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
                       float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0 || alpha == 0.0f) return scale_only(m, n, beta, c, ldc, false);
-  run_bf16(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, 1);
+  run_bf16(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, 1, nullptr);
+}
+
+PackedBf16::PackedBf16(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb)
+    : trans_b_(trans_b), k_(k), n_(n) {
+  if (k <= 0 || n <= 0) return;
+  const Plan g{false, trans_b, 0, n, k, 1.0f, nullptr, 0, b, ldb, 0.0f, nullptr, 0};
+  const Panels p(k, n);
+  Pair* data = allocate_pairs(p.size()).release();
+  data_.reset(data, [](uint32_t* d) { std::free(d); });
+#pragma omp parallel for schedule(dynamic, 4) if (p.blocks * p.panels * p.panel_size > kSerialWork)
+  for (int64_t index = 0; index < p.blocks * p.panels; ++index) pack_panel(g, p, index, data);
+}
+
+void gemm_bf16(bool trans_a, int64_t m, float alpha, const float* a, int64_t lda,
+               const PackedBf16& b, float beta, float* c, int64_t ldc) {
+  const int64_t n = b.n(), k = b.k();
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == 0.0f) return scale_only(m, n, beta, c, ldc, m * n > kSerialWork);
+  run_bf16(Plan{trans_a, b.trans_b(), m, n, k, alpha, a, lda, nullptr, 0, beta, c, ldc},
+           gemm_threads(m, n, k), nullptr, b.data());
 }
 
 }  // namespace bp
@@ -661,6 +724,22 @@ extern "C" void bp_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int
                              float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
                              float beta, float* c, int64_t ldc) {
   bp::gemm_bf16(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// gemm_bf16 with a bias (n,) added to every row of c.
+extern "C" void bp_gemm_bf16_bias(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                  float alpha, const float* a, int64_t lda, const float* b,
+                                  int64_t ldb, float beta, float* c, int64_t ldc,
+                                  const float* bias) {
+  bp::gemm_bf16(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
+}
+
+// gemm_bf16 through a PackedBf16 of op(b) (for tests).
+extern "C" void bp_gemm_bf16_packed(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                    float alpha, const float* a, int64_t lda, const float* b,
+                                    int64_t ldb, float beta, float* c, int64_t ldc) {
+  const bp::PackedBf16 packed(trans_b != 0, k, n, b, ldb);
+  bp::gemm_bf16(trans_a != 0, m, alpha, a, lda, packed, beta, c, ldc);
 }
 
 extern "C" void bp_gemm_bf16_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,

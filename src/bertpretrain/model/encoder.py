@@ -2,7 +2,7 @@
 from mxnet.gluon import HybridBlock, nn
 
 from .attention import MultiHeadSelfAttention
-from .layers import LayerNorm
+from .layers import Dense, LayerNorm
 
 
 class BERTEmbeddings(HybridBlock):
@@ -50,8 +50,8 @@ class TransformerEncoderLayer(HybridBlock):
                                                 ops)
         self.attention_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops,
                                         config.dropout)
-        self.ffn_in = nn.Dense(config.ffn_num_hiddens, flatten=False, in_units=config.num_hiddens)
-        self.ffn_out = nn.Dense(config.num_hiddens, flatten=False, in_units=config.ffn_num_hiddens)
+        self.ffn_in = Dense(config.ffn_num_hiddens, config.num_hiddens, ops)
+        self.ffn_out = Dense(config.num_hiddens, config.ffn_num_hiddens, ops)
         self.ffn_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops, config.dropout)
 
     def hybrid_forward(self, F, x, mask):

@@ -2,7 +2,7 @@
 from mxnet import symbol
 from mxnet.gluon import HybridBlock, nn
 
-from .layers import LayerNorm
+from .layers import Dense, LayerNorm
 
 
 def gather_positions(F, encoded, positions):
@@ -39,7 +39,7 @@ class MaskedLMHead(HybridBlock):
         self._ops = ops
         self._activation = config.activation
         self._vocab_size = config.vocab_size
-        self.transform = nn.Dense(config.num_hiddens, flatten=False, in_units=config.num_hiddens)
+        self.transform = Dense(config.num_hiddens, config.num_hiddens, ops)
         self.norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops)
         if tied_weight is None:
             self.decoder = nn.Dense(config.vocab_size, flatten=False, in_units=config.num_hiddens)

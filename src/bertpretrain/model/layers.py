@@ -25,3 +25,24 @@ class LayerNorm(HybridBlock):
             return self._ops.layer_norm(F, x, gamma, beta, self._eps, self._num_features)
         return self._ops.add_layer_norm(F, x, residual, gamma, beta, self._eps, self._num_features,
                                         self._dropout)
+
+
+class Dense(HybridBlock):
+    """A fully-connected layer over the last axis: ``x @ weight.T + bias``.
+
+    ``x`` (..., in_units) -> (..., units). Computed by ``dense`` of the model's op layer, so that
+    the model's precision applies to it (float32 on MXNet's FullyConnected, or the kernels'
+    bfloat16 GEMM). Its parameters are those of Gluon's ``nn.Dense`` (``weight`` (units,
+    in_units), default initializer; ``bias`` (units,), zeros) under the same names, so checkpoints
+    and the Hugging Face mapping see no difference.
+    """
+
+    def __init__(self, units, in_units, ops, **kwargs):
+        super().__init__(**kwargs)
+        self._ops = ops
+        self._units = units
+        self.weight = self.params.get("weight", shape=(units, in_units))
+        self.bias = self.params.get("bias", shape=(units,), init="zeros")
+
+    def hybrid_forward(self, F, x, weight=None, bias=None):
+        return self._ops.dense(F, x, weight, bias, self._units)

@@ -3,6 +3,7 @@ from dataclasses import dataclass, fields
 
 from mxnet import init
 
+from ..model.ops import PRECISIONS
 from .schedule import LearningRateSchedule
 
 INITIALIZERS = ("xavier", "bert")
@@ -47,8 +48,11 @@ class TrainingConfig:
     seed: int = None
     log_interval: int = 10
     initializer: str = "xavier"
+    precision: str = "auto"
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
         if self.clip_global_norm is not None and not self.clip_global_norm > 0:

@@ -273,7 +273,7 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
                warmup_steps=0, lr_decay="none", clip_gradient=None, use_nsp=True, eval_iter=None,
                eval_interval=None, checkpoint_dir=None, checkpoint_interval=None, keep_checkpoints=2,
                resume=False, kvstore="device", progress=None, seed=None, vocab=None, log_interval=10,
-               initializer="xavier", clip_global_norm=None):
+               initializer="xavier", clip_global_norm=None, precision="auto"):
     """Pretrain ``net`` on ``train_iter`` for exactly ``num_steps`` optimiser steps.
 
     Args:
@@ -305,6 +305,10 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
             with the sequences/s over those steps.
         initializer: how uninitialised weights start: ``'xavier'`` (d2l) or ``'bert'`` (normal, std
             0.02; see :func:`~bertpretrain.train.config.make_initializer`).
+        precision: ``'auto'`` (bfloat16 matrix products where the CPU has AVX512_BF16 and the fused
+            kernels are loaded, float32 elsewhere; logged), ``'bf16'`` (an error where it cannot
+            run) or ``'fp32'``; set on ``net`` (:meth:`~bertpretrain.model.BERTModel.set_precision`).
+            Weights, gradients, optimizer states and checkpoints are float32 either way.
 
     The options but the data, model, devices and vocabulary form a
     :class:`~bertpretrain.train.config.TrainingConfig` (``train_bert(..., **config.keywords())``).
@@ -329,7 +333,8 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         warmup_steps=warmup_steps, lr_decay=lr_decay, clip_global_norm=clip_global_norm, use_nsp=use_nsp,
         eval_interval=eval_interval, checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
         keep_checkpoints=keep_checkpoints, resume=resume, kvstore=kvstore, progress=progress, seed=seed,
-        log_interval=log_interval, initializer=initializer)
+        log_interval=log_interval, initializer=initializer, precision=precision)
+    (net.bert if isinstance(net, BERTForPretraining) else net).set_precision(precision)
     strategy, devices = make_strategy(kvstore, devices)
     run = _Run(train_iter, net, devices, config, strategy, eval_iter, vocab)
     with reading_shard(train_iter, strategy.rank, strategy.workers), _logging_if(run.lead):
