@@ -1,4 +1,4 @@
-"""Benchmark one BERT pretraining step (forward + backward + Adam) at d2l's configuration.
+"""Benchmark one BERT pretraining step (forward + backward + Adam) at d2l's configuration or BERT's.
 
 Compares the model's three paths in the same process, each a model with the same initial
 parameters on one backend of the op layer (bertpretrain.model.ops): "kernels" (the ``"fused"``
@@ -16,8 +16,22 @@ the end of the timed steps for every path: a speed figure is meaningless unless 
 The batches are synthetic, in bertpretrain.data's layout, with Zipf-distributed words so that the
 masked LM has something to learn; the vocabulary size is that of the real WikiText-2 splits.
 
+``--config`` picks the shapes of issue 23: ``d2l`` (the default: 2 x 128, T 64, batch 512, d2l's
+options), ``mini`` (4 x 256), ``small`` (4 x 512) (T 128, batch 128) and ``base`` (12 x 768, T 128,
+batch 32), the last three with the original BERT's options (GELU, embedding LayerNorm, tied
+decoder, dropout 0.1) and a 30,522-word vocabulary. ``--precision fp32 bf16`` measures the kernels
+path in each precision (bf16: the matrix products in bfloat16, on CPUs with AVX512_BF16), in the
+same process, interleaved; ``--paths`` chooses among kernels, previous and builtin. ``--torch
+PYTHON`` (default: $BERTPRETRAIN_HF_PYTHON when set) then runs benchmarks/torch_reference.py in
+that interpreter (it needs torch: never beside MXNet) with the same shapes, batches, loss and
+thread count: PyTorch float32 eager and under ``torch.autocast('cpu', torch.bfloat16)``;
+``--rounds`` alternates the MXNet and PyTorch processes that many times (the machine may be
+shared) and prints every round and the worst ratios.
+
 Usage (one benchmark at a time on a shared machine):
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_model.py [--threads 1 2]
+    flock /tmp/bertpretrain-bench.lock python benchmarks/bench_model.py --config base --threads 2 \
+        --paths kernels --precision fp32 bf16 --profile-steps 0 --torch /path/to/torch/python
 """
 import argparse
 import collections
@@ -29,6 +43,20 @@ import time
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "wikitext-2")
 NUM_SPECIAL_TOKENS = 5  # <unk>, [PAD], [CLS], [SEP], [MASK]
+BERT_OPTIONS = dict(activation="gelu", embedding_layer_norm=True, tie_mlm_weights=True,
+                    layer_norm_eps=1e-12, dropout=0.1)
+# --config: shapes and model options (vocab_size 0: WikiText-2 valid+test's, as d2l builds it)
+CONFIGS = {
+    "d2l": dict(batch_size=512, max_len=64, num_hiddens=128, ffn_num_hiddens=256, num_heads=2,
+                num_layers=2, vocab_size=0, lr=0.01, model={"dropout": 0.2}),
+    "mini": dict(batch_size=128, max_len=128, num_hiddens=256, ffn_num_hiddens=1024, num_heads=4,
+                 num_layers=4, vocab_size=30522, lr=1e-3, model=BERT_OPTIONS),
+    "small": dict(batch_size=128, max_len=128, num_hiddens=512, ffn_num_hiddens=2048, num_heads=8,
+                  num_layers=4, vocab_size=30522, lr=1e-3, model=BERT_OPTIONS),
+    "base": dict(batch_size=32, max_len=128, num_hiddens=768, ffn_num_hiddens=3072, num_heads=12,
+                 num_layers=12, vocab_size=30522, lr=1e-3, model=BERT_OPTIONS),
+}
+PATHS = {"kernels": "fused", "previous": "fused-v1", "builtin": "builtin"}
 PAD, CLS, SEP, MASK = 1, 2, 3, 4
 
 
@@ -194,16 +222,24 @@ def measure(args):
 
     vocab_size = args.vocab_size or wikitext_vocab_size()
     num_preds = round(0.15 * args.max_len)
-    backends = {"kernels": "fused", "previous": "fused-v1", "builtin": "builtin"}
-    paths = list(backends) if kernels.available() else ["builtin"]
+    # (label, backend, precision) of each measured path; the kernels path once per precision
+    paths = []
+    for path in args.paths if kernels.available() else ["builtin"]:
+        for precision in (args.precision if path == "kernels" else ["fp32"]):
+            label = path if precision == "fp32" else f"{path}-{precision}"
+            paths.append((label, PATHS[path], precision))
+    backends = {label: (backend, precision) for label, backend, precision in paths}
+    paths = [label for label, _, _ in paths]
+    model_options = dict(CONFIGS[args.config]["model"], max_len=args.max_len)
     mx.random.seed(0)
     nets = []
     for path in paths:
-        net = BERTModel(vocab_size, backend=backends[path],
+        backend, precision = backends[path]
+        net = BERTModel(vocab_size, backend=backend, precision=precision,
                         num_hiddens=args.num_hiddens,
                         ffn_num_hiddens=args.ffn_num_hiddens, num_heads=args.num_heads,
-                        num_layers=args.num_layers, dropout=0.2, max_len=args.max_len,
-                        check_token_ids=not args.no_check_token_ids)
+                        num_layers=args.num_layers, check_token_ids=not args.no_check_token_ids,
+                        **model_options)
         net.initialize(init.Xavier())
         if nets:  # the same initial parameters on every path
             for mine, first in zip(net.collect_params().values(), nets[0].collect_params().values()):
@@ -262,8 +298,12 @@ def measure(args):
     gemms = model_gemms(args.batch_size, args.max_len, num_preds, vocab_size, args.num_hiddens,
                         args.ffn_num_hiddens, args.num_heads, args.num_layers)
     step_flops = 3 * sum(gemm_flops(kind, shape) * count for _, kind, shape, count in gemms)
-    gemm_seconds = {name: gemm_shape_seconds(kind, shape) * count for name, kind, shape, count in gemms}
-    peak = peak_gemm_rate()
+    if args.no_ceilings:
+        gemm_seconds, peak = {name: float("nan") for name, _, _, _ in gemms}, float("nan")
+    else:
+        gemm_seconds = {name: gemm_shape_seconds(kind, shape) * count
+                        for name, kind, shape, count in gemms}
+        peak = peak_gemm_rate()
     per_path = {}
     for path in paths:
         seconds = step_seconds[path]
@@ -280,6 +320,7 @@ def measure(args):
             "profile_total_ms": profile_totals.get(path, 0.0),
         }
     return {
+        "config": args.config,
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
         "count_correct": args.count_correct,
         "vocab_size": vocab_size,
@@ -311,10 +352,13 @@ def report(result):
         print(f"            (MLM, NSP) loss, first 3 steps {r['first_losses']} -> last 3 "
               f"{r['last_losses']}: the MLM loss "
               f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
-    if "kernels" in paths:
+    if {"kernels", "builtin", "previous"} <= set(paths):
         print(f"  speed-up of the kernels: x{paths['builtin']['step_ms'] / paths['kernels']['step_ms']:.2f}"
               f" over builtin, x{paths['previous']['step_ms'] / paths['kernels']['step_ms']:.2f} over "
               "the previous per-op kernels")
+    if {"kernels", "kernels-bf16"} <= set(paths):
+        print(f"  bf16 over fp32 (kernels): "
+              f"x{paths['kernels']['step_ms'] / paths['kernels-bf16']['step_ms']:.2f}")
     for path, r in paths.items():
         if not r["profile"]:
             continue
@@ -324,17 +368,74 @@ def report(result):
             print(f"    {ms:8.2f} ms  {count:5.1f}x  {name}")
 
 
+def torch_reference(args, threads, python):
+    """The PyTorch reference's results (torch_reference.py in ``python``) at these shapes."""
+    options = dict(CONFIGS[args.config]["model"])
+    options = {"dropout": options.get("dropout", 0.2), "activation": options.get("activation", "relu"),
+               "embedding_layer_norm": options.get("embedding_layer_norm", False),
+               "tie_mlm_weights": options.get("tie_mlm_weights", False),
+               "layer_norm_eps": options.get("layer_norm_eps", 1e-5),
+               "vocab_size": args.vocab_size or wikitext_vocab_size(), "batch_size": args.batch_size,
+               "max_len": args.max_len, "num_hiddens": args.num_hiddens,
+               "ffn_num_hiddens": args.ffn_num_hiddens, "num_heads": args.num_heads,
+               "num_layers": args.num_layers, "lr": args.lr, "warmup": args.warmup,
+               "steps": args.steps, "modes": ["fp32", "bf16"]}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    output = subprocess.run([python, script, json.dumps(options)], env=env, check=True,
+                            capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def report_torch(result, ours):
+    print(f"  PyTorch {result['torch']} reference, same shapes, batches and loss:")
+    for mode, label in (("fp32", "fp32 eager"), ("bf16", "bf16 autocast")):
+        r = result[mode]
+        print(f"    {label:>13}: step {r['step_ms']:.0f} ms = {r['sequences_per_s']:.1f} sequences/s; "
+              f"(MLM, NSP) loss {r['first_losses']} -> {r['last_losses']}")
+    for path in ("kernels", "kernels-bf16"):
+        if path in ours:
+            rate = ours[path]["sequences_per_s"]
+            print(f"    {path} over PyTorch: x{rate / result['fp32']['sequences_per_s']:.2f} fp32 eager, "
+                  f"x{rate / result['bf16']['sequences_per_s']:.2f} bf16 autocast")
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="d2l",
+                        help="shapes and model options (see the module docstring); the size options "
+                             "below override its values")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--max-len", type=int, default=64)
-    parser.add_argument("--num-hiddens", type=int, default=128)
-    parser.add_argument("--ffn-num-hiddens", type=int, default=256)
-    parser.add_argument("--num-heads", type=int, default=2)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--vocab-size", type=int, default=0, help="default: WikiText-2 valid+test")
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-len", type=int)
+    parser.add_argument("--num-hiddens", type=int)
+    parser.add_argument("--ffn-num-hiddens", type=int)
+    parser.add_argument("--num-heads", type=int)
+    parser.add_argument("--num-layers", type=int)
+    parser.add_argument("--vocab-size", type=int, help="0: WikiText-2 valid+test (d2l's default)")
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                        help="model paths to measure (default: all three)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="precisions of the kernels path, measured side by side")
+    parser.add_argument("--torch", default=os.environ.get("BERTPRETRAIN_HF_PYTHON"),
+                        help="a Python with torch for the PyTorch reference (default: "
+                             "$BERTPRETRAIN_HF_PYTHON; none: no reference)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the MXNet and PyTorch measurements this many times")
+    parser.add_argument("--no-ceilings", action="store_true",
+                        help="skip the GEMM-rate ceilings (slow at BERT sizes)")
+    parser.add_argument("--lr", type=float, help="Adam's learning rate (d2l 0.01, BERT sizes 1e-3)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-check-token-ids", action="store_true")
@@ -345,14 +446,41 @@ def main():
                         help="also count correct MLM/NSP predictions (the arg-max costs ~3%%)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name, value in CONFIGS[args.config].items():
+        if name != "model" and getattr(args, name) is None:
+            setattr(args, name, value)
     if args.child:
         print(json.dumps(measure(args)))
         return
+    print(f"CPU: {cpu_name()}; config {args.config}")
     for threads in args.threads:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        output = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *sys.argv[1:]],
-                                env=env, check=True, capture_output=True, text=True).stdout
-        report(json.loads(output.strip().splitlines()[-1]))
+        worst = {}
+        for round_index in range(args.rounds):
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            output = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                                     *sys.argv[1:]], env=env, check=True, capture_output=True,
+                                    text=True).stdout
+            result = json.loads(output.strip().splitlines()[-1])
+            if args.rounds > 1:
+                print(f"=== round {round_index + 1} of {args.rounds}")
+            report(result)
+            if not args.torch:
+                continue
+            reference = torch_reference(args, threads, args.torch)
+            report_torch(reference, result["paths"])
+            for path in ("kernels", "kernels-bf16"):
+                if path in result["paths"]:
+                    rate = result["paths"][path]["sequences_per_s"]
+                    for mode in ("fp32", "bf16"):
+                        ratio = rate / reference[mode]["sequences_per_s"]
+                        worst[(path, mode)] = min(worst.get((path, mode), ratio), ratio)
+            if {"kernels", "kernels-bf16"} <= set(result["paths"]):
+                ratio = result["paths"]["kernels"]["step_ms"] / result["paths"]["kernels-bf16"]["step_ms"]
+                worst[("bf16", "fp32")] = min(worst.get(("bf16", "fp32"), ratio), ratio)
+        if args.rounds > 1 and worst:
+            print(f"worst of {args.rounds} rounds, {threads} threads: " + ", ".join(
+                f"{a} / {'ours fp32' if a == 'bf16' else 'PyTorch ' + b} x{r:.2f}"
+                for (a, b), r in worst.items()))
 
 
 if __name__ == "__main__":
