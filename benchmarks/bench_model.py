@@ -50,11 +50,11 @@ CONFIGS = {
     "d2l": dict(batch_size=512, max_len=64, num_hiddens=128, ffn_num_hiddens=256, num_heads=2,
                 num_layers=2, vocab_size=0, lr=0.01, model={"dropout": 0.2}),
     "mini": dict(batch_size=128, max_len=128, num_hiddens=256, ffn_num_hiddens=1024, num_heads=4,
-                 num_layers=4, vocab_size=30522, lr=1e-3, model=BERT_OPTIONS),
+                 num_layers=4, vocab_size=30522, lr=1e-4, model=BERT_OPTIONS),
     "small": dict(batch_size=128, max_len=128, num_hiddens=512, ffn_num_hiddens=2048, num_heads=8,
-                  num_layers=4, vocab_size=30522, lr=1e-3, model=BERT_OPTIONS),
+                  num_layers=4, vocab_size=30522, lr=1e-4, model=BERT_OPTIONS),
     "base": dict(batch_size=32, max_len=128, num_hiddens=768, ffn_num_hiddens=3072, num_heads=12,
-                 num_layers=12, vocab_size=30522, lr=1e-3, model=BERT_OPTIONS),
+                 num_layers=12, vocab_size=30522, lr=1e-4, model=BERT_OPTIONS),
 }
 PATHS = {"kernels": "fused", "previous": "fused-v1", "builtin": "builtin"}
 PAD, CLS, SEP, MASK = 1, 2, 3, 4
@@ -435,7 +435,7 @@ def main():
                         help="alternate the MXNet and PyTorch measurements this many times")
     parser.add_argument("--no-ceilings", action="store_true",
                         help="skip the GEMM-rate ceilings (slow at BERT sizes)")
-    parser.add_argument("--lr", type=float, help="Adam's learning rate (d2l 0.01, BERT sizes 1e-3)")
+    parser.add_argument("--lr", type=float, help="Adam's learning rate (d2l 0.01, BERT sizes 1e-4)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-check-token-ids", action="store_true")
