@@ -3,7 +3,8 @@
 Both run d2l's configuration (batch 512, max_len 64, small BERT, Adam) on the real WikiText-2
 validation + test splits, once per backend of the op layer: "fused" (the new kernels: fused
 attention and MLM decoder), "fused-v1" (the previous per-op kernels) and "builtin" (MXNet's
-operators), all in the same run:
+operators), all in the same run, in float32; "fused-bf16" is the fused backend computing its
+matrix products in bfloat16 (``precision="bf16"``, CPUs with AVX512_BF16):
 - the bare step: forward + backward + update of the hybridized model with in-graph losses,
   reading the loss once per step (what any loop must do to log it);
 - ``train_bert``: the library loop, data loading, seeding, metrics, history and progress included.
@@ -15,7 +16,7 @@ shared machine: OpenMP threads wait passively here (``OMP_WAIT_POLICY=PASSIVE`` 
 neighbour's load stretches the wall-clock time of a step (1.2 s to 5 s on 2 shared cores) but
 hardly its CPU time. Peak RSS is that of a fresh process running ``train_bert`` alone, per backend.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--steps 20] [--rounds 3] [--backends fused builtin]
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--steps 20] [--rounds 3] [--backends fused fused-bf16]
 
 Targets: train_bert within 5% of the bare step; peak RSS under 1 GB.
 """
@@ -38,6 +39,12 @@ def make_data(folder, splits):
 
 
 SKIPPED = 2  # the first steps of a new model build its graph and fill its memory
+BACKENDS = ["fused", "fused-bf16", "fused-v1", "builtin"]
+
+
+def backend_and_precision(label):
+    """("fused", "bf16") for "fused-bf16", else (label, "fp32")."""
+    return ("fused", "bf16") if label == "fused-bf16" else (label, "fp32")
 
 
 def clocks():
@@ -45,7 +52,7 @@ def clocks():
     return time.perf_counter(), time.process_time()
 
 
-def lockstep(loader, vocab, backend, steps):
+def lockstep(loader, vocab, label, steps):
     """``steps`` steps of ``train_bert`` and of the bare step, taking turns (see the module docstring).
 
     Returns ``({"bare": [(wall, cpu), ...], "train_bert": [...]}, mlm losses of train_bert)``: the seconds
@@ -57,8 +64,9 @@ def lockstep(loader, vocab, backend, steps):
     from bertpretrain.model import BERTForPretraining, BERTModel
     from bertpretrain.train import train_bert
 
+    backend, precision = backend_and_precision(label)
     mx.random.seed(0)
-    bare = BERTForPretraining(BERTModel(len(vocab), backend=backend))
+    bare = BERTForPretraining(BERTModel(len(vocab), backend=backend, precision=precision))
     bare.initialize(init.Xavier())
     bare.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(bare.collect_params(), "adam", {"learning_rate": 0.01})
@@ -93,7 +101,7 @@ def lockstep(loader, vocab, backend, steps):
 
     # one more step than timed: the last one is never followed by a hand-over
     history = train_bert(Batches(), BERTModel(len(vocab), backend=backend), [mx.cpu()], SKIPPED + steps + 1,
-                         progress=False, seed=0)
+                         progress=False, seed=0, precision=precision)
     return ({name: times[name][SKIPPED:SKIPPED + steps] for name in times}, history["mlm_loss"])
 
 
@@ -128,8 +136,9 @@ from bertpretrain.data import load_data_wiki
 from bertpretrain.model import BERTModel
 from bertpretrain.train import train_bert
 loader, vocab = load_data_wiki(512, 64, data_dir=sys.argv[1], seed=0)
-train_bert(loader, BERTModel(len(vocab), backend=sys.argv[3]), [mx.cpu()], int(sys.argv[2]), progress=False,
-           seed=0)
+backend, precision = ("fused", "bf16") if sys.argv[3] == "fused-bf16" else (sys.argv[3], "fp32")
+train_bert(loader, BERTModel(len(vocab), backend=backend), [mx.cpu()], int(sys.argv[2]), progress=False,
+           seed=0, precision=precision)
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 """
 
@@ -140,8 +149,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-dir", default=SPLITS, help="folder with wiki.valid.tokens and wiki.test.tokens")
     parser.add_argument("--backends", nargs="+", default=["fused", "fused-v1", "builtin"],
-                        choices=["fused", "fused-v1", "builtin"],
-                        help="op-layer backends to compare: new kernels, previous kernels, builtin")
+                        choices=BACKENDS,
+                        help="op-layer backends to compare: new kernels (in float32, or bf16), "
+                             "previous kernels, builtin")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before MXNet starts OpenMP: CPU time is work, not spinning
     with tempfile.TemporaryDirectory() as folder:
