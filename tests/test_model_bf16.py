@@ -66,6 +66,28 @@ def test_dense_bf16_is_the_product_of_rounded_operands(bf16):
         close(out.reshape(26, 29), x.asnumpy().reshape(26, 37).astype("float64") @ w.asnumpy().T.astype("float64") + b.asnumpy())
 
 
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_dense_bf16_activation_and_its_gradient(bf16, act):
+    """The fused activation (relu; exact, erf-based gelu) and its gradient, against float64 numpy
+    on the rounded operands (g = dy * act'(pre) rounded to bfloat16 for dx and dweight)."""
+    import math
+    x, w, b = rand(40, 24, seed=1), rand(36, 24, seed=2, scale=0.3), rand(36, seed=3)
+    out, (dx, dw, db) = run(lambda x, w, b: kernel_ops.dense_bf16(mx.nd, x, w, b, act=act),
+                            [x, w, b], [0, 1, 2], head_seed=4)
+    dy = rand(40, 36, seed=4).asnumpy().astype("float64")
+    xr, wr = rounded64(x), rounded64(w)
+    pre = xr @ wr.T + b.asnumpy()
+    if act == "relu":
+        y, slope = onp.maximum(pre, 0), (pre > 0).astype("float64")
+    else:
+        cdf = 0.5 * (1 + onp.vectorize(math.erf)(pre / math.sqrt(2)))
+        y, slope = pre * cdf, cdf + pre * onp.exp(-pre ** 2 / 2) / math.sqrt(2 * math.pi)
+    g = dy * slope
+    gr = to_bfloat16(g.astype("float32")).astype("float64")
+    for got, want in [(out, y), (dx, gr @ wr), (dw, gr.T @ xr), (db, g.sum(axis=0))]:
+        assert onp.abs(got - want).max() <= 2e-3 * (onp.abs(want).max() + 1), act
+
+
 def test_dense_layer_accumulates_gradients_with_grad_req_add(bf16):
     layer = Dense(7, 5, ops.for_backend("fused", "bf16"))
     layer.initialize(init.Xavier())

@@ -224,14 +224,24 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
     return (loss, out[1].as_np_ndarray()) if return_correct else loss
 
 
-def dense_bf16(F, x, weight, bias):
-    """``x @ weight.T + bias`` over the last axis, the products in bfloat16 with float32 accumulation.
+DENSE_ACTIVATIONS = (None, "relu", "gelu")
 
-    x: (..., K) float32; weight: (N, K); bias: (N,). Returns (..., N) float32. Backward computes
-    dx = dy weight and dweight = dy^T x the same way (float32 results) and dbias in float32; every
-    array stays float32, only the GEMM's packed operands are bfloat16 (kernels/gemm.h,
-    ``bp::gemm_bf16``). Needs kernels built with AVX512_BF16 (:func:`bertpretrain.kernels.bf16`).
+
+def dense_bf16(F, x, weight, bias, act=None):
+    """``act(x @ weight.T + bias)`` over the last axis, the products in bfloat16 with float32
+    accumulation.
+
+    x: (..., K) float32; weight: (N, K); bias: (N,); act: None, ``"relu"`` or ``"gelu"`` (exact,
+    erf-based, as ``F.npx.leaky_relu(..., act_type="gelu")``). Returns (..., N) float32. Backward
+    computes dx and dweight the same way (float32 results) and dbias in float32; every array stays
+    float32, only the GEMM's packed operands are bfloat16 (kernels/gemm.h, ``bp::gemm_bf16``).
+    The activation is inside the operator so that the pre-activation is not kept for backward
+    (relu; gelu keeps it, as MXNet's own gelu does). Needs kernels built with AVX512_BF16
+    (:func:`bertpretrain.kernels.bf16`).
     """
+    if act not in DENSE_ACTIVATIONS:
+        raise ValueError(f"act={act!r} must be one of {DENSE_ACTIVATIONS}")
     _check_float32(F, x=x, weight=weight, bias=bias)
-    return _kernel(F, "bp_dense_bf16")(_legacy(x), _legacy(_identity(F, weight)),
-                                       _legacy(_identity(F, bias))).as_np_ndarray()
+    out = _kernel(F, "bp_dense_bf16")(_legacy(x), _legacy(_identity(F, weight)),
+                                      _legacy(_identity(F, bias)), act=act or "none")
+    return (out[0] if act == "gelu" else out).as_np_ndarray()

@@ -159,10 +159,12 @@ class BuiltinOps:
     backend = "builtin"
     precision = "fp32"
 
-    def dense(self, F, x, weight, bias, num_outputs):
-        """A dense layer over the last axis: ``x @ weight.T + bias``; x (..., K), weight
-        (``num_outputs``, K), bias (``num_outputs``,) -> (..., ``num_outputs``)."""
-        return _project(F, x, weight, bias, num_outputs)
+    def dense(self, F, x, weight, bias, num_outputs, activation=None):
+        """A dense layer over the last axis: ``activation(x @ weight.T + bias)``; x (..., K), weight
+        (``num_outputs``, K), bias (``num_outputs``,) -> (..., ``num_outputs``); ``activation``
+        None or a name :meth:`activation` knows."""
+        y = _project(F, x, weight, bias, num_outputs)
+        return y if activation is None else self.activation(F, y, activation)
 
     def add(self, F, *arrays):
         """Elementwise sum of same-shape arrays.
@@ -359,11 +361,12 @@ class FusedOps(PerOpFusedOps):
     def _bf16(self):
         return self.precision == "bf16"
 
-    def dense(self, F, x, weight, bias, num_outputs):
-        """In bfloat16, one kernel (``bp_dense_bf16``) whose arrays all stay float32."""
-        if self._bf16 and self._fused(F, x):
-            return kernel_ops.dense_bf16(F, x, weight, bias)
-        return super().dense(F, x, weight, bias, num_outputs)
+    def dense(self, F, x, weight, bias, num_outputs, activation=None):
+        """In bfloat16, one kernel (``bp_dense_bf16``, the activation included) whose arrays all
+        stay float32."""
+        if self._bf16 and self._fused(F, x) and activation in kernel_ops.DENSE_ACTIVATIONS:
+            return kernel_ops.dense_bf16(F, x, weight, bias, act=activation)
+        return super().dense(F, x, weight, bias, num_outputs, activation)
 
     def self_attention(self, F, x, mask, weights, num_hiddens, num_heads, rate):
         """One packed (B, T, 3H) q/k/v GEMM on the concatenated weights, one kernel that computes
