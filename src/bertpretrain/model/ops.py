@@ -32,9 +32,11 @@ products -- the dense layers (:meth:`BuiltinOps.dense`), attention's products an
 decoder -- with bfloat16 operands and float32 accumulation, in the kernels' GEMM
 (``bp::gemm_bf16``); every array stays float32 (weights, gradients, activations), and so do layer
 normalisation, softmax, dropout and the losses. ``"auto"`` is ``"bf16"`` where it can run, else
-``"fp32"``. MXNet 1.9.1's own bfloat16 route (FullyConnected on bfloat16 arrays, oneDNN) was
-measured slower in the model once its casts are counted, and rounds the weight gradients to
-bfloat16 (benchmarks/bench_dense_bf16.py).
+``"fp32"``. MXNet 1.9.1's own bfloat16 route (FullyConnected on bfloat16 arrays, oneDNN) is not
+used: its outputs and weight gradients are bfloat16 (a cast around every layer of a float32 model,
+gradients rounded before the optimizer), its ``dot``/``batch_dot`` refuse bfloat16, and per layer,
+casts counted, it measured from 1.9x slower (d2l) to 1.25x faster (BERT-base's FFN) than the
+kernels' layer (benchmarks/bench_dense_bf16.py, a shared machine).
 
 Adding an op: write its builtin formulation as a method of :class:`BuiltinOps` (the reference, and
 the fallback); if a fused kernel computes it, override the method in :class:`FusedOps`: call the
