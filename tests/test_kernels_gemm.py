@@ -172,11 +172,14 @@ def test_bf16_rounds_its_operands(bf16_library):
           rounding=to_bfloat16)
 
 
-@pytest.mark.parametrize("shape", [(1000, 384, 128), (300, 300, 2000), (1500, 64, 3000)],
-                         ids=["projection", "several-depth-blocks", "split-depth"])
+@pytest.mark.parametrize("shape", [(1000, 384, 128), (300, 300, 2000), (1500, 64, 3000),
+                                   (50, 30000, 160)],
+                         ids=["projection", "split-depth", "several-depth-blocks", "large-panels"])
 def test_bf16_model_shapes(bf16_library, shape):
-    """A projection of 1,000 tokens (and its gradients' forms), a product over several depth
-    blocks with op(b) packed once, and a weight gradient whose depth the threads split."""
+    """A projection of 1,000 tokens (and its gradients' forms), a weight gradient whose depth the
+    threads split, a product over several depth blocks with op(b) packed once, and few rows on a
+    large op(b) (> 8 MB packed: one row task, the threads sharing the columns, as the MLM
+    decoder's chunks)."""
     fn = library(bf16_library, "bp_gemm_bf16")
     for trans_a, trans_b in [(False, True), (False, False), (True, False)]:
         check(fn, *shape, trans_a, trans_b, 1.0, 0.0, pad=0, rounding=to_bfloat16)
@@ -211,7 +214,10 @@ def test_bf16_several_threads(bf16_library):
             "fn = t.library(sys.argv[2], 'bp_gemm_bf16'); t.check_all(fn, t.to_bfloat16); "
             "[t.check(fn, 3000, 384, 128, ta, tb, 1.0, 0.5, 1, rounding=t.to_bfloat16) "
             "for ta in (False, True) for tb in (False, True)]; "
-            "t.check(fn, 300, 500, 5000, True, False, 1.0, 0.0, 0, rounding=t.to_bfloat16)")
+            "t.check(fn, 300, 500, 5000, True, False, 1.0, 0.0, 0, rounding=t.to_bfloat16); "
+            "t.check(fn, 50, 30000, 160, False, True, 1.0, 0.5, 0, rounding=t.to_bfloat16); "
+            "t.check(t.library(sys.argv[2], 'bp_gemm_bf16_packed'), 37, 20000, 300, False, False, "
+            "1.0, 0.0, 0, rounding=t.to_bfloat16)")
     env = dict(os.environ, OMP_NUM_THREADS="3")
     done = subprocess.run([sys.executable, "-c", code, str(tests), str(bf16_library)],
                           env=env, capture_output=True, text=True, timeout=300)

@@ -617,13 +617,33 @@ void pack_panel(const Plan& g, const Panels& p, int64_t index, Pair* dst) {
                std::min<int64_t>(kNR, g.n - jp * kNR), dst + index * p.panel_size);
 }
 
+constexpr int64_t kLargePanels = int64_t{8} << 20;  // bytes of packed op(b) past which ...
+constexpr int64_t kOneRowTask = 4 * kMC;            // ... at most this many rows are one row task
+
+// How c is cut into tasks. Every row task reads all of the packed op(b) once: when it is large
+// (the MLM decoder's 30,522-word weight, 47 MB at BERT-base) and c has few rows (a chunk of 137
+// predictions), reading it once per row block of kMC made the product memory-bound. Then all
+// rows are one task and the threads share the columns.
+Tasks cut_bf16(int64_t m, int64_t n, int64_t k, int threads) {
+  const Panels p(k, n);
+  if (m > kOneRowTask || p.size() * int64_t{sizeof(Pair)} <= kLargePanels) return cut(m, n, threads);
+  Tasks t;
+  t.mc = (m + kMR - 1) / kMR * kMR;
+  t.row_tasks = 1;
+  t.panels = p.panels;
+  const int64_t want = threads > 1 ? 4 * threads : 1;
+  t.per_task = std::max<int64_t>(1, std::min(kNC / kNR, (t.panels + want - 1) / want));
+  t.col_tasks = (t.panels + t.per_task - 1) / t.per_task;
+  return t;
+}
+
 // The task schedule of run, in bfloat16, with op(b) packed once for all tasks (see the top): here,
 // by the threads together, or before (`packed`, see PackedBf16). The bias (when not nullptr) is
 // added with the first depth block.
 void run_bf16(const Plan& g, int threads, const float* bias, const Pair* packed = nullptr) {
   if (!packed && g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC)
     return run_split_depth_bf16(g, threads, bias);
-  const Tasks t = cut(g.m, g.n, threads);
+  const Tasks t = cut_bf16(g.m, g.n, g.k, threads);
   const Panels p(g.k, g.n);
   PairBuffer own = packed ? PairBuffer() : allocate_pairs(p.size());
   const Pair* b_pack = packed ? packed : own.get();
@@ -634,7 +654,7 @@ void run_bf16(const Plan& g, int threads, const float* bias, const Pair* packed 
       for (int64_t index = 0; index < p.blocks * p.panels; ++index)
         pack_panel(g, p, index, own.get());
     }
-    PairBuffer a_pack = allocate_pairs((kMC + kMR) * (p.panel_size / kNR));
+    PairBuffer a_pack = allocate_pairs((std::max(kMC, t.mc) + kMR) * (p.panel_size / kNR));
     Buffer tile = allocate(kMR * kNR);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
