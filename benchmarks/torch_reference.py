@@ -15,8 +15,8 @@ LayerNorm and dropout for the original-BERT options), post-LN layers of one pack
 ``scaled_dot_product_attention`` with the padding keys masked, an output projection and the FFN;
 the MLM head (dense, activation, LayerNorm, decoder tied to the token embedding or not) on the
 gathered prediction positions only, the NSP head (tanh pooler on [CLS], classifier); the loss
-``sum(weights * CE) / num_preds + mean(NSP CE)``; Adam. The batches are bench_model.py's
-``synthetic_batches``, the same arrays.
+``sum(weights * CE) / num_preds + mean(NSP CE)``; Adam; weights drawn as in the original BERT
+(normal, std 0.02). The batches are bench_model.py's ``synthetic_batches``, the same arrays.
 """
 import json
 import os
@@ -93,6 +93,16 @@ class BERT(nn.Module):
         return mlm_sum, nsp
 
 
+def bert_init(module):
+    """Original BERT's initialisation (normal, std 0.02; zero biases; LayerNorm at 1 and 0), so that
+    the tied decoder's logits start small (PyTorch's Embedding default, std 1, starts the MLM loss
+    near 60 nats)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 def main():
     o = json.loads(sys.argv[1])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -100,6 +110,7 @@ def main():
     batches = [tuple(torch.from_numpy(a.astype("int64") if a.dtype.kind == "i" else a) for a in batch)
                for batch in synthetic_batches(4, o["batch_size"], o["max_len"], o["vocab_size"])]
     reference = BERT(o)
+    reference.apply(bert_init)
     models, optimizers = {}, {}
     for mode in o["modes"]:
         model = BERT(o)
