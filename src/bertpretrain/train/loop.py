@@ -334,8 +334,9 @@ def train_bert(train_iter, net, devices=None, num_steps=50, *, lr=0.01, optimize
         eval_interval=eval_interval, checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval,
         keep_checkpoints=keep_checkpoints, resume=resume, kvstore=kvstore, progress=progress, seed=seed,
         log_interval=log_interval, initializer=initializer, precision=precision)
-    (net.bert if isinstance(net, BERTForPretraining) else net).set_precision(precision)
     strategy, devices = make_strategy(kvstore, devices)
+    # after the strategy: Horovod's keeps the kernels off, which 'auto' must see before loading them
+    (net.bert if isinstance(net, BERTForPretraining) else net).set_precision(precision)
     run = _Run(train_iter, net, devices, config, strategy, eval_iter, vocab)
     with reading_shard(train_iter, strategy.rank, strategy.workers), _logging_if(run.lead):
         run.checkpointer.check_writable()  # before the first step: a read-only folder must not cost the run
