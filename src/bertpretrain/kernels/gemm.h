@@ -15,6 +15,11 @@
 // benchmarks/bench_gemm.py: about as fast as MXNet's oneDNN at the model's shapes (when oneDNN
 // writes into preallocated memory) and faster than the wheel's OpenBLAS at most of them (1.2-1.4x
 // at the MLM decoder's). Call it outside OpenMP parallel regions.
+//
+// bp::gemm_bf16 (below, only in builds for a target with AVX512_BF16) is the same product with
+// its operands rounded to bfloat16 while packing and multiplied by vdpbf16ps, accumulating in
+// float32: 1.6-2.2x bp::sgemm at the model's shapes (benchmarks/bench_gemm_bf16.py, AMD EPYC
+// Zen 5, 2 threads, a shared machine), ~900 GFLOP/s on large products against ~400-470.
 #ifndef BERTPRETRAIN_KERNELS_GEMM_H_
 #define BERTPRETRAIN_KERNELS_GEMM_H_
 
