@@ -2,7 +2,7 @@
 
 Run by bench_model.py (``--torch PYTHON``) in a separate interpreter that has torch (never install
 torch beside MXNet): ``PYTHON benchmarks/torch_reference.py '<json options>'``. Prints one JSON
-line: per mode, the median step time, sequences/s and the (MLM, NSP) losses of the first and last
+line: per mode, the median step time (wall-clock and process CPU), sequences/s and the (MLM, NSP) losses of the first and last
 three steps. Modes, interleaved step by step in one process, each on its own copy of the same
 initial model:
 
@@ -131,18 +131,21 @@ def main():
         return float(mlm_sum) / num_preds, float(nsp_sum) / tokens.shape[0]
 
     times = {mode: [] for mode in models}
+    cpu_times = {mode: [] for mode in models}
     losses = {mode: [] for mode in models}
     modes = list(models)
     for index in range(o["warmup"] + o["steps"]):
         for mode in (modes if index % 2 == 0 else modes[::-1]):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             losses[mode].append(step(mode, batches[index % 4]))
             if index >= o["warmup"]:
                 times[mode].append(time.perf_counter() - start)
+                cpu_times[mode].append(time.process_time() - cpu_start)
     result = {}
     for mode in modes:
         seconds = sorted(times[mode])[len(times[mode]) // 2]
         result[mode] = {"step_ms": 1e3 * seconds, "sequences_per_s": o["batch_size"] / seconds,
+                        "step_cpu_s": sorted(cpu_times[mode])[len(cpu_times[mode]) // 2],
                         "first_losses": onp.mean(losses[mode][:3], axis=0).round(3).tolist(),
                         "last_losses": onp.mean(losses[mode][-3:], axis=0).round(3).tolist()}
     result["torch"] = torch.__version__
