@@ -24,8 +24,8 @@ class BERTModel(HybridBlock):
     comparisons) or None: fused unless ``BERTPRETRAIN_KERNELS=0``) fixes
     how every op of this model is computed, see :mod:`bertpretrain.model.ops`; ``net.backend``
     names it. ``precision`` (``"fp32"``, ``"bf16"``: matrix products with bfloat16 operands on
-    CPUs with AVX512_BF16, or ``"auto"``) is kept as ``net.precision`` (see :meth:`set_precision`). Initialise with e.g. ``net.initialize(init.Xavier())``
-    and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
+    CPUs with AVX512_BF16, or ``"auto"``) is kept as ``net.precision`` (see :meth:`set_precision`).
+    Initialise with e.g. ``net.initialize(init.Xavier())`` and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
     shapes are checked on every imperative call (and, with ``check_token_ids``, the token id range,
     which costs one small synchronisation; ``train_bert`` checks each batch on the host instead);
     calls inside another hybridized block are not checked.
