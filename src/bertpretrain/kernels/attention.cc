@@ -6,6 +6,8 @@
 //          of each (d = H / num_heads), addressed by stride, never copied out to a transposed array.
 //     lengths: (B,) int32/int64/float32, the valid length L of each sequence (clamped to [0, T]);
 //     key: (64,) float32 dropout key (see DropoutMask in common.h).
+//     bf16 (attribute, default 0): 1 computes every product with bfloat16 operands and float32
+//       accumulation (bp::gemm_bf16_serial); the softmax, the logsumexp and all arrays stay float32.
 //     context: (B, T, H), context[b, i, h*d + c] = sum_{j < L} P[b, h, i, j] * v[b, j, h*d + c]
 //       with P = dropout(softmax_j(scale * q[b, i, head h] . k[b, j, head h]), p) over keys j < L.
 //       Every query row is computed (padding queries too); a sequence with L = 0 gets context 0.
@@ -16,7 +18,7 @@
 // so backward recomputes it and seeded runs are reproducible whatever the thread count.
 // Work is split over (sequence, head) blocks; each block's products (scores, context and, in
 // backward, the four gradients' products) are small GEMMs on the calling thread
-// (bp::sgemm_serial), reading the head's columns of qkv in place; only the (T, T) scores and
+// (bp::sgemm_serial, or bp::gemm_bf16_serial with bf16=1), reading the head's columns of qkv in place; only the (T, T) scores and
 // their gradient live in per-thread buffers.
 // `lse` is not differentiable; lengths and the key get zero gradient.
 #include <algorithm>
@@ -36,6 +38,7 @@ struct Params {
   int64_t heads;
   float scale;  // NaN when absent: 1 / sqrt(head size)
   float p;
+  bool bf16;    // products in bfloat16 (attribute bf16=1)
 };
 
 bool parse_params(const Attrs& attrs, Params* out) {
@@ -45,6 +48,11 @@ bool parse_params(const Attrs& attrs, Params* out) {
     return false;
   }
   out->scale = attr_float(attrs, "scale", NAN);
+  out->bf16 = attr_float(attrs, "bf16", 0.0f) != 0.0f;
+  if (out->bf16 && !kHasBf16) {
+    MX_ERROR_MSG << kOp << ": bf16=1" << kNoBf16Message;
+    return false;
+  }
   return parse_p(attrs, kOp, &out->p);
 }
 
@@ -123,6 +131,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   const Dims g(qkv_t, params.heads);
   const float scale = g.scale(params);
   const float* qkv = in_ptr(qkv_t);
+  const SerialGemm gemm = serial_gemm(params.bf16);
   float* ctx = (*out)[kContext].data<float>();
   float* lse = (*out)[kLse].data<float>();
   const int64_t ld = 3 * g.h;
@@ -144,7 +153,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       const float* k = q + g.h;
       const float* v = q + 2 * g.h;
       float* s = scores.data();  // (T, len), row stride T
-      sgemm_serial(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
+      gemm(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
         float* si = s + i * g.t;
@@ -162,7 +171,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
         }
       }
       // context (T, d) = P (T, len) v (len, d)
-      sgemm_serial(false, false, g.t, g.d, len, 1.0f, s, g.t, v, ld, 0.0f, ctx_blk, g.h);
+      gemm(false, false, g.t, g.d, len, 1.0f, s, g.t, v, ld, 0.0f, ctx_blk, g.h);
     }
   }
   return MX_SUCCESS;
@@ -184,6 +193,7 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
   const Dims g(qkv_t, params.heads);
   const float scale = g.scale(params);
   const float* qkv = in_ptr(qkv_t);
+  const SerialGemm gemm = serial_gemm(params.bf16);
   const int64_t ld = 3 * g.h;
 #pragma omp parallel
   {
@@ -209,8 +219,8 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
       const float* dc = dctx + seq * g.t * g.h + hd * g.d;  // (T, d), row stride H
       float* s = w.s.data();    // scores, then the softmax P (T, len), row stride T
       float* dp = w.dp.data();  // dcontext v^T, then the scores' gradient dS
-      sgemm_serial(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
-      sgemm_serial(false, true, g.t, len, g.d, 1.0f, dc, g.h, v, ld, 0.0f, dp, g.t);
+      gemm(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
+      gemm(false, true, g.t, len, g.d, 1.0f, dc, g.h, v, ld, 0.0f, dp, g.t);
       const float* lse_blk = lse + blk * g.t;
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
@@ -242,9 +252,9 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
       // dv (len, d) = P_dropped^T dcontext;  dq (T, d) = dS k;  dk (len, d) = dS^T q
       // (the score scale is already in dS).
       const float* pd = m.active() ? w.pf.data() : s;
-      sgemm_serial(true, false, len, g.d, g.t, 1.0f, pd, g.t, dc, g.h, 0.0f, dv_out, ld);
-      sgemm_serial(false, false, g.t, g.d, len, 1.0f, dp, g.t, k, ld, 0.0f, dq_out, ld);
-      sgemm_serial(true, false, len, g.d, g.t, 1.0f, dp, g.t, q, ld, 0.0f, dk_out, ld);
+      gemm(true, false, len, g.d, g.t, 1.0f, pd, g.t, dc, g.h, 0.0f, dv_out, ld);
+      gemm(false, false, g.t, g.d, len, 1.0f, dp, g.t, k, ld, 0.0f, dq_out, ld);
+      gemm(true, false, len, g.d, g.t, 1.0f, dp, g.t, q, ld, 0.0f, dk_out, ld);
     }
   }
   return MX_SUCCESS;

@@ -43,6 +43,9 @@ SOURCE_DIR = Path(__file__).resolve().parent
 # -fno-trapping-math lets loops with a conditional (a clamp, a select) vectorise; no kernel
 # relies on floating-point traps.
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+# Extra compiler flags, appended to FLAGS (and part of the cache key): e.g. "-mno-avx512bf16" builds
+# the kernels as for a CPU without bfloat16 instructions (tests do), "-march=x86-64-v3" for an older one.
+FLAGS_ENV_VAR = "BERTPRETRAIN_KERNELS_CXXFLAGS"
 COMPILE_TIMEOUT_S = 600
 LIBRARY_PREFIX = "libbertpretrain_kernels-"
 logger = logging.getLogger("bertpretrain.kernels")
@@ -52,6 +55,11 @@ _GUARD = 'read _; kill -9 -"$1"'
 
 class BuildError(RuntimeError):
     """The kernel library cannot be built here (no compiler, or the compile failed)."""
+
+
+def flags():
+    """The compiler flags: FLAGS, then those of ``$BERTPRETRAIN_KERNELS_CXXFLAGS`` (shell-split)."""
+    return list(FLAGS) + shlex.split(os.environ.get(FLAGS_ENV_VAR, ""))
 
 
 def find_compiler():
@@ -125,7 +133,7 @@ def library_key(compiler, sources, api_files):
     add("lib_api.h", (include / "mxnet" / "lib_api.h").read_bytes())
     add("lib_api.cc", lib_api.read_bytes())
     add("mxnet", mxnet.__version__.encode())
-    add("flags", " ".join(FLAGS).encode())
+    add("flags", " ".join(flags()).encode())
     add("compiler", _compiler_identity(compiler).encode())
     add("cpu", _cpu_fingerprint().encode())
     return digest.hexdigest()
@@ -222,7 +230,7 @@ def _build(source_dir, cache):
     if target.is_file() and _damage(target) is None:
         return target, False
     include, lib_api = api_files
-    command = (compiler + list(FLAGS) + ["-I", str(include)]
+    command = (compiler + flags() + ["-I", str(include)]
                + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api), "-o"])
     try:
         cache.mkdir(parents=True, exist_ok=True)

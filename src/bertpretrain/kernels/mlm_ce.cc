@@ -14,6 +14,8 @@
 //     gw (V, K), gb (V,), gh (N, K): in training mode the gradients of sum(loss) with respect to
 //       weight, bias and hidden; zeros in inference mode (evaluation never runs backward).
 //     `chunk` (default 2^22) bounds the logits held at a time: max(1, chunk / V) rows.
+//     `bf16` (default 0): 1 computes the three GEMMs with bfloat16 operands and float32
+//       accumulation (bp::gemm_bf16, the weight packed once per call); all arrays stay float32.
 //
 // Rows of weight 0 (padding prediction slots) are left out of every product: the active rows
 // are gathered first. Per chunk of active rows: the (rows, V) logits (one GEMM), each row's
@@ -22,8 +24,9 @@
 // The loss is sum(loss) / num_preds (model/pretraining.py, train/step.py): its upstream gradient
 // is the same for every row, so backward only scales gw, gb and gh. Any other upstream gradient,
 // or a forward in inference mode, makes backward recompute the chunks with weights * dloss as the
-// rows' scale (three GEMMs). All GEMMs are bp::sgemm's (kernels/gemm.h: 1.5x the
-// wheel's OpenBLAS here), called outside any OpenMP region so that the GEMM parallelises itself.
+// rows' scale (three GEMMs). All GEMMs are bp::sgemm's (kernels/gemm.h: 1.5x the wheel's
+// OpenBLAS here), or bp::gemm_bf16's with bf16=1, called outside any OpenMP region so that the
+// GEMM parallelises itself.
 #include <algorithm>
 
 #include "gemm.h"
@@ -50,9 +53,20 @@ bool parse_chunk(const Attrs& attrs, int64_t* chunk) {
   return true;
 }
 
+// The attribute bf16 (products in bfloat16), refused by a build without AVX512_BF16.
+bool parse_bf16(const Attrs& attrs, bool* bf16) {
+  *bf16 = attr_float(attrs, "bf16", 0.0f) != 0.0f;
+  if (*bf16 && !kHasBf16) {
+    MX_ERROR_MSG << kOp << ": bf16=1" << kNoBf16Message;
+    return false;
+  }
+  return true;
+}
+
 MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
   int64_t chunk;
-  if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
+  bool bf16;
+  if (!parse_chunk(attrs, &chunk) || !parse_bf16(attrs, &bf16)) return MX_FAIL;
   *num_in = kNumInputs;
   *num_out = kNumOutputs;
   return MX_SUCCESS;
@@ -131,21 +145,72 @@ struct Pass {
   float* dbias;          // (V,), added to (zeroed by the caller)
 };
 
+// The decoder's three products for run_chunks: bp::sgemm, or bp::gemm_bf16 with the weight
+// packed once per call, for the logits and for the hidden gradient, rather than once per chunk
+// (at BERT-base's 30,522 x 768 a packing costs about one chunk's product).
+class DecoderGemms {
+ public:
+  DecoderGemms(const float* weight, int64_t v, int64_t k, bool bf16, bool hidden_grad)
+      : weight_(weight), v_(v), k_(k) {
+#if defined(__AVX512BF16__)
+    if (!bf16) return;
+    transposed_.reset(new PackedBf16(true, k, v, weight, k));
+    if (hidden_grad) plain_.reset(new PackedBf16(false, v, k, weight, k));
+#else
+    (void)bf16;
+    (void)hidden_grad;
+#endif
+  }
+
+  // out (rows, V) = h (rows, K) weight^T
+  void logits(int64_t rows, const float* h, float* out) const {
+#if defined(__AVX512BF16__)
+    if (transposed_) return gemm_bf16(false, rows, 1.0f, h, k_, *transposed_, 0.0f, out, v_);
+#endif
+    sgemm(false, true, rows, v_, k_, 1.0f, h, k_, weight_, k_, 0.0f, out, v_);
+  }
+
+  // out (rows, K) = g (rows, V) weight
+  void hidden_grad(int64_t rows, const float* g, float* out) const {
+#if defined(__AVX512BF16__)
+    if (plain_) return gemm_bf16(false, rows, 1.0f, g, v_, *plain_, 0.0f, out, k_);
+#endif
+    sgemm(false, false, rows, k_, v_, 1.0f, g, v_, weight_, k_, 0.0f, out, k_);
+  }
+
+  // out (V, K) = g^T (V, rows) h (rows, K) + beta out
+  void weight_grad(int64_t rows, const float* g, const float* h, float beta, float* out) const {
+#if defined(__AVX512BF16__)
+    if (transposed_) return gemm_bf16(true, false, v_, k_, rows, 1.0f, g, v_, h, k_, beta, out, k_);
+#endif
+    sgemm(true, false, v_, k_, rows, 1.0f, g, v_, h, k_, beta, out, k_);
+  }
+
+ private:
+  const float* weight_;
+  int64_t v_, k_;
+#if defined(__AVX512BF16__)
+  std::unique_ptr<PackedBf16> transposed_, plain_;  // op(b) = weight^T (K, V); weight (V, K)
+#endif
+};
+
 // One pass over the active rows, `rows` at a time (see the top of the file). The gradients
 // are computed when any of p.dhidden, p.dweight, p.dbias is set. Few parallel regions per chunk
 // (the GEMMs' own and one row loop): on a machine shared with other work each is a point where
 // a thread may wait for a descheduled one. So the bias gradient is summed per thread inside the
 // row loop, and the hidden gradient is scattered to its rows once, at the end.
-void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int64_t rows) {
+void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int64_t rows,
+                bool bf16 = false) {
   const int64_t m = act.rows.size();
   const bool grads = p.dhidden || p.dweight || p.dbias;
+  const DecoderGemms gemms(p.weight, v, k, bf16, p.dhidden != nullptr);
   const int threads = omp_get_max_threads();
   std::vector<float> logits(std::min(rows, m) * v), dh(p.dhidden ? m * k : 0);
   std::vector<float> bias_parts(p.dbias ? threads * v : 0, 0.0f);  // (threads, V)
   for (int64_t c0 = 0; c0 < m; c0 += rows) {
     const int64_t cr = std::min(rows, m - c0);
     const float* h = act.hidden.data() + c0 * k;
-    sgemm(false, true, cr, v, k, 1.0f, h, k, p.weight, k, 0.0f, logits.data(), v);
+    gemms.logits(cr, h, logits.data());
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < cr; ++i) {
       float* x = logits.data() + i * v;
@@ -177,10 +242,9 @@ void run_chunks(const Pass& p, const ActiveRows& act, int64_t v, int64_t k, int6
       x[label] -= g;
     }
     if (p.dhidden)
-      sgemm(false, false, cr, k, v, 1.0f, logits.data(), v, p.weight, k, 0.0f, dh.data() + c0 * k,
-            k);
+      gemms.hidden_grad(cr, logits.data(), dh.data() + c0 * k);
     if (p.dweight)
-      sgemm(true, false, v, k, cr, 1.0f, logits.data(), v, h, k, c0 ? 1.0f : 0.0f, p.dweight, k);
+      gemms.weight_grad(cr, logits.data(), h, c0 ? 1.0f : 0.0f, p.dweight);
   }
   if (p.dhidden) {
 #pragma omp parallel for schedule(static)
@@ -205,7 +269,8 @@ void scale_into(const float* x, float s, int64_t n, float* y) {
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                       const OpResource&) {
   int64_t chunk;
-  if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
+  bool bf16;
+  if (!parse_chunk(attrs, &chunk) || !parse_bf16(attrs, &bf16)) return MX_FAIL;
   const int64_t n = (*in)[kHidden].shape[0], k = (*in)[kHidden].shape[1];
   const int64_t v = (*in)[kWeight].shape[0];
   const MXTensor& labels = (*in)[kLabels];
@@ -227,7 +292,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
                   training ? (*out)[kGradHidden].data<float>() : nullptr,
                   training ? (*out)[kGradWeight].data<float>() : nullptr,
                   training ? (*out)[kGradBias].data<float>() : nullptr};
-  run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v));
+  run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v), bf16);
   return MX_SUCCESS;
 }
 
@@ -250,7 +315,8 @@ bool uniform_over_weighted_rows(const float* dloss, const float* w, int64_t n, f
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                        const OpResource&) {
   int64_t chunk;
-  if (!parse_chunk(attrs, &chunk)) return MX_FAIL;
+  bool bf16;
+  if (!parse_chunk(attrs, &chunk) || !parse_bf16(attrs, &bf16)) return MX_FAIL;
   const float* dloss = in_ptr((*in)[Backward::output_grad(kLoss)]);
   const MXTensor& hidden_t = (*in)[Backward::input(kHidden)];
   const MXTensor& weight_t = (*in)[Backward::input(kWeight)];
@@ -276,7 +342,7 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
   const Pass pass{in_ptr(weight_t), in_ptr((*in)[Backward::input(kBias)]),
                   &(*in)[Backward::input(kLabels)], w, g.data(), nullptr, nullptr, dhidden, dweight,
                   dbias};
-  run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v));
+  run_chunks(pass, act, v, k, std::max<int64_t>(1, chunk / v), bf16);
   return MX_SUCCESS;
 }
 

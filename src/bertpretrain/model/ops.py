@@ -25,18 +25,35 @@ The default (``backend=None``) is ``"fused"`` unless ``BERTPRETRAIN_KERNELS=0``.
 both backends compute the same function; with dropout on they draw different masks. A hybridized
 block keeps the operators it was traced with.
 
+Precision (:data:`PRECISIONS`, see :func:`resolve_precision`): ``"fp32"`` computes everything in
+float32. ``"bf16"`` (the ``"fused"`` backend on a CPU with AVX512_BF16) computes the matrix
+products -- the dense layers (:meth:`BuiltinOps.dense`), attention's products and the masked-LM
+decoder -- with bfloat16 operands and float32 accumulation, in the kernels' GEMM
+(``bp::gemm_bf16``); every array stays float32 (weights, gradients, activations), and so do layer
+normalisation, softmax, dropout and the losses. ``"auto"`` is ``"bf16"`` where it can run, else
+``"fp32"``. MXNet 1.9.1's own bfloat16 route (FullyConnected on bfloat16 arrays, oneDNN) is not
+used: its outputs and weight gradients are bfloat16 (a cast around every layer of a float32 model,
+gradients rounded before the optimizer), its ``dot``/``batch_dot`` refuse bfloat16, and per layer,
+casts counted, it measured from 1.9x slower (d2l) to 1.25x faster (BERT-base's FFN) than the
+kernels' layer (benchmarks/bench_dense_bf16.py, a shared machine).
+
 Adding an op: write its builtin formulation as a method of :class:`BuiltinOps` (the reference, and
 the fallback); if a fused kernel computes it, override the method in :class:`FusedOps`: call the
 raw kernel from :mod:`bertpretrain.kernels.ops` when ``self._fused(F, x)``, else ``super()``.
 Blocks then call ``self._ops.<name>(F, ...)``.
 """
+import logging
 import math
 from typing import NamedTuple
 
 from .. import kernels
+from ..errors import UserError
 from ..kernels import ops as kernel_ops
 
 BACKENDS = ("fused", "builtin")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+logger = logging.getLogger("bertpretrain.model")
 
 # Added to the attention scores of keys that must be ignored: exp() of it underflows to exactly 0.
 _MASKED_SCORE = -1e30
@@ -94,15 +111,59 @@ def resolve_backend(backend=None):
     return backend
 
 
-def for_backend(backend=None):
-    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps` or :class:`BuiltinOps`."""
-    return {"fused": FusedOps, "builtin": BuiltinOps}[resolve_backend(backend)]()
+def for_backend(backend=None, precision="fp32"):
+    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps` or :class:`BuiltinOps`,
+    computing in ``precision`` (see :func:`resolve_precision`)."""
+    ops = {"fused": FusedOps, "builtin": BuiltinOps}[resolve_backend(backend)]()
+    ops.precision = resolve_precision(precision, ops.backend)
+    return ops
+
+
+class PrecisionUnavailableError(UserError, RuntimeError):
+    """``precision="bf16"`` was asked for where bfloat16 cannot run (CPU, build or backend)."""
+
+
+def resolve_precision(precision, backend):
+    """``"fp32"`` or ``"bf16"``: what ``precision`` (one of :data:`PRECISIONS`) means for a model
+    on ``backend`` here.
+
+    ``"bf16"`` needs the ``"fused"`` backend and kernels built for a CPU with AVX512_BF16
+    (:func:`bertpretrain.kernels.bf16`, which loads the kernels): elsewhere it raises
+    :class:`PrecisionUnavailableError` saying what is missing. ``"auto"`` is ``"bf16"`` where it can
+    run, else ``"fp32"``, and logs which, with why, in one line.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return "fp32"
+    if backend == "fused":
+        support = kernels.bf16()
+        available, reason = support.available, support.reason
+    else:
+        available, reason = False, (f"the {backend!r} backend computes in float32 only (bfloat16 "
+                                    "runs on the fused kernels)")
+    if precision == "bf16":
+        if not available:
+            raise PrecisionUnavailableError(f"precision='bf16' cannot run here: {reason}; use "
+                                            "precision='fp32' (or 'auto': bf16 where possible)")
+        return "bf16"
+    resolved = "bf16" if available else "fp32"
+    logger.info("precision auto: %s (%s)", resolved, reason)
+    return resolved
 
 
 class BuiltinOps:
     """The primitives as MXNet builtin operators: the reference every backend must match."""
 
     backend = "builtin"
+    precision = "fp32"
+
+    def dense(self, F, x, weight, bias, num_outputs, activation=None):
+        """A dense layer over the last axis: ``activation(x @ weight.T + bias)``; x (..., K), weight
+        (``num_outputs``, K), bias (``num_outputs``,) -> (..., ``num_outputs``); ``activation``
+        None or a name :meth:`activation` knows."""
+        y = _project(F, x, weight, bias, num_outputs)
+        return y if activation is None else self.activation(F, y, activation)
 
     def add(self, F, *arrays):
         """Elementwise sum of same-shape arrays.
@@ -234,7 +295,9 @@ class FusedOps(BuiltinOps):
     Self-attention and the masked-LM decoder with its cross-entropy each run as one kernel; layer
     normalisation, the residual add + dropout + layer normalisation, dropout and the cross-entropy
     (with its accuracy count, for free) each as one kernel too. The builtin attention's masked
-    softmax is never reached here: where the attention kernel cannot run, no kernel can.
+    softmax is never reached here: where the attention kernel cannot run, no kernel can. With
+    ``precision == "bf16"`` the dense layers, attention's products and the masked-LM decoder compute
+    with bfloat16 operands and float32 accumulation (see the module docstring).
     """
 
     backend = "fused"
@@ -279,6 +342,17 @@ class FusedOps(BuiltinOps):
             return losses
         return losses, F.np.sum(correct)
 
+    @property
+    def _bf16(self):
+        return self.precision == "bf16"
+
+    def dense(self, F, x, weight, bias, num_outputs, activation=None):
+        """In bfloat16, one kernel (``bp_dense_bf16``, the activation included) whose arrays all
+        stay float32."""
+        if self._bf16 and self._fused(F, x) and activation in kernel_ops.DENSE_ACTIVATIONS:
+            return kernel_ops.dense_bf16(F, x, weight, bias, act=activation)
+        return super().dense(F, x, weight, bias, num_outputs, activation)
+
     def self_attention(self, F, x, mask, weights, num_hiddens, num_heads, rate):
         """One packed (B, T, 3H) q/k/v GEMM on the concatenated weights, one kernel that computes
         every head's scores, masked softmax, dropout and context with the heads addressed by stride
@@ -290,10 +364,10 @@ class FusedOps(BuiltinOps):
                                           weights.value_weight], axis=0)  # (3H, H)
         packed_bias = F.np.concatenate([weights.query_bias, weights.key_bias, weights.value_bias],
                                        axis=0)  # (3H,)
-        qkv = _project(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
-        context = kernel_ops.attention(F, qkv, mask.valid_lens, num_heads, p=rate,
-                                       scale=1.0)  # (B, T, H)
-        return _project(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
+        qkv = self.dense(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
+        context = kernel_ops.attention(F, qkv, mask.valid_lens, num_heads, p=rate, scale=1.0,
+                                       bf16=self._bf16)  # (B, T, H)
+        return self.dense(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
 
     def mlm_cross_entropy(self, F, hidden, weight, bias, labels, weights, vocab_size,
                           count_correct=False):
@@ -306,7 +380,7 @@ class FusedOps(BuiltinOps):
                                              count_correct)
         losses, correct = kernel_ops.mlm_cross_entropy(
             F, F.npx.reshape(hidden, (-5, -2)), weight, bias, F.np.reshape(labels, (-1,)),
-            F.np.reshape(weights, (-1,)), return_correct=True)  # (B * P,) each
+            F.np.reshape(weights, (-1,)), return_correct=True, bf16=self._bf16)  # (B * P,) each
         losses = F.reshape_like(losses.as_nd_ndarray(), labels.as_nd_ndarray()).as_np_ndarray()
         return (losses, F.np.sum(correct)) if count_correct else losses
 

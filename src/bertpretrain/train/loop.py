@@ -389,6 +389,8 @@ def train_bert(train_iter, net, config=None, *, devices=None, eval_iter=None, vo
         strategy = make_strategy(config.kvstore, devices)
     elif devices is not None:
         raise ValueError("pass devices or a strategy (which holds its devices), not both")
+    # after the strategy: Horovod's keeps the kernels off, which 'auto' must see before loading them
+    (net.bert if isinstance(net, BERTForPretraining) else net).set_precision(config.precision)
     run = _Run(train_iter, net, config, strategy, eval_iter, vocab)
     num_steps = config.num_steps
     with reading_shard(train_iter, strategy.rank, strategy.workers), _logging_if(run.lead):
