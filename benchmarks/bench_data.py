@@ -16,21 +16,21 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
-
-from bertpretrain.data import build_dataset
-
-SPLITS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "wikitext-2"  # the real valid + test splits
+from common import WIKITEXT2, header, import_library
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", "--data-dir", type=pathlib.Path, default=SPLITS,
+    parser.add_argument("--data", "--data-dir", type=pathlib.Path, default=WIKITEXT2,
                         help="folder with wiki.valid/test.tokens")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=64)
     parser.add_argument("--wordpiece-vocab-size", type=int, default=30522, help="0: skip the WordPiece path")
     args = parser.parse_args()
+    header(__doc__.splitlines()[0])
+    import_library()
+    import numpy as np
+    from bertpretrain.data import build_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = pathlib.Path(tmp) / "wiki.train.tokens"
@@ -57,7 +57,8 @@ def main():
 
 def _bench_wordpiece(corpus, words, args):
     """The WordPiece path on the same corpus: lines to print."""
-    from bertpretrain.data import train_wordpiece
+    import numpy as np
+    from bertpretrain.data import build_dataset, train_wordpiece
 
     start = time.perf_counter()
     tokenizer = train_wordpiece([str(corpus)], vocab_size=args.wordpiece_vocab_size)

@@ -18,7 +18,7 @@ three GEMMs of the layer y = x W^T (x (M, K), W (N, K)): fwd y = x W^T ("NT"), d
 All variants of a row run interleaved in one process, the best of ``--repeats`` rounds counts (the
 machine may be shared: the best is the least disturbed), and they all use ``--threads`` OpenMP
 threads (MXNet's oneDNN and OpenBLAS, and the kernels, read OMP_NUM_THREADS at start-up).
-Prints GFLOP/s (2 M N K per GEMM) and the CPU's model name.
+Prints GFLOP/s (2 M N K per GEMM) and the CPU.
 
 Usage (one benchmark at a time on a shared machine):
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_gemm.py [--threads 2] [--repeats 7]
@@ -26,10 +26,9 @@ Usage (one benchmark at a time on a shared machine):
 import argparse
 import ctypes
 import os
-import platform
-import subprocess
 import sys
-import time
+
+from common import header, import_library, interleaved, run_child
 
 # name: (M rows of x, K inputs, N outputs)
 LAYERS = {
@@ -43,36 +42,10 @@ LAYERS = {
 }
 
 
-def cpu_name():
-    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def best_seconds(variants, repeats):
-    """Per variant, the shortest of ``repeats`` timed calls, the variants interleaved."""
-    for fn in variants:
-        fn()
-    best = [float("inf")] * len(variants)
-    for _ in range(repeats):
-        for i, fn in enumerate(variants):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
-
-
 def measure(repeats):
     """Runs in a child process with OMP_NUM_THREADS set; prints one table row per layer and GEMM."""
+    import_library()  # first: MXNet with numpy semantics
     import numpy as onp
-
-    import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
     import mxnet as mx
 
     from bertpretrain import kernels
@@ -116,7 +89,7 @@ def measure(repeats):
                 synced(lambda: mx.nd.dot(mx_a, mx_bt, out=mx_c)),
                 ours(trans_a, trans_b, a, b, c),
             ]
-            times = best_seconds(variants, repeats)
+            times = [min(seconds) for seconds in interleaved(variants, repeats)]
             rates = [2 * m * n * k / t / 1e9 for t in times]
             print(f"| {name} | {m}x{k}x{n} | {gemm} | {threads} | "
                   + " | ".join(f"{r:.0f}" for r in rates)
@@ -133,7 +106,8 @@ def main():
     if args.child:
         measure(args.repeats)
         return
-    print(f"CPU: {cpu_name()}; GFLOP/s, best of {args.repeats} interleaved rounds. Shapes M x K x N "
+    header(__doc__.split("\n\n")[0])
+    print(f"GFLOP/s, best of {args.repeats} interleaved rounds. Shapes M x K x N "
           "of the layer y = x W^T, x (M, K), W (N, K). oneDNN = MXNet's FullyConnected, OpenBLAS = "
           "mx.nd.dot, both into a preallocated output; 'new output' = FullyConnected allocating its "
           "output per call (page faults included); speed-up = bp::sgemm over the faster of oneDNN "
@@ -142,9 +116,7 @@ def main():
           "| speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for threads in args.threads:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
-                       env=env, check=True)
+        run_child([__file__, "--child", "--repeats", args.repeats], threads, capture=False)
 
 
 if __name__ == "__main__":

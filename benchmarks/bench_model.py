@@ -1,38 +1,44 @@
 """Benchmark one BERT pretraining step (forward + backward + Adam) at d2l's configuration.
 
-Compares the model's three paths in the same process, each a model with the same initial
-parameters on one backend of the op layer (bertpretrain.model.ops): "kernels" (the ``"fused"``
-backend: fused attention and MLM decoder kernels plus the per-op ones), "previous" (the
-``"fused-v1"`` backend: only the per-op kernels that preceded those two) and "builtin" (MXNet's
-builtin operators); their steps are interleaved so that other load on the machine hits all
-alike. Prints, for 1 and 2 OpenMP threads (each measured in a fresh process, since MXNet reads OMP_NUM_THREADS at import): sequences/s of each path and the
-speed-up, the model's floating point operations per step, two ceilings measured in the same
-process -- the float32 GEMM rate of a large FullyConnected, and the time the model's own GEMM
-shapes take (forward and backward) at oneDNN's rates -- and the model FLOP utilisation against
-each; then a per-operator profile of a few steps of each path (MXNet's profiler, aggregate
-statistics, top operators by total time). It also prints the MLM and NSP losses at the start and
-the end of the timed steps for every path: a speed figure is meaningless unless the loss falls
-(the model actually trains).
-The batches are synthetic, in bertpretrain.data's layout, with Zipf-distributed words so that the
-masked LM has something to learn; the vocabulary size is that of the real WikiText-2 splits.
+Compares the model's two paths in the same process, each a model with the same initial
+parameters on one backend of the op layer (bertpretrain.model.ops): "fused" (the fused kernels:
+attention, MLM decoder, layer norms, dropout, NSP cross-entropy) and "builtin" (MXNet's builtin
+operators); their steps are interleaved so that other load on the machine hits both alike.
+Prints, for 1 and 2 OpenMP threads (each measured in a fresh process, since MXNet reads
+OMP_NUM_THREADS at import): sequences/s of each path and the speed-up, the model's floating point
+operations per step, two ceilings measured in the same process -- the float32 GEMM rate of a
+large FullyConnected, and the time the model's own GEMM shapes (as the fused path runs them)
+take forward and backward at oneDNN's rates -- and the model FLOP utilisation against each; then
+a per-operator profile of a few steps of each path (MXNet's profiler, aggregate statistics, top
+operators by total time). It also prints the MLM and NSP losses at the start and the end of the
+timed steps for every path: a speed figure is meaningless unless the loss falls (the model
+actually trains). The batches are synthetic, in bertpretrain.data's layout, with Zipf-distributed
+words so that the masked LM has something to learn; the vocabulary size is that of the real
+WikiText-2 splits.
+
+With ``--baseline REF`` the same body also runs on the library of commit REF (checked out into a
+temporary git worktree, see benchmarks/common.py), one process per library and round, taking
+turns over ``--rounds`` rounds, and each path's speed now is set against REF's.
 
 Usage (one benchmark at a time on a shared machine):
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_model.py [--threads 1 2]
+        [--baseline c41b35a --rounds 3]
 """
 import argparse
 import collections
+import functools
 import json
 import os
-import subprocess
-import sys
-import time
+import statistics
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "wikitext-2")
+from common import (WIKITEXT2, add_baseline_arguments, add_clock_argument, alternating, child_json, header,
+                    import_library, interleaved, sources, use_clock)
+
 NUM_SPECIAL_TOKENS = 5  # <unk>, [PAD], [CLS], [SEP], [MASK]
 PAD, CLS, SEP, MASK = 1, 2, 3, 4
 
 
-def wikitext_vocab_size(data_dir=DATA_DIR, min_freq=5):
+def wikitext_vocab_size(data_dir=WIKITEXT2, min_freq=5):
     """Vocabulary size of WikiText-2 valid+test as d2l builds it (6,899).
 
     d2l keeps only lines with at least two " . "-separated parts (and drops those periods),
@@ -88,15 +94,18 @@ def synthetic_batches(num_batches, batch_size, max_len, vocab_size, seed=0):
 
 
 def model_gemms(batch_size, max_len, num_preds, vocab_size, hiddens, ffn_hiddens, heads, layers):
-    """The model's matrix products per forward pass, as it runs them: (name, kind, shape, count).
+    """The model's matrix products per forward pass, as the fused path runs them: (name, kind, shape, count).
 
-    kind "fc": input (M, K) times weight (N, K)^T; kind "bmm": batch of (M, K) x (K, N).
-    The attention projections run per head (see MultiHeadSelfAttention).
+    kind "fc": input (M, K) times weight (N, K)^T; kind "bmm": batch of (M, K) x (K, N). The
+    attention's queries, keys and values come from one packed projection (model/ops.py FusedOps);
+    its scores and context run per (sequence, head) inside the attention kernel, counted here as
+    batched products. The FLOP count is the same as per-head projections' (the builtin path's);
+    the shapes, which ceiling 2 times, are not.
     """
     tokens, preds, head_size = batch_size * max_len, batch_size * num_preds, hiddens // heads
     return [
-        ("q/k/v projections", "fc", (tokens, hiddens, head_size), 3 * heads * layers),
-        ("output projection", "fc", (tokens, head_size, hiddens), heads * layers),
+        ("packed q/k/v projection", "fc", (tokens, hiddens, 3 * hiddens), layers),
+        ("output projection", "fc", (tokens, hiddens, hiddens), layers),
         ("FFN in", "fc", (tokens, hiddens, ffn_hiddens), layers),
         ("FFN out", "fc", (tokens, ffn_hiddens, hiddens), layers),
         ("attention scores", "bmm", (batch_size, max_len, head_size, max_len), heads * layers),
@@ -118,15 +127,7 @@ def gemm_flops(kind, shape):
 
 def _median_seconds(run, repeats, warmup=2):
     from mxnet import npx
-    times = []
-    for index in range(warmup + repeats):
-        npx.waitall()
-        start = time.perf_counter()
-        run()
-        npx.waitall()
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(interleaved([run], repeats, warmup, sync=npx.waitall)[0])
 
 
 def peak_gemm_rate():
@@ -184,22 +185,21 @@ def _profile(model_step, steps):
 
 
 def measure(args):
-    """Run in a process whose OMP_NUM_THREADS is already set; returns a dict of results."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+    """Run in a child whose OMP_NUM_THREADS is already set; returns a dict of results."""
+    import_library()  # first: bertpretrain's numpy fixes precede MXNet's import
     import numpy as onp
-    from bertpretrain import kernels  # first: bertpretrain's numpy fixes precede MXNet's import
+    from bertpretrain import kernels
     from bertpretrain.model import BERTForPretraining, BERTModel
     import mxnet as mx
     from mxnet import autograd, gluon, init, np, npx
 
     vocab_size = args.vocab_size or wikitext_vocab_size()
     num_preds = round(0.15 * args.max_len)
-    backends = {"kernels": "fused", "previous": "fused-v1", "builtin": "builtin"}
-    paths = list(backends) if kernels.available() else ["builtin"]
+    paths = ["fused", "builtin"] if kernels.available() else ["builtin"]
     mx.random.seed(0)
     nets = []
     for path in paths:
-        net = BERTModel(vocab_size, backend=backends[path],
+        net = BERTModel(vocab_size, backend=path,
                         num_hiddens=args.num_hiddens,
                         ffn_num_hiddens=args.ffn_num_hiddens, num_heads=args.num_heads,
                         num_layers=args.num_layers, dropout=0.2, max_len=args.max_len,
@@ -234,16 +234,20 @@ def measure(args):
 
     losses = {path: [] for path in paths}
     times = {path: [] for path in paths}
-    for step in range(args.warmup + args.steps):
-        for path in (paths if step % 2 == 0 else paths[::-1]):  # interleaved, alternating order
-            npx.waitall()
-            start = time.perf_counter()
-            mlm_sum, nsp_sum, num_real_preds = train_step(path, batches[step % 4])
-            npx.waitall()
-            if step >= args.warmup:
-                times[path].append(time.perf_counter() - start)
+    for index in range(args.warmup + args.steps):
+        order = paths if index % 2 == 0 else paths[::-1]  # interleaved, alternating order
+        sums = {}
+
+        def run(path):
+            sums[path] = train_step(path, batches[index % 4])
+
+        seconds = interleaved([functools.partial(run, path) for path in order], 1, warmup=0, sync=npx.waitall,
+                              clock=args.clock)
+        for path, (step_seconds,) in zip(order, seconds):
+            if index >= args.warmup:
+                times[path].append(step_seconds)
+            mlm_sum, nsp_sum, num_real_preds = sums[path]
             losses[path].append((mlm_sum.item() / num_real_preds, nsp_sum.item() / args.batch_size))
-    step_seconds = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
 
     # Profile: each graph traced again without bulk execution, so that the profiler sees every
     # operator (bulked segments are reported as one entry); the timings above are with bulking.
@@ -261,67 +265,78 @@ def measure(args):
 
     gemms = model_gemms(args.batch_size, args.max_len, num_preds, vocab_size, args.num_hiddens,
                         args.ffn_num_hiddens, args.num_heads, args.num_layers)
-    step_flops = 3 * sum(gemm_flops(kind, shape) * count for _, kind, shape, count in gemms)
-    gemm_seconds = {name: gemm_shape_seconds(kind, shape) * count for name, kind, shape, count in gemms}
-    peak = peak_gemm_rate()
-    per_path = {}
-    for path in paths:
-        seconds = step_seconds[path]
-        per_path[path] = {
-            "step_ms": 1e3 * seconds,
-            "sequences_per_s": args.batch_size / seconds,
-            "achieved_gflops": step_flops / seconds / 1e9,
-            "mfu_vs_peak": step_flops / seconds / peak,
-            "mfu_vs_gemm_shapes": sum(gemm_seconds.values()) / seconds,
-            "first_losses": onp.mean(losses[path][:3], axis=0).round(3).tolist(),
-            "last_losses": onp.mean(losses[path][-3:], axis=0).round(3).tolist(),
-            "profile": [(name, round(ms, 2), round(count, 1)) for name, ms, count in
-                        profiles.get(path, [])],
-            "profile_total_ms": profile_totals.get(path, 0.0),
-        }
-    return {
-        "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
+    result = {
         "count_correct": args.count_correct,
         "vocab_size": vocab_size,
         "kernels": kernels.load().reason,
-        "paths": per_path,
-        "step_gflop": step_flops / 1e9,
-        "peak_gemm_gflops": peak / 1e9,
-        "gemm_shapes_ms": 1e3 * sum(gemm_seconds.values()),
-        "gemm_bound_sequences_per_s": args.batch_size / sum(gemm_seconds.values()),
-        "gemm_shapes_breakdown_ms": {k: round(1e3 * v, 1) for k, v in gemm_seconds.items()},
+        "step_gflop": 3 * sum(gemm_flops(kind, shape) * count for _, kind, shape, count in gemms) / 1e9,
+        "paths": {path: {
+            "step_seconds": times[path],
+            "first_losses": onp.mean(losses[path][:3], axis=0).round(3).tolist(),
+            "last_losses": onp.mean(losses[path][-3:], axis=0).round(3).tolist(),
+            "profile": [(name, round(ms, 2), round(count, 1)) for name, ms, count in profiles.get(path, [])],
+            "profile_total_ms": profile_totals.get(path, 0.0),
+        } for path in paths},
     }
+    if args.ceilings:
+        gemm_seconds = {name: gemm_shape_seconds(kind, shape) * count for name, kind, shape, count in gemms}
+        result.update(peak_gemm_gflops=peak_gemm_rate() / 1e9, gemm_shapes_ms=1e3 * sum(gemm_seconds.values()),
+                      gemm_shapes_breakdown_ms={k: round(1e3 * v, 1) for k, v in gemm_seconds.items()})
+    return result
 
 
-def report(result):
-    counts = "with" if result["count_correct"] else "without"
-    paths = result["paths"]
-    print(f"--- OMP_NUM_THREADS={result['threads']} (vocab {result['vocab_size']}, loss in the graph, "
-          f"{counts} accuracy counts; kernels: {result['kernels']})")
-    print(f"  {result['step_gflop']:.1f} GFLOP per step (forward+backward); ceiling 1, large "
-          f"float32 FullyConnected: {result['peak_gemm_gflops']:.1f} GFLOP/s; ceiling 2, the "
-          f"model's GEMM shapes alone (fwd+bwd): {result['gemm_shapes_ms']:.0f} ms per step "
-          f"(<= {result['gemm_bound_sequences_per_s']:.0f} sequences/s)")
-    print(f"    {result['gemm_shapes_breakdown_ms']}")
-    for path, r in paths.items():
-        falls = r["last_losses"][0] < r["first_losses"][0] - 1.0
-        print(f"  {path:>8}: step {r['step_ms']:.0f} ms = {r['sequences_per_s']:.0f} sequences/s, "
-              f"{r['achieved_gflops']:.1f} GFLOP/s, utilisation {100 * r['mfu_vs_peak']:.1f}% of "
-              f"ceiling 1, {100 * r['mfu_vs_gemm_shapes']:.1f}% of ceiling 2")
-        print(f"            (MLM, NSP) loss, first 3 steps {r['first_losses']} -> last 3 "
-              f"{r['last_losses']}: the MLM loss "
-              f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
-    if "kernels" in paths:
-        print(f"  speed-up of the kernels: x{paths['builtin']['step_ms'] / paths['kernels']['step_ms']:.2f}"
-              f" over builtin, x{paths['previous']['step_ms'] / paths['kernels']['step_ms']:.2f} over "
-              "the previous per-op kernels")
-    for path, r in paths.items():
-        if not r["profile"]:
-            continue
-        print(f"  top operators, {path} path (profiler, no bulk execution; ms and calls per step; "
-              f"all operators {r['profile_total_ms']:.0f} ms per step):")
-        for name, ms, count in r["profile"]:
-            print(f"    {ms:8.2f} ms  {count:5.1f}x  {name}")
+def report(threads, runs, batch_size, clock):
+    """Print the results of one thread count: ``runs`` maps a library name to its children's results; step
+    times are in ``clock`` seconds (speeds from CPU seconds count the work of all threads)."""
+    first = next(iter(runs.values()))[0]
+    counts = "with" if first["count_correct"] else "without"
+    print(f"--- OMP_NUM_THREADS={threads} (vocab {first['vocab_size']}, loss in the graph, {counts} accuracy "
+          f"counts; kernels: {first['kernels']})")
+    ceilings = next((r for results in runs.values() for r in results if "peak_gemm_gflops" in r), None)
+    print(f"  {first['step_gflop']:.1f} GFLOP per step (forward+backward)", end="")
+    if ceilings:
+        print(f"; ceiling 1, large float32 FullyConnected: {ceilings['peak_gemm_gflops']:.1f} GFLOP/s; ceiling 2, "
+              f"the model's GEMM shapes alone (fwd+bwd): {ceilings['gemm_shapes_ms']:.0f} ms per step (<= "
+              f"{1e3 * batch_size / ceilings['gemm_shapes_ms']:.0f} sequences/s)\n    "
+              f"{ceilings['gemm_shapes_breakdown_ms']}")
+    else:
+        print()
+    step_ms = {}
+    for name, results in runs.items():
+        paths = results[0]["paths"]
+        for path in paths:
+            pooled = [t for r in results for t in r["paths"][path]["step_seconds"]]
+            per_round = [1e3 * statistics.median(r["paths"][path]["step_seconds"]) for r in results]
+            step_ms[name, path] = ms = 1e3 * statistics.median(pooled)
+            last = results[-1]["paths"][path]
+            line = (f"  {name} {path:>7}: step {ms:.0f} ms of {clock} time (median of {len(pooled)} steps; per round "
+                    f"{', '.join(f'{m:.0f}' for m in per_round)}) = {batch_size / ms * 1e3:.0f} sequences/s, "
+                    f"{first['step_gflop'] / ms * 1e3:.1f} GFLOP/s")
+            if ceilings and clock == "wall":  # the ceilings are wall-clock rates
+                line += (f", utilisation {100 * first['step_gflop'] / ms * 1e3 / ceilings['peak_gemm_gflops']:.1f}% "
+                         f"of ceiling 1, {100 * ceilings['gemm_shapes_ms'] / ms:.1f}% of ceiling 2")
+            print(line)
+            falls = last["last_losses"][0] < last["first_losses"][0] - 1.0
+            print(f"            (MLM, NSP) loss, first 3 steps {last['first_losses']} -> last 3 "
+                  f"{last['last_losses']}: the MLM loss "
+                  f"{'falls, the model trains' if falls else 'does NOT fall: this speed is meaningless'}")
+        if "fused" in paths:
+            print(f"  {name}: speed-up of the kernels x{step_ms[name, 'builtin'] / step_ms[name, 'fused']:.2f} "
+                  "over builtin")
+    names = list(runs)
+    for path in ("fused", "builtin"):
+        if len(names) == 2 and (names[0], path) in step_ms and (names[1], path) in step_ms:
+            now, before = step_ms[names[0], path], step_ms[names[1], path]
+            print(f"  {path}: {names[0]} {batch_size / now * 1e3:.0f} sequences/s, {names[1]} "
+                  f"{batch_size / before * 1e3:.0f}: step time ratio {now / before:.3f} (< 1: faster now)")
+    for name, results in runs.items():
+        for path, r in results[0]["paths"].items():
+            if not r["profile"]:
+                continue
+            print(f"  top operators, {name} {path} path (profiler, no bulk execution; ms and calls per step; "
+                  f"all operators {r['profile_total_ms']:.0f} ms per step):")
+            for op, ms, count in r["profile"]:
+                print(f"    {ms:8.2f} ms  {count:5.1f}x  {op}")
 
 
 def main():
@@ -339,20 +354,36 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-check-token-ids", action="store_true")
     parser.add_argument("--profile-steps", type=int, default=3,
-                        help="steps of each path run under the profiler (0: no profile)")
+                        help="steps of each path run under the profiler, in the first run of this checkout "
+                             "(0: no profile)")
     parser.add_argument("--profile-top", type=int, default=12, help="operators listed per path")
     parser.add_argument("--count-correct", action="store_true",
                         help="also count correct MLM/NSP predictions (the arg-max costs ~3%%)")
+    add_clock_argument(parser, "steps")
+    add_baseline_arguments(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ceilings", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args)))
         return
-    for threads in args.threads:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        output = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *sys.argv[1:]],
-                                env=env, check=True, capture_output=True, text=True).stdout
-        report(json.loads(output.strip().splitlines()[-1]))
+    clock = use_clock(args.clock)
+    header(__doc__.splitlines()[0])
+    print(f"threads {args.threads}, batch {args.batch_size}, max_len {args.max_len}, {args.warmup} + "
+          f"{args.steps} steps per path and round, {args.rounds} round(s), {clock}", flush=True)
+    options = ["--batch-size", args.batch_size, "--max-len", args.max_len, "--num-hiddens", args.num_hiddens,
+               "--ffn-num-hiddens", args.ffn_num_hiddens, "--num-heads", args.num_heads, "--num-layers",
+               args.num_layers, "--vocab-size", args.vocab_size, "--lr", args.lr, "--warmup", args.warmup,
+               "--steps", args.steps, "--profile-top", args.profile_top, "--clock", args.clock]
+    options += ["--no-check-token-ids"] * args.no_check_token_ids + ["--count-correct"] * args.count_correct
+    with sources(args.baseline) as versions:
+        for threads in args.threads:
+            runs = {source.name: [] for source in versions}
+            for index, source in alternating(versions, args.rounds):
+                first = index == 0 and source is versions[0]  # profile and ceilings once
+                extra = ["--profile-steps", args.profile_steps if first else 0] + ["--ceilings"] * first
+                runs[source.name].append(child_json([__file__, "--child", *options, *extra], threads, source))
+            report(threads, runs, args.batch_size, args.clock)
 
 
 if __name__ == "__main__":

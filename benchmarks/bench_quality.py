@@ -36,9 +36,10 @@ import json
 import os
 import pathlib
 import resource
-import subprocess
 import sys
 import tempfile
+
+from common import header, import_library, run_child
 
 # The issue's best probe: the original BERT's architecture and initialisation, batch 128, lr 3e-3,
 # 10% warm-up, linear decay, dynamic masking; 500 steps (what a shared 2-core machine allowed).
@@ -151,6 +152,7 @@ def crane_cosine(net, vocab):
 
 def run_one(args):
     """In a fresh process: run recipe ``args.run`` as the example does, then evaluate; write its JSON."""
+    import_library()
     import logging
     from bertpretrain.data import Vocab, load_data_wiki
     from bertpretrain.model import load_pretrained
@@ -241,10 +243,11 @@ def main():
     if args.run:
         return run_one(args)
     names = args.recipe or ["d2l", "default"]
+    header(__doc__.splitlines()[0])
     if not args.table_only:
         for name in names:
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, __file__, "--run", name, *_forwarded(args)], check=True)
+            run_child([__file__, "--run", name, *_forwarded(args)], capture=False)
     results = []
     for name in names:
         path = pathlib.Path(args.results, f"{name}.json")

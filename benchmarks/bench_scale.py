@@ -17,59 +17,56 @@ anonymous memory and file-backed pages (the memory-mapped cache, which the kerne
     python benchmarks/bench_scale.py [--words 100e6] [--formats wikitext bert] [--workdir /tmp/bertpretrain-scale]
 
 Targets on the 2-core reference machine: cold build under 3 minutes with peak RSS under 1 GB in both
-formats; a warm start under 5 s. This script is self-contained (standard library and bertpretrain).
+formats; a warm start under 5 s.
 """
 import argparse
 import json
 import pathlib
 import random
 import re
+import resource
 import shutil
-import subprocess
-import sys
 import time
 
-TESTS_DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
-WIKITEXT_SPLITS = TESTS_DATA / "wikitext-2"  # the real valid + test splits
-BERT_TEXT = TESTS_DATA / "grimms-fairy-tales" / "train.txt"
+from common import TEST_DATA, WIKITEXT2, child_json, header, import_library
 
-# Prints one JSON line: seconds to the first batch (or to the end of training), import time, sizes, memory.
-CHILD = """
-import json, resource, sys, time
-job = json.loads(sys.argv[1])
-start = time.perf_counter()
-import bertpretrain
-from bertpretrain.data import load_data_text, load_data_wiki, load_tokenizer, train_wordpiece
-imported = time.perf_counter()
-result = {}
-if job["step"] == "tokenizer":
-    tokenizer = train_wordpiece(job["corpus"], vocab_size=30522)
-    tokenizer.save(job["tokenizer"])
-    result["vocab"] = len(tokenizer)
-else:
-    if job["format"] == "wikitext":
-        loader, vocab = load_data_wiki(512, 64, data_dir=job["data_dir"], cache=True, cache_dir=job["cache_dir"],
-                                       seed=0)
+BERT_TEXT = TEST_DATA / "grimms-fairy-tales" / "train.txt"
+
+def run_job(job):
+    """In a fresh child: one step of ``job``; seconds to the first batch (or to the end of training),
+    import time, sizes, memory."""
+    start = time.perf_counter()
+    import_library()
+    from bertpretrain.data import load_data_text, load_data_wiki, load_tokenizer, train_wordpiece
+    imported = time.perf_counter()
+    result = {}
+    if job["step"] == "tokenizer":
+        tokenizer = train_wordpiece(job["corpus"], vocab_size=30522)
+        tokenizer.save(job["tokenizer"])
+        result["vocab"] = len(tokenizer)
     else:
-        loader, vocab = load_data_text(job["corpus"], 512, 128, text_format="bert",
-                                       tokenizer=load_tokenizer(job["tokenizer"])[0], cache=True,
-                                       cache_dir=job["cache_dir"], seed=0)
-    next(iter(loader))
-    result.update(examples=len(loader.dataset), tokens=len(loader.dataset.token_ids), vocab=len(vocab))
-done = time.perf_counter()
-status = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in open("/proc/self/status")
-          if line.startswith(("VmHWM", "RssAnon", "RssFile"))}
-usage = resource.getrusage(resource.RUSAGE_SELF)
-result.update(import_s=imported - start, seconds=done - imported, cpu_s=usage.ru_utime + usage.ru_stime,
-              peak_rss_mb=status["VmHWM"],
-              anon_mb=status["RssAnon"], file_mb=status["RssFile"])
-print(json.dumps(result))
-"""
+        if job["format"] == "wikitext":
+            loader, vocab = load_data_wiki(512, 64, data_dir=job["data_dir"], cache=True, cache_dir=job["cache_dir"],
+                                           seed=0)
+        else:
+            loader, vocab = load_data_text(job["corpus"], 512, 128, text_format="bert",
+                                           tokenizer=load_tokenizer(job["tokenizer"])[0], cache=True,
+                                           cache_dir=job["cache_dir"], seed=0)
+        next(iter(loader))
+        result.update(examples=len(loader.dataset), tokens=len(loader.dataset.token_ids), vocab=len(vocab))
+    done = time.perf_counter()
+    with open("/proc/self/status") as f:
+        status = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f
+                  if line.startswith(("VmHWM", "RssAnon", "RssFile"))}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(import_s=imported - start, seconds=done - imported, cpu_s=usage.ru_utime + usage.ru_stime,
+                  peak_rss_mb=status["VmHWM"], anon_mb=status["RssAnon"], file_mb=status["RssFile"])
+    return result
 
 
 def build_wikitext(target_words, path, seed=0):
     """Write ~target_words words of WikiText-2 articles, each copy shuffled at the article level."""
-    text = "".join((WIKITEXT_SPLITS / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("valid", "test"))
+    text = "".join((WIKITEXT2 / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("valid", "test"))
     articles = re.split(r"(?m)^(?= = [^=].* = \n)", text)
     return _replicate(articles, "", len(text.split()), target_words, path, seed)
 
@@ -91,28 +88,17 @@ def _replicate(parts, separator, words_per_copy, target_words, path, seed):
     return copies * words_per_copy
 
 
-def run_child(job):
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def cpu_name():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown CPU"
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return (f"{fields.get('Model name', '?').strip()} (cpu family {fields.get('CPU family', '?').strip()}, "
-            f"{fields.get('CPU(s)', '?').strip()} CPUs)")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=float, default=100e6)
     parser.add_argument("--formats", nargs="+", choices=("wikitext", "bert"), default=["wikitext", "bert"])
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/bertpretrain-scale"))
+    parser.add_argument("--child", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"{cpu_name()}; {time.strftime('%Y-%m-%d %H:%M')}")
+    if args.child:
+        print(json.dumps(run_job(json.loads(args.child))))
+        return
+    header(f"{__doc__.splitlines()[0]} ({time.strftime('%Y-%m-%d %H:%M')})")
     for text_format in args.formats:
         work = args.workdir / text_format
         shutil.rmtree(work, ignore_errors=True)
@@ -126,7 +112,7 @@ def main():
                "cache_dir": str(work / "cache"), "tokenizer": str(work / "tokenizer.json")}
         steps = (["tokenizer"] if text_format == "bert" else []) + ["cold", "warm"]
         for step in steps:
-            r = run_child(dict(job, step=step))
+            r = child_json([__file__, "--child", json.dumps(dict(job, step=step))])
             what = "trained" if step == "tokenizer" else "to the first batch"
             line = (f"  {step}: {r['seconds']:.1f} s {what} (+{r['import_s']:.1f} s import; {r['cpu_s']:.1f} CPU s in "
                     f"all threads), peak RSS {r['peak_rss_mb']:.0f} MB")

@@ -1,9 +1,8 @@
 """train_bert's overhead: its sequences/s against the bare hybridized step, and its peak RSS, per backend.
 
 Both run d2l's configuration (batch 512, max_len 64, small BERT, Adam) on the real WikiText-2
-validation + test splits, once per backend of the op layer: "fused" (the new kernels: fused
-attention and MLM decoder), "fused-v1" (the previous per-op kernels) and "builtin" (MXNet's
-operators), all in the same run:
+validation + test splits, once per backend of the op layer: "fused" (the fused kernels) and
+"builtin" (MXNet's operators), all in the same run:
 - the bare step: forward + backward + update of the hybridized model with in-graph losses,
   reading the loss once per step (what any loop must do to log it);
 - ``train_bert``: the library loop, data loading, seeding, metrics, history and progress included.
@@ -13,9 +12,15 @@ batch iterator given to ``train_bert`` runs one bare step before handing over ea
 (``waitall``), in wall-clock and in process CPU seconds. The CPU time is what to compare on a
 shared machine: OpenMP threads wait passively here (``OMP_WAIT_POLICY=PASSIVE`` unless set), so a
 neighbour's load stretches the wall-clock time of a step (1.2 s to 5 s on 2 shared cores) but
-hardly its CPU time. Peak RSS is that of a fresh process running ``train_bert`` alone, per backend.
+hardly its CPU time. Each round runs in a fresh process; peak RSS is that of a fresh process
+running ``train_bert`` alone, per backend.
+
+With ``--baseline REF`` the rounds also run on the library of commit REF (checked out into a
+temporary git worktree, see benchmarks/common.py), taking turns with this checkout's, and
+``train_bert``'s step now is set against REF's.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--steps 20] [--rounds 3] [--backends fused builtin]
+        [--baseline c41b35a]
 
 Targets: train_bert within 5% of the bare step; peak RSS under 1 GB.
 """
@@ -23,13 +28,13 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 
-SPLITS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "wikitext-2"  # the real valid + test splits
+from common import WIKITEXT2, add_baseline_arguments, alternating, child_json, clocks, header, import_library, sources
+
+BACKENDS = ("fused", "builtin")
 
 
 def make_data(folder, splits):
@@ -38,11 +43,6 @@ def make_data(folder, splits):
 
 
 SKIPPED = 2  # the first steps of a new model build its graph and fill its memory
-
-
-def clocks():
-    """(wall, process CPU) seconds now."""
-    return time.perf_counter(), time.process_time()
 
 
 def lockstep(loader, vocab, backend, steps):
@@ -97,70 +97,87 @@ def lockstep(loader, vocab, backend, steps):
     return ({name: times[name][SKIPPED:SKIPPED + steps] for name in times}, history["mlm_loss"])
 
 
-def measure_speed(args, folder):
-    """{backend: (per-step medians {"bare": (wall, cpu), "train_bert": (wall, cpu)}, median of the per-step
-    ratios train_bert / bare as (wall, cpu), train_bert's mlm losses)}, over ``args.rounds`` lockstep runs."""
-    from bertpretrain.data import load_data_wiki  # first: bertpretrain's numpy fixes precede MXNet's import
+def measure_speed(args):
+    """In a child: one lockstep run per backend; {backend: {"bare": [(wall, cpu), ...], "train_bert": [...],
+    "mlm_loss": [...]}}."""
+    import_library()  # first: bertpretrain's numpy fixes precede MXNet's import
+    from bertpretrain.data import load_data_wiki
 
-    loader, vocab = load_data_wiki(512, 64, data_dir=folder, seed=0, drop_last=True)
-    pooled = {backend: {"bare": [], "train_bert": []} for backend in args.backends}
-    losses = {}
-    for _ in range(args.rounds):
-        for backend in args.backends:
-            times, losses[backend] = lockstep(loader, vocab, backend, args.steps)
-            for name, steps in times.items():
-                pooled[backend][name].extend(steps)
+    loader, vocab = load_data_wiki(512, 64, data_dir=args.data_dir, seed=0, drop_last=True)
     results = {}
-    for backend, times in pooled.items():
-        medians = {name: tuple(statistics.median(t[i] for t in steps) for i in (0, 1))
-                   for name, steps in times.items()}
-        ratios = tuple(statistics.median(loop[i] / bare[i] for loop, bare in zip(times["train_bert"], times["bare"]))
-                       for i in (0, 1))
-        results[backend] = (medians, ratios, losses[backend])
+    for backend in args.backends:
+        times, losses = lockstep(loader, vocab, backend, args.steps)
+        results[backend] = dict(times, mlm_loss=list(losses))
     return results
 
 
-RSS_CHILD = """
-import json, resource, sys
-import bertpretrain  # its numpy fixes first
-import mxnet as mx
-from bertpretrain.data import load_data_wiki
-from bertpretrain.model import BERTModel
-from bertpretrain.train import train_bert
-loader, vocab = load_data_wiki(512, 64, data_dir=sys.argv[1], seed=0)
-train_bert(loader, BERTModel(len(vocab), backend=sys.argv[3]), devices=[mx.cpu()], num_steps=int(sys.argv[2]),
-           progress=False, seed=0)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-"""
+def measure_rss(args):
+    """In a child, alone: ``train_bert`` for ``args.steps`` steps on ``args.backends[0]``; its peak RSS in MB."""
+    import_library()
+    import mxnet as mx
+    from bertpretrain.data import load_data_wiki
+    from bertpretrain.model import BERTModel
+    from bertpretrain.train import train_bert
+    loader, vocab = load_data_wiki(512, 64, data_dir=args.data_dir, seed=0)
+    train_bert(loader, BERTModel(len(vocab), backend=args.backends[0]), devices=[mx.cpu()], num_steps=args.steps,
+               progress=False, seed=0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def summarise(rounds):
+    """Pool the children's lockstep runs of one library: {backend: (per-step medians {"bare": (wall, cpu),
+    "train_bert": (wall, cpu)}, median of the per-step ratios train_bert / bare as (wall, cpu), mlm losses)}."""
+    results = {}
+    for backend in rounds[0]:
+        steps = {name: [tuple(t) for r in rounds for t in r[backend][name]] for name in ("bare", "train_bert")}
+        medians = {name: tuple(statistics.median(t[i] for t in times) for i in (0, 1)) for name, times in steps.items()}
+        ratios = tuple(statistics.median(loop[i] / bare[i] for loop, bare in zip(steps["train_bert"], steps["bare"]))
+                       for i in (0, 1))
+        results[backend] = (medians, ratios, rounds[-1][backend]["mlm_loss"])
+    return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--data-dir", default=SPLITS, help="folder with wiki.valid.tokens and wiki.test.tokens")
-    parser.add_argument("--backends", nargs="+", default=["fused", "fused-v1", "builtin"],
-                        choices=["fused", "fused-v1", "builtin"],
-                        help="op-layer backends to compare: new kernels, previous kernels, builtin")
+    parser.add_argument("--data-dir", default=str(WIKITEXT2), help="folder with wiki.valid.tokens and wiki.test.tokens")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
+                        help="op-layer backends to compare: the fused kernels, MXNet's builtin operators")
+    add_baseline_arguments(parser, rounds=3)
+    parser.add_argument("--child", choices=["speed", "rss"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure_speed(args) if args.child == "speed" else measure_rss(args)))
+        return
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before MXNet starts OpenMP: CPU time is work, not spinning
-    with tempfile.TemporaryDirectory() as folder:
-        make_data(folder, args.data_dir)
-        # First, while this process is small: a child's peak RSS counts the pages it inherits at fork.
-        rss = {backend: json.loads(subprocess.run(
-            [sys.executable, "-c", RSS_CHILD, folder, str(args.steps), backend], check=True,
-            capture_output=True, text=True).stdout.strip().splitlines()[-1]) for backend in args.backends}
-        results = measure_speed(args, folder)
+    header(__doc__.splitlines()[0])
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (MXNet: 1)')}, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, batch 512, max_len 64, "
-          f"{args.rounds} x {args.steps} steps each, medians per step")
-    for backend, (medians, (wall_ratio, cpu_ratio), losses) in results.items():
-        (bare_wall, bare_cpu), (loop_wall, loop_cpu) = medians["bare"], medians["train_bert"]
-        print(f"[{backend}] bare hybridized step: {512 / bare_wall:.0f} seq/s, {bare_cpu:.3f} CPU s; train_bert: "
-              f"{512 / loop_wall:.0f} seq/s, {loop_cpu:.3f} CPU s; train_bert's step costs "
-              f"{100 * (cpu_ratio - 1):+.1f}% CPU time ({100 * (wall_ratio - 1):+.1f}% wall-clock) against the bare "
-              f"step's; MLM loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps; peak RSS of a "
-              f"train_bert process ({args.steps} steps): {rss[backend]:.0f} MB")
+          f"{args.rounds} x {args.steps} steps each, medians per step", flush=True)
+    child = [__file__, "--steps", args.steps]
+    with tempfile.TemporaryDirectory() as folder, sources(args.baseline) as versions:
+        make_data(folder, args.data_dir)
+        child += ["--data-dir", folder]
+        rss = {(source.name, backend): child_json(child + ["--child", "rss", "--backends", backend], source=source)
+               for source in versions for backend in args.backends}
+        rounds = {source.name: [] for source in versions}
+        for _, source in alternating(versions, args.rounds):
+            rounds[source.name].append(child_json(child + ["--child", "speed", "--backends", *args.backends],
+                                                  source=source))
+    loop_cpu = {}
+    for name, results in rounds.items():
+        for backend, (medians, (wall_ratio, cpu_ratio), losses) in summarise(results).items():
+            (bare_wall, bare_cpu), (loop_wall, loop_cpu[name, backend]) = medians["bare"], medians["train_bert"]
+            print(f"[{name} {backend}] bare hybridized step: {512 / bare_wall:.0f} seq/s, {bare_cpu:.3f} CPU s; "
+                  f"train_bert: {512 / loop_wall:.0f} seq/s, {loop_cpu[name, backend]:.3f} CPU s; train_bert's step "
+                  f"costs {100 * (cpu_ratio - 1):+.1f}% CPU time ({100 * (wall_ratio - 1):+.1f}% wall-clock) against "
+                  f"the bare step's; MLM loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps; peak RSS "
+                  f"of a train_bert process ({args.steps} steps): {rss[name, backend]:.0f} MB")
+    names = list(rounds)
+    for backend in args.backends if len(names) == 2 else []:
+        now, before = loop_cpu[names[0], backend], loop_cpu[names[1], backend]
+        print(f"[{backend}] train_bert's step: {now:.3f} CPU s with {names[0]}, {before:.3f} with {names[1]}: "
+              f"ratio {now / before:.3f} (< 1: faster now)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """The on-disk cache of encoded corpora: reused without re-reading, rebuilt when stale or corrupt."""
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -62,6 +64,20 @@ def test_corrupt_or_incomplete_entries_are_rebuilt(corpus_file, tmp_path, caplog
     _same(reference, rebuilt)
     assert "rebuilding" in caplog.text
     _same(reference, load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path))  # and now valid again
+
+
+def test_an_entry_from_before_manifests_is_still_used(corpus_file, tmp_path, monkeypatch, caplog):
+    """An entry written by c41b35a or before (meta.json files as [size, sha1]) is checked and used, not rebuilt."""
+    reference = load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path)
+    entry = os.path.join(tmp_path, "preprocessed", _entries(tmp_path)[0])
+    meta = json.loads(open(os.path.join(entry, "meta.json")).read())
+    meta["files"] = {name: [os.path.getsize(os.path.join(entry, name)),
+                            hashlib.sha1(open(os.path.join(entry, name), "rb").read()).hexdigest()]
+                     for name in meta["files"]}
+    open(os.path.join(entry, "meta.json"), "w").write(json.dumps(meta))
+    monkeypatch.setattr(EncodedCorpus, "read", None)  # encoding again would fail
+    _same(reference, load_encoded_corpus(corpus_file, cache=True, cache_dir=tmp_path))
+    assert "rebuilding" not in caplog.text
 
 
 def test_key_changes_with_the_text_and_the_options(corpus_file, tmp_path):

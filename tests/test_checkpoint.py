@@ -43,11 +43,38 @@ def checkpoints(saved, tmp_path):
     return folder
 
 
-def test_state_records_the_sha256_of_every_checkpoint_file(checkpoints):
+def test_state_records_the_size_and_sha256_of_every_checkpoint_file(checkpoints):
     state = json.loads((checkpoints / "step-00000004" / "state.json").read_text())
     assert sorted(state["files"]) == ["config.json", "model.params", "trainer.states", "vocab.json"]
     params = (checkpoints / "step-00000004" / "model.params").read_bytes()
-    assert state["files"]["model.params"] == hashlib.sha256(params).hexdigest()
+    assert state["files"]["model.params"] == {"size": len(params), "sha256": hashlib.sha256(params).hexdigest()}
+
+
+def as_format_v2(folder):
+    """Rewrite the state.json of checkpoint ``folder`` as c41b35a wrote it: format v2, each file by its SHA-256."""
+    path = folder / "state.json"
+    state = json.loads(path.read_text())
+    state.update(format="bertpretrain-checkpoint-v2",
+                 files={name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in state["files"]})
+    path.write_text(json.dumps(state))
+
+
+def test_a_checkpoint_of_format_v2_resumes(checkpoints):
+    for step in (2, 4):
+        as_format_v2(checkpoints / f"step-{step:08d}")
+    history = train(checkpoints, 6, resume=True)
+    assert history["step"] == list(range(1, 7))
+    assert json.loads((checkpoints / "step-00000006" / "state.json").read_text())["format"] == ckpt.FORMAT
+
+
+def test_a_damaged_checkpoint_of_format_v2_is_refused(checkpoints):
+    for step in (2, 4):
+        as_format_v2(checkpoints / f"step-{step:08d}")
+    flip_bytes(checkpoints / "step-00000004" / "model.params")
+    with pytest.raises(CheckpointError, match=f"{checkpoints / 'step-00000004' / 'model.params'} cannot be "
+                                              "trusted: its SHA-256 differs.*previous complete checkpoint is "
+                                              f"{checkpoints / 'step-00000002'}"):
+        train(checkpoints, 6, resume=True)
 
 
 @pytest.mark.parametrize("options, differences", [

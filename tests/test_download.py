@@ -1,5 +1,6 @@
 """The whole download path against a loopback HTTP server serving archives built from real WikiText-2."""
 import hashlib
+import json
 import http.server
 import io
 import os
@@ -271,6 +272,30 @@ def test_verify_rehashes_files_whose_size_and_mtime_were_restored(register, serv
     assert download_extract("test-wiki", cache_dir=tmp_path, verify=True) == folder
     assert server.requests == ["/wikitext-2-v1.zip"] * 2
     assert open(path, "rb").read() == data
+
+
+@pytest.mark.parametrize("stamp", ["before manifests", "unreadable"])
+def test_a_stamp_of_an_older_layout_or_unreadable_is_never_a_crash(register, server, tmp_path, monkeypatch, stamp):
+    """A verified folder stamped by c41b35a or before ({file: [size, mtime_ns, sha1]}) is still trusted without
+    hashing; an unreadable stamp makes it hashed, then trusted, without the network either way."""
+    from bertpretrain import files
+    register("/wikitext-2-v1.zip")
+    folder = download_extract("test-wiki", cache_dir=tmp_path)
+    expected = DATA_HUB["test-wiki"].files
+    if stamp == "before manifests":
+        old = {}
+        for name, sha1 in expected.items():
+            info = os.stat(os.path.join(folder, name))
+            old[name] = [info.st_size, info.st_mtime_ns, sha1]
+        open(os.path.join(folder, ".verified.json"), "w").write(json.dumps(old))
+    else:
+        open(os.path.join(folder, ".verified.json"), "w").write('{"files": ')
+    hashed = []
+    real_digest = files.file_digest
+    monkeypatch.setattr(files, "file_digest", lambda path, *a, **k: hashed.append(path) or real_digest(path, *a, **k))
+    assert download_extract("test-wiki", cache_dir=tmp_path) == folder
+    assert server.requests == ["/wikitext-2-v1.zip"]
+    assert len(hashed) == (0 if stamp == "before manifests" else len(expected))
 
 
 def test_verify_data_flag_reaches_the_download(register, server, tmp_path, monkeypatch):

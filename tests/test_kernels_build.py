@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
+from bertpretrain import files
 from bertpretrain.kernels import build
 
 SRC = Path(bertpretrain.__file__).resolve().parent.parent
@@ -88,7 +89,8 @@ def _library_files(cache):
     return sorted(p.name for p in cache.iterdir() if p.name != ".build.lock")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage of the same size", "no record"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage of the same size", "no record",
+                                    "a record from before manifests"])
 def test_damaged_cached_library_is_rebuilt_with_one_log_line(fake_cxx, sources, tmp_path, caplog, damage):
     cache = tmp_path / "cache"
     library = build.build(sources, cache)
@@ -97,8 +99,11 @@ def test_damaged_cached_library_is_rebuilt_with_one_log_line(fake_cxx, sources, 
         os.truncate(library, 3)
     elif damage == "garbage of the same size":
         library.write_bytes(b"\x7fELF" + b"\0" * (len(good) - 4))
-    else:
+    elif damage == "no record":
         build.record_path(library).unlink()
+    else:  # the layout of c41b35a and before: {"size": ..., "sha256": ...}
+        build.record_path(library).write_text(json.dumps(
+            {"size": len(good), "sha256": hashlib.sha256(good).hexdigest()}))
     caplog.set_level(logging.INFO, logger="bertpretrain.kernels")
     assert build.build(sources, cache) == library and fake_cxx() == 2
     assert library.read_bytes() == good
@@ -259,8 +264,7 @@ done
     (library,) = (tmp_path / "home" / "kernels").glob("*.so")
     garbage = b"\x7fELF, or so it says" * 1000
     library.write_bytes(garbage)
-    build.record_path(library).write_text(json.dumps({"size": len(garbage),
-                                                      "sha256": hashlib.sha256(garbage).hexdigest()}))
+    files.write_manifest(build.record_path(library), {library.name: files.file_record(library)})
 
     out = probe(tmp_path, CXX=str(script))
     assert "AVAILABLE True" in out and compiles() == 2

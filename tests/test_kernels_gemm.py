@@ -1,5 +1,7 @@
 """bp::sgemm and bp::sgemm_serial (kernels/gemm.cc) against numpy, through their C entry points
-``bp_sgemm`` and ``bp_sgemm_serial`` (ctypes).
+``bp_sgemm`` and ``bp_sgemm_serial`` (ctypes); and the bfloat16 GEMMs bp::gemm_bf16 and
+bp::gemm_bf16_serial (``bp_gemm_bf16``, ``bp_gemm_bf16_serial``, built only for a target with
+AVX512_BF16) against numpy on the same inputs rounded to bfloat16.
 
 Every combination of transposes, sizes that are not multiples of the micro-tile (1, 7, 129, ...)
 or that need several depth and column blocks (k > 512, n > 1024), alpha and beta, leading
@@ -24,8 +26,8 @@ SHAPES = [(1, 1, 1), (7, 5, 3), (13, 33, 129), (129, 65, 7), (37, 1030, 9), (25,
 
 
 def library(path, name="bp_sgemm"):
-    """The function ``name`` (``bp_sgemm`` or ``bp_sgemm_serial``) of the kernel library at
-    ``path``, with its argument types."""
+    """The function ``name`` (``bp_sgemm``, ``bp_sgemm_serial``, ``bp_gemm_bf16`` or
+    ``bp_gemm_bf16_serial``) of the kernel library at ``path``, with its argument types."""
     fn = getattr(ctypes.CDLL(str(path)), name)
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
@@ -48,15 +50,32 @@ def padded(rng, rows, cols, pad):
     return rng.normal(size=(rows, cols + pad)).astype("float32")[:, :cols]
 
 
-def check(fn, m, n, k, trans_a, trans_b, alpha, beta, pad, seed=0):
-    """bp_sgemm against float64 numpy for one case; an AssertionError naming it if they differ."""
+def to_bfloat16(x):
+    """float32 ``x`` rounded to the nearest bfloat16 (ties to even), as float32 (no NaN here)."""
+    bits = x.astype(onp.float32).view(onp.uint32).astype(onp.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return rounded.astype(onp.uint32).view(onp.float32)
+
+
+def has_bf16(path):
+    """Whether the library at ``path`` was built with the bfloat16 GEMMs (``bp_has_bf16``)."""
+    return bool(ctypes.CDLL(str(path)).bp_has_bf16())
+
+
+def check(fn, m, n, k, trans_a, trans_b, alpha, beta, pad, seed=0, rounding=None):
+    """``fn`` against float64 numpy for one case; an AssertionError naming it if they differ.
+
+    ``rounding`` (e.g. :func:`to_bfloat16`) is applied to a and b for the reference: what a GEMM
+    with rounded operands and float32 accumulation must match to float32 accuracy.
+    """
     rng = onp.random.RandomState(seed)
     a = padded(rng, *((k, m) if trans_a else (m, k)), pad)
     b = padded(rng, *((n, k) if trans_b else (k, n)), pad)
     c = padded(rng, m, n, pad)
     if beta == 0.0:
         c[...] = onp.nan  # must be overwritten, never read
-    want = alpha * ((a.T if trans_a else a).astype("float64") @ (b.T if trans_b else b))
+    ra, rb = (a, b) if rounding is None else (rounding(a), rounding(b))
+    want = alpha * ((ra.T if trans_a else ra).astype("float64") @ (rb.T if trans_b else rb))
     if beta != 0.0:
         want += beta * c
     gemm(fn, trans_a, trans_b, a, b, c, alpha, beta)
@@ -65,10 +84,10 @@ def check(fn, m, n, k, trans_a, trans_b, alpha, beta, pad, seed=0):
     assert error < 1e-5, (m, n, k, trans_a, trans_b, alpha, beta, pad, error)
 
 
-def check_all(fn):
+def check_all(fn, rounding=None):
     for (m, n, k), trans_a, trans_b in itertools.product(SHAPES, (False, True), (False, True)):
-        check(fn, m, n, k, trans_a, trans_b, 1.0, 0.0, pad=0)
-        check(fn, m, n, k, trans_a, trans_b, -0.5, 2.0, pad=3)
+        check(fn, m, n, k, trans_a, trans_b, 1.0, 0.0, pad=0, rounding=rounding)
+        check(fn, m, n, k, trans_a, trans_b, -0.5, 2.0, pad=3, rounding=rounding)
 
 
 @pytest.mark.parametrize("name", ["bp_sgemm", "bp_sgemm_serial"])
@@ -127,3 +146,96 @@ def test_other_instruction_sets(tmp_path, isa_flags):
     if "-mno-avx512f" in isa_flags and "avx2" not in pathlib.Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU cannot run AVX2 code")
     check_all(library(target))
+
+
+@pytest.fixture
+def bf16_library(kernels_available):
+    """The kernel library's path when it has the bfloat16 GEMMs; skips the test otherwise."""
+    if not has_bf16(kernels_available.path):
+        pytest.skip("the kernels were built without AVX512_BF16 (this CPU lacks it)")
+    return kernels_available.path
+
+
+@pytest.mark.parametrize("name", ["bp_gemm_bf16", "bp_gemm_bf16_serial"])
+def test_bf16_all_transposes_odd_sizes_alpha_beta_and_leading_dimensions(bf16_library, name):
+    """Odd depths (an unpaired last depth), edges of 16-column and 16-pair blocks, several depth
+    blocks (k = 1030, 1100), every transpose: float32 accuracy on bfloat16-rounded operands."""
+    check_all(library(bf16_library, name), rounding=to_bfloat16)
+
+
+def test_bf16_rounds_its_operands(bf16_library):
+    """The bfloat16 GEMM really rounds: against the unrounded float32 product it is off by about
+    bfloat16's precision (2^-9 relative per operand), far more than float32 accumulation."""
+    with pytest.raises(AssertionError):
+        check(library(bf16_library, "bp_gemm_bf16"), 64, 64, 256, False, True, 1.0, 0.0, pad=0)
+    check(library(bf16_library, "bp_gemm_bf16"), 64, 64, 256, False, True, 1.0, 0.0, pad=0,
+          rounding=to_bfloat16)
+
+
+@pytest.mark.parametrize("shape", [(1000, 384, 128), (300, 300, 2000), (1500, 64, 3000),
+                                   (50, 30000, 160)],
+                         ids=["projection", "split-depth", "several-depth-blocks", "large-panels"])
+def test_bf16_model_shapes(bf16_library, shape):
+    """A projection of 1,000 tokens (and its gradients' forms), a weight gradient whose depth the
+    threads split, a product over several depth blocks with op(b) packed once, and few rows on a
+    large op(b) (> 8 MB packed: one row task, the threads sharing the columns, as the MLM
+    decoder's chunks)."""
+    fn = library(bf16_library, "bp_gemm_bf16")
+    for trans_a, trans_b in [(False, True), (False, False), (True, False)]:
+        check(fn, *shape, trans_a, trans_b, 1.0, 0.0, pad=0, rounding=to_bfloat16)
+
+
+def test_bf16_bias_and_packed_operand(bf16_library):
+    """The dense layer's form (a bias added to every row, with beta, at edges too) and a product
+    through a PackedBf16 (op(b) packed once, as the MLM kernel reuses its weight), also over
+    several depth blocks where the plain call would split the depth."""
+    rng = onp.random.RandomState(1)
+    fn = ctypes.CDLL(str(bf16_library)).bp_gemm_bf16_bias
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr,
+                   i64, ptr]
+    for m, n, k, beta in [(100, 70, 129, 0.0), (30, 33, 1100, 0.5)]:
+        a, b = padded(rng, m, k, 0), padded(rng, n, k, 0)
+        c, bias = padded(rng, m, n, 0), rng.normal(size=n).astype("float32")
+        want = to_bfloat16(a).astype("float64") @ to_bfloat16(b).T + beta * c + bias
+        fn(0, 1, m, n, k, 1.0, a.ctypes.data, k, b.ctypes.data, k, beta, c.ctypes.data, n,
+           bias.ctypes.data)
+        assert onp.abs(c - want).max() / (onp.abs(want).max() + 1) < 1e-5, (m, n, k, beta)
+    packed = library(bf16_library, "bp_gemm_bf16_packed")
+    for (m, n, k), trans_a, trans_b in itertools.product([(37, 70, 9), (300, 200, 1100)],
+                                                         (False, True), (False, True)):
+        check(packed, m, n, k, trans_a, trans_b, -0.5, 2.0, pad=3, rounding=to_bfloat16)
+
+
+def test_bf16_several_threads(bf16_library):
+    """The bfloat16 checks with 3 OpenMP threads: op(b) packed by all threads, c split in tasks."""
+    tests = pathlib.Path(__file__).resolve().parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_kernels_gemm as t; "
+            "fn = t.library(sys.argv[2], 'bp_gemm_bf16'); t.check_all(fn, t.to_bfloat16); "
+            "[t.check(fn, 3000, 384, 128, ta, tb, 1.0, 0.5, 1, rounding=t.to_bfloat16) "
+            "for ta in (False, True) for tb in (False, True)]; "
+            "t.check(fn, 300, 500, 5000, True, False, 1.0, 0.0, 0, rounding=t.to_bfloat16); "
+            "t.check(fn, 50, 30000, 160, False, True, 1.0, 0.5, 0, rounding=t.to_bfloat16); "
+            "t.check(t.library(sys.argv[2], 'bp_gemm_bf16_packed'), 37, 20000, 300, False, False, "
+            "1.0, 0.0, 0, rounding=t.to_bfloat16)")
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    done = subprocess.run([sys.executable, "-c", code, str(tests), str(bf16_library)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_build_without_bf16_has_no_bf16_gemm(tmp_path):
+    """gemm.cc built for a target without AVX512_BF16 compiles, says so (bp_has_bf16() == 0),
+    has no bfloat16 entry points, and its float32 GEMM is unchanged."""
+    from bertpretrain.kernels import build
+    if os.uname().machine != "x86_64":
+        pytest.skip("these instruction-set flags are x86's")
+    target = tmp_path / "libgemm.so"
+    done = subprocess.run(build.find_compiler() + list(build.FLAGS) + ["-mno-avx512bf16"]
+                          + [str(build.SOURCE_DIR / "gemm.cc"), "-o", str(target)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not has_bf16(target)
+    with pytest.raises(AttributeError):
+        library(target, "bp_gemm_bf16")
+    check(library(target), 129, 65, 300, False, True, 1.0, 0.0, pad=0)

@@ -3,9 +3,8 @@ dropout, gradient accumulation, parameters shared across backends, export/import
 tests/test_model.py with the kernels off.
 
 Each comparison builds models with identical parameters in one process, on the ``"fused"``
-backend (fused attention and MLM decoder kernels), the ``"fused-v1"`` backend (the per-op kernels
-before them) and the ``"builtin"`` backend, and checks that the graphs really differ (the
-backend's ``bp_*`` operators in each, none in the builtin one). Skipped, with the reason, where
+backend and the ``"builtin"`` backend, and checks that the graphs really differ (the fused
+backend's ``bp_*`` operators in its graph, none in the builtin one). Skipped, with the reason, where
 the kernels cannot be built.
 """
 import json
@@ -28,20 +27,17 @@ from bertpretrain.model import export as export_model
 from test_model import BERT_STYLE, TINY, VOCAB, make_batch
 
 TESTS = pathlib.Path(__file__).resolve().parent
-# the kernels in a BERTForPretraining graph, per backend
+# the kernels in a BERTForPretraining graph
 FUSED_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_attention", "bp_mlm_ce", "bp_softmax_ce"}
-PER_OP_OPS = {"bp_layer_norm", "bp_add_layer_norm", "bp_masked_softmax", "bp_softmax_ce"}
-# what each backend's graph must hold, and must not (pre-LN layers have no bp_add_layer_norm)
-NEW_KERNELS = {"bp_attention", "bp_mlm_ce"}
-BACKEND_OPS = {"fused": (NEW_KERNELS | {"bp_layer_norm", "bp_softmax_ce"}, {"bp_masked_softmax"}),
-               "fused-v1": (PER_OP_OPS - {"bp_add_layer_norm"}, NEW_KERNELS), "builtin": (set(), set())}
+# what each backend's graph must hold (pre-LN layers have no bp_add_layer_norm)
+BACKEND_OPS = {"fused": FUSED_OPS - {"bp_add_layer_norm"}, "builtin": set()}
 PRE_LN = dict(BERT_STYLE, pre_layer_norm=True)
 
 
 pytestmark = pytest.mark.usefixtures("kernels_available")
 
 
-def make_nets(options, dropout=0.0, backends=("fused", "fused-v1", "builtin")):
+def make_nets(options, dropout=0.0, backends=("fused", "builtin")):
     """One BERTModel per backend, with the same initial parameters (copied from the first)."""
     nets = []
     for index, backend in enumerate(backends):
@@ -98,8 +94,7 @@ def test_every_backend_gives_the_same_outputs_and_gradients(options):
                         [p.grad().asnumpy().copy() for p in model.collect_params().values()]))
     for model in models:
         kernels_used = {op for op in graph_ops(model) if op.startswith("bp_")}
-        required, excluded = BACKEND_OPS[model.bert.backend]
-        assert required <= kernels_used and not excluded & kernels_used, model.bert.backend
+        assert BACKEND_OPS[model.bert.backend] <= kernels_used <= FUSED_OPS, model.bert.backend
         assert bool(kernels_used) == (model.bert.backend != "builtin"), model.bert.backend
     builtin_sums, builtin_grads = results[-1]
     names = list(models[0].collect_params().keys())
@@ -112,11 +107,9 @@ def test_every_backend_gives_the_same_outputs_and_gradients(options):
 
 @pytest.mark.parametrize("options", [{}, BERT_STYLE, PRE_LN])
 def test_every_backend_trains_to_the_same_losses(options):
-    fused, per_op, builtin = (train(BERTForPretraining(net), BATCHES, steps=8)
-                              for net in make_nets(options))
-    for kernels_run in (fused, per_op):
-        onp.testing.assert_allclose(kernels_run[:, :3], builtin[:, :3], rtol=2e-4)  # losses, preds
-        onp.testing.assert_allclose(kernels_run[:, 3:], builtin[:, 3:], atol=1.0)  # rare arg-max ties
+    fused, builtin = (train(BERTForPretraining(net), BATCHES, steps=8) for net in make_nets(options))
+    onp.testing.assert_allclose(fused[:, :3], builtin[:, :3], rtol=2e-4)  # losses, preds
+    onp.testing.assert_allclose(fused[:, 3:], builtin[:, 3:], atol=1.0)  # rare arg-max ties
     assert fused[-3:, 0].mean() < 0.9 * fused[:3, 0].mean(), "the MLM loss does not fall"
 
 

@@ -6,6 +6,10 @@ sees either the old file or the whole new one. Folders (checkpoints, extracted d
 corpora) are filled under a temporary name and renamed the same way. Temporary names start with
 ``.`` and contain ``.tmp-``, so that :func:`remove_stale` can clean up after killed processes.
 
+Digest records ("manifests": a JSON object whose ``"files"`` maps file names to their size and
+digest) are written and checked here, for every record the package keeps: a verified download's
+stamp, an encoded corpus's entry, the kernel library's record and a checkpoint's ``state.json``.
+
 Imports nothing from the rest of the package: ``data``, ``model``, ``kernels`` and ``train`` all
 use it.
 """
@@ -13,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -241,3 +246,114 @@ def file_digest(path, algorithm="sha256", chunk_size=1 << 20):
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- manifests
+
+#: The digests a manifest may record a file by: SHA-256 (what the package writes), SHA-1 (what
+#: dataset publishers give).
+DIGESTS = ("sha256", "sha1")
+_DIGEST_NAMES = {"sha256": "SHA-256", "sha1": "SHA-1"}
+
+
+class ManifestError(ValueError):
+    """A manifest file that is not one: not JSON, not an object, or without a ``"files"`` object of
+    file records. The message names the file and what is wrong."""
+
+
+def file_record(path, algorithm="sha256", mtime=False):
+    """What a manifest records about the file ``path``: ``{"size": bytes, algorithm: hex digest}``, and
+    its modification time ``"mtime_ns"`` when ``mtime`` (see ``trust_mtime`` in :func:`file_problem`)."""
+    info = os.stat(path)
+    record = {"size": info.st_size, algorithm: file_digest(path, algorithm)}
+    if mtime:
+        record["mtime_ns"] = info.st_mtime_ns
+    return record
+
+
+def manifest(folder, names, algorithm="sha256", mtime=False):
+    """The records (see :func:`file_record`) of the files ``names`` in ``folder``: ``{name: record}``."""
+    return {name: file_record(os.path.join(folder, name), algorithm, mtime) for name in names}
+
+
+def file_problem(path, record, trust_mtime=False):
+    """Why the file ``path`` does not match its ``record``, as a phrase ("it is missing", "it has 10 bytes,
+    12 were recorded", "its SHA-256 differs from the recorded one"), or None when it matches.
+
+    ``record`` holds one digest of :data:`DIGESTS` and optionally ``"size"`` (checked first: a truncated
+    file is found without reading it) and ``"mtime_ns"``. With ``trust_mtime``, a file whose size and
+    modification time (to the nanosecond) equal the recorded ones is not hashed again: an edit that
+    restores both is then not noticed.
+    """
+    algorithm = next((name for name in DIGESTS if isinstance(record, dict) and name in record), None)
+    if algorithm is None:
+        return f"its record {record!r} holds no digest ({' or '.join(DIGESTS)})"
+    try:
+        info = os.stat(path)
+        if "size" in record and info.st_size != record["size"]:
+            return f"it has {info.st_size} bytes, {record['size']} were recorded"
+        if trust_mtime and "size" in record and record.get("mtime_ns") == info.st_mtime_ns:
+            return None
+        actual = file_digest(path, algorithm)
+    except FileNotFoundError:
+        return "it is missing"
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    if actual != record[algorithm]:
+        return f"its {_DIGEST_NAMES[algorithm]} differs from the recorded one"
+    return None
+
+
+def manifest_problem(folder, files, trust_mtime=False):
+    """The first file of ``files`` (``{name: record}``, in name order) in ``folder`` that does not match
+    its record, as ``(name, phrase)`` (see :func:`file_problem`), or None when all match."""
+    for name, record in sorted(files.items()):
+        problem = file_problem(os.path.join(folder, name), record, trust_mtime)
+        if problem is not None:
+            return name, problem
+    return None
+
+
+def write_manifest(path, files, /, **fields):
+    """Write the manifest ``path`` atomically: a JSON object of ``fields`` and ``"files": files``."""
+    atomic_write(path, json.dumps({**fields, "files": files}, indent=1))
+
+
+def read_manifest(path, legacy=None):
+    """The manifest in ``path``: its JSON object, whose ``"files"`` maps names to records (see
+    :func:`file_record`; each holds a digest of :data:`DIGESTS`).
+
+    ``legacy``: a function that turns the JSON object of an older layout (one that is not a manifest)
+    into a manifest's, so that records written by earlier versions stay readable; its ``KeyError``,
+    ``TypeError`` or ``ValueError`` (another layout still) makes a :class:`ManifestError`.
+    Raises:
+        OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
+        ManifestError: it is not a manifest (naming ``path`` and why).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as error:  # not UTF-8, not JSON
+        raise ManifestError(f"{path} is not a JSON manifest ({error})") from None
+    fault = _manifest_fault(data)
+    if fault and legacy is not None:
+        try:
+            data = legacy(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ManifestError(f"{path} is not a manifest ({fault}) nor of an older layout "
+                                f"({type(error).__name__}: {error})") from None
+        fault = _manifest_fault(data)
+    if fault:
+        raise ManifestError(f"{path} is not a manifest: {fault}")
+    return data
+
+
+def _manifest_fault(data):
+    """What keeps the JSON value ``data`` from being a manifest, or None."""
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return 'no "files" object'
+    for name, record in files.items():
+        if not (isinstance(record, dict) and any(isinstance(record.get(d), str) for d in DIGESTS)):
+            return f"it records {name!r} as {record!r}, not as a size and a digest"
+    return None

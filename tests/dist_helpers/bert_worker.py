@@ -30,7 +30,7 @@ def main(out_dir, steps, optimizer, lr, kvstore, checkpoint_dir=None):
         train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
         net = BERTModel(len(vocab), **MODEL)
         history = train_bert(train_iter, net, strategy=strategy, num_steps=steps, seed=1, progress=False,
-                             optimizer=optimizer, lr=lr, checkpoint_dir=checkpoint_dir,
+                             optimizer=optimizer, lr=lr, precision="fp32", checkpoint_dir=checkpoint_dir,
                              checkpoint_interval=1 if checkpoint_dir else None, resume=bool(checkpoint_dir))
     # Only rank 0 reads its parameters, after train_bert (as `bertpretrain pretrain` saves the model):
     # a worker that waited for its own arrays here would send its last gradients before it exits,

@@ -2,8 +2,8 @@
 
 An entry is keyed by the SHA1 of every corpus file (in order), every option that changes the encoding
 (the text format, lower-casing, ``min_freq`` or the given vocabulary), and :data:`FORMAT_VERSION`. It
-holds the flat id arrays as ``.npy`` files, the vocabulary and a ``meta.json`` with each file's size
-and SHA1. It is built in a temporary folder (the encoder writes the arrays there as it reads, so
+holds the flat id arrays as ``.npy`` files, the vocabulary and a ``meta.json``: a manifest
+(:mod:`bertpretrain.files`) of each file's size and SHA-256. It is built in a temporary folder (the encoder writes the arrays there as it reads, so
 memory never holds the whole corpus) and renamed into place; on load every file is checked, and an
 entry that is incomplete or corrupt is rebuilt, never trusted. The arrays are then memory-mapped,
 not read: the pages a run touches come from the file and the kernel can drop them again. An entry
@@ -11,13 +11,12 @@ another process completed first is kept (not replaced under its readers), and bu
 killed processes left behind are removed by the next build.
 """
 import hashlib
-import json
 import logging
 import os
 
-from ..files import VOCAB_FILE, atomic_folder, atomic_write, cache_root, remove_stale
+from ..files import (VOCAB_FILE, atomic_folder, cache_root, file_digest, manifest, manifest_problem, read_manifest,
+                     remove_stale, write_manifest)
 from .corpus import ARRAYS, EncodedCorpus, load_arrays
-from .download import sha1_of_file
 from .textfiles import describe, text_bytes
 from .vocab import Vocab
 
@@ -45,22 +44,27 @@ def entry_key(corpus_sha1, vocab=None, min_freq=5, text_format="wikitext", lower
 
 def corpus_digest(paths):
     """SHA1s of the files ``paths`` (read in chunks) and one digest of them all, in order: ``(digest, sha1s)``."""
-    sha1s = [sha1_of_file(path) for path in paths]
+    sha1s = [file_digest(path, "sha1") for path in paths]
     return (sha1s[0] if len(sha1s) == 1 else hashlib.sha1("\n".join(sha1s).encode()).hexdigest()), sha1s
+
+
+def _meta_before_manifests(meta):
+    """A ``meta.json`` as versions before manifests wrote it (files as ``[size, sha1]``), as a manifest: the
+    entry stays valid."""
+    return {**meta, "files": {name: {"size": size, "sha1": sha1} for name, (size, sha1) in meta["files"].items()}}
 
 
 def _load(folder, name, vocab=None, verify=True):
     """The cached corpus and vocabulary in ``folder``, or None when it is missing, incomplete or corrupt.
 
-    ``verify``: check every file against its recorded size and SHA1 (False: just built by this process).
+    ``verify``: check every file against its recorded size and digest (False, just built by this process:
+    files whose size and modification time are the recorded ones are not hashed again).
     """
     try:
-        with open(os.path.join(folder, _META)) as f:
-            meta = json.load(f)
-        for file, (size, sha1) in meta["files"].items():
-            path = os.path.join(folder, file)
-            if os.path.getsize(path) != size or (verify and sha1_of_file(path) != sha1):
-                raise ValueError(f"{file} does not match its recorded size and SHA1")
+        files = read_manifest(os.path.join(folder, _META), legacy=_meta_before_manifests)["files"]
+        mismatch = manifest_problem(folder, files, trust_mtime=not verify)
+        if mismatch is not None:
+            raise ValueError("%s: %s" % mismatch)
         arrays = load_arrays(folder)
         vocab = vocab if vocab is not None else Vocab.load(os.path.join(folder, VOCAB_FILE))
     except FileNotFoundError:
@@ -84,11 +88,9 @@ def _build(folder, paths, vocab, min_freq, progress, text_format, lowercase, sha
         _, vocab = EncodedCorpus.read(paths, vocab, min_freq, progress, text_format=text_format,
                                       lowercase=lowercase, folder=staging)
         vocab.save(os.path.join(staging, VOCAB_FILE))
-        files = {name: [os.path.getsize(os.path.join(staging, name)), sha1_of_file(os.path.join(staging, name))]
-                 for name in [f"{a}.npy" for a in ARRAYS] + [VOCAB_FILE]}
-        atomic_write(os.path.join(staging, _META), json.dumps(
-            {"format": FORMAT_VERSION, "sources": paths, "source_sha1s": sha1s, "text_format": text_format,
-             "lowercase": bool(lowercase), "min_freq": min_freq, "files": files}, indent=1))
+        files = manifest(staging, [f"{a}.npy" for a in ARRAYS] + [VOCAB_FILE], mtime=True)
+        write_manifest(os.path.join(staging, _META), files, format=FORMAT_VERSION, sources=paths, source_sha1s=sha1s,
+                       text_format=text_format, lowercase=bool(lowercase), min_freq=min_freq)
     return vocab
 
 

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -29,7 +28,8 @@ import urllib3
 
 from .. import __version__
 from ..display import progress_bar
-from ..files import LockError, atomic_folder, atomic_write, cache_root, exclusive_lock, remove_stale
+from ..files import (LockError, atomic_folder, cache_root, exclusive_lock, file_problem, manifest,
+                     read_manifest, remove_stale, write_manifest)
 from .errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -87,15 +87,6 @@ DATA_HUB = {
 }
 
 
-def sha1_of_file(path):
-    """Hex SHA1 of a file's contents, read in chunks."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _entry(name):
     if name not in DATA_HUB:
         raise KeyError(f"unknown dataset {name!r}: DATA_HUB has {sorted(DATA_HUB)}; add an entry "
@@ -109,35 +100,31 @@ def _entry(name):
     return entry
 
 
-def _stamp(folder, entry):
-    """What a verified folder records: each split file's size, mtime and SHA1."""
-    stamp = {}
-    for file, sha1 in entry.files.items():
-        info = os.stat(os.path.join(folder, file))
-        stamp[file] = [info.st_size, info.st_mtime_ns, sha1]
-    return stamp
+def _stamp_before_manifests(stamp):
+    """A stamp as versions up to c41b35a wrote it, ``{file: [size, mtime_ns, sha1]}``, as a manifest."""
+    return {"files": {file: {"size": size, "mtime_ns": mtime_ns, "sha1": sha1}
+                      for file, (size, mtime_ns, sha1) in stamp.items()}}
 
 
 def _cache_is_verified(folder, entry, verify=False):
     """True when every split file in ``folder`` has its expected SHA1.
 
-    Shortcut: files whose size and mtime (to the nanosecond) still match the stamp written at
-    verification are not hashed again, so an edit that restores both is not noticed; ``verify=True``
-    hashes every file regardless.
+    Shortcut: files whose size and mtime (to the nanosecond) still match the stamp (a manifest, see
+    :mod:`bertpretrain.files`) written at verification are not hashed again, so an edit that restores
+    both is not noticed; ``verify=True`` hashes every file regardless.
     """
     try:
-        with open(os.path.join(folder, _STAMP)) as f:
-            recorded = json.load(f)
+        stamped = read_manifest(os.path.join(folder, _STAMP), legacy=_stamp_before_manifests)["files"]
     except (OSError, ValueError):
-        recorded = {}
+        stamped = {}
     for file, sha1 in entry.files.items():
         path = os.path.join(folder, file)
         if not os.path.isfile(path):
             return False
-        info = os.stat(path)
-        if not verify and recorded.get(file) == [info.st_size, info.st_mtime_ns, sha1]:
-            continue
-        if sha1_of_file(path) != sha1:
+        record = stamped.get(file, {})
+        if record.get("sha1") != sha1:  # not stamped, or stamped as another version of the file
+            record = {"sha1": sha1}
+        if file_problem(path, record, trust_mtime=not verify) is not None:
             logger.warning("cached %s does not match its SHA1 %s: downloading it again", path, sha1)
             return False
     return True
@@ -190,7 +177,8 @@ def _fetch(url, destination):
 
 
 def _extract_splits(archive, entry, target):
-    """Extract the split files of ``entry`` from ``archive`` into ``target`` (flat) and verify them.
+    """Extract the split files of ``entry`` from ``archive`` into ``target`` (flat) and verify them; return
+    their records (size, mtime, SHA1: the stamp's manifest, see :func:`_cache_is_verified`).
 
     Every member name is checked first: an absolute path or a ``..`` that would escape the folder
     rejects the whole archive, before anything is written.
@@ -213,10 +201,11 @@ def _extract_splits(archive, entry, target):
                     shutil.copyfileobj(source, out, _CHUNK_BYTES)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
         raise _MirrorFailed(f"not a valid zip archive ({error})") from None
+    records = manifest(target, entry.files, "sha1", mtime=True)
     for file, sha1 in entry.files.items():
-        actual = sha1_of_file(os.path.join(target, file))
-        if actual != sha1:
-            raise _MirrorFailed(f"SHA1 mismatch for {file}: expected {sha1}, got {actual}")
+        if records[file]["sha1"] != sha1:
+            raise _MirrorFailed(f"SHA1 mismatch for {file}: expected {sha1}, got {records[file]['sha1']}")
+    return records
 
 
 def download_extract(name, cache_dir=None, verify=False):
@@ -235,7 +224,7 @@ def download_extract(name, cache_dir=None, verify=False):
     if entry.local_dir:
         for file, sha1 in entry.files.items():
             path = os.path.join(entry.local_dir, file)
-            if not os.path.isfile(path) or sha1_of_file(path) != sha1:
+            if file_problem(path, {"sha1": sha1}) is not None:
                 raise DownloadError(f"{path} is missing or does not match its SHA1 {sha1}: the installation of "
                                     f"dataset {name!r} is damaged; reinstall bertpretrain")
         return entry.local_dir
@@ -293,14 +282,14 @@ def _download(name, entry, folder):
                 archive = os.path.join(staging, "archive.zip")
                 archive_sha1 = _fetch(url, archive)
                 try:
-                    _extract_splits(archive, entry, staging)
+                    records = _extract_splits(archive, entry, staging)
                 except _MirrorFailed as error:
                     if entry.sha1 and archive_sha1 != entry.sha1:
                         raise _MirrorFailed(f"archive SHA1 {archive_sha1} differs from the expected "
                                             f"{entry.sha1} and {error}") from None
                     raise
                 os.unlink(archive)
-                atomic_write(os.path.join(staging, _STAMP), json.dumps(_stamp(staging, entry)))
+                write_manifest(os.path.join(staging, _STAMP), records)
             logger.info("downloaded %s from %s into %s", name, url, folder)
             return folder
         except _MirrorFailed as error:

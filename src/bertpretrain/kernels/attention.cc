@@ -6,6 +6,8 @@
 //          of each (d = H / num_heads), addressed by stride, never copied out to a transposed array.
 //     lengths: (B,) int32/int64/float32, the valid length L of each sequence (clamped to [0, T]);
 //     key: (64,) float32 dropout key (see DropoutMask in common.h).
+//     bf16 (attribute, default 0): 1 computes every product with bfloat16 operands and float32
+//       accumulation (bp::gemm_bf16_serial); the softmax, the logsumexp and all arrays stay float32.
 //     context: (B, T, H), context[b, i, h*d + c] = sum_{j < L} P[b, h, i, j] * v[b, j, h*d + c]
 //       with P = dropout(softmax_j(scale * q[b, i, head h] . k[b, j, head h]), p) over keys j < L.
 //       Every query row is computed (padding queries too); a sequence with L = 0 gets context 0.
@@ -16,7 +18,7 @@
 // so backward recomputes it and seeded runs are reproducible whatever the thread count.
 // Work is split over (sequence, head) blocks; each block's products (scores, context and, in
 // backward, the four gradients' products) are small GEMMs on the calling thread
-// (bp::sgemm_serial), reading the head's columns of qkv in place; only the (T, T) scores and
+// (bp::sgemm_serial, or bp::gemm_bf16_serial with bf16=1), reading the head's columns of qkv in place; only the (T, T) scores and
 // their gradient live in per-thread buffers.
 // `lse` is not differentiable; lengths and the key get zero gradient.
 #include <algorithm>
@@ -28,11 +30,15 @@ namespace bp {
 namespace {
 
 const char* const kOp = "bp_attention";
+enum Input { kQkv, kLengths, kKey, kNumInputs };
+enum Output { kContext, kLse, kNumOutputs };
+using Backward = BackwardArgs<kNumInputs, kNumOutputs>;
 
 struct Params {
   int64_t heads;
   float scale;  // NaN when absent: 1 / sqrt(head size)
   float p;
+  bool bf16;    // products in bfloat16 (attribute bf16=1)
 };
 
 bool parse_params(const Attrs& attrs, Params* out) {
@@ -42,21 +48,26 @@ bool parse_params(const Attrs& attrs, Params* out) {
     return false;
   }
   out->scale = attr_float(attrs, "scale", NAN);
+  out->bf16 = attr_float(attrs, "bf16", 0.0f) != 0.0f;
+  if (out->bf16 && !kHasBf16) {
+    MX_ERROR_MSG << kOp << ": bf16=1" << kNoBf16Message;
+    return false;
+  }
   return parse_p(attrs, kOp, &out->p);
 }
 
 MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  *num_in = 3;
-  *num_out = 2;
+  *num_in = kNumInputs;
+  *num_out = kNumOutputs;
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  const auto& s = (*in)[0];
+  const auto& s = (*in)[kQkv];
   if (s.size() != 3 || s[2] % (3 * params.heads) != 0) {
     MX_ERROR_MSG << kOp << ": 'qkv' has shape " << shape_str(s) << ", expected (B, T, 3H) with H "
                  << "divisible by num_heads=" << params.heads
@@ -64,23 +75,23 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
     return MX_FAIL;
   }
   const std::vector<unsigned int> batch{s[0]};
-  if (!known((*in)[1])) (*in)[1] = batch;
-  if ((*in)[1] != batch) {
-    MX_ERROR_MSG << kOp << ": 'lengths' has shape " << shape_str((*in)[1]) << ", expected "
+  if (!known((*in)[kLengths])) (*in)[kLengths] = batch;
+  if ((*in)[kLengths] != batch) {
+    MX_ERROR_MSG << kOp << ": 'lengths' has shape " << shape_str((*in)[kLengths]) << ", expected "
                  << shape_str(batch) << " (one valid length per sequence of 'qkv' " << shape_str(s)
                  << ")";
     return MX_FAIL;
   }
-  (*out)[0] = {s[0], s[1], s[2] / 3};
-  (*out)[1] = {s[0], static_cast<unsigned int>(params.heads), s[1]};
+  (*out)[kContext] = {s[0], s[1], s[2] / 3};
+  (*out)[kLse] = {s[0], static_cast<unsigned int>(params.heads), s[1]};
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  if (!require_float32(in, 0, kOp, "qkv") || !require_index(*in, 1, kOp, "lengths") ||
-      !require_float32(in, 2, kOp, "key"))
+  if (!require_float32(in, kQkv, kOp, "qkv") || !require_index(*in, kLengths, kOp, "lengths") ||
+      !require_float32(in, kKey, kOp, "key"))
     return MX_FAIL;
-  (*out)[0] = (*out)[1] = mxnet::ext::kFloat32;
+  for (auto& t : *out) t = mxnet::ext::kFloat32;
   return MX_SUCCESS;
 }
 
@@ -93,6 +104,7 @@ struct Dims {
   float scale(const Params& p) const { return std::isnan(p.scale) ? 1.0f / std::sqrt(float(d)) : p.scale; }
 };
 
+// The valid length of sequence `seq`, clamped to [0, t].
 inline int64_t seq_length(const MXTensor& lengths, int64_t seq, int64_t t) {
   const int64_t len = read_index(lengths, seq);
   return len < 0 ? 0 : (len > t ? t : len);
@@ -113,14 +125,15 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
                       const OpResource&) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  const MXTensor& qkv_t = (*in)[0];
-  const MXTensor& lengths = (*in)[1];
-  const DropoutMask mask((*in)[2], params.p);
+  const MXTensor& qkv_t = (*in)[kQkv];
+  const MXTensor& lengths = (*in)[kLengths];
+  const DropoutMask mask((*in)[kKey], params.p);
   const Dims g(qkv_t, params.heads);
   const float scale = g.scale(params);
   const float* qkv = in_ptr(qkv_t);
-  float* ctx = (*out)[0].data<float>();
-  float* lse = (*out)[1].data<float>();
+  const SerialGemm gemm = serial_gemm(params.bf16);
+  float* ctx = (*out)[kContext].data<float>();
+  float* lse = (*out)[kLse].data<float>();
   const int64_t ld = 3 * g.h;
 #pragma omp parallel
   {
@@ -140,19 +153,12 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       const float* k = q + g.h;
       const float* v = q + 2 * g.h;
       float* s = scores.data();  // (T, len), row stride T
-      sgemm_serial(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
+      gemm(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
         float* si = s + i * g.t;
-        float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < len; ++j) mx = si[j] > mx ? si[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < len; ++j) {
-          si[j] = fast_exp(si[j] - mx);
-          sum += si[j];
-        }
+        const float mx = row_max(si, len);
+        const float sum = exp_sum(si, mx, len, si);
         lse_blk[i] = mx + std::log(sum);
         const float inv = 1.0f / sum;
         const uint64_t base = static_cast<uint64_t>(blk * g.t + i) * g.t;
@@ -165,30 +171,29 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
         }
       }
       // context (T, d) = P (T, len) v (len, d)
-      sgemm_serial(false, false, g.t, g.d, len, 1.0f, s, g.t, v, ld, 0.0f, ctx_blk, g.h);
+      gemm(false, false, g.t, g.d, len, 1.0f, s, g.t, v, ld, 0.0f, ctx_blk, g.h);
     }
   }
   return MX_SUCCESS;
 }
 
-// Backward inputs: [dcontext, dlse, qkv, lengths, key, context, lse];
-// outputs: [dqkv, dlengths, dkey].
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                        const OpResource&) {
   Params params;
   if (!parse_params(attrs, &params)) return MX_FAIL;
-  const float* dctx = in_ptr((*in)[0]);
-  const MXTensor& qkv_t = (*in)[2];
-  const MXTensor& lengths = (*in)[3];
-  const DropoutMask mask((*in)[4], params.p);
-  const float* lse = in_ptr((*in)[6]);
-  for (int i : {1, 2})
-    if (float* z = out_ptr(&(*out)[i])) std::memset(z, 0, (*out)[i].size() * sizeof(float));
-  float* dqkv = out_ptr(&(*out)[0]);
+  const float* dctx = in_ptr((*in)[Backward::output_grad(kContext)]);
+  const MXTensor& qkv_t = (*in)[Backward::input(kQkv)];
+  const MXTensor& lengths = (*in)[Backward::input(kLengths)];
+  const DropoutMask mask((*in)[Backward::input(kKey)], params.p);
+  const float* lse = in_ptr((*in)[Backward::output(kLse)]);
+  zero_output(&(*out)[kLengths]);
+  zero_output(&(*out)[kKey]);
+  float* dqkv = out_ptr(&(*out)[kQkv]);
   if (!dqkv) return MX_SUCCESS;
   const Dims g(qkv_t, params.heads);
   const float scale = g.scale(params);
   const float* qkv = in_ptr(qkv_t);
+  const SerialGemm gemm = serial_gemm(params.bf16);
   const int64_t ld = 3 * g.h;
 #pragma omp parallel
   {
@@ -214,8 +219,8 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
       const float* dc = dctx + seq * g.t * g.h + hd * g.d;  // (T, d), row stride H
       float* s = w.s.data();    // scores, then the softmax P (T, len), row stride T
       float* dp = w.dp.data();  // dcontext v^T, then the scores' gradient dS
-      sgemm_serial(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
-      sgemm_serial(false, true, g.t, len, g.d, 1.0f, dc, g.h, v, ld, 0.0f, dp, g.t);
+      gemm(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
+      gemm(false, true, g.t, len, g.d, 1.0f, dc, g.h, v, ld, 0.0f, dp, g.t);
       const float* lse_blk = lse + blk * g.t;
       const DropoutMask m = mask;
       for (int64_t i = 0; i < g.t; ++i) {
@@ -247,9 +252,9 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
       // dv (len, d) = P_dropped^T dcontext;  dq (T, d) = dS k;  dk (len, d) = dS^T q
       // (the score scale is already in dS).
       const float* pd = m.active() ? w.pf.data() : s;
-      sgemm_serial(true, false, len, g.d, g.t, 1.0f, pd, g.t, dc, g.h, 0.0f, dv_out, ld);
-      sgemm_serial(false, false, g.t, g.d, len, 1.0f, dp, g.t, k, ld, 0.0f, dq_out, ld);
-      sgemm_serial(true, false, len, g.d, g.t, 1.0f, dp, g.t, q, ld, 0.0f, dk_out, ld);
+      gemm(true, false, len, g.d, g.t, 1.0f, pd, g.t, dc, g.h, 0.0f, dv_out, ld);
+      gemm(false, false, g.t, g.d, len, 1.0f, dp, g.t, k, ld, 0.0f, dq_out, ld);
+      gemm(true, false, len, g.d, g.t, 1.0f, dp, g.t, q, ld, 0.0f, dk_out, ld);
     }
   }
   return MX_SUCCESS;

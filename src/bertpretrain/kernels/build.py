@@ -15,16 +15,16 @@ Cache folder: ``$BERTPRETRAIN_HOME/kernels`` when set, else
 ``$XDG_CACHE_HOME/bertpretrain/kernels`` (default ``~/.cache/bertpretrain/kernels``).
 The library is written to a temporary file in that folder and renamed into place, so
 concurrent processes never load a half-written file, and its size and sha256 are recorded
-beside it (``<library>.json``): a cached library that does not match its record (truncated,
-overwritten, or from before records) is rebuilt, with one log line, rather than loaded, since
-loading a truncated library kills the process with a bus error. Builds into one cache take
+beside it (``<library>.json``, a manifest of :mod:`bertpretrain.files`): a cached library that
+does not match its record (truncated, overwritten, or from before records or manifests) is
+rebuilt, with one log line, rather than loaded, since loading a truncated library kills the
+process with a bus error. Builds into one cache take
 turns under a lock; the next build removes the temporary files of a killed one. The compiler
 and everything it starts run in their own process group, killed when the build fails or
 times out, and by a small guard process when this one dies, even by ``kill -9``.
 """
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -36,12 +36,16 @@ from pathlib import Path
 
 import mxnet
 
-from ..files import atomic_path, atomic_write, cache_root, exclusive_lock, file_digest, remove_stale
+from ..files import (atomic_path, cache_root, exclusive_lock, file_problem, file_record, read_manifest, remove_stale,
+                     write_manifest)
 
 SOURCE_DIR = Path(__file__).resolve().parent
 # -fno-trapping-math lets loops with a conditional (a clamp, a select) vectorise; no kernel
 # relies on floating-point traps.
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+# Extra compiler flags, appended to FLAGS (and part of the cache key): e.g. "-mno-avx512bf16" builds
+# the kernels as for a CPU without bfloat16 instructions (tests do), "-march=x86-64-v3" for an older one.
+FLAGS_ENV_VAR = "BERTPRETRAIN_KERNELS_CXXFLAGS"
 COMPILE_TIMEOUT_S = 600
 LIBRARY_PREFIX = "libbertpretrain_kernels-"
 logger = logging.getLogger("bertpretrain.kernels")
@@ -51,6 +55,11 @@ _GUARD = 'read _; kill -9 -"$1"'
 
 class BuildError(RuntimeError):
     """The kernel library cannot be built here (no compiler, or the compile failed)."""
+
+
+def flags():
+    """The compiler flags: FLAGS, then those of ``$BERTPRETRAIN_KERNELS_CXXFLAGS`` (shell-split)."""
+    return list(FLAGS) + shlex.split(os.environ.get(FLAGS_ENV_VAR, ""))
 
 
 def find_compiler():
@@ -124,7 +133,7 @@ def library_key(compiler, sources, api_files):
     add("lib_api.h", (include / "mxnet" / "lib_api.h").read_bytes())
     add("lib_api.cc", lib_api.read_bytes())
     add("mxnet", mxnet.__version__.encode())
-    add("flags", " ".join(FLAGS).encode())
+    add("flags", " ".join(flags()).encode())
     add("compiler", _compiler_identity(compiler).encode())
     add("cpu", _cpu_fingerprint().encode())
     return digest.hexdigest()
@@ -138,18 +147,14 @@ def record_path(library):
 def _damage(library):
     """Why the cached ``library`` cannot be trusted, or None when it matches its recorded size and sha256."""
     try:
-        record = json.loads(record_path(library).read_text())
-        size, sha256 = record["size"], record["sha256"]
+        record = read_manifest(record_path(library))["files"].get(library.name)
     except FileNotFoundError:
         return "it has no recorded size and sha256"
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError) as error:  # unreadable, or a record of another layout (before manifests)
         return f"its record {record_path(library)} is unreadable ({error})"
-    actual = library.stat().st_size
-    if actual != size:
-        return f"it has {actual} bytes, {size} were recorded"
-    if file_digest(library) != sha256:
-        return "its sha256 differs from the recorded one"
-    return None
+    if record is None:
+        return f"its record {record_path(library)} does not name it"
+    return file_problem(library, record)
 
 
 def _run_compiler(command):
@@ -190,8 +195,7 @@ def _compile(command, target):
             tail = "\n".join((stderr or stdout).strip().splitlines()[-15:])
             raise BuildError(f"compiling the kernels failed (exit {returncode}):\n"
                              f"{' '.join(command + [str(target)])}\n{tail}")
-        atomic_write(record_path(target), json.dumps(
-            {"size": os.path.getsize(tmp), "sha256": file_digest(tmp)}))
+        write_manifest(record_path(target), {target.name: file_record(tmp)})
 
 
 def discard(library):
@@ -226,7 +230,7 @@ def _build(source_dir, cache):
     if target.is_file() and _damage(target) is None:
         return target, False
     include, lib_api = api_files
-    command = (compiler + list(FLAGS) + ["-I", str(include)]
+    command = (compiler + flags() + ["-I", str(include)]
                + [str(p) for p in sources if p.suffix == ".cc"] + [str(lib_api), "-o"])
     try:
         cache.mkdir(parents=True, exist_ok=True)

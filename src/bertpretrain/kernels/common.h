@@ -1,5 +1,6 @@
-// Shared helpers for the bertpretrain CPU kernels: attribute parsing, type and
-// shape checks, a vectorisable exp, and the counter-based dropout mask.
+// Shared helpers for the bertpretrain CPU kernels: attribute parsing, type and shape checks,
+// naming a backward's tensors, a vectorisable exp and the softmax row loops built on it, and the
+// counter-based dropout mask.
 //
 // Every kernel works on float32, row-major, dense CPU tensors. Gradients are
 // always written (never accumulated): the Python wrappers make sure that a
@@ -115,6 +116,23 @@ inline float* out_ptr(MXTensor* t) {
   return (t->data_ptr == nullptr || t->size() == 0) ? nullptr : t->data<float>();
 }
 
+// Zeroes an output tensor, if MXNet gave it storage (see out_ptr): the gradient of an input that
+// gets none (lengths, labels, weights, a dropout key).
+inline void zero_output(MXTensor* t) {
+  if (float* p = out_ptr(t)) std::memset(p, 0, t->size() * sizeof(float));
+}
+
+// Where an operator's backward finds its tensors. MXNet passes it [the gradients of the forward
+// outputs, the forward inputs, the forward outputs] and expects one gradient per forward input.
+// Each operator names its inputs and outputs in two enums, ending in their counts, used by its
+// forward and its backward alike: (*in)[Backward::input(kWeights)] instead of (*in)[9].
+template <int kNumInputs, int kNumOutputs>
+struct BackwardArgs {
+  static constexpr int output_grad(int output) { return output; }
+  static constexpr int input(int input) { return kNumOutputs + input; }
+  static constexpr int output(int output) { return kNumOutputs + kNumInputs + output; }
+};
+
 // exp(x) in float32 to ~2 ulp, written branch-free so that loops calling it vectorise.
 // Inputs below -87 give ~2^-126 instead of a denormal; NaN stays NaN.
 inline float fast_exp(float x) {
@@ -135,6 +153,32 @@ inline float fast_exp(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return q * scale;
+}
+
+// The largest of x[0 .. n) (-inf when n = 0): the first step of a softmax or logsumexp.
+inline float row_max(const float* x, int64_t n) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// The sum of exp(x[j] - m) over j < n, each term also written to e[j] unless e is nullptr (e may
+// be x: in place). With m = row_max(x, n): the row's logsumexp is m + log(sum), its softmax
+// e / sum.
+inline float exp_sum(const float* x, float m, int64_t n, float* e) {
+  float s = 0.0f;
+  if (e) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; ++j) {
+      e[j] = fast_exp(x[j] - m);
+      s += e[j];
+    }
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; ++j) s += fast_exp(x[j] - m);
+  }
+  return s;
 }
 
 // Whether MXNet runs in training mode, read from a "key" input made by builtin dropout

@@ -9,6 +9,11 @@
 namespace bp {
 namespace {
 
+const char* const kOp = "bp_dropout";
+enum Input { kX, kKey, kNumInputs };
+enum Output { kY, kNumOutputs };
+using Backward = BackwardArgs<kNumInputs, kNumOutputs>;
+
 // Elements per parallel chunk: large enough to amortise scheduling, small enough to
 // stay in L1 while the inner loop vectorises.
 constexpr int64_t kChunk = 4096;
@@ -26,41 +31,40 @@ void apply(const DropoutMask& mask, const float* src, float* dst, int64_t n) {
 
 MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
   float p;
-  if (!parse_p(attrs, "bp_dropout", &p)) return MX_FAIL;
-  *num_in = 2;
-  *num_out = 1;
+  if (!parse_p(attrs, kOp, &p)) return MX_FAIL;
+  *num_in = kNumInputs;
+  *num_out = kNumOutputs;
   return MX_SUCCESS;
 }
 
 MXReturnValue shape(const Attrs&, Shapes* in, Shapes* out) {
-  (*out)[0] = (*in)[0];
+  (*out)[kY] = (*in)[kX];
   return MX_SUCCESS;
 }
 
 MXReturnValue type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  if (!require_float32(in, 0, "bp_dropout", "x") || !require_float32(in, 1, "bp_dropout", "key"))
-    return MX_FAIL;
-  (*out)[0] = mxnet::ext::kFloat32;
+  if (!require_float32(in, kX, kOp, "x") || !require_float32(in, kKey, kOp, "key")) return MX_FAIL;
+  (*out)[kY] = mxnet::ext::kFloat32;
   return MX_SUCCESS;
 }
 
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in,
                       std::vector<MXTensor>* out, const OpResource&) {
   float p;
-  if (!parse_p(attrs, "bp_dropout", &p)) return MX_FAIL;
-  const MXTensor& x = (*in)[0];
-  apply(DropoutMask((*in)[1], p), in_ptr(x), (*out)[0].data<float>(), x.size());
+  if (!parse_p(attrs, kOp, &p)) return MX_FAIL;
+  const MXTensor& x = (*in)[kX];
+  apply(DropoutMask((*in)[kKey], p), in_ptr(x), (*out)[kY].data<float>(), x.size());
   return MX_SUCCESS;
 }
 
-// Backward inputs: [dy, x, key, y]; outputs: [dx, dkey].
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in,
                        std::vector<MXTensor>* out, const OpResource&) {
   float p;
-  if (!parse_p(attrs, "bp_dropout", &p)) return MX_FAIL;
-  if (float* dx = out_ptr(&(*out)[0]))
-    apply(DropoutMask((*in)[2], p), in_ptr((*in)[0]), dx, (*in)[0].size());
-  if (float* dkey = out_ptr(&(*out)[1])) std::memset(dkey, 0, (*out)[1].size() * sizeof(float));
+  if (!parse_p(attrs, kOp, &p)) return MX_FAIL;
+  const MXTensor& dy = (*in)[Backward::output_grad(kY)];
+  if (float* dx = out_ptr(&(*out)[kX]))
+    apply(DropoutMask((*in)[Backward::input(kKey)], p), in_ptr(dy), dx, dy.size());
+  zero_output(&(*out)[kKey]);
   return MX_SUCCESS;
 }
 

@@ -11,6 +11,10 @@
 
 #include <omp.h>
 
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -339,6 +343,434 @@ void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
 }
 
 }  // namespace bp
+
+#if defined(__AVX512BF16__)
+// bp::gemm_bf16 (see gemm.h): the blocking of bp::sgemm with bfloat16 operands. Packing rounds
+// float32 to bfloat16 (to nearest even, vcvtne2ps2bf16) and interleaves the depth by two: a 32-bit
+// "pair" holds (x[p], x[p + 1]) of one row or column, what one lane of vdpbf16ps multiplies
+// (acc += x[p] y[p] + x[p + 1] y[p + 1] in float32). An odd depth is padded with a zero.
+//
+// - op(b) is packed once per call into panels of kNR columns, (pairs, kNR) each, per depth block,
+//   shared by the threads (one pass in parallel, then one barrier): converting it per task, as
+//   bp::sgemm copies it, would cost a third of the bfloat16 product at the model's shapes.
+// - op(a) is converted per task and depth block: a plain a into rows of pairs (its rows are
+//   contiguous in the depth: a straight conversion), a transposed a into (pairs, kMR) tiles.
+// - The micro-kernel keeps a (kMR, kNR) = (12, 32) tile in 24 registers and adds, per pair of
+//   depths, 2 x 12 vdpbf16ps: 32 multiply-adds each, twice the float32 FMA's 16.
+// - A small c over a long depth (weight gradients) splits the depth among the threads, as
+//   bp::sgemm does.
+namespace bp {
+namespace {
+
+using Pair = uint32_t;
+constexpr int64_t kPairKC = kKC / 2;  // pairs in a depth block
+
+struct PairDeleter {
+  void operator()(Pair* p) const { std::free(p); }
+};
+using PairBuffer = std::unique_ptr<Pair[], PairDeleter>;
+
+PairBuffer allocate_pairs(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(Pair) + 63) / 64 * 64;
+  return PairBuffer(static_cast<Pair*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+}
+
+inline int64_t pairs_of(int64_t depth) { return (depth + 1) / 2; }
+
+// The first `count` of 16 lanes (none when count <= 0).
+inline __mmask16 first(int64_t count) {
+  return count <= 0 ? 0 : count >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+}
+
+// 16 pairs (x[2t], x[2t + 1]) from the 32 floats at x, of which only the first `count` are read
+// (zeros beyond): a row whose depth is contiguous.
+inline __m512i pairs_along(const float* x, int64_t count) {
+  const __m512 lo = _mm512_maskz_loadu_ps(first(count), x);
+  const __m512 hi = _mm512_maskz_loadu_ps(first(count - 16), x + 16);
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+// 16 pairs (x0[t], x1[t]) for t < count (zeros beyond) from two depths of a contiguous row;
+// x1 == nullptr: zeros (the padding of an odd depth).
+inline __m512i pairs_across(const float* x0, const float* x1, int64_t count) {
+  alignas(64) static const int16_t kInterleave[32] = {
+      0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __mmask16 mask = first(count);
+  const __m512 r0 = _mm512_maskz_loadu_ps(mask, x0);
+  const __m512 r1 = x1 ? _mm512_maskz_loadu_ps(mask, x1) : _mm512_setzero_ps();
+  const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(r1, r0));  // r0's, r1's
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both);
+}
+
+// Transposes the 16 x 16 matrix of 32-bit lanes r[row][lane] in place: four rounds, each swapping
+// the off-diagonal blocks of size s (8, 4, 2, 1) of every 2s x 2s block.
+inline void transpose16(__m512i r[16]) {
+  alignas(64) static const int32_t kIndex[4][2][16] = {
+      {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+       {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+      {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+       {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+      {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+       {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+      {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+       {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}}};
+  for (int round = 0; round < 4; ++round) {
+    const int s = 8 >> round;
+    const __m512i lo_index = _mm512_load_si512(kIndex[round][0]);
+    const __m512i hi_index = _mm512_load_si512(kIndex[round][1]);
+    for (int i = 0; i < 16; ++i) {
+      if (i & s) continue;
+      const __m512i lo = _mm512_permutex2var_epi32(r[i], lo_index, r[i + s]);
+      const __m512i hi = _mm512_permutex2var_epi32(r[i], hi_index, r[i + s]);
+      r[i] = lo;
+      r[i + s] = hi;
+    }
+  }
+}
+
+// dst (pairs_of(kc), kNR) = op(b)[p0 : p0 + kc, j0 : j0 + cols] as pairs along the depth,
+// zero-padded to kNR columns (and to an even depth).
+void pack_b_pairs(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, Pair* dst) {
+  const int64_t kq = pairs_of(kc);
+  if (!g.trans_b) {  // depth p is row p of b: interleave two rows
+    for (int64_t q = 0; q < kq; ++q) {
+      const float* x0 = g.b + (p0 + 2 * q) * g.ldb + j0;
+      const float* x1 = 2 * q + 1 < kc ? x0 + g.ldb : nullptr;
+      for (int64_t h = 0; h < kNR; h += 16)
+        _mm512_store_si512(dst + q * kNR + h,
+                           pairs_across(x0 + h, x1 ? x1 + h : nullptr, cols - h));
+    }
+    return;
+  }
+  // column j of op(b) is row j of b, its pairs contiguous: convert 16 columns x 16 pairs, then
+  // transpose them into the panel's rows
+  for (int64_t h = 0; h < kNR; h += 16) {
+    for (int64_t qb = 0; qb < kq; qb += 16) {
+      __m512i r[16];
+      for (int t = 0; t < 16; ++t)
+        r[t] = h + t < cols ? pairs_along(g.b + (j0 + h + t) * g.ldb + p0 + 2 * qb, kc - 2 * qb)
+                            : _mm512_setzero_si512();
+      transpose16(r);
+      const int64_t count = std::min<int64_t>(16, kq - qb);
+      for (int64_t t = 0; t < count; ++t) _mm512_store_si512(dst + (qb + t) * kNR + h, r[t]);
+    }
+  }
+}
+
+// op(a)[i0 : i0 + rows, p0 : p0 + kc] as pairs. A plain a: rows of ld pairs, zero rows added up
+// to a multiple of kMR (read with that row stride). A transposed a: consecutive (kq, kMR) tiles,
+// zero-padded, kMR * kq pairs apart.
+void pack_a_pairs(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, int64_t ld,
+                  Pair* dst) {
+  const int64_t kq = pairs_of(kc), padded = (rows + kMR - 1) / kMR * kMR;
+  if (!g.trans_a) {
+    for (int64_t i = 0; i < padded; ++i) {
+      Pair* out = dst + i * ld;
+      if (i >= rows) {
+        std::memset(out, 0, kq * sizeof(Pair));
+        continue;
+      }
+      const float* src = g.a + (i0 + i) * g.lda + p0;
+      for (int64_t qb = 0; qb < kq; qb += 16)
+        _mm512_mask_storeu_epi32(out + qb, first(kq - qb), pairs_along(src + 2 * qb, kc - 2 * qb));
+    }
+    return;
+  }
+  for (int64_t ir = 0; ir < rows; ir += kMR) {
+    Pair* tile = dst + ir * kq;
+    for (int64_t q = 0; q < kq; ++q) {
+      const float* x0 = g.a + (p0 + 2 * q) * g.lda + i0 + ir;
+      const float* x1 = 2 * q + 1 < kc ? x0 + g.lda : nullptr;
+      _mm512_mask_storeu_epi32(tile + q * kMR, first(kMR),
+                               pairs_across(x0, x1, std::min<int64_t>(kMR, rows - ir)));
+    }
+  }
+}
+
+// tile (kMR, kNR) = sum over pairs q < kq of A(i, q) . b[q * kNR + j] (two products each), then
+// c = alpha * tile + beta * c + bias[j] (c only written when beta == 0; no bias when nullptr).
+// A(i, q) is a[q * kMR + i] for a tile, else a[i * lda + q].
+template <bool kTiled>
+inline void micro_kernel_bf16(int64_t kq, const Pair* __restrict a, int64_t lda,
+                              const Pair* __restrict b, float alpha, float beta,
+                              const float* bias, float* c, int64_t ldc) {
+  __m512 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_load_si512(b + q * kNR));
+    const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_load_si512(b + q * kNR + 16));
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      const __m512bh x = reinterpret_cast<__m512bh>(
+          _mm512_set1_epi32(static_cast<int>(kTiled ? a[q * kMR + i] : a[i * lda + q])));
+      acc0[i] = _mm512_dpbf16_ps(acc0[i], x, b0);
+      acc1[i] = _mm512_dpbf16_ps(acc1[i], x, b1);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) {
+    float* row = c + i * ldc;
+    if (beta == 0.0f) {
+      _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i], bias0));
+      _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i], bias1));
+    } else {
+      _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i],
+                                            _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), bias0)));
+      _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i],
+                                                 _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), bias1)));
+    }
+  }
+}
+
+// One tile of c (rows, cols) = alpha * A panel + beta * c (+ bias[j] when not nullptr), through
+// `tile` (kMR, kNR) at an edge; `tiled` says how a is packed (see pack_a_pairs), lda its row
+// stride in pairs otherwise.
+void tile_product_bf16(int64_t kq, const Pair* a, bool tiled, int64_t lda, const Pair* panel,
+                       float alpha, float beta, const float* bias, float* c, int64_t ldc,
+                       int64_t rows, int64_t cols, float* tile) {
+  const bool edge = rows < kMR || cols < kNR;
+  float* out = edge ? tile : c;
+  const int64_t ld = edge ? kNR : ldc;
+  const float* full_bias = edge ? nullptr : bias;
+  if (tiled)
+    micro_kernel_bf16<true>(kq, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, full_bias,
+                            out, ld);
+  else
+    micro_kernel_bf16<false>(kq, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta,
+                             full_bias, out, ld);
+  if (!edge) return;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      c[i * ldc + j] = (beta == 0.0f ? alpha * tile[i * kNR + j]
+                                     : alpha * tile[i * kNR + j] + beta * c[i * ldc + j]) +
+                       (bias ? bias[j] : 0.0f);
+}
+
+// The split-depth schedule of run_split_depth (a small c over a long depth), in bfloat16; the
+// bias (when not nullptr) is added by thread 0 with its first block.
+void run_split_depth_bf16(const Plan& g, int threads, const float* bias) {
+  const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC, kq_max = pairs_of(kSplitKC);
+  const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
+  threads = static_cast<int>(std::min<int64_t>(threads, blocks));
+  std::unique_ptr<Buffer[]> copies(new Buffer[threads]);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    if (t > 0) copies[t] = allocate(g.m * g.n);
+    float* out = t == 0 ? g.c : copies[t].get();
+    const int64_t ldo = t == 0 ? g.ldc : g.n;
+    PairBuffer b_pack = allocate_pairs(panels * kq_max * kNR);
+    PairBuffer a_pack = allocate_pairs(m_tiles * kMR * kq_max);
+    Buffer tile = allocate(kMR * kNR);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t pc = blk * kSplitKC, kc = std::min(kSplitKC, g.k - pc), kq = pairs_of(kc);
+      const float beta = blk > b0 ? 1.0f : t == 0 ? g.beta : 0.0f;
+      const float* blk_bias = t == 0 && blk == b0 ? bias : nullptr;
+      for (int64_t jp = 0; jp < panels; ++jp)
+        pack_b_pairs(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
+                     b_pack.get() + jp * kq * kNR);
+      pack_a_pairs(g, 0, g.m, pc, kc, kq, a_pack.get());
+      for (int64_t jp = 0; jp < panels; ++jp)
+        for (int64_t it = 0; it < m_tiles; ++it)
+          tile_product_bf16(kq, a_pack.get() + it * kMR * kq, g.trans_a, kq,
+                            b_pack.get() + jp * kq * kNR, g.alpha, beta,
+                            blk_bias ? blk_bias + jp * kNR : nullptr,
+                            out + it * kMR * ldo + jp * kNR, ldo,
+                            std::min<int64_t>(kMR, g.m - it * kMR),
+                            std::min<int64_t>(kNR, g.n - jp * kNR), tile.get());
+    }
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < m_tiles; ++it) {
+      const int64_t i0 = it * kMR, rows = std::min<int64_t>(kMR, g.m - i0);
+      for (int s = 1; s < nt; ++s)
+        for (int64_t i = i0; i < i0 + rows; ++i) {
+          const float* src = copies[s].get() + i * g.n;
+          float* dst = g.c + i * g.ldc;
+#pragma omp simd
+          for (int64_t j = 0; j < g.n; ++j) dst[j] += src[j];
+        }
+    }
+  }
+}
+
+// op(b) packed for the task schedule: per depth block of kKC, its panels of kNR columns, each
+// (pairs_of(min(kKC, k)), kNR) pairs (the last block's only partly used).
+struct Panels {
+  int64_t blocks, panels, panel_size;
+  Panels(int64_t k, int64_t n)
+      : blocks((k + kKC - 1) / kKC), panels((n + kNR - 1) / kNR),
+        panel_size(pairs_of(std::min(kKC, k)) * kNR) {}
+  int64_t size() const { return blocks * panels * panel_size; }
+};
+
+// Packs panel `index` (block index / panels, panel index % panels) of op(b) into its place.
+void pack_panel(const Plan& g, const Panels& p, int64_t index, Pair* dst) {
+  const int64_t blk = index / p.panels, jp = index % p.panels;
+  pack_b_pairs(g, blk * kKC, std::min(kKC, g.k - blk * kKC), jp * kNR,
+               std::min<int64_t>(kNR, g.n - jp * kNR), dst + index * p.panel_size);
+}
+
+constexpr int64_t kLargePanels = int64_t{8} << 20;  // bytes of packed op(b) past which ...
+constexpr int64_t kOneRowTask = 4 * kMC;            // ... at most this many rows are one row task
+
+// How c is cut into tasks. Every row task reads all of the packed op(b) once: when it is large
+// (the MLM decoder's 30,522-word weight, 47 MB at BERT-base) and c has few rows (a chunk of 137
+// predictions), reading it once per row block of kMC made the product memory-bound. Then all
+// rows are one task and the threads share the columns.
+Tasks cut_bf16(int64_t m, int64_t n, int64_t k, int threads) {
+  const Panels p(k, n);
+  if (m > kOneRowTask || p.size() * int64_t{sizeof(Pair)} <= kLargePanels) return cut(m, n, threads);
+  Tasks t;
+  t.mc = (m + kMR - 1) / kMR * kMR;
+  t.row_tasks = 1;
+  t.panels = p.panels;
+  const int64_t want = threads > 1 ? 4 * threads : 1;
+  t.per_task = std::max<int64_t>(1, std::min(kNC / kNR, (t.panels + want - 1) / want));
+  t.col_tasks = (t.panels + t.per_task - 1) / t.per_task;
+  return t;
+}
+
+// The task schedule of run, in bfloat16, with op(b) packed once for all tasks (see the top): here,
+// by the threads together, or before (`packed`, see PackedBf16). The bias (when not nullptr) is
+// added with the first depth block.
+void run_bf16(const Plan& g, int threads, const float* bias, const Pair* packed = nullptr) {
+  if (!packed && g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC)
+    return run_split_depth_bf16(g, threads, bias);
+  const Tasks t = cut_bf16(g.m, g.n, g.k, threads);
+  const Panels p(g.k, g.n);
+  PairBuffer own = packed ? PairBuffer() : allocate_pairs(p.size());
+  const Pair* b_pack = packed ? packed : own.get();
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    if (!packed) {
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t index = 0; index < p.blocks * p.panels; ++index)
+        pack_panel(g, p, index, own.get());
+    }
+    PairBuffer a_pack = allocate_pairs((std::max(kMC, t.mc) + kMR) * (p.panel_size / kNR));
+    Buffer tile = allocate(kMR * kNR);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
+      const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
+      const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
+      const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
+      for (int64_t blk = 0; blk < p.blocks; ++blk) {
+        const int64_t pc = blk * kKC, kc = std::min(kKC, g.k - pc), kq = pairs_of(kc);
+        const float beta = blk == 0 ? g.beta : 1.0f;
+        pack_a_pairs(g, i0, mc, pc, kc, kq, a_pack.get());
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
+          const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
+          const Pair* panel = b_pack + (blk * p.panels + jp) * p.panel_size;
+          for (int64_t ir = 0; ir < mc; ir += kMR)
+            tile_product_bf16(kq, a_pack.get() + ir * kq, g.trans_a, kq, panel, g.alpha, beta,
+                              blk == 0 && bias ? bias + j0 : nullptr,
+                              g.c + (i0 + ir) * g.ldc + j0, g.ldc,
+                              std::min<int64_t>(kMR, mc - ir), cols, tile.get());
+        }
+      }
+    }
+  }
+}
+
+// c = beta * c (zeros with beta == 0, over NaN too): a product with no depth or alpha == 0.
+void scale_only(int64_t m, int64_t n, float beta, float* c, int64_t ldc, bool parallel) {
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+}
+
+void add_bias(int64_t m, int64_t n, const float* bias, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += bias[j];
+}
+
+int gemm_threads(int64_t m, int64_t n, int64_t k) {
+  return m * n * k < kSerialWork ? 1 : omp_get_max_threads();
+}
+
+}  // namespace
+
+void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc, const float* bias) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == 0.0f) {
+    scale_only(m, n, beta, c, ldc, m * n > kSerialWork);
+    if (bias) add_bias(m, n, bias, c, ldc);
+    return;
+  }
+  run_bf16(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc},
+           gemm_threads(m, n, k), bias);
+}
+
+void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                      float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == 0.0f) return scale_only(m, n, beta, c, ldc, false);
+  run_bf16(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, 1, nullptr);
+}
+
+PackedBf16::PackedBf16(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb)
+    : trans_b_(trans_b), k_(k), n_(n) {
+  if (k <= 0 || n <= 0) return;
+  const Plan g{false, trans_b, 0, n, k, 1.0f, nullptr, 0, b, ldb, 0.0f, nullptr, 0};
+  const Panels p(k, n);
+  Pair* data = allocate_pairs(p.size()).release();
+  data_.reset(data, [](uint32_t* d) { std::free(d); });
+#pragma omp parallel for schedule(dynamic, 4) if (p.blocks * p.panels * p.panel_size > kSerialWork)
+  for (int64_t index = 0; index < p.blocks * p.panels; ++index) pack_panel(g, p, index, data);
+}
+
+void gemm_bf16(bool trans_a, int64_t m, float alpha, const float* a, int64_t lda,
+               const PackedBf16& b, float beta, float* c, int64_t ldc) {
+  const int64_t n = b.n(), k = b.k();
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == 0.0f) return scale_only(m, n, beta, c, ldc, m * n > kSerialWork);
+  run_bf16(Plan{trans_a, b.trans_b(), m, n, k, alpha, a, lda, nullptr, 0, beta, c, ldc},
+           gemm_threads(m, n, k), nullptr, b.data());
+}
+
+}  // namespace bp
+
+extern "C" void bp_gemm_bf16(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                             float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
+                             float beta, float* c, int64_t ldc) {
+  bp::gemm_bf16(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// gemm_bf16 with a bias (n,) added to every row of c.
+extern "C" void bp_gemm_bf16_bias(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                  float alpha, const float* a, int64_t lda, const float* b,
+                                  int64_t ldb, float beta, float* c, int64_t ldc,
+                                  const float* bias) {
+  bp::gemm_bf16(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
+}
+
+// gemm_bf16 through a PackedBf16 of op(b) (for tests).
+extern "C" void bp_gemm_bf16_packed(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                    float alpha, const float* a, int64_t lda, const float* b,
+                                    int64_t ldb, float beta, float* c, int64_t ldc) {
+  const bp::PackedBf16 packed(trans_b != 0, k, n, b, ldb);
+  bp::gemm_bf16(trans_a != 0, m, alpha, a, lda, packed, beta, c, ldc);
+}
+
+extern "C" void bp_gemm_bf16_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                    float alpha, const float* a, int64_t lda, const float* b,
+                                    int64_t ldb, float beta, float* c, int64_t ldc) {
+  bp::gemm_bf16_serial(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+#endif  // __AVX512BF16__
+
+// Whether this build has bp::gemm_bf16 (the target had AVX512_BF16): 1 or 0.
+extern "C" int bp_has_bf16() { return bp::kHasBf16 ? 1 : 0; }
 
 // The same GEMMs with C linkage, for tests and benchmarks that load the library with ctypes.
 extern "C" void bp_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,

@@ -15,10 +15,16 @@
 // benchmarks/bench_gemm.py: about as fast as MXNet's oneDNN at the model's shapes (when oneDNN
 // writes into preallocated memory) and faster than the wheel's OpenBLAS at most of them (1.2-1.4x
 // at the MLM decoder's). Call it outside OpenMP parallel regions.
+//
+// bp::gemm_bf16 (below, only in builds for a target with AVX512_BF16) is the same product with
+// its operands rounded to bfloat16 while packing and multiplied by vdpbf16ps, accumulating in
+// float32: 1.6-2.2x bp::sgemm at the model's shapes (benchmarks/bench_gemm_bf16.py, AMD EPYC
+// Zen 5, 2 threads, a shared machine), ~900 GFLOP/s on large products against ~400-470.
 #ifndef BERTPRETRAIN_KERNELS_GEMM_H_
 #define BERTPRETRAIN_KERNELS_GEMM_H_
 
 #include <cstdint>
+#include <memory>
 
 namespace bp {
 
@@ -31,6 +37,67 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                   int64_t ldc);
+
+// Whether this build has the bfloat16 GEMMs below: the compiler's target (-march) has
+// AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids and later).
+#if defined(__AVX512BF16__)
+constexpr bool kHasBf16 = true;
+
+// The product of bp::sgemm (same arguments and meaning) with op(a) and op(b) rounded to
+// bfloat16 (to nearest even) and their products accumulated in float32 (vdpbf16ps): twice the
+// float32 multiply-add rate. a, b and c are float32 in memory; only the packed copies are
+// bfloat16. With `bias` (n,), c = alpha op(a) op(b) + beta c + bias (a dense layer's bias, added
+// while the tile is in registers). Not in a build without AVX512_BF16 (see kHasBf16).
+void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc, const float* bias = nullptr);
+
+// gemm_bf16 on the calling thread alone (see sgemm_serial).
+void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                      float* c, int64_t ldc);
+
+// op(b) (k, n) rounded to bfloat16 and packed once, for several products with the same b (the
+// MLM decoder's weight, used by every chunk of rows): packing a 30,522 x 768 weight costs about
+// as much as one chunk's product. Holds k * n / 2 32-bit words (rounded up to whole panels).
+class PackedBf16 {
+ public:
+  PackedBf16(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb);
+  bool trans_b() const { return trans_b_; }
+  int64_t k() const { return k_; }
+  int64_t n() const { return n_; }
+  const uint32_t* data() const { return data_.get(); }
+
+ private:
+  bool trans_b_;
+  int64_t k_, n_;
+  std::shared_ptr<uint32_t> data_;
+};
+
+// gemm_bf16 with op(b) packed beforehand: c (m, b.n()) = alpha op(a) (m, b.k()) op(b) + beta c.
+void gemm_bf16(bool trans_a, int64_t m, float alpha, const float* a, int64_t lda,
+               const PackedBf16& b, float beta, float* c, int64_t ldc);
+#else
+constexpr bool kHasBf16 = false;
+#endif
+
+// A GEMM with sgemm_serial's arguments and meaning.
+using SerialGemm = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                            const float*, int64_t, float, float*, int64_t);
+
+// sgemm_serial, or with `bf16` gemm_bf16_serial (nullptr in a build without it).
+inline SerialGemm serial_gemm(bool bf16) {
+#if defined(__AVX512BF16__)
+  return bf16 ? gemm_bf16_serial : sgemm_serial;
+#else
+  return bf16 ? nullptr : sgemm_serial;
+#endif
+}
+
+// The message for an operator asked to compute in bfloat16 by a build without it.
+constexpr const char* kNoBf16Message =
+    " needs the AVX512_BF16 instructions (vdpbf16ps), which these kernels were built without "
+    "(the CPU or the compiler flags lack them): compute in float32 (precision='fp32')";
 
 }  // namespace bp
 

@@ -52,28 +52,41 @@ inline void residual_row(const float* x, const float* res, const DropoutMask& ma
   }
 }
 
-// Indices of the tensors in the forward inputs of either op.
+// The two operators: their names and where each tensor stands among their inputs (-1: absent).
+// Every function below is instantiated for each (a template on its Layout).
 struct Layout {
+  const char* op;
   bool residual;
-  int x, res, gamma, beta, key;
+  int x, res, gamma, beta, key, num_inputs;
 };
-constexpr Layout kPlain{false, 0, -1, 1, 2, -1};
-constexpr Layout kResidual{true, 0, 1, 2, 3, 4};
+constexpr Layout kPlain{"bp_layer_norm", false, 0, -1, 1, 2, -1, 3};
+constexpr Layout kResidual{"bp_add_layer_norm", true, 0, 1, 2, 3, 4, 5};
+constexpr int kY = 0, kNumOutputs = 1;  // either op's one output
 
-MXReturnValue forward(const Layout& l, const Attrs& attrs, std::vector<MXTensor>* in,
-                      std::vector<MXTensor>* out) {
+template <const Layout& l>
+MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
+  float p;
+  if (l.residual && !parse_p(attrs, l.op, &p)) return MX_FAIL;
+  *num_in = l.num_inputs;
+  *num_out = kNumOutputs;
+  return MX_SUCCESS;
+}
+
+template <const Layout& l>
+MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                      const OpResource&) {
   const MXTensor& x = (*in)[l.x];
   const int64_t d = x.shape.back();
   const int64_t n = leading_size(x.shape);
   const float eps = attr_float(attrs, "eps", 1e-5f);
   float p = 0.0f;
-  if (l.residual && !parse_p(attrs, "bp_add_layer_norm", &p)) return MX_FAIL;
+  if (l.residual && !parse_p(attrs, l.op, &p)) return MX_FAIL;
   const DropoutMask mask = l.residual ? DropoutMask((*in)[l.key], p) : DropoutMask();
   const float* xs = in_ptr(x);
   const float* res = l.residual ? in_ptr((*in)[l.res]) : nullptr;
   const float* gamma = in_ptr((*in)[l.gamma]);
   const float* beta = in_ptr((*in)[l.beta]);
-  float* y = (*out)[0].data<float>();
+  float* y = (*out)[kY].data<float>();
 #pragma omp parallel
   {
     std::vector<float> factors(l.residual ? d : 0);
@@ -93,28 +106,27 @@ MXReturnValue forward(const Layout& l, const Attrs& attrs, std::vector<MXTensor>
   return MX_SUCCESS;
 }
 
-// Backward inputs: [dy, forward inputs..., y]; outputs: one gradient per forward input.
-MXReturnValue backward(const Layout& l, const Attrs& attrs, std::vector<MXTensor>* in,
-                       std::vector<MXTensor>* out, const OpResource& resource) {
-  const MXTensor& x = (*in)[1 + l.x];
+template <const Layout& l>
+MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                       const OpResource& resource) {
+  using Backward = BackwardArgs<l.num_inputs, kNumOutputs>;
+  const MXTensor& x = (*in)[Backward::input(l.x)];
   const int64_t d = x.shape.back();
   const int64_t n = leading_size(x.shape);
   const float eps = attr_float(attrs, "eps", 1e-5f);
   float p = 0.0f;
-  if (l.residual && !parse_p(attrs, "bp_add_layer_norm", &p)) return MX_FAIL;
-  const DropoutMask mask = l.residual ? DropoutMask((*in)[1 + l.key], p) : DropoutMask();
-  const float* dy = in_ptr((*in)[0]);
+  if (l.residual && !parse_p(attrs, l.op, &p)) return MX_FAIL;
+  const DropoutMask mask =
+      l.residual ? DropoutMask((*in)[Backward::input(l.key)], p) : DropoutMask();
+  const float* dy = in_ptr((*in)[Backward::output_grad(kY)]);
   const float* xs = in_ptr(x);
-  const float* res = l.residual ? in_ptr((*in)[1 + l.res]) : nullptr;
-  const float* gamma = in_ptr((*in)[1 + l.gamma]);
+  const float* res = l.residual ? in_ptr((*in)[Backward::input(l.res)]) : nullptr;
+  const float* gamma = in_ptr((*in)[Backward::input(l.gamma)]);
   float* dx = out_ptr(&(*out)[l.x]);
   float* dres = l.residual ? out_ptr(&(*out)[l.res]) : nullptr;
   float* dgamma = out_ptr(&(*out)[l.gamma]);
   float* dbeta = out_ptr(&(*out)[l.beta]);
-  if (l.residual) {
-    float* dkey = out_ptr(&(*out)[l.key]);
-    if (dkey) std::memset(dkey, 0, (*out)[l.key].size() * sizeof(float));
-  }
+  if (l.residual) zero_output(&(*out)[l.key]);
 
   // Per thread: pre-norm row, dropout factors, partial dgamma, partial dbeta.
   const int threads = omp_get_max_threads();
@@ -172,99 +184,56 @@ MXReturnValue backward(const Layout& l, const Attrs& attrs, std::vector<MXTensor
 
 // Checks the input shapes; fills in those of residual, gamma and beta when still unknown
 // (see known()), so that deferred-initialised parameters get their shape from x.
-MXReturnValue infer_shape(const Layout& l, const char* op, Shapes* in, Shapes* out) {
+template <const Layout& l>
+MXReturnValue infer_shape(const Attrs&, Shapes* in, Shapes* out) {
   if (l.residual && !known((*in)[l.x])) (*in)[l.x] = (*in)[l.res];
-  if (!require_ndim(*in, l.x, 1, op, "x")) return MX_FAIL;
+  if (!require_ndim(*in, l.x, 1, l.op, "x")) return MX_FAIL;
   const auto& xs = (*in)[l.x];
   if (l.residual && !known((*in)[l.res])) (*in)[l.res] = xs;
   for (int i : {l.gamma, l.beta}) {
     if (!known((*in)[i])) (*in)[i] = {xs.back()};
   }
   if (l.residual && (*in)[l.res] != xs) {
-    MX_ERROR_MSG << op << ": 'residual' has shape " << shape_str((*in)[l.res])
+    MX_ERROR_MSG << l.op << ": 'residual' has shape " << shape_str((*in)[l.res])
                  << " but 'x' has shape " << shape_str(xs) << "; they must match";
     return MX_FAIL;
   }
   for (int i : {l.gamma, l.beta}) {
     if ((*in)[i].size() != 1 || (*in)[i][0] != xs.back()) {
-      MX_ERROR_MSG << op << ": '" << (i == l.gamma ? "gamma" : "beta") << "' has shape "
+      MX_ERROR_MSG << l.op << ": '" << (i == l.gamma ? "gamma" : "beta") << "' has shape "
                    << shape_str((*in)[i]) << ", expected (" << xs.back()
                    << ",) to match the last axis of 'x' " << shape_str(xs);
       return MX_FAIL;
     }
   }
-  (*out)[0] = xs;
+  (*out)[kY] = xs;
   return MX_SUCCESS;
 }
 
-MXReturnValue infer_type(const Layout& l, const char* op, std::vector<int>* in,
-                         std::vector<int>* out) {
+template <const Layout& l>
+MXReturnValue infer_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
   const char* names[] = {"x", "residual", "gamma", "beta", "key"};
   for (size_t i = 0; i < in->size(); ++i) {
     const char* name = l.residual ? names[i] : names[i == 0 ? 0 : i + 1];
-    if (!require_float32(in, i, op, name)) return MX_FAIL;
+    if (!require_float32(in, i, l.op, name)) return MX_FAIL;
   }
-  (*out)[0] = mxnet::ext::kFloat32;
+  (*out)[kY] = mxnet::ext::kFloat32;
   return MX_SUCCESS;
-}
-
-// ---- bp_layer_norm ----
-MXReturnValue ln_parse(const Attrs&, int* num_in, int* num_out) {
-  *num_in = 3;
-  *num_out = 1;
-  return MX_SUCCESS;
-}
-MXReturnValue ln_shape(const Attrs&, Shapes* in, Shapes* out) {
-  return infer_shape(kPlain, "bp_layer_norm", in, out);
-}
-MXReturnValue ln_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  return infer_type(kPlain, "bp_layer_norm", in, out);
-}
-MXReturnValue ln_forward(const Attrs& attrs, std::vector<MXTensor>* in,
-                         std::vector<MXTensor>* out, const OpResource&) {
-  return forward(kPlain, attrs, in, out);
-}
-MXReturnValue ln_backward(const Attrs& attrs, std::vector<MXTensor>* in,
-                          std::vector<MXTensor>* out, const OpResource& res) {
-  return backward(kPlain, attrs, in, out, res);
-}
-
-// ---- bp_add_layer_norm ----
-MXReturnValue aln_parse(const Attrs& attrs, int* num_in, int* num_out) {
-  float p;
-  if (!parse_p(attrs, "bp_add_layer_norm", &p)) return MX_FAIL;
-  *num_in = 5;
-  *num_out = 1;
-  return MX_SUCCESS;
-}
-MXReturnValue aln_shape(const Attrs&, Shapes* in, Shapes* out) {
-  return infer_shape(kResidual, "bp_add_layer_norm", in, out);
-}
-MXReturnValue aln_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  return infer_type(kResidual, "bp_add_layer_norm", in, out);
-}
-MXReturnValue aln_forward(const Attrs& attrs, std::vector<MXTensor>* in,
-                          std::vector<MXTensor>* out, const OpResource&) {
-  return forward(kResidual, attrs, in, out);
-}
-MXReturnValue aln_backward(const Attrs& attrs, std::vector<MXTensor>* in,
-                           std::vector<MXTensor>* out, const OpResource& res) {
-  return backward(kResidual, attrs, in, out, res);
 }
 
 }  // namespace
 }  // namespace bp
 
 REGISTER_OP(bp_layer_norm)
-    .setParseAttrs(bp::ln_parse)
-    .setInferType(bp::ln_type)
-    .setInferShape(bp::ln_shape)
-    .setForward(bp::ln_forward, "cpu")
-    .setBackward(bp::ln_backward, "cpu");
+    .setParseAttrs(bp::parse<bp::kPlain>)
+    .setInferType(bp::infer_type<bp::kPlain>)
+    .setInferShape(bp::infer_shape<bp::kPlain>)
+    .setForward(bp::forward<bp::kPlain>, "cpu")
+    .setBackward(bp::backward<bp::kPlain>, "cpu");
 
 REGISTER_OP(bp_add_layer_norm)
-    .setParseAttrs(bp::aln_parse)
-    .setInferType(bp::aln_type)
-    .setInferShape(bp::aln_shape)
-    .setForward(bp::aln_forward, "cpu")
-    .setBackward(bp::aln_backward, "cpu");
+    .setParseAttrs(bp::parse<bp::kResidual>)
+    .setInferType(bp::infer_type<bp::kResidual>)
+    .setInferShape(bp::infer_shape<bp::kResidual>)
+    .setForward(bp::forward<bp::kResidual>, "cpu")
+    .setBackward(bp::backward<bp::kResidual>, "cpu");

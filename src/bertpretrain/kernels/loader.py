@@ -15,6 +15,7 @@ A cached library that matches its recorded size and sha256 but cannot be loaded 
 with its record, or built against something that changed) is removed and built again, once, with one
 log line; a library that still cannot be loaded is named in the reason, with the way to remove it.
 """
+import ctypes
 import logging
 import os
 import threading
@@ -149,6 +150,50 @@ def wanted():
 def available():
     """True when the kernels are loaded in this process (see :func:`load`)."""
     return load().available
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    """Whether the loaded kernels compute in bfloat16 (``bp::gemm_bf16``); if not, ``reason`` says why."""
+
+    available: bool
+    reason: str
+
+
+_bf16 = None
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16():
+    """The process-wide :class:`Bf16Support`: the kernels are loaded and were built for a target
+    with the AVX512_BF16 instructions (``vdpbf16ps``; AMD Zen 4 and later, Intel Cooper Lake, Sapphire
+    Rapids and later), which the library itself reports (``bp_has_bf16``)."""
+    global _bf16
+    status = load()
+    with _lock:
+        if _bf16 is None:
+            if not status.available:
+                _bf16 = Bf16Support(False, f"the fused kernels are not loaded ({status.reason})")
+            elif ctypes.CDLL(status.path).bp_has_bf16():
+                _bf16 = Bf16Support(True, "the kernels have AVX512_BF16 (vdpbf16ps)")
+            elif "avx512_bf16" not in _cpu_flags():
+                _bf16 = Bf16Support(False, "this CPU lacks the AVX512_BF16 instructions "
+                                           "(vdpbf16ps; no avx512_bf16 in /proc/cpuinfo)")
+            else:
+                _bf16 = Bf16Support(False, "the kernels were built without the AVX512_BF16 "
+                                           f"instructions (vdpbf16ps): compiler flags "
+                                           f"{' '.join(build.flags())!r}")
+        return _bf16
 
 
 def usable_on(ctx):

@@ -133,21 +133,6 @@ def dropout(F, x, p):
                                     p=p).as_np_ndarray()
 
 
-def masked_softmax(F, scores, lengths, p=0.0):
-    """Softmax over the last axis of each row's first ``lengths`` entries, then dropout(p).
-
-    scores: (..., K) float32, e.g. (batch * heads, queries, K); lengths: (...) int32, one
-    per row (e.g. per-sequence valid lengths repeated over heads and queries), each in
-    [0, K]. Entries at or beyond a row's length get probability 0; a row of length 0 is
-    all zeros. Returns (..., K).
-    """
-    _check_p(p)
-    _check_float32(F, scores=scores)
-    out = _kernel(F, "bp_masked_softmax")(_legacy(scores), _legacy(lengths),
-                                          _legacy(_dropout_key(F, scores, p)), p=p)
-    return out[0].as_np_ndarray()
-
-
 def softmax_ce(F, logits, labels, weights, return_correct=False):
     """Per-row weighted softmax cross-entropy, without materialising the probabilities.
 
@@ -165,20 +150,23 @@ def softmax_ce(F, logits, labels, weights, return_correct=False):
     return (loss, out[2].as_np_ndarray()) if return_correct else loss
 
 
-
-def attention(F, qkv, valid_lens, num_heads, p=0.0, scale=None):
+def attention(F, qkv, valid_lens, num_heads, p=0.0, scale=None, bf16=False):
     """Multi-head self-attention context from one packed projection, every head in one kernel.
 
     qkv: (B, T, 3H) float32, queries | keys | values side by side, head h in columns
     h*d:(h+1)*d of each (d = H / num_heads); valid_lens: (B,) int32, keys at or beyond a
     sequence's length are ignored (a length of 0 gives a zero context). Scores are scaled by
     ``scale`` (default 1/sqrt(d)); the probabilities get dropout(p) in training mode and are
-    recomputed in backward from a saved (B, heads, T) logsumexp rather than stored.
+    recomputed in backward from a saved (B, heads, T) logsumexp rather than stored. With ``bf16``
+    every product (scores, context and backward's four) has bfloat16 operands and float32
+    accumulation (kernels built with AVX512_BF16 only); softmax and all arrays stay float32.
     Returns the context (B, T, H), heads side by side in the same column order.
     """
     _check_p(p)
     _check_float32(F, qkv=qkv)
     attrs = {"num_heads": num_heads, "p": p}
+    if bf16:
+        attrs["bf16"] = 1
     if scale is not None:
         attrs["scale"] = scale
     out = _kernel(F, "bp_attention")(_legacy(qkv), _legacy(valid_lens),
@@ -187,7 +175,7 @@ def attention(F, qkv, valid_lens, num_heads, p=0.0, scale=None):
 
 
 def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=False,
-                      chunk=MLM_CHUNK):
+                      chunk=MLM_CHUNK, bf16=False):
     """Per-row weighted cross-entropy of ``hidden @ weight.T + bias`` without the logits.
 
     hidden: (N, K) float32; weight: (V, K) (a decoder weight or the tied embedding matrix);
@@ -206,11 +194,38 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
     learns the mode from a dropout key at run time, not from an attribute the op layer would set
     while tracing: one hybridized graph serves both training and evaluation (train_bert), and
     MXNet's extension API passes operators no training flag.
+
+    With ``bf16`` the three GEMMs have bfloat16 operands and float32 accumulation (kernels built
+    with AVX512_BF16 only); the softmax, the losses and every array stay float32.
     """
     weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
     _check_float32(F, hidden=hidden, weight=weight, bias=bias, weights=weights)
+    attrs = {"chunk": chunk, "bf16": 1} if bf16 else {"chunk": chunk}
     out = _kernel(F, "bp_mlm_ce")(_legacy(hidden), _legacy(_identity(F, weight)),
                                   _legacy(_identity(F, bias)), _legacy(labels), _legacy(weights),
-                                  _legacy(_mode_key(F, hidden)), chunk=chunk)
+                                  _legacy(_mode_key(F, hidden)), **attrs)
     loss = out[0].as_np_ndarray()
     return (loss, out[1].as_np_ndarray()) if return_correct else loss
+
+
+DENSE_ACTIVATIONS = (None, "relu", "gelu")
+
+
+def dense_bf16(F, x, weight, bias, act=None):
+    """``act(x @ weight.T + bias)`` over the last axis, the products in bfloat16 with float32
+    accumulation.
+
+    x: (..., K) float32; weight: (N, K); bias: (N,); act: None, ``"relu"`` or ``"gelu"`` (exact,
+    erf-based, as ``F.npx.leaky_relu(..., act_type="gelu")``). Returns (..., N) float32. Backward
+    computes dx and dweight the same way (float32 results) and dbias in float32; every array stays
+    float32, only the GEMM's packed operands are bfloat16 (kernels/gemm.h, ``bp::gemm_bf16``).
+    The activation is inside the operator so that the pre-activation is not kept for backward
+    (relu; gelu keeps it, as MXNet's own gelu does). Needs kernels built with AVX512_BF16
+    (:func:`bertpretrain.kernels.bf16`).
+    """
+    if act not in DENSE_ACTIVATIONS:
+        raise ValueError(f"act={act!r} must be one of {DENSE_ACTIVATIONS}")
+    _check_float32(F, x=x, weight=weight, bias=bias)
+    out = _kernel(F, "bp_dense_bf16")(_legacy(x), _legacy(_identity(F, weight)),
+                                      _legacy(_identity(F, bias)), act=act or "none")
+    return (out[0] if act == "gelu" else out).as_np_ndarray()

@@ -20,21 +20,22 @@ class BERTModel(HybridBlock):
     ``config_options`` are the fields of :class:`BERTConfig` other than ``vocab_size`` (its
     defaults: d2l's small BERT); the configuration is kept as ``net.config``. To build from a
     configuration (e.g. a named one, :func:`~bertpretrain.model.bert_base`) use :meth:`from_config`.
-    ``backend`` (``"fused"``, ``"builtin"``, ``"fused-v1"`` (the previous per-op kernels, for
-    comparisons) or None: fused unless ``BERTPRETRAIN_KERNELS=0``) fixes
+    ``backend`` (``"fused"``, ``"builtin"`` or None: fused unless ``BERTPRETRAIN_KERNELS=0``) fixes
     how every op of this model is computed, see :mod:`bertpretrain.model.ops`; ``net.backend``
-    names it. Initialise with e.g. ``net.initialize(init.Xavier())``
-    and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
+    names it. ``precision`` (``"fp32"``, ``"bf16"``: matrix products with bfloat16 operands on
+    CPUs with AVX512_BF16, or ``"auto"``) is kept as ``net.precision`` (see :meth:`set_precision`).
+    Initialise with e.g. ``net.initialize(init.Xavier())`` and hybridize with ``net.hybridize(static_alloc=True, static_shape=True)`` for speed. Input
     shapes are checked on every imperative call (and, with ``check_token_ids``, the token id range,
     which costs one small synchronisation; ``train_bert`` checks each batch on the host instead);
     calls inside another hybridized block are not checked.
     """
 
-    def __init__(self, vocab_size, check_token_ids=True, backend=None, **config_options):
+    def __init__(self, vocab_size, check_token_ids=True, backend=None, precision="fp32",
+                 **config_options):
         super().__init__()
         self.config = BERTConfig(vocab_size=vocab_size, **config_options)
         self.check_token_ids = check_token_ids
-        self.ops = ops.for_backend(backend)
+        self.ops = ops.for_backend(backend, precision)
         self.encoder = BERTEncoder(self.config, self.ops)
         token_embedding = self.encoder.embeddings.token_embedding
         tied = token_embedding.weight if self.config.tie_mlm_weights else None
@@ -42,19 +43,34 @@ class BERTModel(HybridBlock):
         self.nsp = NextSentenceHead(self.config)
 
     @classmethod
-    def from_config(cls, config, check_token_ids=True, backend=None):
+    def from_config(cls, config, check_token_ids=True, backend=None, precision="fp32"):
         """Build an (uninitialised) model from a :class:`BERTConfig` or its dict form (``to_dict()``)."""
         if isinstance(config, dict):
             config = BERTConfig.from_dict(config)
         if not isinstance(config, BERTConfig):
             raise TypeError(f"config must be a BERTConfig or a dict of its fields, got "
                             f"{type(config).__name__}")
-        return cls(check_token_ids=check_token_ids, backend=backend, **config.to_dict())
+        return cls(check_token_ids=check_token_ids, backend=backend, precision=precision,
+                   **config.to_dict())
 
     @property
     def backend(self):
-        """``"fused"``, ``"fused-v1"`` or ``"builtin"``: how this model's ops are computed (see :mod:`.ops`)."""
+        """``"fused"`` or ``"builtin"``: how this model's ops are computed (see :mod:`.ops`)."""
         return self.ops.backend
+
+    @property
+    def precision(self):
+        """``"fp32"`` or ``"bf16"``: the precision of this model's matrix products (see :mod:`.ops`)."""
+        return self.ops.precision
+
+    def set_precision(self, precision):
+        """Compute in ``precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``, see
+        :func:`~bertpretrain.model.ops.resolve_precision`) from the next trace on: hybridize again
+        (or wrap anew) a block already traced. Returns ``"fp32"`` or ``"bf16"``. Parameters,
+        checkpoints and exports are float32 in either precision.
+        """
+        self.ops.precision = ops.resolve_precision(precision, self.backend)
+        return self.ops.precision
 
     def forward(self, tokens, segments, valid_lens, pred_positions=None):
         if isinstance(tokens, mx_np.ndarray):

@@ -3,7 +3,7 @@ LayerNorm)."""
 from mxnet.gluon import HybridBlock, nn
 
 from .attention import MultiHeadSelfAttention
-from .layers import LayerNorm
+from .layers import Dense, LayerNorm
 
 
 class BERTEmbeddings(HybridBlock):
@@ -46,25 +46,23 @@ class TransformerEncoderLayer(HybridBlock):
     def __init__(self, config, ops, **kwargs):
         super().__init__(**kwargs)
         self._ops = ops
-        self._activation = config.activation
         self._pre_layer_norm, self._dropout = config.pre_layer_norm, config.dropout
         self.attention = MultiHeadSelfAttention(config.num_hiddens, config.num_heads, config.dropout,
                                                 ops)
         self.attention_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops,
                                         config.dropout)
-        self.ffn_in = nn.Dense(config.ffn_num_hiddens, flatten=False, in_units=config.num_hiddens)
-        self.ffn_out = nn.Dense(config.num_hiddens, flatten=False, in_units=config.ffn_num_hiddens)
+        self.ffn_in = Dense(config.ffn_num_hiddens, config.num_hiddens, ops, config.activation)
+        self.ffn_out = Dense(config.num_hiddens, config.ffn_num_hiddens, ops)
         self.ffn_norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops, config.dropout)
 
     def hybrid_forward(self, F, x, mask):
         if self._pre_layer_norm:
             ops = self._ops
             x = ops.add(F, x, ops.dropout(F, self.attention(self.attention_norm(x), mask), self._dropout))
-            ffn = self.ffn_out(ops.activation(F, self.ffn_in(self.ffn_norm(x)), self._activation))
+            ffn = self.ffn_out(self.ffn_in(self.ffn_norm(x)))
             return ops.add(F, x, ops.dropout(F, ffn, self._dropout))
         x = self.attention_norm(self.attention(x, mask), x)
-        return self.ffn_norm(self.ffn_out(self._ops.activation(F, self.ffn_in(x), self._activation)),
-                             x)
+        return self.ffn_norm(self.ffn_out(self.ffn_in(x)), x)
 
 
 class BERTEncoder(HybridBlock):

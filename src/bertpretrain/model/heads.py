@@ -2,7 +2,7 @@
 from mxnet import symbol
 from mxnet.gluon import HybridBlock, nn
 
-from .layers import LayerNorm
+from .layers import Dense, LayerNorm
 
 
 def gather_positions(F, encoded, positions):
@@ -37,9 +37,8 @@ class MaskedLMHead(HybridBlock):
     def __init__(self, config, ops, tied_weight=None, **kwargs):
         super().__init__(**kwargs)
         self._ops = ops
-        self._activation = config.activation
         self._vocab_size = config.vocab_size
-        self.transform = nn.Dense(config.num_hiddens, flatten=False, in_units=config.num_hiddens)
+        self.transform = Dense(config.num_hiddens, config.num_hiddens, ops, config.activation)
         self.norm = LayerNorm(config.num_hiddens, config.layer_norm_eps, ops)
         if tied_weight is None:
             self.decoder = nn.Dense(config.vocab_size, flatten=False, in_units=config.num_hiddens)
@@ -54,9 +53,7 @@ class MaskedLMHead(HybridBlock):
 
     def hybrid_forward(self, F, encoded, pred_positions, labels=None, weights=None,
                        decoder_weight=None, decoder_bias=None):
-        hidden = self._ops.activation(F, self.transform(gather_positions(F, encoded, pred_positions)),
-                                      self._activation)
-        hidden = self.norm(hidden)  # (B, P, H)
+        hidden = self.norm(self.transform(gather_positions(F, encoded, pred_positions)))  # (B, P, H)
         if labels is not None:
             if self.decoder is not None:  # the untied decoder's parameters belong to its Dense child
                 decoder_weight, decoder_bias = (

@@ -18,26 +18,42 @@ Backends:
   formulation, and the kernel loader logs once why. Self-attention runs as one packed q/k/v GEMM,
   one kernel for every head and one output projection; the masked-LM decoder and its
   cross-entropy run as one kernel over chunks of rows, its gradients computed in the forward.
-- ``"fused-v1"``: the per-op kernels that preceded those two (layer norm, dropout, masked softmax,
-  cross-entropy), with builtin per-head attention and dense MLM logits: kept so that benchmarks
-  can compare the new kernels with the previous ones (bench_model.py, bench_train.py).
+  Layer normalisation (alone, or after the residual add and dropout), dropout and the NSP
+  cross-entropy each run as one kernel.
 
 The default (``backend=None``) is ``"fused"`` unless ``BERTPRETRAIN_KERNELS=0``. With dropout off
-every backend computes the same function; with dropout on they draw different masks. A hybridized
+both backends compute the same function; with dropout on they draw different masks. A hybridized
 block keeps the operators it was traced with.
+
+Precision (:data:`PRECISIONS`, see :func:`resolve_precision`): ``"fp32"`` computes everything in
+float32. ``"bf16"`` (the ``"fused"`` backend on a CPU with AVX512_BF16) computes the matrix
+products -- the dense layers (:meth:`BuiltinOps.dense`), attention's products and the masked-LM
+decoder -- with bfloat16 operands and float32 accumulation, in the kernels' GEMM
+(``bp::gemm_bf16``); every array stays float32 (weights, gradients, activations), and so do layer
+normalisation, softmax, dropout and the losses. ``"auto"`` is ``"bf16"`` where it can run, else
+``"fp32"``. MXNet 1.9.1's own bfloat16 route (FullyConnected on bfloat16 arrays, oneDNN) is not
+used: its outputs and weight gradients are bfloat16 (a cast around every layer of a float32 model,
+gradients rounded before the optimizer), its ``dot``/``batch_dot`` refuse bfloat16, and per layer,
+casts counted, it measured from 1.9x slower (d2l) to 1.25x faster (BERT-base's FFN) than the
+kernels' layer (benchmarks/bench_dense_bf16.py, a shared machine).
 
 Adding an op: write its builtin formulation as a method of :class:`BuiltinOps` (the reference, and
 the fallback); if a fused kernel computes it, override the method in :class:`FusedOps`: call the
 raw kernel from :mod:`bertpretrain.kernels.ops` when ``self._fused(F, x)``, else ``super()``.
 Blocks then call ``self._ops.<name>(F, ...)``.
 """
+import logging
 import math
 from typing import NamedTuple
 
 from .. import kernels
+from ..errors import UserError
 from ..kernels import ops as kernel_ops
 
-BACKENDS = ("fused", "fused-v1", "builtin")
+BACKENDS = ("fused", "builtin")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+logger = logging.getLogger("bertpretrain.model")
 
 # Added to the attention scores of keys that must be ignored: exp() of it underflows to exactly 0.
 _MASKED_SCORE = -1e30
@@ -69,19 +85,18 @@ class AttentionWeights(NamedTuple):
 class AttentionMask(NamedTuple):
     """Which keys each query of a batch may attend to, built once per batch and shared by all layers.
 
-    Made by :meth:`BuiltinOps.attention_mask`, read by ``masked_softmax`` and ``self_attention`` of
-    every backend (each reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
+    Made by :meth:`BuiltinOps.attention_mask`, read by ``self_attention`` of either backend (each
+    reads the field it needs; a hybridized graph computes only that one). Gluon hands a hybridized
     block's nested inputs over as lists: blocks rebuild it with ``AttentionMask(*mask)``.
 
     Attributes:
-        lengths: (B, T) int32, ``lengths[b, query]`` the number of keys that query may attend to
-            (sequence b's valid length); what the fused softmax takes (the fused attention takes
-            its first column, the valid lengths (B,)).
+        valid_lens: (B,) int32, sequence b attends to its first ``valid_lens[b]`` keys; what the
+            fused attention takes.
         bias: (B, T, T) float32, ``bias[b, query, key]`` 0 for keys before sequence b's valid length
             and a huge negative number from there on; added to the scores by the builtin softmax.
     """
 
-    lengths: object
+    valid_lens: object
     bias: object
 
 
@@ -96,17 +111,59 @@ def resolve_backend(backend=None):
     return backend
 
 
-def for_backend(backend=None):
-    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps`,
-    :class:`PerOpFusedOps` or :class:`BuiltinOps`."""
-    return {"fused": FusedOps, "fused-v1": PerOpFusedOps,
-            "builtin": BuiltinOps}[resolve_backend(backend)]()
+def for_backend(backend=None, precision="fp32"):
+    """The op layer of ``backend`` (see :func:`resolve_backend`): :class:`FusedOps` or :class:`BuiltinOps`,
+    computing in ``precision`` (see :func:`resolve_precision`)."""
+    ops = {"fused": FusedOps, "builtin": BuiltinOps}[resolve_backend(backend)]()
+    ops.precision = resolve_precision(precision, ops.backend)
+    return ops
+
+
+class PrecisionUnavailableError(UserError, RuntimeError):
+    """``precision="bf16"`` was asked for where bfloat16 cannot run (CPU, build or backend)."""
+
+
+def resolve_precision(precision, backend):
+    """``"fp32"`` or ``"bf16"``: what ``precision`` (one of :data:`PRECISIONS`) means for a model
+    on ``backend`` here.
+
+    ``"bf16"`` needs the ``"fused"`` backend and kernels built for a CPU with AVX512_BF16
+    (:func:`bertpretrain.kernels.bf16`, which loads the kernels): elsewhere it raises
+    :class:`PrecisionUnavailableError` saying what is missing. ``"auto"`` is ``"bf16"`` where it can
+    run, else ``"fp32"``, and logs which, with why, in one line.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return "fp32"
+    if backend == "fused":
+        support = kernels.bf16()
+        available, reason = support.available, support.reason
+    else:
+        available, reason = False, (f"the {backend!r} backend computes in float32 only (bfloat16 "
+                                    "runs on the fused kernels)")
+    if precision == "bf16":
+        if not available:
+            raise PrecisionUnavailableError(f"precision='bf16' cannot run here: {reason}; use "
+                                            "precision='fp32' (or 'auto': bf16 where possible)")
+        return "bf16"
+    resolved = "bf16" if available else "fp32"
+    logger.info("precision auto: %s (%s)", resolved, reason)
+    return resolved
 
 
 class BuiltinOps:
     """The primitives as MXNet builtin operators: the reference every backend must match."""
 
     backend = "builtin"
+    precision = "fp32"
+
+    def dense(self, F, x, weight, bias, num_outputs, activation=None):
+        """A dense layer over the last axis: ``activation(x @ weight.T + bias)``; x (..., K), weight
+        (``num_outputs``, K), bias (``num_outputs``,) -> (..., ``num_outputs``); ``activation``
+        None or a name :meth:`activation` knows."""
+        y = _project(F, x, weight, bias, num_outputs)
+        return y if activation is None else self.activation(F, y, activation)
 
     def add(self, F, *arrays):
         """Elementwise sum of same-shape arrays.
@@ -148,14 +205,12 @@ class BuiltinOps:
         """The :class:`AttentionMask` of a batch: ``valid_lens`` (B,) int, ``positions`` (T,) 0..T-1.
 
         A valid length of 0 (never produced by bertpretrain.data: [CLS] is always valid) gives
-        all-zero attention weights with the fused softmax and uniform ones with the builtin one.
+        a zero context with the fused attention and uniform attention weights with the builtin one.
         """
-        lengths = F.np.expand_dims(valid_lens.astype("int32"), -1) + F.np.expand_dims(
-            F.np.zeros_like(positions).astype("int32"), 0)  # (B, T)
         key_is_padding = F.np.expand_dims(positions.astype("float32"), 0) >= F.np.expand_dims(
             valid_lens.astype("float32"), -1)  # (B, T)
         bias = key_is_padding.astype("float32") * _MASKED_SCORE
-        return AttentionMask(lengths, F.np.expand_dims(bias, 1) + F.np.expand_dims(
+        return AttentionMask(valid_lens.astype("int32"), F.np.expand_dims(bias, 1) + F.np.expand_dims(
             F.np.zeros_like(bias[0]), -1))
 
     def masked_softmax(self, F, scores, mask, rate):
@@ -234,16 +289,18 @@ class BuiltinOps:
         return self.softmax_cross_entropy(F, logits, labels, weights, count_correct)
 
 
-class PerOpFusedOps(BuiltinOps):
-    """The per-op fused CPU kernels where they can run, builtin operators elsewhere (``"fused-v1"``).
+class FusedOps(BuiltinOps):
+    """The fused CPU kernels where they can run, builtin operators elsewhere (``"fused"``).
 
-    Layer normalisation, the residual add + dropout + layer normalisation, dropout, the
-    length-masked attention softmax (with its dropout) and the cross-entropy (with its accuracy
-    count, for free) each run as one kernel; attention and the MLM decoder are composed as in
-    :class:`BuiltinOps` around them. :class:`FusedOps` adds the two whole-block kernels.
+    Self-attention and the masked-LM decoder with its cross-entropy each run as one kernel; layer
+    normalisation, the residual add + dropout + layer normalisation, dropout and the cross-entropy
+    (with its accuracy count, for free) each as one kernel too. The builtin attention's masked
+    softmax is never reached here: where the attention kernel cannot run, no kernel can. With
+    ``precision == "bf16"`` the dense layers, attention's products and the masked-LM decoder compute
+    with bfloat16 operands and float32 accumulation (see the module docstring).
     """
 
-    backend = "fused-v1"
+    backend = "fused"
 
     @staticmethod
     def _fused(F, x):
@@ -265,11 +322,6 @@ class PerOpFusedOps(BuiltinOps):
             return kernel_ops.add_layer_norm(F, x, residual, gamma, beta, p=rate, eps=eps)
         return super().add_layer_norm(F, x, residual, gamma, beta, eps, num_features, rate)
 
-    def masked_softmax(self, F, scores, mask, rate):
-        if self._fused(F, scores):
-            return kernel_ops.masked_softmax(F, scores, mask.lengths, p=rate)
-        return super().masked_softmax(F, scores, mask, rate)
-
     def softmax_cross_entropy(self, F, logits, labels, weights=None, count_correct=False):
         """One kernel computes the losses and the counts, without materialising the log-probabilities."""
         if not self._fused(F, logits):
@@ -290,12 +342,16 @@ class PerOpFusedOps(BuiltinOps):
             return losses
         return losses, F.np.sum(correct)
 
+    @property
+    def _bf16(self):
+        return self.precision == "bf16"
 
-class FusedOps(PerOpFusedOps):
-    """The per-op kernels of :class:`PerOpFusedOps`, plus self-attention and the masked-LM decoder
-    with its cross-entropy each as one kernel, where the kernels can run (``"fused"``)."""
-
-    backend = "fused"
+    def dense(self, F, x, weight, bias, num_outputs, activation=None):
+        """In bfloat16, one kernel (``bp_dense_bf16``, the activation included) whose arrays all
+        stay float32."""
+        if self._bf16 and self._fused(F, x) and activation in kernel_ops.DENSE_ACTIVATIONS:
+            return kernel_ops.dense_bf16(F, x, weight, bias, act=activation)
+        return super().dense(F, x, weight, bias, num_outputs, activation)
 
     def self_attention(self, F, x, mask, weights, num_hiddens, num_heads, rate):
         """One packed (B, T, 3H) q/k/v GEMM on the concatenated weights, one kernel that computes
@@ -308,10 +364,10 @@ class FusedOps(PerOpFusedOps):
                                           weights.value_weight], axis=0)  # (3H, H)
         packed_bias = F.np.concatenate([weights.query_bias, weights.key_bias, weights.value_bias],
                                        axis=0)  # (3H,)
-        qkv = _project(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
-        valid_lens = mask.lengths[:, 0]  # (B,)
-        context = kernel_ops.attention(F, qkv, valid_lens, num_heads, p=rate, scale=1.0)  # (B, T, H)
-        return _project(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
+        qkv = self.dense(F, x, packed_weight, packed_bias, 3 * num_hiddens)  # (B, T, 3H)
+        context = kernel_ops.attention(F, qkv, mask.valid_lens, num_heads, p=rate, scale=1.0,
+                                       bf16=self._bf16)  # (B, T, H)
+        return self.dense(F, context, weights.proj_weight, weights.proj_bias, num_hiddens)
 
     def mlm_cross_entropy(self, F, hidden, weight, bias, labels, weights, vocab_size,
                           count_correct=False):
@@ -324,7 +380,7 @@ class FusedOps(PerOpFusedOps):
                                              count_correct)
         losses, correct = kernel_ops.mlm_cross_entropy(
             F, F.npx.reshape(hidden, (-5, -2)), weight, bias, F.np.reshape(labels, (-1,)),
-            F.np.reshape(weights, (-1,)), return_correct=True)  # (B * P,) each
+            F.np.reshape(weights, (-1,)), return_correct=True, bf16=self._bf16)  # (B * P,) each
         losses = F.reshape_like(losses.as_nd_ndarray(), labels.as_nd_ndarray()).as_np_ndarray()
         return (losses, F.np.sum(correct)) if count_correct else losses
 

@@ -4,7 +4,8 @@ A checkpoint is a folder ``step-00000050`` inside the checkpoint directory holdi
 (``config.json``, ``model.params``), the optimiser state (``trainer.states``), the vocabulary (when
 known: ``vocab.json``, or ``tokenizer.json`` for a WordPiece tokenizer, named as
 :func:`~bertpretrain.model.save_pretrained` names it) and ``state.json`` (step, seed, data position,
-history, options, and the SHA-256 of every other file). It is filled under a temporary name, its
+history, options, and a manifest of every other file: its size and SHA-256, see
+:mod:`bertpretrain.files`). It is filled under a temporary name, its
 files and folder are synced to disk and it is renamed into place
 (:func:`~bertpretrain.files.atomic_folder`); only then does the ``latest`` file (itself replaced
 atomically) point to it, and only then are older checkpoints pruned. A process killed while saving
@@ -26,11 +27,13 @@ import tempfile
 
 from ..data import load_saved_vocab
 from ..errors import UserError
-from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, atomic_folder, atomic_write,
-                     file_digest, remove_stale, saved_vocab_file, vocab_file_name)
+from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, ManifestError, atomic_folder,
+                     atomic_write, manifest, manifest_problem, read_manifest, remove_stale, saved_vocab_file,
+                     vocab_file_name, write_manifest)
 from ..model import BERTConfig, save_pretrained
 
-FORMAT = "bertpretrain-checkpoint-v2"
+FORMAT = "bertpretrain-checkpoint-v3"  # v2 recorded each file by its SHA-256 alone, v3 also by its size
+_READABLE_FORMATS = ("bertpretrain-checkpoint-v2", FORMAT)
 LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.states"
@@ -106,8 +109,8 @@ def save_checkpoint(directory, step, bert, trainer, state, vocab=None, keep=2):
         save_pretrained(bert, staging, vocab=vocab)
         with _disk_full_names(final, previous, TRAINER_FILE):
             trainer.save_states(os.path.join(staging, TRAINER_FILE))
-        files = {file: file_digest(os.path.join(staging, file)) for file in sorted(os.listdir(staging))}
-        atomic_write(os.path.join(staging, STATE_FILE), json.dumps({"format": FORMAT, "files": files, **state}))
+        files = manifest(staging, sorted(os.listdir(staging)))
+        write_manifest(os.path.join(staging, STATE_FILE), files, format=FORMAT, **state)
     with _disk_full_names(directory, previous, LATEST):
         atomic_write(os.path.join(directory, LATEST), name + "\n")
     _prune(directory, keep, current=name)
@@ -228,36 +231,37 @@ def read_state(folder, offer_previous=True):
     """
     path = os.path.join(folder, STATE_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-        problem = None if isinstance(state, dict) else "it does not hold a JSON object"
-    except (OSError, ValueError) as error:  # missing, unreadable, not UTF-8, not JSON
+        state = read_manifest(path, legacy=_state_v2)
+        problem = None
+    except OSError as error:  # missing, unreadable
         problem = f"it cannot be read ({error})"
-    if problem is None and state.get("format") != FORMAT:
-        problem = f"it is of format {state.get('format')!r}, not {FORMAT!r}, which this version resumes"
-    if problem is None and not isinstance(state.get("files"), dict):
-        problem = "it records no checksums of the checkpoint's files"
+    except ManifestError as error:  # not UTF-8, not JSON, no file records
+        problem = f"it is not a checkpoint state with the checksums of its files ({error})"
+    if problem is None and state.get("format") not in _READABLE_FORMATS:
+        problem = (f"it is of format {state.get('format')!r}, not one of {_READABLE_FORMATS}, which this "
+                   "version resumes")
     if problem:
         raise _untrusted(folder, path, problem, offer_previous)
     return state
 
 
+def _state_v2(state):
+    """A ``state.json`` of format v2 (each file recorded by its SHA-256 alone) as a manifest."""
+    return {**state, "files": {name: {"sha256": sha256} for name, sha256 in state["files"].items()}}
+
+
 def verify_checkpoint(folder, state, offer_previous=True):
-    """Check every file of the checkpoint against the SHA-256 recorded in its ``state``.
+    """Check every file of the checkpoint against the size and SHA-256 recorded in its ``state``.
 
     Raises:
         CheckpointError: a file is missing, truncated or altered (naming it and, with ``offer_previous``,
             the previous complete checkpoint).
     """
-    for name, digest in sorted(state["files"].items()):
-        path = os.path.join(folder, name)
-        try:
-            actual = file_digest(path)
-        except OSError as error:
-            raise _untrusted(folder, path, f"it cannot be read ({error.strerror})", offer_previous) from None
-        if actual != digest:
-            raise _untrusted(folder, path, "its SHA-256 differs from the one recorded when it was saved (the file "
-                             "is truncated or corrupted)", offer_previous)
+    mismatch = manifest_problem(folder, state["files"])
+    if mismatch is not None:
+        name, problem = mismatch
+        raise _untrusted(folder, os.path.join(folder, name), f"{problem} (checked against the record made when "
+                         "the checkpoint was saved: the file is damaged)", offer_previous)
 
 
 def _untrusted(folder, path, problem, offer_previous):

@@ -5,6 +5,7 @@ from typing import Optional
 
 from mxnet import init, optimizer as mx_optimizer
 
+from ..model.ops import PRECISIONS
 from ..options import OptionError, boolean, integer, number, option, validate
 from . import optimizer as _registers_adamw  # noqa: F401  (MXNet's optimizer registry gains 'adamw')
 from .schedule import LearningRateSchedule
@@ -91,6 +92,9 @@ class TrainingConfig:
                                          check=integer(0, optional=True), metavar="N")
     initializer: str = option("xavier", "how weights start: xavier (d2l) or bert (normal, std 0.02)",
                               choices=INITIALIZERS)
+    precision: str = option("auto", "the matrix products' precision: bf16 (bfloat16 operands, float32 sums; on CPUs "
+                            "with AVX512_BF16 and the fused kernels), fp32, or auto (bf16 where it runs, logged); "
+                            "weights, gradients, optimizer states and checkpoints stay float32", choices=PRECISIONS)
     plot: object = option(False, "redraw the loss curves every log_interval steps: True in a notebook (one figure "
                           "updated in place), or the path of a PNG file rewritten as training goes", check=_plot,
                           cli=False)
