@@ -77,6 +77,17 @@ def run_bash(code, hf_python):
             words = shlex.split(line)
             args = shortened_args(words[2:]) if words[1] == "pretrain" else [in_repository(w) for w in words[2:]]
             assert cli.main([words[1], *args]) == 0, line
+        elif line.startswith("python -m bertpretrain."):
+            done = subprocess.run([sys.executable, *shlex.split(line)[1:]], capture_output=True, text=True,
+                                  timeout=600)
+            assert done.returncode == 0, f"{line}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        elif line.startswith("python benchmarks/"):  # a benchmark takes minutes: its options exist, and it starts
+            words = shlex.split(line)
+            done = subprocess.run([sys.executable, str(ROOT / words[1]), "--help"], capture_output=True, text=True,
+                                  timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            unknown = [w for w in words[2:] if w.startswith("--") and w not in done.stdout]
+            assert unknown == [], f"{line}: {unknown} not among {words[1]}'s options"
         elif line.startswith('python -c "'):
             program = line[len('python -c "'):-1]
             python = hf_python() if "transformers" in program else sys.executable
@@ -110,6 +121,18 @@ def test_every_code_block_of_the_docs_runs(path, tmp_path, monkeypatch):
             run_bash(code, _hf_python)
         else:
             pytest.fail(f"{path.name}: a code block in {language or 'no language'}: mark it python or bash")
+
+
+def test_every_module_command_named_in_the_docs_runs():
+    """Commands written inline (``python -m bertpretrain.launch --help``) run too."""
+    named = set()
+    for path in [ROOT / "README.md", *DOCS]:
+        named.update(re.findall(r"`(python -m bertpretrain\.[^`]+)`", path.read_text(encoding="utf-8")))
+    assert named, "the docs name no module command"
+    for command in sorted(named):
+        done = subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{command}:\n{done.stderr[-3000:]}"
 
 
 def test_the_option_tables_are_the_ones_the_fields_make():
