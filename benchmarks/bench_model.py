@@ -21,8 +21,10 @@ learn.
 vocabulary of the real WikiText-2 splits), ``mini`` (4 x 256) and ``small`` (4 x 512) (T 128,
 batch 128), ``base`` (12 x 768, T 128, batch 32), the last three with the original BERT's options
 (GELU, embedding LayerNorm, tied decoder, LayerNorm epsilon 1e-12, dropout 0.1), a 30,522-word
-vocabulary and Adam at 1e-4. ``--paths`` chooses among fused and builtin, ``--precision fp32
-bf16`` the fused path's precisions.
+vocabulary and Adam at 1e-4. ``--paths`` chooses among fused and builtin (default: both at d2l's
+size; fused alone, without the profile, at BERT's: each path's model takes ~5 GB at base, and
+the profile's second trace of every graph about doubles that), ``--precision fp32 bf16`` the
+fused path's precisions.
 
 ``--torch PYTHON`` (default: $BERTPRETRAIN_HF_PYTHON when set) also runs benchmarks/torch_reference.py
 in that interpreter (it needs torch, which never goes beside MXNet) with the same shapes, batches,
@@ -454,17 +456,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shape_arguments(parser)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
-                        help="op-layer backends to measure: the fused kernels, MXNet's builtin operators")
+    parser.add_argument("--paths", nargs="+", choices=PATHS,
+                        help="op-layer backends to measure: the fused kernels, MXNet's builtin operators (default: "
+                             "both at d2l's size, fused at BERT's: every path is a model in memory, ~5 GB at base)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="precisions of the fused path, measured side by side (bf16: on CPUs with AVX512_BF16)")
     parser.add_argument("--torch", metavar="PYTHON", default=os.environ.get("BERTPRETRAIN_HF_PYTHON"),
                         help="a Python with torch for the PyTorch reference (default: $BERTPRETRAIN_HF_PYTHON; "
                              "unset: no reference)")
     parser.add_argument("--no-check-token-ids", action="store_true")
-    parser.add_argument("--profile-steps", type=int, default=3,
-                        help="steps of each path run under the profiler, in the first run of this checkout "
-                             "(0: no profile)")
+    parser.add_argument("--profile-steps", type=int,
+                        help="steps of each path run under the profiler, in the first run of this checkout (0: no "
+                             "profile; default: 3 at d2l's size, 0 at BERT's: the profile's second trace of every "
+                             "graph about doubles the memory, 1.9 -> 3.3 GB for one path at mini)")
     parser.add_argument("--profile-top", type=int, default=12, help="operators listed per path")
     parser.add_argument("--no-ceilings", action="store_true",
                         help="skip the float32 GEMM-rate ceilings (measured in the first run of this checkout; "
@@ -480,11 +484,15 @@ def main():
         print(json.dumps(measure(args)))
         return
     resolve_shapes(args)
+    d2l = args.config == "d2l"
+    args.paths = args.paths or (list(PATHS) if d2l else ["fused"])
+    args.profile_steps = (3 if d2l else 0) if args.profile_steps is None else args.profile_steps
     clock = use_clock(args.clock)
     header(__doc__.splitlines()[0])
     print(f"config {args.config}: {args.num_layers} x {args.num_hiddens} (FFN {args.ffn_num_hiddens}, "
           f"{args.num_heads} heads), batch {args.batch_size}, max_len {args.max_len}, vocabulary {args.vocab_size}, "
-          f"Adam lr {args.lr}; threads {args.threads}, {args.warmup} + {args.steps} steps per path and round, "
+          f"Adam lr {args.lr}; paths {' '.join(args.paths)}, fused in {' '.join(args.precision)}; threads "
+          f"{args.threads}, {args.warmup} + {args.steps} steps per path and round, "
           f"{args.rounds} round(s), {clock}", flush=True)
     options = shape_options(args) + ["--paths", *args.paths, "--precision", *args.precision,
                                      "--profile-top", args.profile_top, "--clock", args.clock]

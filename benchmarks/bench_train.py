@@ -224,5 +224,6 @@ def report(args, rounds, rss):
             print(f"[{backend}] train_bert's step: {now:.3f} CPU s with {names[0]}, {before:.3f} with {names[1]}: "
                   f"ratio {now / before:.3f} (< 1: faster now)")
 
+
 if __name__ == "__main__":
     main()
