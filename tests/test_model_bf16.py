@@ -225,3 +225,25 @@ def test_a_build_without_avx512_bf16_refuses_bf16_and_auto_is_fp32(tmp_path):
     assert "AVX512_BF16" in out["bf16"] and "AVX512_BF16" in out["refused"]
     assert "precision='bf16' cannot run here" in out["refused"]
     assert "AVX512_BF16" in out["operator"], out["operator"]
+
+
+def test_a_run_resumes_across_precisions_and_records_each(bf16, tmp_path, caplog):
+    """bf16 steps, checkpointed, then resumed in fp32: the checkpoint (float32 parameters) loads, the history and
+    each checkpoint's state record the precision, and the switch is logged."""
+    from bertpretrain.data import load_data_wiki
+    from bertpretrain.train import TrainingHistory, latest_checkpoint, train_bert
+    sizes = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, max_len=32)
+    train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
+    first = train_bert(train_iter, BERTModel(len(vocab), **sizes), devices=[mx.cpu()], num_steps=2, seed=1,
+                       progress=False, checkpoint_dir=str(tmp_path), precision="bf16")
+    assert first.precision == "bf16"
+    state = json.loads((tmp_path / "step-00000002" / "state.json").read_text())
+    assert state["precision"] == "bf16" and TrainingHistory.from_dict(state["history"]).precision == "bf16"
+    train_iter, vocab = load_data_wiki(16, 32, dataset="wikitext-2-sample", seed=0)
+    with caplog.at_level(logging.INFO, logger="bertpretrain.train.loop"):
+        resumed = train_bert(train_iter, BERTModel(len(vocab), **sizes), devices=[mx.cpu()], num_steps=4, seed=1,
+                             progress=False, checkpoint_dir=str(tmp_path), resume=True, precision="fp32")
+    assert resumed["step"] == [1, 2, 3, 4] and resumed.precision == "fp32"
+    assert "the checkpoint was trained in bf16; continuing in fp32" in caplog.text
+    assert json.loads((tmp_path / "step-00000004" / "state.json").read_text())["precision"] == "fp32"
+    assert latest_checkpoint(str(tmp_path)).endswith("step-00000004")

@@ -14,8 +14,9 @@ class TrainingHistory:
     The per-step lists under :data:`HISTORY_KEYS` have one entry per step (equal lengths); ``eval`` holds a
     dict per evaluation (with its ``step``). ``interrupted`` is True when Ctrl-C stopped the run;
     ``checkpoint`` is the last checkpoint written (or None); ``rank`` is this worker's rank (0 unless
-    training is distributed) of ``workers``. Each worker records the losses of its own shard; after a resume, the steps
-    before it are rank 0's (the checkpoint's).
+    training is distributed) of ``workers``; ``precision`` is what the matrix products were computed in
+    (``'fp32'`` or ``'bf16'``; after a resume, this run's). Each worker records the losses of its own shard; after a
+    resume, the steps before it are rank 0's (the checkpoint's).
 
     ``history["mlm_loss"]`` reads a list as ``history.mlm_loss`` does; :meth:`to_dict` and
     :meth:`from_dict` make the JSON round trip (``history.json``, checkpoints) keep every attribute.
@@ -34,6 +35,7 @@ class TrainingHistory:
     checkpoint: str = None
     rank: int = 0
     workers: int = 1
+    precision: str = None
 
     def __getitem__(self, key):
         """The list ``key`` (one of :data:`HISTORY_KEYS` or ``'eval'``)."""

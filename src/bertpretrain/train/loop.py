@@ -239,7 +239,8 @@ class _Run:
         self.eval_iter = eval_iter if self.lead else None
         self.checkpointer = Checkpointer(config.checkpoint_dir, config.checkpoint_interval, config.keep_checkpoints,
                                          writes=self.lead)
-        self.history, self.step = TrainingHistory(rank=strategy.rank, workers=strategy.workers), 0
+        self.history = TrainingHistory(rank=strategy.rank, workers=strategy.workers, precision=self.model.bert.precision)
+        self.step = 0
         self.warned_diverging = False
         self.stop_agreed = False  # a worker's Ctrl-C, shared with all in a step's counts
 
@@ -250,9 +251,13 @@ class _Run:
             source, state, self.vocab = resumed
             self.step, self.seed = state["step"], state["seed"]
             # The resumed checkpoint stays the run's last one until a later step is saved (rank 0 writes them).
-            self.history = dataclasses.replace(TrainingHistory.from_dict(state["history"]), interrupted=False,
-                                               checkpoint=source if self.lead else None, rank=self.strategy.rank,
-                                               workers=self.strategy.workers)
+            saved = TrainingHistory.from_dict(state["history"])
+            if saved.precision not in (None, self.history.precision):  # the saved parameters are float32 anyway
+                logger.info("the checkpoint was trained in %s; continuing in %s", saved.precision,
+                            self.history.precision)
+            self.history = dataclasses.replace(saved, interrupted=False, checkpoint=source if self.lead else None,
+                                               rank=self.strategy.rank, workers=self.strategy.workers,
+                                               precision=self.history.precision)
             if state.get("data") is not None and hasattr(self.train_iter, "load_state_dict"):
                 self.train_iter.load_state_dict(state["data"])
             logger.info("resumed from %s at step %d", source, self.step)
@@ -331,7 +336,8 @@ class _Run:
     def save(self):
         """Checkpoint this step (rank 0, with a checkpoint folder), with the loader's position and the history."""
         data = self.train_iter.state_dict() if hasattr(self.train_iter, "state_dict") else None
-        state = {"step": self.step, "seed": self.seed, "data": data, "history": self.history.to_dict()}
+        state = {"step": self.step, "seed": self.seed, "data": data, "precision": self.history.precision,
+                 "history": self.history.to_dict()}
         folder = self.checkpointer.save(self.step, self.model.bert, self.trainer, state, self.vocab)
         if folder is not None:  # rank 0, with a checkpoint folder
             self.history.checkpoint = folder
