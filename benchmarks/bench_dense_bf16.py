@@ -14,19 +14,16 @@ backward (gradients of x, W and b) of a numpy-interface HybridBlock hybridized w
 - bp_dense_bf16: the kernels' operator (``bp::gemm_bf16`` forward, dx and dW; float32 arrays).
 
 Interleaved in one process, median of ``--repeats`` rounds (the machine may be shared); prints
-ms per forward + backward and GFLOP/s (3 GEMMs of 2 M N K). Threads: ``--threads``.
+ms per forward + backward and GFLOP/s (3 GEMMs of 2 M N K), and the CPU (benchmarks/common.py).
+Threads: ``--threads``.
 
 Usage (one benchmark at a time on a shared machine):
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_dense_bf16.py [--configs d2l base]
 """
-import argparse
-import os
-import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm import cpu_name  # noqa: E402
-from bench_gemm_bf16 import CONFIGS, median_seconds  # noqa: E402
+from bench_gemm_bf16 import CONFIGS, command, median_seconds
+from common import import_library
 
 VARIANTS = ("FC fp32", "FC bf16 + casts", "bp_dense_bf16")
 
@@ -40,9 +37,9 @@ def layers(config):
 
 
 def measure(configs, repeats):
+    """Runs in a child process with OMP_NUM_THREADS set; prints one table row per layer."""
+    import_library()  # first: MXNet with numpy semantics
     import numpy as onp
-
-    import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
     import mxnet as mx
     from mxnet import autograd, gluon, np
     from mxnet.contrib.amp.amp import bfloat16
@@ -91,7 +88,6 @@ def measure(configs, repeats):
                     with autograd.record():
                         y = block(x)
                     y.backward(head)
-                    mx.nd.waitall()
                 return run
 
             outputs = []
@@ -100,7 +96,7 @@ def measure(configs, repeats):
                 outputs.append((x.grad.asnumpy().copy(), block.weight.grad().asnumpy().copy()))
             errors = [max(onp.abs(a - b).max() / (onp.abs(b).max() + 1e-30)
                           for a, b in zip(out, outputs[0])) for out in outputs[1:]]
-            times = median_seconds([step(b) for b in blocks], repeats)
+            times = median_seconds([step(b) for b in blocks], repeats, mx.nd.waitall)
             flops = 3 * 2 * m * n * k
             print(f"| {config} | {name} | {m}x{k}x{n} | "
                   + " | ".join(f"{1e3 * t:.1f} ms ({flops / t / 1e9:.0f})" for t in times)
@@ -109,25 +105,10 @@ def measure(configs, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--threads", type=int, default=2, help="OpenMP threads (default: 2)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds; the median counts")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        measure(args.configs, args.repeats)
-        return
-    print(f"CPU: {cpu_name()}; {args.threads} threads; forward + backward of one dense layer in "
-          f"a hybridized block (static memory), median of {args.repeats} interleaved rounds, ms "
-          "(GFLOP/s). Speed-ups of bp_dense_bf16 over FC fp32 and over FC bf16 + casts; largest "
-          "relative difference of dx and dW from FC fp32 (bf16 + casts / bp_dense_bf16)\n")
-    print("| config | layer | M x K x N | " + " | ".join(VARIANTS)
-          + " | bp / fp32 | bp / bf16 + casts | gradient difference |")
-    print("| --- " * (7 + len(VARIANTS)) + "|", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--repeats",
-                    str(args.repeats), "--configs", *args.configs], env=env, check=True)
+    command(__file__, __doc__, measure, 7, "Forward + backward of one dense layer in a hybridized block (static "
+            "memory), ms (GFLOP/s). Speed-ups of bp_dense_bf16 over FC fp32 and over FC bf16 + casts; largest "
+            "relative difference of dx and dW from FC fp32 (bf16 + casts / bp_dense_bf16)",
+            ["config", "layer", "M x K x N", *VARIANTS, "bp / fp32", "bp / bf16 + casts", "gradient difference"])
 
 
 if __name__ == "__main__":

@@ -42,6 +42,35 @@ LAYERS = {
 }
 
 
+def bind_gemm(lib, name):
+    """The kernel library ``lib``'s GEMM entry point ``name`` (``bp_sgemm``, ``bp_gemm_bf16``: C = alpha
+    op(A) op(B) + beta C, row-major) with its ctypes signature."""
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    gemm = getattr(lib, name)
+    gemm.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
+    gemm.restype = None
+    return gemm
+
+
+def gemm_call(gemm, trans_a, trans_b, a, b, c):
+    """A call of ``gemm`` (see :func:`bind_gemm`) computing ``c = op(a) op(b)`` on numpy arrays, into ``c``."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    return lambda: gemm(trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1],
+                        0.0, c.ctypes.data, n)
+
+
+def layer_gemms(x, w, dy):
+    """The three GEMMs of a layer y = x W^T (x (M, K), W (N, K), dy (M, N)) in a training step, as
+    ``(name, a, b, (trans_a, trans_b, a_op, b_op))``: C (rows, cols) = a b^T, b (cols, depth), which is what
+    FullyConnected computes (a and b are transposed copies where the GEMM needs them, made here, outside any
+    timing), and the same C = op(a_op) op(b_op) for :func:`gemm_call`."""
+    import numpy as onp
+    return [("fwd  y = x W^T", x, w, (0, 1, x, w)),
+            ("dX   dx = dy W", dy, onp.ascontiguousarray(w.T), (0, 0, dy, w)),
+            ("dW   dW = dy^T x", onp.ascontiguousarray(dy.T), onp.ascontiguousarray(x.T), (1, 0, dy, x))]
+
+
 def measure(repeats):
     """Runs in a child process with OMP_NUM_THREADS set; prints one table row per layer and GEMM."""
     import_library()  # first: MXNet with numpy semantics
@@ -53,43 +82,22 @@ def measure(repeats):
     status = kernels.load()
     if not status.available:
         sys.exit(f"fused kernels unavailable: {status.reason}")
-    sgemm = ctypes.CDLL(status.path).bp_sgemm
-    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    sgemm.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
-    sgemm.restype = None
-
-    def ours(trans_a, trans_b, a, b, c):
-        m, n = c.shape
-        k = a.shape[0] if trans_a else a.shape[1]
-        return lambda: sgemm(trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, a.shape[1],
-                             b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
-
-    def synced(fn):
-        def run():
-            fn()
-            mx.nd.waitall()
-        return run
-
+    sgemm = bind_gemm(ctypes.CDLL(status.path), "bp_sgemm")
     threads = os.environ["OMP_NUM_THREADS"]
     rng = onp.random.RandomState(0)
     for name, (m, k, n) in LAYERS.items():
         x, w, dy = (rng.normal(size=s).astype("float32") for s in ((m, k), (n, k), (m, n)))
-        # Each GEMM as C (rows, cols) = A (rows, depth) B^T, B (cols, depth): what FullyConnected
-        # computes; the operands it needs are transposed copies made here, outside the timing.
-        gemms = [("fwd  y = x W^T", x, w, (0, 1, x, w)),
-                 ("dX   dx = dy W", dy, onp.ascontiguousarray(w.T), (0, 0, dy, w)),
-                 ("dW   dW = dy^T x", onp.ascontiguousarray(dy.T), onp.ascontiguousarray(x.T), (1, 0, dy, x))]
-        for gemm, a_nt, b_nt, (trans_a, trans_b, a, b) in gemms:
+        for gemm, a_nt, b_nt, (trans_a, trans_b, a, b) in layer_gemms(x, w, dy):
             rows, cols = a_nt.shape[0], b_nt.shape[0]
             mx_a, mx_b, mx_bt = mx.nd.array(a_nt), mx.nd.array(b_nt), mx.nd.array(onp.ascontiguousarray(b_nt.T))
             mx_c, c = mx.nd.zeros((rows, cols)), onp.empty((rows, cols), "float32")
             variants = [
-                synced(lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols, out=mx_c)),
-                synced(lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols)),
-                synced(lambda: mx.nd.dot(mx_a, mx_bt, out=mx_c)),
-                ours(trans_a, trans_b, a, b, c),
+                lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols, out=mx_c),
+                lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols),
+                lambda: mx.nd.dot(mx_a, mx_bt, out=mx_c),
+                gemm_call(sgemm, trans_a, trans_b, a, b, c),
             ]
-            times = [min(seconds) for seconds in interleaved(variants, repeats)]
+            times = [min(seconds) for seconds in interleaved(variants, repeats, sync=mx.nd.waitall)]
             rates = [2 * m * n * k / t / 1e9 for t in times]
             print(f"| {name} | {m}x{k}x{n} | {gemm} | {threads} | "
                   + " | ".join(f"{r:.0f}" for r in rates)

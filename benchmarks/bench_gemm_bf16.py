@@ -20,20 +20,18 @@ dx = dy W, dW dW = dy^T x, each computed by
 All variants of a row run interleaved in one process; each figure is the median of ``--repeats``
 rounds (the machine may be shared); GFLOP/s = 2 M N K / time. Then the median over the rows of
 each variant's rate relative to oneDNN fp32. Threads: ``--threads`` (OMP_NUM_THREADS for MXNet's
-oneDNN and the kernels alike). Prints the CPU's model name.
+oneDNN and the kernels alike). Prints the CPU (benchmarks/common.py).
 
 Usage (one benchmark at a time on a shared machine):
     flock /tmp/bertpretrain-bench.lock python benchmarks/bench_gemm_bf16.py [--configs d2l base]
 """
 import argparse
 import ctypes
-import os
-import subprocess
+import statistics
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm import cpu_name  # noqa: E402
+from bench_gemm import bind_gemm, gemm_call, layer_gemms
+from common import header, import_library, interleaved, run_child
 
 # name: (tokens M, hidden H, FFN width, MLM rows, vocabulary)
 CONFIGS = {
@@ -53,54 +51,25 @@ def layers(config):
             ("MLM decoder", preds, hidden, vocab)]
 
 
-def median_seconds(variants, repeats):
-    """Per variant, the median of ``repeats`` timed calls, the variants interleaved."""
-    for fn in variants:
-        fn()
-    times = [[] for _ in variants]
-    for _ in range(repeats):
-        for i, fn in enumerate(variants):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [sorted(t)[len(t) // 2] for t in times]
+def median_seconds(variants, repeats, sync):
+    """Per variant, the median of ``repeats`` timed calls, the variants interleaved (one untimed round first)."""
+    return [statistics.median(seconds) for seconds in interleaved(variants, repeats, sync=sync)]
 
 
 def measure(configs, repeats):
     """Runs in a child process with OMP_NUM_THREADS set; prints one table row per GEMM."""
+    import_library()  # first: MXNet with numpy semantics
     import numpy as onp
-
-    import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
     import mxnet as mx
     from mxnet.contrib.amp.amp import bfloat16
 
     from bertpretrain import kernels
 
-    status = kernels.load()
-    if not status.available:
-        sys.exit(f"fused kernels unavailable: {status.reason}")
-    lib = ctypes.CDLL(status.path)
-    if not lib.bp_has_bf16():
-        sys.exit("the kernels were built without AVX512_BF16: no bp::gemm_bf16 to measure")
-    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    gemms = {}
-    for name in ("bp_sgemm", "bp_gemm_bf16"):
-        fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
-        fn.restype = None
-        gemms[name] = fn
-
-    def ours(fn, trans_a, trans_b, a, b, c):
-        m, n = c.shape
-        k = a.shape[0] if trans_a else a.shape[1]
-        return lambda: fn(trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, a.shape[1],
-                          b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
-
-    def synced(fn):
-        def run():
-            fn()
-            mx.nd.waitall()
-        return run
+    support = kernels.bf16()
+    if not support.available:
+        sys.exit(f"no bp::gemm_bf16 to measure: {support.reason}")
+    lib = ctypes.CDLL(kernels.load().path)
+    gemms = {name: bind_gemm(lib, name) for name in ("bp_sgemm", "bp_gemm_bf16")}
 
     def to_bf16(x, out=None):
         return mx.nd.amp_cast(x, dtype=bfloat16, out=out)
@@ -110,12 +79,7 @@ def measure(configs, repeats):
     for config in configs:
         for name, m, k, n in layers(config):
             x, w, dy = (rng.normal(size=s).astype("float32") for s in ((m, k), (n, k), (m, n)))
-            # Each GEMM as C (rows, cols) = A (rows, depth) B^T, B (cols, depth), FullyConnected's
-            # product; the operands it needs are transposed copies made here, outside the timing.
-            cases = [("fwd", x, w, (0, 1, x, w)),
-                     ("dX", dy, onp.ascontiguousarray(w.T), (0, 0, dy, w)),
-                     ("dW", onp.ascontiguousarray(dy.T), onp.ascontiguousarray(x.T), (1, 0, dy, x))]
-            for gemm, a_nt, b_nt, (trans_a, trans_b, a, b) in cases:
+            for gemm, a_nt, b_nt, (trans_a, trans_b, a, b) in layer_gemms(x, w, dy):
                 rows, cols = a_nt.shape[0], b_nt.shape[0]
                 mx_a, mx_b = mx.nd.array(a_nt), mx.nd.array(b_nt)
                 mx_c = mx.nd.zeros((rows, cols))
@@ -130,47 +94,53 @@ def measure(configs, repeats):
                     mx.nd.amp_cast(bf_c, dtype="float32", out=mx_c)
 
                 variants = [
-                    synced(lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols,
-                                                        out=mx_c)),
-                    ours(gemms["bp_sgemm"], trans_a, trans_b, a, b, c),
-                    synced(lambda: mx.nd.FullyConnected(bf_a, bf_b, no_bias=True, num_hidden=cols,
-                                                        out=bf_c)),
-                    synced(casts_and_product),
-                    ours(gemms["bp_gemm_bf16"], trans_a, trans_b, a, b, c),
+                    lambda: mx.nd.FullyConnected(mx_a, mx_b, no_bias=True, num_hidden=cols, out=mx_c),
+                    gemm_call(gemms["bp_sgemm"], trans_a, trans_b, a, b, c),
+                    lambda: mx.nd.FullyConnected(bf_a, bf_b, no_bias=True, num_hidden=cols, out=bf_c),
+                    casts_and_product,
+                    gemm_call(gemms["bp_gemm_bf16"], trans_a, trans_b, a, b, c),
                 ]
-                times = median_seconds(variants, repeats)
+                times = median_seconds(variants, repeats, mx.nd.waitall)
                 rates = [2 * m * n * k / t / 1e9 for t in times]
                 for variant, rate in zip(VARIANTS, rates):
                     ratios[variant].append(rate / rates[0])
-                print(f"| {config} | {name} | {m}x{k}x{n} | {gemm} | "
+                print(f"| {config} | {name} | {m}x{k}x{n} | {gemm.split()[0]} | "
                       + " | ".join(f"{r:.0f}" for r in rates)
                       + f" | {rates[4] / rates[1]:.2f}x | {rates[4] / max(rates[2], rates[3]):.2f}x |",
                       flush=True)
                 del mx_a, mx_b, mx_c, bf_a, bf_b, bf_c
     print("\nMedian over the rows, relative to oneDNN fp32: " + ", ".join(
-        f"{v} {sorted(r)[len(r) // 2]:.2f}x" for v, r in ratios.items()), flush=True)
+        f"{v} {statistics.median(r):.2f}x" for v, r in ratios.items()), flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+def command(script, doc, measure, repeats, legend, columns):
+    """The command of a benchmark over :data:`CONFIGS`' layers (this one's and bench_dense_bf16's), ``script``
+    with docstring ``doc``: options ``--configs``, ``--threads``, ``--repeats`` (default ``repeats``); prints the
+    header, ``legend`` and a Markdown table of ``columns`` whose rows ``measure(configs, repeats)`` prints in a
+    child process (``script --child``) with ``--threads`` OpenMP threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=2, help="OpenMP threads (default: 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median counts")
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help=f"timed rounds; the median counts (default: {repeats})")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         measure(args.configs, args.repeats)
         return
-    print(f"CPU: {cpu_name()}; {args.threads} threads; GFLOP/s, median of {args.repeats} "
-          "interleaved rounds. Shapes M x K x N of the layer y = x W^T, x (M, K), W (N, K). "
-          "'+ casts': operands float32 -> bfloat16 and the product back, in the timing. Last two "
-          "columns: bp bf16 over bp::sgemm fp32, and over the faster oneDNN bf16 figure\n")
-    print("| config | layer | M x K x N | GEMM | " + " | ".join(VARIANTS)
-          + " | bp bf16 / bp fp32 | bp bf16 / oneDNN bf16 |")
-    print("| --- " * (6 + len(VARIANTS)) + "|", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--repeats",
-                    str(args.repeats), "--configs", *args.configs], env=env, check=True)
+    header(doc.split("\n\n")[0])
+    print(f"{args.threads} threads; median of {args.repeats} interleaved rounds. {legend}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|", flush=True)
+    run_child([script, "--child", "--repeats", args.repeats, "--configs", *args.configs], args.threads,
+              capture=False)
+
+
+def main():
+    command(__file__, __doc__, measure, 5, "GFLOP/s. Shapes M x K x N of the layer y = x W^T, x (M, K), W (N, K). '+ casts': "
+            "operands float32 -> bfloat16 and the product back, in the timing. Last two columns: bp bf16 over "
+            "bp::sgemm fp32, and over the faster oneDNN bf16 figure",
+            ["config", "layer", "M x K x N", "GEMM", *VARIANTS, "bp bf16 / bp fp32", "bp bf16 / oneDNN bf16"])
 
 
 if __name__ == "__main__":

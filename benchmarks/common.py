@@ -7,8 +7,10 @@ an earlier version of the library to compare with.
 - :data:`TEST_DATA`, :data:`WIKITEXT2`: the test suite's data (the real WikiText-2 validation and
   test splits, the Grimm tales).
 - :func:`run_child` runs a script in a fresh process (OpenMP and MXNet read their settings at
-  start-up) that imports the library from a chosen :class:`Source`; :func:`child_json` reads the
-  JSON line it ends with.
+  start-up) that imports the library from a chosen :class:`Source`, or in another interpreter (the
+  PyTorch reference's); :func:`child_json` reads the JSON line it ends with.
+- :func:`precision_options`: in a child, how to ask the library it imported for a precision (fp32
+  or bf16), or why it cannot (a version from before bfloat16, a CPU without it).
 - :func:`sources` gives this checkout and, with ``--baseline REF``, the commit REF checked out into
   a temporary git worktree: the same benchmark body then runs on both in one run (its children
   import REF's ``src`` through ``PYTHONPATH`` and build REF's kernels under a temporary cache root),
@@ -16,6 +18,7 @@ an earlier version of the library to compare with.
 """
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import pathlib
@@ -37,12 +40,15 @@ SOURCE_ENV = "BENCH_LIBRARY_SRC"
 
 # ---------------------------------------------------------------------------------------- machine
 
-_LSCPU_FIELDS = {"Model name": "model name", "CPU family": "cpu family", "Model": "model"}
+_LSCPU_FIELDS = {"Model name": "model name", "CPU family": "cpu family", "Model": "model", "Flags": "flags"}
+#: The instruction sets that decide the kernels' speed, named when the CPU has them.
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def cpu_description():
-    """The CPU as ``lscpu`` names it, e.g. ``'AMD EPYC (cpu family 26, model 2), 2 logical CPUs'``
-    (from /proc/cpuinfo, else the platform, where there is no lscpu)."""
+    """The CPU as ``lscpu`` names it, with the instruction sets of :data:`_FLAGS` it has, e.g. ``'AMD EPYC
+    (cpu family 26, model 2), 2 logical CPUs, avx2 avx512f avx512_bf16'`` (from /proc/cpuinfo, else the
+    platform, where there is no lscpu)."""
     fields = {}  # named as /proc/cpuinfo names them
     try:
         output = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30,
@@ -60,7 +66,8 @@ def cpu_description():
                 fields.setdefault(key.strip(), value.strip())
     name = fields.get("model name") or platform.processor() or platform.machine()
     ids = ", ".join(f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key))
-    return f"{name}{f' ({ids})' if ids else ''}, {os.cpu_count()} logical CPUs"
+    flags = " ".join(flag for flag in _FLAGS if flag in fields.get("flags", "").split())
+    return f"{name}{f' ({ids})' if ids else ''}, {os.cpu_count()} logical CPUs{f', {flags}' if flags else ''}"
 
 
 def header(title):
@@ -200,13 +207,14 @@ def alternating(items, rounds):
 
 # ---------------------------------------------------------------------------------------- children
 
-def run_child(args, threads=None, source=None, capture=True):
+def run_child(args, threads=None, source=None, capture=True, python=None):
     """Run ``python *args`` in a fresh process; return its stdout (None when not ``capture``d).
 
     The child imports ``bertpretrain`` from ``source`` (default: this checkout) through ``PYTHONPATH``
     (checked by :func:`import_library`), builds its kernels under ``source.home`` when set, and runs
-    ``threads`` OpenMP threads when given (else as this process's environment says). Its stderr
-    passes through. A failing child stops the benchmark with its exit status.
+    ``threads`` OpenMP threads when given (else as this process's environment says). ``python`` is the
+    interpreter (default: this one; another for a reference that must not share MXNet's, e.g. one with
+    torch). Its stderr passes through. A failing child stops the benchmark with its exit status.
     """
     source = source or current_source()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -216,17 +224,21 @@ def run_child(args, threads=None, source=None, capture=True):
         env["BERTPRETRAIN_HOME"] = source.home
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    result = subprocess.run([sys.executable, *map(str, args)], env=env, text=True,
-                            stdout=subprocess.PIPE if capture else None)
+    try:
+        result = subprocess.run([python or sys.executable, *map(str, args)], env=env, text=True,
+                                stdout=subprocess.PIPE if capture else None)
+    except OSError as error:
+        sys.exit(f"error: cannot start {python or sys.executable} for {args[0]}: {error}")
     if result.returncode != 0:
-        sys.exit(f"error: the child process {' '.join(map(str, args[:3]))} ... on {source.name} failed "
+        where = python or source.name
+        sys.exit(f"error: the child process {' '.join(map(str, args[:3]))} ... on {where} failed "
                  f"(exit status {result.returncode}); its messages are above")
     return result.stdout
 
 
-def child_json(args, threads=None, source=None):
+def child_json(args, threads=None, source=None, python=None):
     """The JSON value on the last line of a :func:`run_child`'s output (the lines before pass through)."""
-    lines = run_child(args, threads, source).strip().splitlines()
+    lines = run_child(args, threads, source, python=python).strip().splitlines()
     if lines[:-1]:
         print("\n".join(lines[:-1]), flush=True)
     return json.loads(lines[-1])
@@ -242,3 +254,22 @@ def import_library():
                  "installed copy shadows PYTHONPATH; run the benchmark from a virtual environment where "
                  "bertpretrain is installed in editable mode (pip install -e .) or not at all")
     return bertpretrain
+
+
+def precision_options(precision):
+    """In a child, after :func:`import_library`: ``(keywords, None)``, the keywords that ask the library for
+    ``precision`` (``"fp32"`` or ``"bf16"``) in ``BERTModel(...)`` and ``train_bert(...)``, or ``(None, why
+    not)``. A version from before bfloat16 computes in float32 only and takes no ``precision`` (its fp32
+    keywords are none); ``train_bert``'s default is ``"auto"`` where it has one, so fp32 is always asked
+    for by name there."""
+    from bertpretrain.model import BERTModel
+    if "precision" not in inspect.signature(BERTModel).parameters:
+        if precision == "fp32":
+            return {}, None
+        return None, "this version of the library has no precision option (float32 only)"
+    if precision == "bf16":
+        from bertpretrain import kernels
+        support = kernels.bf16()
+        if not support.available:
+            return None, support.reason
+    return {"precision": precision}, None

@@ -1,14 +1,15 @@
 """The PyTorch reference of bench_model.py: the same BERT shapes, batches and loss, in PyTorch.
 
 Run by bench_model.py (``--torch PYTHON``) in a separate interpreter that has torch (never install
-torch beside MXNet): ``PYTHON benchmarks/torch_reference.py '<json options>'``. Prints one JSON
-line: per mode, the median step time (wall-clock and process CPU), sequences/s and the (MLM, NSP) losses of the first and last
-three steps. Modes, interleaved step by step in one process, each on its own copy of the same
-initial model:
+torch beside MXNet), with bench_model.py's shape options: ``PYTHON benchmarks/torch_reference.py
+--config base --steps 20``. Prints one JSON line, bench_model.py's child result: per mode, the step
+times (``--clock``: wall-clock or process CPU seconds) and the (MLM, NSP) losses of the first and
+last three steps. Modes, interleaved step by step in one process (benchmarks/common.py), each on its
+own copy of the same initial model:
 
-- ``fp32``: float32 eager;
-- ``bf16``: the forward (and loss) under ``torch.autocast('cpu', dtype=torch.bfloat16)``, backward
-  and Adam outside it: what Hugging Face's Trainer does with ``--bf16 --use_cpu``.
+- ``fp32 eager``: float32 eager;
+- ``bf16 autocast``: the forward (and loss) under ``torch.autocast('cpu', dtype=torch.bfloat16)``,
+  backward and Adam outside it: what Hugging Face's Trainer does with ``--bf16 --use_cpu``.
 
 The model mirrors bertpretrain's (model/): summed token, segment and position embeddings (with
 LayerNorm and dropout for the original-BERT options), post-LN layers of one packed q/k/v projection,
@@ -17,19 +18,22 @@ the MLM head (dense, activation, LayerNorm, decoder tied to the token embedding 
 gathered prediction positions only, the NSP head (tanh pooler on [CLS], classifier); the loss
 ``sum(weights * CE) / num_preds + mean(NSP CE)``; Adam; weights drawn as in the original BERT
 (normal, std 0.02). The batches are bench_model.py's ``synthetic_batches``, the same arrays.
+OpenMP threads: OMP_NUM_THREADS (default 1).
 """
+import argparse
+import functools
 import json
 import os
-import sys
-import time
 
 import numpy as onp
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_model import synthetic_batches  # noqa: E402
+from bench_model import CONFIGS, add_shape_arguments, resolve_shapes, synthetic_batches
+from common import add_clock_argument, interleaved
+
+MODES = ("fp32 eager", "bf16 autocast")
 
 
 class Layer(nn.Module):
@@ -104,52 +108,50 @@ def bert_init(module):
 
 
 def main():
-    o = json.loads(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shape_arguments(parser)
+    add_clock_argument(parser, "steps")
+    args = resolve_shapes(parser.parse_args())
+    o = dict(vars(args), **CONFIGS[args.config]["model"])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
     batches = [tuple(torch.from_numpy(a.astype("int64") if a.dtype.kind == "i" else a) for a in batch)
-               for batch in synthetic_batches(4, o["batch_size"], o["max_len"], o["vocab_size"])]
+               for batch in synthetic_batches(4, args.batch_size, args.max_len, args.vocab_size)]
     reference = BERT(o)
     reference.apply(bert_init)
     models, optimizers = {}, {}
-    for mode in o["modes"]:
+    for mode in MODES:
         model = BERT(o)
         model.load_state_dict(reference.state_dict())
         model.train()
         models[mode] = model
-        optimizers[mode] = torch.optim.Adam(model.parameters(), lr=o["lr"])
+        optimizers[mode] = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    def step(mode, batch):
+    def step(mode, batch, losses):
         tokens, segments, valid_lens, positions, weights, labels, nsp_labels = batch
         num_preds = float(weights.sum())
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16 autocast"):
             mlm_sum, nsp_sum = models[mode](*batch)
             loss = mlm_sum / num_preds + nsp_sum / tokens.shape[0]
         optimizers[mode].zero_grad(set_to_none=True)
         loss.backward()
         optimizers[mode].step()
-        return float(mlm_sum) / num_preds, float(nsp_sum) / tokens.shape[0]
+        losses.append((mlm_sum.item() / num_preds, nsp_sum.item() / tokens.shape[0]))
 
-    times = {mode: [] for mode in models}
-    cpu_times = {mode: [] for mode in models}
-    losses = {mode: [] for mode in models}
-    modes = list(models)
-    for index in range(o["warmup"] + o["steps"]):
-        for mode in (modes if index % 2 == 0 else modes[::-1]):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            losses[mode].append(step(mode, batches[index % 4]))
-            if index >= o["warmup"]:
-                times[mode].append(time.perf_counter() - start)
-                cpu_times[mode].append(time.process_time() - cpu_start)
-    result = {}
-    for mode in modes:
-        seconds = sorted(times[mode])[len(times[mode]) // 2]
-        result[mode] = {"step_ms": 1e3 * seconds, "sequences_per_s": o["batch_size"] / seconds,
-                        "step_cpu_s": sorted(cpu_times[mode])[len(cpu_times[mode]) // 2],
-                        "first_losses": onp.mean(losses[mode][:3], axis=0).round(3).tolist(),
-                        "last_losses": onp.mean(losses[mode][-3:], axis=0).round(3).tolist()}
-    result["torch"] = torch.__version__
-    print(json.dumps(result))
+    times = {mode: [] for mode in MODES}
+    losses = {mode: [] for mode in MODES}
+    for index in range(args.warmup + args.steps):
+        order = MODES if index % 2 == 0 else MODES[::-1]  # interleaved, alternating order
+        seconds = interleaved([functools.partial(step, mode, batches[index % 4], losses[mode]) for mode in order],
+                              1, warmup=0, clock=args.clock)
+        for mode, (step_seconds,) in zip(order, seconds):
+            if index >= args.warmup:
+                times[mode].append(step_seconds)
+    print(json.dumps({"library": f"PyTorch {torch.__version__}", "paths": {mode: {
+        "step_seconds": times[mode],
+        "first_losses": onp.mean(losses[mode][:3], axis=0).round(3).tolist(),
+        "last_losses": onp.mean(losses[mode][-3:], axis=0).round(3).tolist(),
+    } for mode in MODES}}))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """The benchmarks stay runnable as the library changes: their configurations are valid, each one's
 ``--help`` runs, and their shared helpers (benchmarks/common.py) work."""
+import argparse
+import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -51,6 +54,89 @@ def test_every_benchmark_explains_itself(script):
 def test_cpu_description_names_the_model(common):
     description = common.cpu_description()
     assert "logical CPUs" in description and not description.startswith(",")
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line.partition(":")[2].split() for line in f if line.startswith("flags")), []))
+    if flags and subprocess.run(["sh", "-c", "command -v lscpu"], capture_output=True).returncode == 0:
+        for flag in ("avx512f", "avx512_bf16"):  # named exactly when the CPU has them (lscpu's Flags line)
+            assert (flag in description.split()) == (flag in flags), (flag, description)
+
+
+def _stand_in_library(folder, model_source):
+    """A ``src`` folder whose ``bertpretrain.model`` is ``model_source``, for a child of common.run_child."""
+    package = folder / "src" / "bertpretrain"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "model" / "__init__.py").write_text(model_source)
+    return folder / "src"
+
+
+def test_precision_options_ask_a_version_before_bfloat16_for_fp32_only(common, tmp_path):
+    """A library whose BERTModel takes no precision (a --baseline before bfloat16) is asked for nothing in fp32
+    and refused bf16 with the reason; this one is asked for fp32 by name (train_bert's default is 'auto')."""
+    script = tmp_path / "child.py"
+    script.write_text(f"import sys, json\nsys.path.insert(0, {str(BENCHMARKS)!r})\nimport common\n"
+                      "common.import_library()\n"
+                      "print(json.dumps([common.precision_options(p) for p in ('fp32', 'bf16')]))\n")
+    old = _stand_in_library(tmp_path / "old", "class BERTModel:\n    def __init__(self, vocab_size, backend=None):\n"
+                                              "        pass\n")
+    fp32, bf16 = common.child_json([script], threads=1, source=common.Source("old", old, str(tmp_path / "home")))
+    assert fp32 == [{}, None]
+    assert bf16[0] is None and "no precision option" in bf16[1]
+    fp32, bf16 = common.child_json([script], threads=1)
+    assert fp32 == [{"precision": "fp32"}, None]
+    assert bf16 == [{"precision": "bf16"}, None] or (bf16[0] is None and bf16[1])
+
+
+@pytest.fixture(scope="module")
+def bench_model(benchmarks_path):
+    import bench_model
+    return bench_model
+
+
+def test_a_model_config_fills_the_unset_shapes_and_reaches_children_whole(bench_model):
+    """--config base gives BERT-base's shapes, an explicit size overrides it, and shape_options hands a child
+    (bench_model's own or torch_reference's) exactly the resolved values."""
+    parser = argparse.ArgumentParser()
+    bench_model.add_shape_arguments(parser)
+    args = bench_model.resolve_shapes(parser.parse_args(["--config", "base", "--num-layers", "2"]))
+    assert (args.num_hiddens, args.num_heads, args.num_layers, args.batch_size, args.vocab_size, args.lr) == (
+        768, 12, 2, 32, 30522, 1e-4)
+    child = parser.parse_args([str(value) for value in bench_model.shape_options(args)])
+    assert vars(child) == vars(args)
+    d2l = bench_model.resolve_shapes(parser.parse_args([]))
+    assert (d2l.config, d2l.batch_size, d2l.max_len, d2l.vocab_size) == ("d2l", 512, 64, 6899)
+
+
+def _torch_python():
+    """A Python with torch (never this one, which has MXNet), or None."""
+    for python in filter(None, [os.environ.get("BERTPRETRAIN_HF_PYTHON"),
+                                str(BENCHMARKS.parent / ".venv-hf-check" / "bin" / "python")]):
+        if os.path.isfile(python) and subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def test_the_pytorch_reference_trains_on_bench_models_batches():
+    """torch_reference.py (bench_model --torch) explains itself and, at a tiny size, runs both modes and prints
+    bench_model's child result: per mode the timed steps and finite losses."""
+    python = _torch_python()
+    if python is None:
+        pytest.skip("no Python with torch: set BERTPRETRAIN_HF_PYTHON (see tests/requirements-hf-check.txt)")
+    script = str(BENCHMARKS / "torch_reference.py")
+    result = subprocess.run([python, script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: "), result.stderr
+    tiny = ["--config", "mini", "--batch-size", "4", "--max-len", "16", "--num-hiddens", "16", "--ffn-num-hiddens",
+            "32", "--num-heads", "2", "--num-layers", "1", "--vocab-size", "50", "--warmup", "1", "--steps", "2"]
+    result = subprocess.run([python, script, *tiny, "--clock", "cpu"], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert output["library"].startswith("PyTorch ") and set(output["paths"]) == {"fp32 eager", "bf16 autocast"}
+    for mode in output["paths"].values():
+        assert len(mode["step_seconds"]) == 2 and all(s > 0 for s in mode["step_seconds"])
+        assert all(0 < loss < 20 for loss in mode["first_losses"] + mode["last_losses"])
 
 
 def test_a_child_imports_the_library_of_the_source_asked_for(common, tmp_path, capsys):

@@ -484,3 +484,10 @@ def test_any_bert_on_your_own_text_exports_to_transformers_with_the_same_outputs
     encoder, mlm, nsp = _max_differences(_outputs(net, batch), theirs)
     assert encoder < 1e-4 and mlm < 1e-4 and nsp is None  # the recipe's layout: RoBERTa-PreLN, no NSP head
 
+
+
+def test_export_hf_of_a_folder_without_a_model_is_one_error_line(tmp_path, capsys):
+    from bertpretrain import cli
+    assert cli.main(["export-hf", str(tmp_path / "nothing"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.json not found" in err and "Traceback" not in err

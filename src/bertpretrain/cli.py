@@ -44,8 +44,13 @@ def export_hf_main(argv=None, prog=None):
     from .hf import export_run, exported_class
     try:
         folder = export_run(args.model_dir, args.out)
-    except (ValueError, ImportError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001  (reported when the user can fix it, re-raised otherwise)
+        message = user_error_message(error, args.out)
+        if message is None and isinstance(error, ImportError):  # a missing package: its message names it
+            message = str(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 1
     print(f"exported {args.model_dir} to {folder}: load it with transformers' "
           f"AutoModelForPreTraining.from_pretrained({folder!r}) (a {exported_class(folder)}) and "

@@ -31,11 +31,17 @@ import numpy as np
 
 from .data import (CLS_ID, PAD_ID, RESERVED_TOKENS, SEP_ID, DataError, Vocab, WordPieceTokenizer, load_tokenizer,
                    word_level_tokenizer)
+from .errors import UserError
 from .files import CONFIG_FILE, TOKENIZER_FILE, atomic_folder
 from .model import BERTConfig, BERTModel
 from .pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
+
+
+class ExportError(UserError, ValueError):
+    """A model that transformers cannot express, or a folder that cannot be written; the message says why and what
+    to do."""
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = WEIGHTS_FILE + ".index.json"  # the shards of a large model: {"weight_map": {name: file}}
@@ -112,12 +118,12 @@ def layout_of(config):
             to train instead.
     """
     if not config.embedding_layer_norm and not config.pre_layer_norm:
-        raise ValueError("this model has no LayerNorm after the embeddings and post-LN layers (d2l's default), a "
+        raise ExportError("this model has no LayerNorm after the embeddings and post-LN layers (d2l's default), a "
                          "combination no transformers BERT expresses, so it cannot be exported exactly: train with "
                          "embedding_layer_norm=True ('bertpretrain pretrain --architecture bert') or a pre-LN "
                          "architecture (--architecture bert-preln or megatron-bert)")
     if config.pre_layer_norm and not config.final_layer_norm:
-        raise ValueError("this pre-LN model has no final LayerNorm (it was saved before bertpretrain added one), "
+        raise ExportError("this pre-LN model has no final LayerNorm (it was saved before bertpretrain added one), "
                          "while transformers' pre-LN models (Megatron-BERT, RoBERTa-PreLayerNorm) end in one, so it "
                          "cannot be exported exactly: train it again with this version (--architecture bert-preln "
                          "or megatron-bert)")
@@ -125,7 +131,7 @@ def layout_of(config):
                   if (layout.embedding_layer_norm, layout.pre_layer_norm) ==
                   (config.embedding_layer_norm, config.pre_layer_norm))
     if layout.mlm_activation and config.activation != layout.mlm_activation:
-        raise ValueError(f"transformers' {layout.hf_class} applies {layout.mlm_activation} in its MLM head while "
+        raise ExportError(f"transformers' {layout.hf_class} applies {layout.mlm_activation} in its MLM head while "
                          f"this model uses {config.activation}, so it cannot be exported exactly: train with "
                          f"activation={layout.mlm_activation!r} (--architecture bert-preln does)")
     return layout
@@ -274,12 +280,12 @@ def export_huggingface(net, vocab_or_tokenizer, folder):
     config = net.config
     layout = layout_of(config)
     if len(vocab_or_tokenizer) != config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(vocab_or_tokenizer)} ids but the model's vocab_size is "
+        raise ExportError(f"the tokenizer has {len(vocab_or_tokenizer)} ids but the model's vocab_size is "
                          f"{config.vocab_size}: pass the vocabulary the model was trained with")
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise FileExistsError(f"cannot export to {folder}: it is a file, not a folder; choose another path or "
-                              "remove the file")
+        raise ExportError(f"cannot export to {folder}: it is a file, not a folder; choose another path or "
+                          "remove the file")
     tensors = {name: _to_hf(param.data().asnumpy().astype(np.float32), kind, layout)
                for name, param, kind in _tensors(net, layout)}
     if not config.tie_mlm_weights:  # transformers ties the decoder's bias to the head's bias only with tied weights
@@ -298,8 +304,8 @@ def export_huggingface(net, vocab_or_tokenizer, folder):
                 with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
                     f.write(text)
     except OSError as error:  # raised for a temporary name beside folder: name folder itself
-        raise OSError(f"cannot write the Hugging Face folder {folder}: {error.strerror or error}; choose a "
-                      "writable place with free space") from error
+        raise ExportError(f"cannot write the Hugging Face folder {folder}: {error.strerror or error}; choose a "
+                          "writable place with free space") from error
     return folder
 
 

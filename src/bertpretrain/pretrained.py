@@ -11,6 +11,7 @@ from .data import Vocab, load_saved_vocab
 from .files import TOKENIZER_FILE, VOCAB_FILE
 from .model import BERTModel
 from .model import io as model_io
+from .model.io import ModelFolderError
 
 
 class Pretrained(NamedTuple):
@@ -32,7 +33,7 @@ def load_pretrained(folder, device=None, **model_kwargs):
     vocab = load_saved_vocab(folder)
     if vocab is not None:
         return Pretrained(net, vocab)
-    raise FileNotFoundError(
+    raise ModelFolderError(
         f"{os.path.join(folder, VOCAB_FILE)} not found: save the vocabulary (or a {TOKENIZER_FILE}) with the "
         f"model, save_pretrained(net, folder, vocab=vocab), or load the network alone with "
         f"bertpretrain.model.load_pretrained(folder)")

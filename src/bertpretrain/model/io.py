@@ -4,10 +4,15 @@ import os
 
 import mxnet as mx
 
+from ..errors import UserError
 from ..files import CONFIG_FILE, PARAMS_FILE, atomic_path, atomic_write, vocab_file_name
 from .bert import BERTModel
 from .config import BERTConfig
 from .pretraining import BERTForPretraining
+
+
+class ModelFolderError(UserError, FileNotFoundError):
+    """A folder that does not hold a saved model (or its vocabulary); the message names the missing file."""
 
 
 def save_pretrained(net, folder, vocab=None):
@@ -43,7 +48,7 @@ def load_pretrained(folder, device=None, **model_kwargs):
     params_path = os.path.join(folder, PARAMS_FILE)
     for path in (config_path, params_path):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: a folder written by save_pretrained() holds "
+            raise ModelFolderError(f"{path} not found: a folder written by save_pretrained() holds "
                                     f"{CONFIG_FILE} and {PARAMS_FILE}")
     with open(config_path) as file:
         config = BERTConfig.from_dict(json.load(file))
