@@ -117,10 +117,12 @@ def test_no_product_scales_c(kernels_available):
 
 
 def test_several_threads(kernels_available):
-    """The same checks with 3 OpenMP threads: c split into tasks across threads."""
+    """The same checks with 3 OpenMP threads: c split into tasks across threads, or the depth (the
+    bias added once, by the first thread)."""
     tests = pathlib.Path(__file__).resolve().parent
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_kernels_gemm as t; "
             "t.check_all(t.library(sys.argv[2])); t.check_all(t.library(sys.argv[2], 'bp_sgemm_serial')); "
+            "t.check_bias(t.ctypes.CDLL(sys.argv[2]).bp_sgemm_bias); "
             "[t.check(t.library(sys.argv[2]), 3000, 384, 128, ta, tb, 1.0, 0.5, 1) "
             "for ta in (False, True) for tb in (False, True)]")
     env = dict(os.environ, OMP_NUM_THREADS="3")
@@ -185,22 +187,34 @@ def test_bf16_model_shapes(bf16_library, shape):
         check(fn, *shape, trans_a, trans_b, 1.0, 0.0, pad=0, rounding=to_bfloat16)
 
 
-def test_bf16_bias_and_packed_operand(bf16_library):
-    """The dense layer's form (a bias added to every row, with beta, at edges too) and a product
-    through a PackedBf16 (op(b) packed once, as the MLM kernel reuses its weight), also over
-    several depth blocks where the plain call would split the depth."""
+def check_bias(fn, rounding=None):
+    """``fn`` (``bp_sgemm_bias`` or ``bp_gemm_bf16_bias``): the dense layer's form, a bias added to
+    every row, with beta, at edges too, over one depth block, over several where the depth is split
+    among the threads and over several where c is."""
     rng = onp.random.RandomState(1)
-    fn = ctypes.CDLL(str(bf16_library)).bp_gemm_bf16_bias
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr,
                    i64, ptr]
-    for m, n, k, beta in [(100, 70, 129, 0.0), (30, 33, 1100, 0.5)]:
+    rounding = rounding or (lambda x: x)
+    for m, n, k, beta in [(100, 70, 129, 0.0), (30, 33, 1100, 0.5), (1100, 40, 700, 0.5)]:
         a, b = padded(rng, m, k, 0), padded(rng, n, k, 0)
         c, bias = padded(rng, m, n, 0), rng.normal(size=n).astype("float32")
-        want = to_bfloat16(a).astype("float64") @ to_bfloat16(b).T + beta * c + bias
+        want = rounding(a).astype("float64") @ rounding(b).T + beta * c + bias
         fn(0, 1, m, n, k, 1.0, a.ctypes.data, k, b.ctypes.data, k, beta, c.ctypes.data, n,
            bias.ctypes.data)
         assert onp.abs(c - want).max() / (onp.abs(want).max() + 1) < 1e-5, (m, n, k, beta)
+
+
+def test_bias(kernels_available):
+    """bp::sgemm with a bias, as bp::gemm_bf16 takes it (the same arguments)."""
+    check_bias(ctypes.CDLL(str(kernels_available.path)).bp_sgemm_bias)
+
+
+def test_bf16_bias_and_packed_operand(bf16_library):
+    """The dense layer's form (see check_bias) and a product through a PackedBf16 (op(b) packed
+    once, as the MLM kernel reuses its weight), also over several depth blocks where the plain call
+    would split the depth."""
+    check_bias(ctypes.CDLL(str(bf16_library)).bp_gemm_bf16_bias, to_bfloat16)
     packed = library(bf16_library, "bp_gemm_bf16_packed")
     for (m, n, k), trans_a, trans_b in itertools.product([(37, 70, 9), (300, 200, 1100)],
                                                          (False, True), (False, True)):
@@ -208,10 +222,12 @@ def test_bf16_bias_and_packed_operand(bf16_library):
 
 
 def test_bf16_several_threads(bf16_library):
-    """The bfloat16 checks with 3 OpenMP threads: op(b) packed by all threads, c split in tasks."""
+    """The bfloat16 checks with 3 OpenMP threads: op(b) packed by all threads, c split in tasks, or
+    the depth (the bias added once)."""
     tests = pathlib.Path(__file__).resolve().parent
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_kernels_gemm as t; "
             "fn = t.library(sys.argv[2], 'bp_gemm_bf16'); t.check_all(fn, t.to_bfloat16); "
+            "t.check_bias(t.ctypes.CDLL(sys.argv[2]).bp_gemm_bf16_bias, t.to_bfloat16); "
             "[t.check(fn, 3000, 384, 128, ta, tb, 1.0, 0.5, 1, rounding=t.to_bfloat16) "
             "for ta in (False, True) for tb in (False, True)]; "
             "t.check(fn, 300, 500, 5000, True, False, 1.0, 0.0, 0, rounding=t.to_bfloat16); "

@@ -1,12 +1,18 @@
-// bp::sgemm (see gemm.h): packed panels, a register-blocked micro-kernel, OpenMP over blocks of c.
+// bp::sgemm and bp::gemm_bf16 (see gemm.h): packed panels, a register-blocked micro-kernel, OpenMP
+// over blocks of c. One schedule serves both; a "kernel" (Float32, Bfloat16 below) supplies the
+// element type of the packed operands, the packing and the micro-kernel.
 //
 // c is cut into tasks (up to kMC rows x up to kNC columns), shared by the threads dynamically. A
 // task walks the depth in blocks of kKC; for each, the panels of kNR columns of op(b) (packed
 // depth-major, zero-padded) and inside each panel (it stays in L1) its row tiles of kMR rows (the
 // task's rows of a stay in L2); the micro-kernel accumulates a (kMR, kNR) tile of c in registers
-// over the depth block before touching c once. A plain (not transposed) a is read in place, row
-// by row: packing it would cost as much as the product when k is small. A transposed a (and an
-// edge tile of a plain one) is packed into depth-major (kKC, kMR) tiles, a copy of short rows.
+// over the depth block before touching c once. A small c over a long depth (weight gradients)
+// splits the depth among the threads instead (run_split_depth).
+//
+// float32: a plain (not transposed) a is read in place, row by row: packing it would cost as much
+// as the product when k is small. A transposed a (and an edge tile of a plain one) is packed into
+// depth-major (kKC, kMR) tiles, a copy of short rows. Each thread packs the panels of op(b) it
+// uses (see run).
 #include "gemm.h"
 
 #include <omp.h>
@@ -42,57 +48,25 @@ constexpr int64_t kNC = 512;      // most columns of c per task (a multiple of k
 constexpr int64_t kSplitKC = 256;  // depth block when the threads split the depth (see below)
 constexpr int64_t kSplitMaxC = 1024;  // ... which they do for c at most this many rows and columns
 constexpr int64_t kSerialWork = 1 << 18;  // m * n * k below which one thread does it all
+constexpr int64_t kLargePanels = int64_t{8} << 20;  // bytes of shared packed op(b) past which ...
+constexpr int64_t kOneRowTask = 4 * kMC;            // ... at most this many rows are one row task
 
-typedef float Vec __attribute__((vector_size(kVec * sizeof(float))));
-typedef float VecU __attribute__((vector_size(kVec * sizeof(float)), aligned(4), may_alias));
-
-inline Vec load(const float* p) { return *reinterpret_cast<const VecU*>(p); }
-inline void store(float* p, Vec v) { *reinterpret_cast<VecU*>(p) = v; }
-
+template <class T>
 struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
+  void operator()(T* p) const { std::free(p); }
 };
-using Buffer = std::unique_ptr<float[], FreeDeleter>;
+template <class T>
+using Buffer = std::unique_ptr<T[], FreeDeleter<T>>;
 
-// Uninitialised floats aligned to a cache line.
-Buffer allocate(int64_t count) {
-  const size_t bytes = (static_cast<size_t>(count) * sizeof(float) + 63) / 64 * 64;
-  return Buffer(static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+// `count` uninitialised elements aligned to a cache line.
+template <class T>
+Buffer<T> allocate(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+  return Buffer<T>(static_cast<T*>(std::aligned_alloc(64, bytes ? bytes : 64)));
 }
 
-// tile (kMR, kNR) = sum_p A(i, p) * b[p * kNR + j] over p < kc, then c = alpha * tile + beta * c
-// (c only written when beta == 0). A(i, p) is a[p * kMR + i] for a packed tile, else
-// a[i * lda + p]. `b` is a packed panel.
-template <bool kPacked>
-inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t lda,
-                         const float* __restrict b, float alpha, float beta, float* c,
-                         int64_t ldc) {
-  Vec acc0[kMR], acc1[kMR];
-#pragma GCC unroll 16
-  for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = Vec{};
-  for (int64_t p = 0; p < kc; ++p) {
-    const Vec b0 = load(b + p * kNR), b1 = load(b + p * kNR + kVec);
-#pragma GCC unroll 16
-    for (int i = 0; i < kMR; ++i) {
-      const float x = kPacked ? a[p * kMR + i] : a[i * lda + p];
-      acc0[i] += x * b0;
-      acc1[i] += x * b1;
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < kMR; ++i) {
-    float* row = c + i * ldc;
-    if (beta == 0.0f) {
-      store(row, alpha * acc0[i]);
-      store(row + kVec, alpha * acc1[i]);
-    } else {
-      store(row, alpha * acc0[i] + beta * load(row));
-      store(row + kVec, alpha * acc1[i] + beta * load(row + kVec));
-    }
-  }
-}
-
-// Everything one call needs: the operands and the blocking.
+// Everything one call needs: the operands, and the bias (n,) added to every row of c (nullptr:
+// none).
 struct Plan {
   bool trans_a, trans_b;
   int64_t m, n, k;
@@ -104,91 +78,53 @@ struct Plan {
   float beta;
   float* c;
   int64_t ldc;
+  const float* bias;
 };
 
-// dst (kc, kNR) = op(b)[p0 : p0 + kc, j0 : j0 + cols], zero-padded to kNR columns.
-void pack_b(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
-  if (!g.trans_b) {
-    for (int64_t p = 0; p < kc; ++p) {
-      const float* src = g.b + (p0 + p) * g.ldb + j0;
-      float* out = dst + p * kNR;
-      if (cols == kNR) {  // a constant count: vector moves, not a slow-starting string copy
-        for (int j = 0; j < kNR; ++j) out[j] = src[j];
-        continue;
-      }
-      for (int64_t j = 0; j < cols; ++j) out[j] = src[j];
-      for (int64_t j = cols; j < kNR; ++j) out[j] = 0.0f;
-    }
-    return;
-  }
-  // A transposed b: 16 depths at a time, so that the reads (16 floats of each row of b) and the
-  // writes (16 rows of the panel) stay within a few cache lines.
-  constexpr int64_t kStep = 16;
-  for (int64_t pb = 0; pb < kc; pb += kStep) {
-    const int64_t depth = std::min(kStep, kc - pb);
-    for (int64_t j = 0; j < kNR; ++j) {
-      float* out = dst + pb * kNR + j;
-      if (j >= cols) {
-        for (int64_t q = 0; q < depth; ++q) out[q * kNR] = 0.0f;
-        continue;
-      }
-      const float* src = g.b + (j0 + j) * g.ldb + p0 + pb;
-      for (int64_t q = 0; q < depth; ++q) out[q * kNR] = src[q];
-    }
-  }
-}
+// Where the micro-kernel reads a task's row tiles of op(a) for one depth block, as a kernel's
+// pack_a leaves them: the first `direct_rows` rows in place (row i at direct + i * direct_ld), the
+// others from the packed copy (its row ir - direct_rows at packed + (ir - direct_rows) * depth),
+// read with row stride packed_ld, 0 when they are packed as depth-major (depth, kMR) tiles.
+template <class E>
+struct ARows {
+  const E* direct;
+  int64_t direct_ld, direct_rows;
+  const E* packed;
+  int64_t packed_ld, depth;
 
-// dst (kc, kMR) = op(a)[i0 : i0 + rows, p0 : p0 + kc] transposed, zero-padded to kMR rows.
-void pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
-  for (int64_t p = 0; p < kc; ++p) {
-    float* out = dst + p * kMR;
-    if (g.trans_a) {
-      const float* src = g.a + (p0 + p) * g.lda + i0;
-      if (rows == kMR) {  // a constant count: vector moves, not a slow-starting string copy
-        for (int i = 0; i < kMR; ++i) out[i] = src[i];
-        continue;
-      }
-      for (int64_t i = 0; i < rows; ++i) out[i] = src[i];
-    } else {
-      for (int64_t i = 0; i < rows; ++i) out[i] = g.a[(i0 + i) * g.lda + p0 + p];
-    }
-    for (int64_t i = rows; i < kMR; ++i) out[i] = 0.0f;
+  // The tile of rows [ir, ir + kMR) (ir a multiple of kMR) and its row stride (0: a packed tile).
+  const E* tile(int64_t ir) const {
+    return ir < direct_rows ? direct + ir * direct_ld : packed + (ir - direct_rows) * depth;
   }
-}
+  int64_t ld(int64_t ir) const { return ir < direct_rows ? direct_ld : packed_ld; }
+};
 
-// The rows [i0, i0 + rows) of op(a), depth [p0, p0 + kc), packed as consecutive (kc, kMR) tiles
-// (the last zero-padded). A transposed a is read row by row of a (contiguous runs across all the
-// tiles), which the hardware prefetches well; a tile at a time would walk down its columns.
-void pack_a_rows(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
-  const int64_t full = g.trans_a ? rows / kMR * kMR : 0;
-  for (int64_t p = 0; p < kc; ++p) {
-    const float* src = g.a + (p0 + p) * g.lda + i0;
-    for (int64_t ir = 0; ir < full; ir += kMR) {
-      float* out = dst + ir * kc + p * kMR;
-      for (int i = 0; i < kMR; ++i) out[i] = src[ir + i];
-    }
-  }
-  for (int64_t ir = full; ir < rows; ir += kMR)
-    pack_a(g, i0 + ir, std::min<int64_t>(kMR, rows - ir), p0, kc, dst + ir * kc);
-}
-
-// c (rows, cols), row stride ldc, = alpha * A panel + beta * c for one tile: the micro-kernel
-// straight into c for a full tile, else into `tile` (kMR, kNR), of which the valid part is then
-// written. lda > 0: the rows of a are read in place with that stride; lda == 0: a is packed.
-void tile_product(int64_t kc, const float* a, int64_t lda, const float* panel, float alpha,
-                  float beta, float* c, int64_t ldc, int64_t rows, int64_t cols, float* tile) {
+// c (rows, cols), row stride ldc, = alpha * A panel + beta * c (+ bias[j] when not nullptr) for
+// one tile: kernel K's micro-kernel straight into c for a full tile, else into `tile` (kMR, kNR),
+// of which the valid part is then written. kd is the tile's depth in K's packed elements; lda > 0:
+// the rows of a are read with that stride; lda == 0: a is a packed (kd, kMR) tile.
+template <class K, class E = typename K::Elem>
+void tile_product(int64_t kd, const E* a, int64_t lda, const E* panel, float alpha, float beta,
+                  const float* bias, float* c, int64_t ldc, int64_t rows, int64_t cols,
+                  float* tile) {
   const bool edge = rows < kMR || cols < kNR;
   float* out = edge ? tile : c;
   const int64_t ld = edge ? kNR : ldc;
+  const float* full_bias = edge ? nullptr : bias;
   if (lda > 0)
-    micro_kernel<false>(kc, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+    K::template micro_kernel<false>(kd, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta,
+                                    full_bias, out, ld);
   else
-    micro_kernel<true>(kc, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, out, ld);
+    K::template micro_kernel<true>(kd, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta,
+                                   full_bias, out, ld);
   if (!edge) return;
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j)
-      c[i * ldc + j] = beta == 0.0f ? alpha * tile[i * kNR + j]
-                                    : alpha * tile[i * kNR + j] + beta * c[i * ldc + j];
+    for (int64_t j = 0; j < cols; ++j) {
+      float v = beta == 0.0f ? alpha * tile[i * kNR + j]
+                             : alpha * tile[i * kNR + j] + beta * c[i * ldc + j];
+      if (bias) v += bias[j];
+      c[i * ldc + j] = v;
+    }
 }
 
 // How c is cut into tasks: row blocks of mc rows x runs of per_task panels of kNR columns.
@@ -201,55 +137,87 @@ struct Tasks {
 };
 
 // Enough tasks to keep `threads` busy when some run slower (the machine may be shared).
-Tasks cut(int64_t m, int64_t n, int threads) {
+// `shared_bytes`: the size of op(b) packed once for all tasks (0 if it is not). Every row task
+// reads all of it once: when it is large (the MLM decoder's 30,522-word weight, 47 MB at
+// BERT-base in bfloat16) and c has few rows (a chunk of 137 predictions), reading it once per row
+// block of kMC made the product memory-bound. Then all rows are one task and the threads share
+// the columns.
+Tasks cut(int64_t m, int64_t n, int threads, int64_t shared_bytes) {
   Tasks t;
   const int64_t want = threads > 1 ? 4 * threads : 1;
-  t.mc = kMC;
-  if ((m + t.mc - 1) / t.mc < want)
-    t.mc = std::max<int64_t>(kMR, ((m + want - 1) / want + kMR - 1) / kMR * kMR);
-  t.row_tasks = (m + t.mc - 1) / t.mc;
   t.panels = (n + kNR - 1) / kNR;
-  const int64_t splits = std::max((t.panels + kNC / kNR - 1) / (kNC / kNR),
-                                  std::min(t.panels, (want + t.row_tasks - 1) / t.row_tasks));
-  t.per_task = (t.panels + splits - 1) / splits;
+  if (m <= kOneRowTask && shared_bytes > kLargePanels) {
+    t.mc = (m + kMR - 1) / kMR * kMR;
+    t.row_tasks = 1;
+    t.per_task = std::max<int64_t>(1, std::min(kNC / kNR, (t.panels + want - 1) / want));
+  } else {
+    t.mc = kMC;
+    if ((m + t.mc - 1) / t.mc < want)
+      t.mc = std::max<int64_t>(kMR, ((m + want - 1) / want + kMR - 1) / kMR * kMR);
+    t.row_tasks = (m + t.mc - 1) / t.mc;
+    const int64_t splits = std::max((t.panels + kNC / kNR - 1) / (kNC / kNR),
+                                    std::min(t.panels, (want + t.row_tasks - 1) / t.row_tasks));
+    t.per_task = (t.panels + splits - 1) / splits;
+  }
   t.col_tasks = (t.panels + t.per_task - 1) / t.per_task;
   return t;
 }
 
+// op(b) packed by kernel K for the task schedule: per depth block of kKC, its panels of kNR
+// columns, each (K::depth(min(kKC, k)), kNR) elements (the last block's only partly used).
+template <class K>
+struct Panels {
+  int64_t blocks, panels, panel_size;
+  Panels(int64_t k, int64_t n)
+      : blocks((k + kKC - 1) / kKC), panels((n + kNR - 1) / kNR),
+        panel_size(K::depth(std::min(kKC, k)) * kNR) {}
+  int64_t size() const { return blocks * panels * panel_size; }
+
+  // Packs panel `index` (block index / panels, panel index % panels) of op(b) into its place.
+  void pack(const Plan& g, int64_t index, typename K::Elem* dst) const {
+    const int64_t blk = index / panels, jp = index % panels;
+    K::pack_b(g, blk * kKC, std::min(kKC, g.k - blk * kKC), jp * kNR,
+              std::min<int64_t>(kNR, g.n - jp * kNR), dst + index * panel_size);
+  }
+};
+
 // A small c over a long depth (a weight gradient dW = dy^T x summed over all tokens): the threads
 // split the depth instead of c. Each streams its share of a and b once, block by block (a whole
 // (kSplitKC, m) block of op(a) and (kSplitKC, n) block of op(b) packed, then every tile of c),
-// into its own copy of c (thread 0 into c itself, with beta); after one barrier the copies are
-// summed into c, rows shared among the threads.
+// into its own copy of c (thread 0 into c itself, with beta and the bias, with its first block);
+// after one barrier the copies are summed into c, rows shared among the threads.
 // Cutting c instead would read b once per row block of c (k = 32768 rows of it) from memory.
+template <class K>
 void run_split_depth(const Plan& g, int threads) {
-  const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC;
+  using E = typename K::Elem;
+  const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC, kd_max = K::depth(kSplitKC);
   const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
   threads = static_cast<int>(std::min<int64_t>(threads, blocks));
-  std::unique_ptr<Buffer[]> copies(new Buffer[threads]);
+  std::unique_ptr<Buffer<float>[]> copies(new Buffer<float>[threads]);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    if (t > 0) copies[t] = allocate(g.m * g.n);
+    if (t > 0) copies[t] = allocate<float>(g.m * g.n);
     float* out = t == 0 ? g.c : copies[t].get();
     const int64_t ldo = t == 0 ? g.ldc : g.n;
-    Buffer b_pack = allocate(panels * kSplitKC * kNR);
-    Buffer a_pack = allocate(m_tiles * kMR * kSplitKC);
-    Buffer tile = allocate(kMR * kNR);
+    Buffer<E> b_pack = allocate<E>(panels * kd_max * kNR);
+    Buffer<E> a_pack = allocate<E>(m_tiles * kMR * kd_max);
+    Buffer<float> tile = allocate<float>(kMR * kNR);
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t pc = blk * kSplitKC, kc = std::min(kSplitKC, g.k - pc);
+      const int64_t pc = blk * kSplitKC, kc = std::min(kSplitKC, g.k - pc), kd = K::depth(kc);
       const float beta = blk > b0 ? 1.0f : t == 0 ? g.beta : 0.0f;
+      const float* bias = t == 0 && blk == b0 ? g.bias : nullptr;
       for (int64_t jp = 0; jp < panels; ++jp)
-        pack_b(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
-               b_pack.get() + jp * kc * kNR);
-      pack_a_rows(g, 0, g.m, pc, kc, a_pack.get());
+        K::pack_b(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
+                  b_pack.get() + jp * kd * kNR);
+      const ARows<E> a = K::pack_a(g, 0, g.m, pc, kc, false, a_pack.get());
       for (int64_t jp = 0; jp < panels; ++jp)
-        for (int64_t it = 0; it < m_tiles; ++it)
-          tile_product(kc, a_pack.get() + it * kMR * kc, 0, b_pack.get() + jp * kc * kNR, g.alpha,
-                       beta, out + it * kMR * ldo + jp * kNR, ldo,
-                       std::min<int64_t>(kMR, g.m - it * kMR),
-                       std::min<int64_t>(kNR, g.n - jp * kNR), tile.get());
+        for (int64_t ir = 0; ir < g.m; ir += kMR)
+          tile_product<K>(kd, a.tile(ir), a.ld(ir), b_pack.get() + jp * kd * kNR, g.alpha, beta,
+                          bias ? bias + jp * kNR : nullptr, out + ir * ldo + jp * kNR, ldo,
+                          std::min<int64_t>(kMR, g.m - ir), std::min<int64_t>(kNR, g.n - jp * kNR),
+                          tile.get());
     }
 #pragma omp barrier
 #pragma omp for schedule(dynamic, 1)
@@ -266,86 +234,236 @@ void run_split_depth(const Plan& g, int threads) {
   }
 }
 
-// The threads share nothing but c and never wait for each other before the end: on a machine
-// shared with other processes a thread can lose the CPU for a whole time slice, and every
-// barrier would then cost the others that slice. So each thread packs op(b) itself: all of it
-// once when the depth fits one block (k <= kKC, the model's small-k products, where op(b) is a
-// weight of at most a few MB), else one panel at a time inside each task, for each depth block.
+// The task schedule (see the top), through kernel K; the bias is added with the first depth
+// block. Where the panels of op(b) come from:
+// - shared (K::kSharePanels, or `packed` given: op(b) packed beforehand, see PackedBf16): all of
+//   op(b) packed once, by the threads together before the tasks (one barrier);
+// - else each thread's own: the threads share nothing but c and never wait for each other before
+//   the end (on a machine shared with other processes a thread can lose the CPU for a whole time
+//   slice, and every barrier would then cost the others that slice). Each thread packs all of
+//   op(b) once when the depth fits one block (k <= kKC, the model's small-k products, where op(b)
+//   is a weight of at most a few MB), else one panel at a time inside each task, for each block.
 // With threads == 1 it all runs on the calling thread, also inside another parallel region.
-void run(const Plan& g, int threads) {
-  if (g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC) return run_split_depth(g, threads);
-  const Tasks t = cut(g.m, g.n, threads);
-  const bool one_block = g.k <= kKC;
-  const int64_t kc_max = std::min(kKC, g.k);
+template <class K>
+void run(const Plan& g, int threads, const typename K::Elem* packed = nullptr) {
+  using E = typename K::Elem;
+  if (!packed && g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC)
+    return run_split_depth<K>(g, threads);
+  const Panels<K> p(g.k, g.n);
+  const bool shared = packed || K::kSharePanels;
+  const bool per_panel = !shared && p.blocks > 1;  // each thread packs a panel at a time
+  const Tasks t = cut(g.m, g.n, threads, shared ? p.size() * int64_t{sizeof(E)} : 0);
+  Buffer<E> common = shared && !packed ? allocate<E>(p.size()) : Buffer<E>();
+  if (common) packed = common.get();
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    Buffer b_pack = allocate((one_block ? t.panels : 1) * kc_max * kNR);
-    Buffer a_pack = allocate(kMC * kc_max);  // tiles of a that are not read in place
-    Buffer tile = allocate(kMR * kNR);        // an edge tile of c
-    if (one_block)
-      for (int64_t jp = 0; jp < t.panels; ++jp)
-        pack_b(g, 0, g.k, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
-               b_pack.get() + jp * g.k * kNR);
+    Buffer<E> own = shared ? Buffer<E>() : allocate<E>(per_panel ? p.panel_size : p.size());
+    if (common) {
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t index = 0; index < p.blocks * p.panels; ++index)
+        p.pack(g, index, common.get());
+    } else if (own && !per_panel) {  // one depth block
+      for (int64_t index = 0; index < p.panels; ++index) p.pack(g, index, own.get());
+    }
+    const E* b_pack = shared ? packed : own.get();
+    Buffer<E> a_pack = allocate<E>(t.mc * (p.panel_size / kNR));  // what pack_a copies
+    Buffer<float> tile = allocate<float>(kMR * kNR);                // an edge tile of c
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
       const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
       const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
       const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
-      const int64_t full_rows = g.trans_a ? 0 : mc / kMR * kMR;  // tiles read in place
-      for (int64_t pc = 0; pc < g.k; pc += kKC) {
-        const int64_t kc = std::min(kKC, g.k - pc);
-        const float beta = pc == 0 ? g.beta : 1.0f;
-        pack_a_rows(g, i0 + full_rows, mc - full_rows, pc, kc, a_pack.get());
+      for (int64_t blk = 0; blk < p.blocks; ++blk) {
+        const int64_t pc = blk * kKC, kc = std::min(kKC, g.k - pc), kd = K::depth(kc);
+        const float beta = blk == 0 ? g.beta : 1.0f;
+        const float* bias = blk == 0 ? g.bias : nullptr;
+        const ARows<E> a = K::pack_a(g, i0, mc, pc, kc, true, a_pack.get());
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
-          const float* panel = one_block ? b_pack.get() + jp * g.k * kNR : b_pack.get();
-          if (!one_block) pack_b(g, pc, kc, j0, cols, b_pack.get());
-          for (int64_t ir = 0; ir < mc; ir += kMR) {
-            const bool in_place = ir < full_rows;
-            const float* a = in_place ? g.a + (i0 + ir) * g.lda + pc
-                                      : a_pack.get() + (ir - full_rows) * kc;
-            tile_product(kc, a, in_place ? g.lda : 0, panel, g.alpha, beta,
-                         g.c + (i0 + ir) * g.ldc + j0, g.ldc, std::min<int64_t>(kMR, mc - ir), cols,
-                         tile.get());
-          }
+          const E* panel = per_panel ? own.get() : b_pack + (blk * p.panels + jp) * p.panel_size;
+          if (per_panel) K::pack_b(g, pc, kc, j0, cols, own.get());
+          for (int64_t ir = 0; ir < mc; ir += kMR)
+            tile_product<K>(kd, a.tile(ir), a.ld(ir), panel, g.alpha, beta,
+                            bias ? bias + j0 : nullptr, g.c + (i0 + ir) * g.ldc + j0, g.ldc,
+                            std::min<int64_t>(kMR, mc - ir), cols, tile.get());
         }
       }
     }
   }
 }
 
+// c = beta * c (zeros with beta == 0, over NaN too) + bias: a product with no depth or alpha == 0.
+void scale_only(const Plan& g, bool parallel) {
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t i = 0; i < g.m; ++i)
+    for (int64_t j = 0; j < g.n; ++j) {
+      float* c = g.c + i * g.ldc + j;
+      *c = g.beta == 0.0f ? 0.0f : g.beta * *c;
+      if (g.bias) *c += g.bias[j];
+    }
+}
+
+// The product of plan g through kernel K: on the calling thread alone (`serial`), else on as many
+// OpenMP threads as it is worth; op(b) packed beforehand when `packed` is given.
+template <class K>
+void product(const Plan& g, bool serial, const typename K::Elem* packed = nullptr) {
+  if (g.m <= 0 || g.n <= 0) return;
+  if (g.k <= 0 || g.alpha == 0.0f) return scale_only(g, !serial && g.m * g.n > kSerialWork);
+  run<K>(g, serial || g.m * g.n * g.k < kSerialWork ? 1 : omp_get_max_threads(), packed);
+}
+
+typedef float Vec __attribute__((vector_size(kVec * sizeof(float))));
+typedef float VecU __attribute__((vector_size(kVec * sizeof(float)), aligned(4), may_alias));
+
+inline Vec load(const float* p) { return *reinterpret_cast<const VecU*>(p); }
+inline void store(float* p, Vec v) { *reinterpret_cast<VecU*>(p) = v; }
+
+// The float32 kernel: op(a) and op(b) copied as they are, one float per depth.
+struct Float32 {
+  using Elem = float;
+  // Each thread packs its own panels (see run): copying float32 is cheap next to a barrier.
+  static constexpr bool kSharePanels = false;
+
+  // Packed elements per row of a depth block of kc.
+  static int64_t depth(int64_t kc) { return kc; }
+
+  // dst (kc, kNR) = op(b)[p0 : p0 + kc, j0 : j0 + cols], zero-padded to kNR columns.
+  static void pack_b(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    if (!g.trans_b) {
+      for (int64_t p = 0; p < kc; ++p) {
+        const float* src = g.b + (p0 + p) * g.ldb + j0;
+        float* out = dst + p * kNR;
+        if (cols == kNR) {  // a constant count: vector moves, not a slow-starting string copy
+          for (int j = 0; j < kNR; ++j) out[j] = src[j];
+          continue;
+        }
+        for (int64_t j = 0; j < cols; ++j) out[j] = src[j];
+        for (int64_t j = cols; j < kNR; ++j) out[j] = 0.0f;
+      }
+      return;
+    }
+    // A transposed b: 16 depths at a time, so that the reads (16 floats of each row of b) and the
+    // writes (16 rows of the panel) stay within a few cache lines.
+    constexpr int64_t kStep = 16;
+    for (int64_t pb = 0; pb < kc; pb += kStep) {
+      const int64_t depth = std::min(kStep, kc - pb);
+      for (int64_t j = 0; j < kNR; ++j) {
+        float* out = dst + pb * kNR + j;
+        if (j >= cols) {
+          for (int64_t q = 0; q < depth; ++q) out[q * kNR] = 0.0f;
+          continue;
+        }
+        const float* src = g.b + (j0 + j) * g.ldb + p0 + pb;
+        for (int64_t q = 0; q < depth; ++q) out[q * kNR] = src[q];
+      }
+    }
+  }
+
+  // op(a)[i0 : i0 + rows, p0 : p0 + kc] for the micro-kernel: with `in_place`, the whole tiles
+  // of a plain a are read in place and only its last rows packed; else all packed, as consecutive
+  // (kc, kMR) tiles (the last zero-padded) into dst.
+  static ARows<float> pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc,
+                             bool in_place, float* dst) {
+    const int64_t direct = in_place && !g.trans_a ? rows / kMR * kMR : 0;
+    pack_rows(g, i0 + direct, rows - direct, p0, kc, dst);
+    return {direct ? g.a + i0 * g.lda + p0 : nullptr, g.lda, direct, dst, 0, kc};
+  }
+
+  // tile (kMR, kNR) = sum_p A(i, p) * b[p * kNR + j] over p < kc, then c = alpha * tile + beta * c
+  // (+ bias[j] when not nullptr; c only written when beta == 0). A(i, p) is a[p * kMR + i] for a
+  // packed tile, else a[i * lda + p]. `b` is a packed panel.
+  template <bool kTiled>
+  static inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t lda,
+                                  const float* __restrict b, float alpha, float beta,
+                                  const float* bias, float* c, int64_t ldc) {
+    Vec acc0[kMR], acc1[kMR];
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = Vec{};
+    for (int64_t p = 0; p < kc; ++p) {
+      const Vec b0 = load(b + p * kNR), b1 = load(b + p * kNR + kVec);
+#pragma GCC unroll 16
+      for (int i = 0; i < kMR; ++i) {
+        const float x = kTiled ? a[p * kMR + i] : a[i * lda + p];
+        acc0[i] += x * b0;
+        acc1[i] += x * b1;
+      }
+    }
+    const Vec bias0 = bias ? load(bias) : Vec{}, bias1 = bias ? load(bias + kVec) : Vec{};
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      float* row = c + i * ldc;
+      Vec r0 = alpha * acc0[i], r1 = alpha * acc1[i];
+      if (beta != 0.0f) {
+        r0 += beta * load(row);
+        r1 += beta * load(row + kVec);
+      }
+      if (bias) {
+        r0 += bias0;
+        r1 += bias1;
+      }
+      store(row, r0);
+      store(row + kVec, r1);
+    }
+  }
+
+ private:
+  // dst (kc, kMR) = op(a)[i0 : i0 + rows, p0 : p0 + kc] transposed, zero-padded to kMR rows.
+  static void pack_tile(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc,
+                        float* dst) {
+    for (int64_t p = 0; p < kc; ++p) {
+      float* out = dst + p * kMR;
+      if (g.trans_a) {
+        const float* src = g.a + (p0 + p) * g.lda + i0;
+        if (rows == kMR) {  // a constant count: vector moves, not a slow-starting string copy
+          for (int i = 0; i < kMR; ++i) out[i] = src[i];
+          continue;
+        }
+        for (int64_t i = 0; i < rows; ++i) out[i] = src[i];
+      } else {
+        for (int64_t i = 0; i < rows; ++i) out[i] = g.a[(i0 + i) * g.lda + p0 + p];
+      }
+      for (int64_t i = rows; i < kMR; ++i) out[i] = 0.0f;
+    }
+  }
+
+  // The rows [i0, i0 + rows) of op(a), depth [p0, p0 + kc), packed as consecutive (kc, kMR) tiles
+  // (the last zero-padded). A transposed a is read row by row of a (contiguous runs across all the
+  // tiles), which the hardware prefetches well; a tile at a time would walk down its columns.
+  static void pack_rows(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc,
+                        float* dst) {
+    const int64_t full = g.trans_a ? rows / kMR * kMR : 0;
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = g.a + (p0 + p) * g.lda + i0;
+      for (int64_t ir = 0; ir < full; ir += kMR) {
+        float* out = dst + ir * kc + p * kMR;
+        for (int i = 0; i < kMR; ++i) out[i] = src[ir + i];
+      }
+    }
+    for (int64_t ir = full; ir < rows; ir += kMR)
+      pack_tile(g, i0 + ir, std::min<int64_t>(kMR, rows - ir), p0, kc, dst + ir * kc);
+  }
+};
+
 }  // namespace
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-           int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == 0.0f) {  // no product: c = beta * c
-#pragma omp parallel for schedule(static) if (m * n > kSerialWork)
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-    return;
-  }
-  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc},
-      m * n * k < kSerialWork ? 1 : omp_get_max_threads());
+           int64_t ldc, const float* bias) {
+  product<Float32>(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias},
+                   false);
 }
 
 void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                   int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == 0.0f) {
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-    return;
-  }
-  run(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, 1);
+  product<Float32>(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, nullptr},
+                   true);
 }
 
 }  // namespace bp
 
 #if defined(__AVX512BF16__)
-// bp::gemm_bf16 (see gemm.h): the blocking of bp::sgemm with bfloat16 operands. Packing rounds
+// bp::gemm_bf16 (see gemm.h): the schedule of bp::sgemm with bfloat16 operands. Packing rounds
 // float32 to bfloat16 (to nearest even, vcvtne2ps2bf16) and interleaves the depth by two: a 32-bit
 // "pair" holds (x[p], x[p + 1]) of one row or column, what one lane of vdpbf16ps multiplies
 // (acc += x[p] y[p] + x[p + 1] y[p + 1] in float32). An odd depth is padded with a zero.
@@ -357,23 +475,10 @@ void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
 //   contiguous in the depth: a straight conversion), a transposed a into (pairs, kMR) tiles.
 // - The micro-kernel keeps a (kMR, kNR) = (12, 32) tile in 24 registers and adds, per pair of
 //   depths, 2 x 12 vdpbf16ps: 32 multiply-adds each, twice the float32 FMA's 16.
-// - A small c over a long depth (weight gradients) splits the depth among the threads, as
-//   bp::sgemm does.
 namespace bp {
 namespace {
 
 using Pair = uint32_t;
-constexpr int64_t kPairKC = kKC / 2;  // pairs in a depth block
-
-struct PairDeleter {
-  void operator()(Pair* p) const { std::free(p); }
-};
-using PairBuffer = std::unique_ptr<Pair[], PairDeleter>;
-
-PairBuffer allocate_pairs(int64_t count) {
-  const size_t bytes = (static_cast<size_t>(count) * sizeof(Pair) + 63) / 64 * 64;
-  return PairBuffer(static_cast<Pair*>(std::aligned_alloc(64, bytes ? bytes : 64)));
-}
 
 inline int64_t pairs_of(int64_t depth) { return (depth + 1) / 2; }
 
@@ -402,7 +507,6 @@ inline __m512i pairs_across(const float* x0, const float* x1, int64_t count) {
   const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(r1, r0));  // r0's, r1's
   return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both);
 }
-
 // Transposes the 16 x 16 matrix of 32-bit lanes r[row][lane] in place: four rounds, each swapping
 // the off-diagonal blocks of size s (8, 4, 2, 1) of every 2s x 2s block.
 inline void transpose16(__m512i r[16]) {
@@ -429,313 +533,150 @@ inline void transpose16(__m512i r[16]) {
   }
 }
 
-// dst (pairs_of(kc), kNR) = op(b)[p0 : p0 + kc, j0 : j0 + cols] as pairs along the depth,
-// zero-padded to kNR columns (and to an even depth).
-void pack_b_pairs(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, Pair* dst) {
-  const int64_t kq = pairs_of(kc);
-  if (!g.trans_b) {  // depth p is row p of b: interleave two rows
-    for (int64_t q = 0; q < kq; ++q) {
-      const float* x0 = g.b + (p0 + 2 * q) * g.ldb + j0;
-      const float* x1 = 2 * q + 1 < kc ? x0 + g.ldb : nullptr;
-      for (int64_t h = 0; h < kNR; h += 16)
-        _mm512_store_si512(dst + q * kNR + h,
-                           pairs_across(x0 + h, x1 ? x1 + h : nullptr, cols - h));
-    }
-    return;
-  }
-  // column j of op(b) is row j of b, its pairs contiguous: convert 16 columns x 16 pairs, then
-  // transpose them into the panel's rows
-  for (int64_t h = 0; h < kNR; h += 16) {
-    for (int64_t qb = 0; qb < kq; qb += 16) {
-      __m512i r[16];
-      for (int t = 0; t < 16; ++t)
-        r[t] = h + t < cols ? pairs_along(g.b + (j0 + h + t) * g.ldb + p0 + 2 * qb, kc - 2 * qb)
-                            : _mm512_setzero_si512();
-      transpose16(r);
-      const int64_t count = std::min<int64_t>(16, kq - qb);
-      for (int64_t t = 0; t < count; ++t) _mm512_store_si512(dst + (qb + t) * kNR + h, r[t]);
-    }
-  }
-}
+// The bfloat16 kernel: op(a) and op(b) rounded to bfloat16 and packed as pairs along the depth.
+struct Bfloat16 {
+  using Elem = Pair;
+  // op(b) is converted once per call and shared by the threads (see the top of this part).
+  static constexpr bool kSharePanels = true;
 
-// op(a)[i0 : i0 + rows, p0 : p0 + kc] as pairs. A plain a: rows of ld pairs, zero rows added up
-// to a multiple of kMR (read with that row stride). A transposed a: consecutive (kq, kMR) tiles,
-// zero-padded, kMR * kq pairs apart.
-void pack_a_pairs(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, int64_t ld,
-                  Pair* dst) {
-  const int64_t kq = pairs_of(kc), padded = (rows + kMR - 1) / kMR * kMR;
-  if (!g.trans_a) {
-    for (int64_t i = 0; i < padded; ++i) {
-      Pair* out = dst + i * ld;
-      if (i >= rows) {
-        std::memset(out, 0, kq * sizeof(Pair));
-        continue;
+  // Packed pairs per row of a depth block of kc.
+  static int64_t depth(int64_t kc) { return pairs_of(kc); }
+
+  // dst (pairs_of(kc), kNR) = op(b)[p0 : p0 + kc, j0 : j0 + cols] as pairs along the depth,
+  // zero-padded to kNR columns (and to an even depth).
+  static void pack_b(const Plan& g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, Pair* dst) {
+    const int64_t kq = pairs_of(kc);
+    if (!g.trans_b) {  // depth p is row p of b: interleave two rows
+      for (int64_t q = 0; q < kq; ++q) {
+        const float* x0 = g.b + (p0 + 2 * q) * g.ldb + j0;
+        const float* x1 = 2 * q + 1 < kc ? x0 + g.ldb : nullptr;
+        for (int64_t h = 0; h < kNR; h += 16)
+          _mm512_store_si512(dst + q * kNR + h,
+                             pairs_across(x0 + h, x1 ? x1 + h : nullptr, cols - h));
       }
-      const float* src = g.a + (i0 + i) * g.lda + p0;
-      for (int64_t qb = 0; qb < kq; qb += 16)
-        _mm512_mask_storeu_epi32(out + qb, first(kq - qb), pairs_along(src + 2 * qb, kc - 2 * qb));
+      return;
     }
-    return;
-  }
-  for (int64_t ir = 0; ir < rows; ir += kMR) {
-    Pair* tile = dst + ir * kq;
-    for (int64_t q = 0; q < kq; ++q) {
-      const float* x0 = g.a + (p0 + 2 * q) * g.lda + i0 + ir;
-      const float* x1 = 2 * q + 1 < kc ? x0 + g.lda : nullptr;
-      _mm512_mask_storeu_epi32(tile + q * kMR, first(kMR),
-                               pairs_across(x0, x1, std::min<int64_t>(kMR, rows - ir)));
+    // column j of op(b) is row j of b, its pairs contiguous: convert 16 columns x 16 pairs, then
+    // transpose them into the panel's rows
+    for (int64_t h = 0; h < kNR; h += 16) {
+      for (int64_t qb = 0; qb < kq; qb += 16) {
+        __m512i r[16];
+        for (int t = 0; t < 16; ++t)
+          r[t] = h + t < cols ? pairs_along(g.b + (j0 + h + t) * g.ldb + p0 + 2 * qb, kc - 2 * qb)
+                              : _mm512_setzero_si512();
+        transpose16(r);
+        const int64_t count = std::min<int64_t>(16, kq - qb);
+        for (int64_t t = 0; t < count; ++t) _mm512_store_si512(dst + (qb + t) * kNR + h, r[t]);
+      }
     }
   }
-}
 
-// tile (kMR, kNR) = sum over pairs q < kq of A(i, q) . b[q * kNR + j] (two products each), then
-// c = alpha * tile + beta * c + bias[j] (c only written when beta == 0; no bias when nullptr).
-// A(i, q) is a[q * kMR + i] for a tile, else a[i * lda + q].
-template <bool kTiled>
-inline void micro_kernel_bf16(int64_t kq, const Pair* __restrict a, int64_t lda,
-                              const Pair* __restrict b, float alpha, float beta,
-                              const float* bias, float* c, int64_t ldc) {
-  __m512 acc0[kMR], acc1[kMR];
+  // op(a)[i0 : i0 + rows, p0 : p0 + kc] as pairs into dst, all of it (a is float32: nothing is
+  // read in place). A plain a: rows of kq = pairs_of(kc) pairs, zero rows added up to a multiple
+  // of kMR. A transposed a: consecutive (kq, kMR) tiles, zero-padded, kMR * kq pairs apart.
+  static ARows<Pair> pack_a(const Plan& g, int64_t i0, int64_t rows, int64_t p0, int64_t kc,
+                            bool /*in_place*/, Pair* dst) {
+    const int64_t kq = pairs_of(kc);
+    const ARows<Pair> packed{nullptr, 0, 0, dst, g.trans_a ? 0 : kq, kq};
+    if (!g.trans_a) {
+      const int64_t padded = (rows + kMR - 1) / kMR * kMR;
+      for (int64_t i = 0; i < padded; ++i) {
+        Pair* out = dst + i * kq;
+        if (i >= rows) {
+          std::memset(out, 0, kq * sizeof(Pair));
+          continue;
+        }
+        const float* src = g.a + (i0 + i) * g.lda + p0;
+        for (int64_t qb = 0; qb < kq; qb += 16)
+          _mm512_mask_storeu_epi32(out + qb, first(kq - qb),
+                                   pairs_along(src + 2 * qb, kc - 2 * qb));
+      }
+      return packed;
+    }
+    for (int64_t ir = 0; ir < rows; ir += kMR) {
+      Pair* tile = dst + ir * kq;
+      for (int64_t q = 0; q < kq; ++q) {
+        const float* x0 = g.a + (p0 + 2 * q) * g.lda + i0 + ir;
+        const float* x1 = 2 * q + 1 < kc ? x0 + g.lda : nullptr;
+        _mm512_mask_storeu_epi32(tile + q * kMR, first(kMR),
+                                 pairs_across(x0, x1, std::min<int64_t>(kMR, rows - ir)));
+      }
+    }
+    return packed;
+  }
+
+  // tile (kMR, kNR) = sum over pairs q < kq of A(i, q) . b[q * kNR + j] (two products each), then
+  // c = alpha * tile + beta * c + bias[j] (c only written when beta == 0; no bias when nullptr).
+  // A(i, q) is a[q * kMR + i] for a tile, else a[i * lda + q].
+  template <bool kTiled>
+  static inline void micro_kernel(int64_t kq, const Pair* __restrict a, int64_t lda,
+                                  const Pair* __restrict b, float alpha, float beta,
+                                  const float* bias, float* c, int64_t ldc) {
+    __m512 acc0[kMR], acc1[kMR];
 #pragma GCC unroll 16
-  for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
-  for (int64_t q = 0; q < kq; ++q) {
-    const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_load_si512(b + q * kNR));
-    const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_load_si512(b + q * kNR + 16));
+    for (int i = 0; i < kMR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    for (int64_t q = 0; q < kq; ++q) {
+      const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_load_si512(b + q * kNR));
+      const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_load_si512(b + q * kNR + 16));
+#pragma GCC unroll 16
+      for (int i = 0; i < kMR; ++i) {
+        const __m512bh x = reinterpret_cast<__m512bh>(
+            _mm512_set1_epi32(static_cast<int>(kTiled ? a[q * kMR + i] : a[i * lda + q])));
+        acc0[i] = _mm512_dpbf16_ps(acc0[i], x, b0);
+        acc1[i] = _mm512_dpbf16_ps(acc1[i], x, b1);
+      }
+    }
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 16
     for (int i = 0; i < kMR; ++i) {
-      const __m512bh x = reinterpret_cast<__m512bh>(
-          _mm512_set1_epi32(static_cast<int>(kTiled ? a[q * kMR + i] : a[i * lda + q])));
-      acc0[i] = _mm512_dpbf16_ps(acc0[i], x, b0);
-      acc1[i] = _mm512_dpbf16_ps(acc1[i], x, b1);
-    }
-  }
-  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-  const __m512 bias0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-  const __m512 bias1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-  for (int i = 0; i < kMR; ++i) {
-    float* row = c + i * ldc;
-    if (beta == 0.0f) {
-      _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i], bias0));
-      _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i], bias1));
-    } else {
-      _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i],
-                                            _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), bias0)));
-      _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i],
-                                                 _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), bias1)));
-    }
-  }
-}
-
-// One tile of c (rows, cols) = alpha * A panel + beta * c (+ bias[j] when not nullptr), through
-// `tile` (kMR, kNR) at an edge; `tiled` says how a is packed (see pack_a_pairs), lda its row
-// stride in pairs otherwise.
-void tile_product_bf16(int64_t kq, const Pair* a, bool tiled, int64_t lda, const Pair* panel,
-                       float alpha, float beta, const float* bias, float* c, int64_t ldc,
-                       int64_t rows, int64_t cols, float* tile) {
-  const bool edge = rows < kMR || cols < kNR;
-  float* out = edge ? tile : c;
-  const int64_t ld = edge ? kNR : ldc;
-  const float* full_bias = edge ? nullptr : bias;
-  if (tiled)
-    micro_kernel_bf16<true>(kq, a, 0, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta, full_bias,
-                            out, ld);
-  else
-    micro_kernel_bf16<false>(kq, a, lda, panel, edge ? 1.0f : alpha, edge ? 0.0f : beta,
-                             full_bias, out, ld);
-  if (!edge) return;
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j)
-      c[i * ldc + j] = (beta == 0.0f ? alpha * tile[i * kNR + j]
-                                     : alpha * tile[i * kNR + j] + beta * c[i * ldc + j]) +
-                       (bias ? bias[j] : 0.0f);
-}
-
-// The split-depth schedule of run_split_depth (a small c over a long depth), in bfloat16; the
-// bias (when not nullptr) is added by thread 0 with its first block.
-void run_split_depth_bf16(const Plan& g, int threads, const float* bias) {
-  const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC, kq_max = pairs_of(kSplitKC);
-  const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
-  threads = static_cast<int>(std::min<int64_t>(threads, blocks));
-  std::unique_ptr<Buffer[]> copies(new Buffer[threads]);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    if (t > 0) copies[t] = allocate(g.m * g.n);
-    float* out = t == 0 ? g.c : copies[t].get();
-    const int64_t ldo = t == 0 ? g.ldc : g.n;
-    PairBuffer b_pack = allocate_pairs(panels * kq_max * kNR);
-    PairBuffer a_pack = allocate_pairs(m_tiles * kMR * kq_max);
-    Buffer tile = allocate(kMR * kNR);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t pc = blk * kSplitKC, kc = std::min(kSplitKC, g.k - pc), kq = pairs_of(kc);
-      const float beta = blk > b0 ? 1.0f : t == 0 ? g.beta : 0.0f;
-      const float* blk_bias = t == 0 && blk == b0 ? bias : nullptr;
-      for (int64_t jp = 0; jp < panels; ++jp)
-        pack_b_pairs(g, pc, kc, jp * kNR, std::min<int64_t>(kNR, g.n - jp * kNR),
-                     b_pack.get() + jp * kq * kNR);
-      pack_a_pairs(g, 0, g.m, pc, kc, kq, a_pack.get());
-      for (int64_t jp = 0; jp < panels; ++jp)
-        for (int64_t it = 0; it < m_tiles; ++it)
-          tile_product_bf16(kq, a_pack.get() + it * kMR * kq, g.trans_a, kq,
-                            b_pack.get() + jp * kq * kNR, g.alpha, beta,
-                            blk_bias ? blk_bias + jp * kNR : nullptr,
-                            out + it * kMR * ldo + jp * kNR, ldo,
-                            std::min<int64_t>(kMR, g.m - it * kMR),
-                            std::min<int64_t>(kNR, g.n - jp * kNR), tile.get());
-    }
-#pragma omp barrier
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < m_tiles; ++it) {
-      const int64_t i0 = it * kMR, rows = std::min<int64_t>(kMR, g.m - i0);
-      for (int s = 1; s < nt; ++s)
-        for (int64_t i = i0; i < i0 + rows; ++i) {
-          const float* src = copies[s].get() + i * g.n;
-          float* dst = g.c + i * g.ldc;
-#pragma omp simd
-          for (int64_t j = 0; j < g.n; ++j) dst[j] += src[j];
-        }
-    }
-  }
-}
-
-// op(b) packed for the task schedule: per depth block of kKC, its panels of kNR columns, each
-// (pairs_of(min(kKC, k)), kNR) pairs (the last block's only partly used).
-struct Panels {
-  int64_t blocks, panels, panel_size;
-  Panels(int64_t k, int64_t n)
-      : blocks((k + kKC - 1) / kKC), panels((n + kNR - 1) / kNR),
-        panel_size(pairs_of(std::min(kKC, k)) * kNR) {}
-  int64_t size() const { return blocks * panels * panel_size; }
-};
-
-// Packs panel `index` (block index / panels, panel index % panels) of op(b) into its place.
-void pack_panel(const Plan& g, const Panels& p, int64_t index, Pair* dst) {
-  const int64_t blk = index / p.panels, jp = index % p.panels;
-  pack_b_pairs(g, blk * kKC, std::min(kKC, g.k - blk * kKC), jp * kNR,
-               std::min<int64_t>(kNR, g.n - jp * kNR), dst + index * p.panel_size);
-}
-
-constexpr int64_t kLargePanels = int64_t{8} << 20;  // bytes of packed op(b) past which ...
-constexpr int64_t kOneRowTask = 4 * kMC;            // ... at most this many rows are one row task
-
-// How c is cut into tasks. Every row task reads all of the packed op(b) once: when it is large
-// (the MLM decoder's 30,522-word weight, 47 MB at BERT-base) and c has few rows (a chunk of 137
-// predictions), reading it once per row block of kMC made the product memory-bound. Then all
-// rows are one task and the threads share the columns.
-Tasks cut_bf16(int64_t m, int64_t n, int64_t k, int threads) {
-  const Panels p(k, n);
-  if (m > kOneRowTask || p.size() * int64_t{sizeof(Pair)} <= kLargePanels) return cut(m, n, threads);
-  Tasks t;
-  t.mc = (m + kMR - 1) / kMR * kMR;
-  t.row_tasks = 1;
-  t.panels = p.panels;
-  const int64_t want = threads > 1 ? 4 * threads : 1;
-  t.per_task = std::max<int64_t>(1, std::min(kNC / kNR, (t.panels + want - 1) / want));
-  t.col_tasks = (t.panels + t.per_task - 1) / t.per_task;
-  return t;
-}
-
-// The task schedule of run, in bfloat16, with op(b) packed once for all tasks (see the top): here,
-// by the threads together, or before (`packed`, see PackedBf16). The bias (when not nullptr) is
-// added with the first depth block.
-void run_bf16(const Plan& g, int threads, const float* bias, const Pair* packed = nullptr) {
-  if (!packed && g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC)
-    return run_split_depth_bf16(g, threads, bias);
-  const Tasks t = cut_bf16(g.m, g.n, g.k, threads);
-  const Panels p(g.k, g.n);
-  PairBuffer own = packed ? PairBuffer() : allocate_pairs(p.size());
-  const Pair* b_pack = packed ? packed : own.get();
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    if (!packed) {
-#pragma omp for schedule(dynamic, 4)
-      for (int64_t index = 0; index < p.blocks * p.panels; ++index)
-        pack_panel(g, p, index, own.get());
-    }
-    PairBuffer a_pack = allocate_pairs((std::max(kMC, t.mc) + kMR) * (p.panel_size / kNR));
-    Buffer tile = allocate(kMR * kNR);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < t.row_tasks * t.col_tasks; ++task) {
-      const int64_t rt = task / t.col_tasks, ct = task % t.col_tasks;
-      const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
-      const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
-      for (int64_t blk = 0; blk < p.blocks; ++blk) {
-        const int64_t pc = blk * kKC, kc = std::min(kKC, g.k - pc), kq = pairs_of(kc);
-        const float beta = blk == 0 ? g.beta : 1.0f;
-        pack_a_pairs(g, i0, mc, pc, kc, kq, a_pack.get());
-        for (int64_t jp = jp0; jp < jp1; ++jp) {
-          const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
-          const Pair* panel = b_pack + (blk * p.panels + jp) * p.panel_size;
-          for (int64_t ir = 0; ir < mc; ir += kMR)
-            tile_product_bf16(kq, a_pack.get() + ir * kq, g.trans_a, kq, panel, g.alpha, beta,
-                              blk == 0 && bias ? bias + j0 : nullptr,
-                              g.c + (i0 + ir) * g.ldc + j0, g.ldc,
-                              std::min<int64_t>(kMR, mc - ir), cols, tile.get());
-        }
+      float* row = c + i * ldc;
+      if (beta == 0.0f) {
+        _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i], bias0));
+        _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i], bias1));
+      } else {
+        const __m512 c0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), bias0);
+        const __m512 c1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), bias1);
+        _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i], c0));
+        _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i], c1));
       }
     }
   }
-}
-
-// c = beta * c (zeros with beta == 0, over NaN too): a product with no depth or alpha == 0.
-void scale_only(int64_t m, int64_t n, float beta, float* c, int64_t ldc, bool parallel) {
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-}
-
-void add_bias(int64_t m, int64_t n, const float* bias, float* c, int64_t ldc) {
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += bias[j];
-}
-
-int gemm_threads(int64_t m, int64_t n, int64_t k) {
-  return m * n * k < kSerialWork ? 1 : omp_get_max_threads();
-}
+};
 
 }  // namespace
 
 void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                int64_t ldc, const float* bias) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == 0.0f) {
-    scale_only(m, n, beta, c, ldc, m * n > kSerialWork);
-    if (bias) add_bias(m, n, bias, c, ldc);
-    return;
-  }
-  run_bf16(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc},
-           gemm_threads(m, n, k), bias);
+  product<Bfloat16>(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias},
+                    false);
 }
 
 void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                       const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                       float* c, int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == 0.0f) return scale_only(m, n, beta, c, ldc, false);
-  run_bf16(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc}, 1, nullptr);
+  product<Bfloat16>(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, nullptr},
+                    true);
 }
 
 PackedBf16::PackedBf16(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb)
     : trans_b_(trans_b), k_(k), n_(n) {
   if (k <= 0 || n <= 0) return;
-  const Plan g{false, trans_b, 0, n, k, 1.0f, nullptr, 0, b, ldb, 0.0f, nullptr, 0};
-  const Panels p(k, n);
-  Pair* data = allocate_pairs(p.size()).release();
+  const Plan g{false, trans_b, 0, n, k, 1.0f, nullptr, 0, b, ldb, 0.0f, nullptr, 0, nullptr};
+  const Panels<Bfloat16> p(k, n);
+  Pair* data = allocate<Pair>(p.size()).release();
   data_.reset(data, [](uint32_t* d) { std::free(d); });
 #pragma omp parallel for schedule(dynamic, 4) if (p.blocks * p.panels * p.panel_size > kSerialWork)
-  for (int64_t index = 0; index < p.blocks * p.panels; ++index) pack_panel(g, p, index, data);
+  for (int64_t index = 0; index < p.blocks * p.panels; ++index) p.pack(g, index, data);
 }
 
 void gemm_bf16(bool trans_a, int64_t m, float alpha, const float* a, int64_t lda,
                const PackedBf16& b, float beta, float* c, int64_t ldc) {
-  const int64_t n = b.n(), k = b.k();
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == 0.0f) return scale_only(m, n, beta, c, ldc, m * n > kSerialWork);
-  run_bf16(Plan{trans_a, b.trans_b(), m, n, k, alpha, a, lda, nullptr, 0, beta, c, ldc},
-           gemm_threads(m, n, k), nullptr, b.data());
+  product<Bfloat16>(Plan{trans_a, b.trans_b(), m, b.n(), b.k(), alpha, a, lda, nullptr, 0, beta, c,
+                         ldc, nullptr},
+                    false, b.data());
 }
 
 }  // namespace bp
@@ -777,6 +718,13 @@ extern "C" void bp_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t
                          const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                          float* c, int64_t ldc) {
   bp::sgemm(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// sgemm with a bias (n,) added to every row of c.
+extern "C" void bp_sgemm_bias(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                              float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
+                              float beta, float* c, int64_t ldc, const float* bias) {
+  bp::sgemm(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
 }
 
 extern "C" void bp_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,

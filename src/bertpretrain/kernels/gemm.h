@@ -1,10 +1,11 @@
 // A float32 GEMM tuned for the model's shapes, callable from any kernel source:
 //
-//   bp::sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+//   bp::sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc[, bias])
 //     c (m, n) = alpha * op(a) (m, k) op(b) (k, n) + beta * c, row-major, the same arguments
 //     as cblas_sgemm(CblasRowMajor, ...): op(a) is a (m, k) with row stride lda, or with
 //     trans_a the transpose of a (k, m) with row stride lda; likewise b. With beta == 0, c is
-//     only written (it may hold NaN or garbage before).
+//     only written (it may hold NaN or garbage before). With `bias` (n,), c = alpha op(a) op(b)
+//     + beta c + bias (a dense layer's bias, added while the tile is in registers).
 //
 // Why: the MLM decoder's products (kernels/mlm_ce.cc) need a GEMM they can call from C++ on the
 // model's shapes, whose inner dimension is mostly small (k = 128). It packs panels of op(b) (and of
@@ -16,10 +17,11 @@
 // writes into preallocated memory) and faster than the wheel's OpenBLAS at most of them (1.2-1.4x
 // at the MLM decoder's). Call it outside OpenMP parallel regions.
 //
-// bp::gemm_bf16 (below, only in builds for a target with AVX512_BF16) is the same product with
-// its operands rounded to bfloat16 while packing and multiplied by vdpbf16ps, accumulating in
-// float32: 1.6-2.2x bp::sgemm at the model's shapes (benchmarks/bench_gemm_bf16.py, AMD EPYC
-// Zen 5, 2 threads, a shared machine), ~900 GFLOP/s on large products against ~400-470.
+// bp::gemm_bf16 (below, only in builds for a target with AVX512_BF16) is the same product, by the
+// same schedule, with its operands rounded to bfloat16 while packing and multiplied by vdpbf16ps,
+// accumulating in float32: 1.6-2.2x bp::sgemm at the model's shapes
+// (benchmarks/bench_gemm_bf16.py, AMD EPYC Zen 5, 2 threads, a shared machine), ~900 GFLOP/s on
+// large products against ~400-470.
 #ifndef BERTPRETRAIN_KERNELS_GEMM_H_
 #define BERTPRETRAIN_KERNELS_GEMM_H_
 
@@ -30,7 +32,7 @@ namespace bp {
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-           int64_t ldc);
+           int64_t ldc, const float* bias = nullptr);
 
 // The same product computed by the calling thread alone, for small products made inside an
 // OpenMP parallel region (e.g. one per attention block); same arguments and meaning.
@@ -46,8 +48,7 @@ constexpr bool kHasBf16 = true;
 // The product of bp::sgemm (same arguments and meaning) with op(a) and op(b) rounded to
 // bfloat16 (to nearest even) and their products accumulated in float32 (vdpbf16ps): twice the
 // float32 multiply-add rate. a, b and c are float32 in memory; only the packed copies are
-// bfloat16. With `bias` (n,), c = alpha op(a) op(b) + beta c + bias (a dense layer's bias, added
-// while the tile is in registers). Not in a build without AVX512_BF16 (see kHasBf16).
+// bfloat16. Not in a build without AVX512_BF16 (see kHasBf16).
 void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                int64_t ldc, const float* bias = nullptr);
