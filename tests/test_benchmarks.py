@@ -68,11 +68,17 @@ def test_protocol_verdict_needs_five_of_six_runs_and_reports_the_worst(bench_qua
     assert two_bad["worst"]["below_unigram"] == pytest.approx(0.49) and two_bad["worst"]["collapse"] == 0.51
 
     slow = bench_quality.summarize(_protocol({(2, "test:valid"): dict(cpu=301.0)}))["r"]
-    assert slow["met"] == 6 and slow["cpu_ok"] is False and not slow["passes"]  # CPU holds in every run
+    assert slow["met"] == 5 and slow["cpu_ok"] is False and slow["passes"]  # the CPU limit is a target like the rest
+    assert slow["worst"]["cpu_ratio"] == pytest.approx(301 / 50)
+    slower = bench_quality.summarize(_protocol({(2, "test:valid"): dict(cpu=301.0),
+                                                (0, "valid:test"): dict(cpu=361.0)}))["r"]
+    assert slower["met"] == 4 and not slower["passes"]
 
     assert not bench_quality.summarize(_protocol()[:-1])["r"]["passes"]  # five runs are not a protocol
+    two_baselines = _protocol() + [_result("d2l", 1, "test:valid", cpu=70.0)]  # the mean of d2l's runs: 60
+    assert bench_quality.summarize(two_baselines)["r"]["worst"]["cpu_ratio"] == pytest.approx(5.0)
     unbased = bench_quality.summarize([r for r in _protocol() if r["recipe"] != "d2l"])["r"]
-    assert unbased["cpu_ok"] is None and not unbased["passes"]  # no baseline, no CPU verdict
+    assert unbased["cpu_ok"] is None and unbased["met"] == 0 and not unbased["passes"]  # no baseline: no verdict
 
 
 def test_protocol_fill_mask_requirement(bench_quality):
@@ -87,9 +93,10 @@ def test_protocol_fill_mask_requirement(bench_quality):
 
 def test_protocol_table_and_plan(bench_quality):
     runs = bench_quality.planned_runs(["r"], [0, 1, 2], ["valid:test", "test:valid"])
-    assert runs[:2] == [("d2l", 0, "valid:test"), ("d2l", 0, "test:valid")] and len(runs) == 8
+    assert runs[:6] == [("d2l", s, d) for d in ("valid:test", "test:valid") for s in (0, 1, 2)] and len(runs) == 12
     assert bench_quality.planned_runs(["d2l"], [0, 1], ["valid:test"]) == [("d2l", 0, "valid:test"),
                                                                           ("d2l", 1, "valid:test")]
+    assert bench_quality.planned_runs(["r"], [0], ["valid:test"], baseline=False) == [("r", 0, "valid:test")]
     assert bench_quality.run_key("preln", 1, "test:valid") == "preln.seed1.test-valid"
     text = bench_quality.table(bench_quality.summarize(_protocol({(1, "test:valid"): dict(nsp=0.58)})))
     rows = [line for line in text.splitlines() if line.startswith("| seed")]
