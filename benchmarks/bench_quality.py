@@ -14,8 +14,10 @@ train, so that every tokenizer is evaluated on the same text; fixed masks: stati
 
 - MLM loss (mean over the masked targets) next to the unigram cross-entropy of the same targets (add-one
   smoothed counts of the training split's own tokens: the word vocabulary's or the WordPiece pieces'), so
-  ``below unigram`` is what the model learned from context; perplexity; MLM accuracy next to always
-  answering the most frequent training token, and the accuracy on targets other than the unknown token;
+  ``below unigram`` is what the model learned from context (a recipe that never masks the unknown token,
+  ``unk_targets=False``, is evaluated on the other targets, against the unigram of the other tokens);
+  perplexity; MLM accuracy next to always answering the most frequent training token, and the accuracy on
+  targets other than the unknown token;
 - NSP accuracy (chance: about 0.5);
 - collapse, two ways (1.0: every position has the same vector): on the masked held-out pairs (the mean
   cosine between the encodings of different positions of an example), and on clean sentences through
@@ -111,11 +113,20 @@ RECIPES = {
                                      "megatron-wp4000 at lr 6e-3"),
     "preln-wp4000-no-unk": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, unk_targets=False),
                                   "preln-wp4000 never choosing the unknown token as a masked-LM target"),
+    "preln-wp4000-no-unk-batch64": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, unk_targets=False, batch_size=64,
+                                                      num_steps=2200, warmup_steps=220),
+                                          "preln-wp4000-no-unk in 2,200 steps of batch 64 (twice the updates)"),
+    "preln-wp4000-no-unk-len80": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, unk_targets=False, max_len=80,
+                                                    num_steps=900, warmup_steps=90),
+                                        "preln-wp4000-no-unk with pairs of up to 80 pieces, in 900 steps"),
     "preln-wp4000-dropout0.1": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, dropout=0.1),
                                       "preln-wp4000 with dropout 0.1 (BERT's) instead of d2l's 0.2"),
     "preln-wp4000-dropout0": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, dropout=0.0), "preln-wp4000 without dropout"),
     "megatron-wp4000-dropout0.1": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, architecture="megatron-bert",
                                                      dropout=0.1), "megatron-wp4000 with dropout 0.1"),
+    "preln-wp4000-dropout0.1-constant": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, dropout=0.1, lr_decay="none"),
+                                               "preln-wp4000-dropout0.1 with a constant learning rate after the "
+                                               "warm-up (no linear decay)"),
     "preln-wp4000-batch64": Recipe("d2l", dict(RECIPE_F95F327, **WP4000, batch_size=64, num_steps=2200,
                                                warmup_steps=220),
                                    "preln-wp4000 in 2,200 steps of batch 64 (the same sequences, twice the updates)"),
@@ -129,6 +140,8 @@ RECIPES = {
     "probe+pairs+no-unk": Recipe("d2l", dict(_PAIRS, unk_targets=False), "probe+pairs + never an <unk> target"),
 }
 
+# The recipe PRESETS["recipe"] is (tests/test_benchmarks.py checks it): docs/quality.md's tables of the default.
+DEFAULT_RECIPE = "preln-wp4000"
 BASELINE = "d2l"  # the recipe whose CPU time the others are compared with, run once (seed 0) per direction
 SEEDS = (0, 1, 2)
 DIRECTIONS = ("valid:test", "test:valid")  # train split : held-out split
@@ -180,12 +193,17 @@ def make_split_folder(data_dir, folder, train_split, heldout_split):
     return folder
 
 
-def heldout_metrics(net, train_token_ids, eval_iter, vocab):
-    """Evaluate ``net`` on every batch of ``eval_iter`` (see the module docstring for the metrics)."""
+def heldout_metrics(net, train_token_ids, eval_iter, vocab, unk_targets=True):
+    """Evaluate ``net`` on every batch of ``eval_iter`` (see the module docstring for the metrics).
+
+    ``unk_targets=False`` (a recipe that never masks the unknown token, whose ``eval_iter`` masks none either):
+    the unigram baseline is the distribution of the other tokens, so that both sides predict the same targets."""
     import numpy as np
     from bertpretrain.data import CLS_ID, PAD_ID, SEP_ID, UNK_ID
 
     counts = np.bincount(train_token_ids, minlength=len(vocab)).astype(np.float64)
+    if not unk_targets:
+        counts[UNK_ID] = 0
     log_unigram = np.log((counts + 1) / (counts.sum() + len(vocab)))
     most_frequent = int(counts.argmax())
     sums = dict(loss=0.0, unigram=0.0, correct=0, frequent=0, known=0, known_correct=0, preds=0,
@@ -322,12 +340,14 @@ def _evaluate(args, folder, model_dir, training):
     max_len = training["options"]["max_len"]
     # Every held-out sentence pair, shortened to fit (as the recipes train): dropping the pairs longer than
     # max_len (d2l) would evaluate each tokenizer on other pairs (WordPiece's pieces make more pairs too long).
+    # The held-out targets are those the recipe trains for: without the unknown token when it never masks it.
+    unk_targets = training["options"].get("unk_targets", True)
     train_iter, _ = load_data_wiki(512, max_len, data_dir=folder, vocab=vocab, seed=0, shuffle=False,
-                                   truncate_pairs=True)
+                                   truncate_pairs=True, unk_targets=unk_targets)
     eval_iter, _ = load_data_wiki(512, max_len, data_dir=folder, split="valid", vocab=vocab, seed=0, shuffle=False,
-                                  truncate_pairs=True)
+                                  truncate_pairs=True, unk_targets=unk_targets)
     net.hybridize(static_alloc=True, static_shape=True)
-    result = heldout_metrics(net, train_iter.dataset.token_ids, eval_iter, vocab)
+    result = heldout_metrics(net, train_iter.dataset.token_ids, eval_iter, vocab, unk_targets)
     net, vocab = load_pretrained(model_dir)  # not hybridized: the probes feed one sentence of each length
     sentences = heldout_sentences(os.path.join(folder, "wiki.valid.tokens"))
     fill_mask = fill_mask_report(net, vocab, sentences)
@@ -512,6 +532,25 @@ def table(verdicts):
     return "\n".join(lines)
 
 
+COMPACT = ("run", "CPU-s", "x d2l", "below unigram", "NSP acc", "collapse (pairs)", "collapse (clean)",
+           "fill-mask, ours: unk first / top-5 hits / distinct (of 10)",
+           "transformers' fill-mask: unk first / top-5 hits / distinct", "meets")
+
+
+def compact_table(verdicts):
+    """Markdown: one table of every run of every recipe (a recipe column and the main metrics), as for screening."""
+    columns = [(title, cell) for title, cell in COLUMNS if title in COMPACT]
+    lines = ["| recipe | " + " | ".join(title for title, _ in columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for recipe, verdict in verdicts.items():
+        for result, checks in zip(verdict["runs"], verdict["checks"]):
+            failed = [name for name, ok in checks.items() if ok is False]
+            values = {key: _value(result, key) for key in _KEYS}
+            values.update(run=f"seed {result['seed']}, {result['direction'].replace(':', ' -> ')}",
+                          meets="all" if not failed else "not " + ", ".join(failed))
+            lines.append(f"| {recipe} | " + " | ".join(cell(values) for _, cell in columns) + " |")
+    return "\n".join(lines)
+
+
 def fill_mask_table(result, source="hf_fill_mask"):
     """Markdown: the fill-mask answers of one run (transformers' by default), one row per sentence."""
     report = result.get(source) or {}
@@ -582,6 +621,7 @@ def main():
     parser.add_argument("--rerun", action="store_true", help="run again the runs whose results exist")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the kept models again, no training")
     parser.add_argument("--table-only", action="store_true", help="tabulate the results already in --results")
+    parser.add_argument("--compact", action="store_true", help="one table of every run, fewer columns (screening)")
     parser.add_argument("--run", choices=sorted(RECIPES), help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--train-split", default="valid", help=argparse.SUPPRESS)
@@ -610,8 +650,13 @@ def main():
     missing = len(runs) - len(results)
     if missing:
         print(f"({missing} of the {len(runs)} runs have no result in {args.results} yet)", file=sys.stderr)
-    verdicts = summarize(results)
-    print(table(verdicts))
+    planned = {run_key(r["recipe"], r["seed"], r["direction"]) for r in results}
+    baseline = [json.loads(path.read_text()) for path in sorted(pathlib.Path(args.results).glob(f"{BASELINE}.*.json"))
+                if path.stem not in planned and path.stem.split(".seed")[0] == BASELINE]
+    verdicts = summarize(results + baseline)  # every baseline run there is counts in the CPU baseline
+    if BASELINE not in (args.recipe or ["default"]):
+        verdicts.pop(BASELINE, None)
+    print(compact_table(verdicts) if args.compact else table(verdicts))
     if args.png:
         plot(results, args.png)
         print(f"plot: {args.png}")
