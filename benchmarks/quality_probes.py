@@ -109,13 +109,19 @@ def fill_mask_report(net, vocab, sentences, count=10, top_k=5, seed=0):
     """
     from bertpretrain.data import UNK_ID
     from bertpretrain.data.tokenizer import CONTINUATION_PREFIX
-    unknown = vocab.to_tokens(UNK_ID)
     examples = []
     for question in masked_examples(net, vocab, sentences, count, seed):
         top = top_tokens(net, vocab, question["tokens"], question["position"], top_k)
         text = " ".join(question["tokens"]).replace(" " + CONTINUATION_PREFIX, "")  # pieces joined into words
         examples.append({"text": text, "answer": question["answer"],
                          "top": [[token, round(p, 4)] for token, p in top]})
+    return answer_report(examples, vocab.to_tokens(UNK_ID))
+
+
+def answer_report(examples, unknown):
+    """``{"examples", "unk_first", "top_k_hits", "distinct_first"}`` of fill-mask ``examples`` (dicts with the
+    ``answer`` and the ``top`` [token, probability] pairs, best first) whose unknown token is ``unknown``: the
+    summary of :func:`fill_mask_report`, also of answers that come from elsewhere (transformers' pipeline)."""
     n = max(len(examples), 1)
     return {"examples": examples,
             "unk_first": sum(e["top"][0][0] == unknown for e in examples) / n,

@@ -35,11 +35,92 @@ def common(benchmarks_path):
 
 
 def test_every_quality_recipe_makes_valid_options(bench_quality, tmp_path):
-    """Each recipe of bench_quality.py (the README's "What to expect" tables) builds PretrainOptions:
-    its overrides name options that exist, with values they accept."""
+    """Each recipe of bench_quality.py (docs/quality.md's tables) builds PretrainOptions, as a protocol run
+    makes them (a seed, a --set override): its overrides name options that exist, with values they accept."""
     for name in bench_quality.RECIPES:
-        options = bench_quality.recipe_options(name, data_dir=str(tmp_path), output_dir=str(tmp_path / name))
-        assert options.training.num_steps >= 1, name
+        options = bench_quality.recipe_options(name, **bench_quality.parse_settings(["warmup_steps=1"]), seed=2,
+                                               data_dir=str(tmp_path), output_dir=str(tmp_path / name))
+        assert options.training.num_steps >= 1 and options.training.seed == 2, name
+        assert options.training.warmup_steps == 1, name
+    c41b35a = bench_quality.recipe_options("default-c41b35a", data_dir=str(tmp_path))
+    assert c41b35a.model.architecture == "bert-preln" and c41b35a.model.final_layer_norm is False
+    assert bench_quality.recipe_options("preln-wp4000", data_dir=str(tmp_path)).data.tokenizer == "wordpiece"
+
+
+def _result(recipe="r", seed=0, direction="valid:test", below=0.6, nsp=0.65, collapse=0.3, clean=0.4, cpu=300.0,
+            unk_first=0.0, distinct=8, hf=True):
+    """A synthetic result file of one run, as bench_quality.py writes it."""
+    fill = {"examples": [], "unk_first": unk_first, "top_k_hits": 0.3, "distinct_first": distinct}
+    return {"recipe": recipe, "seed": seed, "direction": direction, "mlm_loss": 5.0, "unigram_ce": 5.0 + below,
+            "nsp_acc": nsp, "collapse": collapse, "clean_collapse": clean, "cpu_seconds": cpu, "mlm_acc": 0.25,
+            "known_acc": 0.1, "crane_cos": 0.8, "perplexity": 150.0, "steps": 1100, "fill_mask": dict(fill),
+            "hf_fill_mask": dict(fill, examples=[{}]) if hf else {"skipped": "not exported"}}
+
+
+def _protocol(changes=None):
+    """d2l's two baseline runs (60 and 50 CPU-s) and recipe r's six runs; ``changes``: {(seed, direction): {...}}."""
+    changes = changes or {}
+    results = [_result("d2l", 0, "valid:test", cpu=60.0), _result("d2l", 0, "test:valid", cpu=50.0)]
+    for direction in ("valid:test", "test:valid"):
+        for seed in (0, 1, 2):
+            results.append(_result(seed=seed, direction=direction, **changes.get((seed, direction), {})))
+    return results
+
+
+def test_protocol_verdict_needs_five_of_six_runs_and_reports_the_worst(bench_quality):
+    verdict = bench_quality.summarize(_protocol())["r"]
+    assert verdict["passes"] and verdict["met"] == 6 and verdict["complete"]
+    assert verdict["worst"]["cpu_ratio"] == pytest.approx(6.0)  # 300 CPU-s over d2l's 50 in that direction
+    assert [r["cpu_ratio"] for r in verdict["runs"]] == pytest.approx([5.0] * 3 + [6.0] * 3)
+
+    one_bad = bench_quality.summarize(_protocol({(1, "test:valid"): dict(nsp=0.58, clean=0.55)}))["r"]
+    assert one_bad["passes"] and one_bad["met"] == 5  # one run may miss
+    assert one_bad["worst"]["nsp_acc"] == 0.58 and one_bad["worst"]["clean_collapse"] == 0.55
+    assert one_bad["checks"][4] == dict(below_unigram=True, nsp_acc=False, collapse=True, clean_collapse=False,
+                                        cpu_ratio=True, fill_mask=True)
+
+    two_bad = bench_quality.summarize(_protocol({(0, "valid:test"): dict(below=0.49),
+                                                   (2, "test:valid"): dict(collapse=0.51)}))["r"]
+    assert not two_bad["passes"] and two_bad["met"] == 4
+    assert two_bad["worst"]["below_unigram"] == pytest.approx(0.49) and two_bad["worst"]["collapse"] == 0.51
+
+    slow = bench_quality.summarize(_protocol({(2, "test:valid"): dict(cpu=301.0)}))["r"]
+    assert slow["met"] == 5 and slow["cpu_ok"] is False and slow["passes"]  # the CPU limit is a target like the rest
+    assert slow["worst"]["cpu_ratio"] == pytest.approx(301 / 50)
+    slower = bench_quality.summarize(_protocol({(2, "test:valid"): dict(cpu=301.0),
+                                                (0, "valid:test"): dict(cpu=361.0)}))["r"]
+    assert slower["met"] == 4 and not slower["passes"]
+
+    assert not bench_quality.summarize(_protocol()[:-1])["r"]["passes"]  # five runs are not a protocol
+    two_baselines = _protocol() + [_result("d2l", 1, "test:valid", cpu=70.0)]  # the mean of d2l's runs: 60
+    assert bench_quality.summarize(two_baselines)["r"]["worst"]["cpu_ratio"] == pytest.approx(5.0)
+    unbased = bench_quality.summarize([r for r in _protocol() if r["recipe"] != "d2l"])["r"]
+    assert unbased["cpu_ok"] is None and unbased["met"] == 0 and not unbased["passes"]  # no baseline: no verdict
+
+
+def test_protocol_fill_mask_requirement(bench_quality):
+    unknown_first = bench_quality.summarize(_protocol({(s, "valid:test"): dict(unk_first=0.1) for s in (0, 1)}))
+    assert unknown_first["r"]["fill_mask_ok"] == 4 and not unknown_first["r"]["passes"]
+    one_answer = bench_quality.summarize(_protocol({(0, "test:valid"): dict(distinct=1)}))["r"]
+    assert one_answer["fill_mask_ok"] == 5 and one_answer["passes"]
+    assert one_answer["worst"]["hf_distinct_first"] == 1
+    assert bench_quality.fill_mask_ok(_result(hf=False, distinct=6)) == (True, "ours")  # not exported: our answers
+    assert bench_quality.fill_mask_ok(_result(distinct=4)) == (False, "transformers")
+
+
+def test_protocol_table_and_plan(bench_quality):
+    runs = bench_quality.planned_runs(["r"], [0, 1, 2], ["valid:test", "test:valid"])
+    assert runs[:6] == [("d2l", s, d) for d in ("valid:test", "test:valid") for s in (0, 1, 2)] and len(runs) == 12
+    assert bench_quality.planned_runs(["d2l"], [0, 1], ["valid:test"]) == [("d2l", 0, "valid:test"),
+                                                                          ("d2l", 1, "valid:test")]
+    assert bench_quality.planned_runs(["r"], [0], ["valid:test"], baseline=False) == [("r", 0, "valid:test")]
+    assert bench_quality.run_key("preln", 1, "test:valid") == "preln.seed1.test-valid"
+    text = bench_quality.table(bench_quality.summarize(_protocol({(1, "test:valid"): dict(nsp=0.58)})))
+    rows = [line for line in text.splitlines() if line.startswith("| seed")]
+    assert len(rows) == 8 and "not nsp_acc" in rows[6] and sum(row.endswith("| all |") for row in rows) == 2 + 5
+    assert "| **worst** |" in text and "**passes the protocol**" in text
+    assert bench_quality.parse_settings(["num_steps=5", "tokenizer=wordpiece"]) == dict(num_steps=5,
+                                                                                       tokenizer="wordpiece")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
