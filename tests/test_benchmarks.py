@@ -67,6 +67,33 @@ def _protocol(changes=None):
     return results
 
 
+def test_heldout_unigram_leaves_the_unknown_token_out_for_recipes_that_never_mask_it(bench_quality):
+    """A recipe with unk_targets=False is compared with the unigram of the other tokens (renormalised without
+    the unknown token's share), on the same targets; its MLM loss does not change."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import bertpretrain  # noqa: F401  (before mxnet)
+    import mxnet as mx
+    from bertpretrain.data import UNK_ID
+    vocab = list(range(8))
+    train = np.array([UNK_ID] * 50 + [5] * 30 + [6] * 20)       # half of the training tokens are <unk>
+    logits = np.log(np.full((1, 2, 8), 1 / 8))                   # a model that answers uniformly
+
+    def net(tokens, segments, valid_lens, positions):
+        return mx.nd.ones((1, 4, 3)), mx.nd.array(logits), mx.nd.array([[1.0, 0.0]])
+    batch = SimpleNamespace(tokens=mx.nd.array([[2, 5, 6, 3]]), segments=None, valid_lens=None,
+                            pred_positions=None, mlm_labels=mx.nd.array([[5, 6]], dtype="int64"),
+                            mlm_weights=mx.nd.ones((1, 2)), nsp_labels=mx.nd.array([0]))
+    every = bench_quality.heldout_metrics(net, train, [batch], vocab)
+    known = bench_quality.heldout_metrics(net, train, [batch], vocab, unk_targets=False)
+    assert every["mlm_loss"] == known["mlm_loss"] == pytest.approx(np.log(8))
+    # add-one smoothing over 8 ids: 5 and 6 have 31/108 and 21/108 with <unk> counted, 31/58 and 21/58 without
+    assert every["unigram_ce"] == pytest.approx(-(np.log(31 / 108) + np.log(21 / 108)) / 2)
+    assert known["unigram_ce"] == pytest.approx(-(np.log(31 / 58) + np.log(21 / 58)) / 2)
+
+
 def test_protocol_verdict_needs_five_of_six_runs_and_reports_the_worst(bench_quality):
     verdict = bench_quality.summarize(_protocol())["r"]
     assert verdict["passes"] and verdict["met"] == 6 and verdict["complete"]
