@@ -47,6 +47,16 @@ def test_every_quality_recipe_makes_valid_options(bench_quality, tmp_path):
     assert bench_quality.recipe_options("preln-wp4000", data_dir=str(tmp_path)).data.tokenizer == "wordpiece"
 
 
+def test_the_measured_default_recipe_is_the_commands_default(bench_quality, tmp_path):
+    """docs/quality.md's tables of the default were measured with bench_quality's DEFAULT_RECIPE (pinned options):
+    the command's preset must be those options, and d2l's preset d2l's run."""
+    from bertpretrain.recipe import PretrainOptions
+    fixed = dict(data_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    assert bench_quality.recipe_options(bench_quality.DEFAULT_RECIPE, **fixed).flat() == \
+        PretrainOptions.create("recipe", **fixed).flat() == bench_quality.recipe_options("default", **fixed).flat()
+    assert bench_quality.recipe_options("d2l", **fixed).flat() == PretrainOptions.create("d2l", **fixed).flat()
+
+
 def _result(recipe="r", seed=0, direction="valid:test", below=0.6, nsp=0.65, collapse=0.3, clean=0.4, cpu=300.0,
             unk_first=0.0, distinct=8, hf=True):
     """A synthetic result file of one run, as bench_quality.py writes it."""
