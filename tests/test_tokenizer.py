@@ -129,6 +129,27 @@ def test_whole_word_positions_respect_the_budget_and_cover_words_uniformly():
     assert plain_counts.tolist() == counts[:5].tolist()
 
 
+def test_whole_word_masking_can_leave_unknown_words_out(wordpiece):
+    """The default recipe never masks the unknown token; whole-word masking on top of it never chooses a word
+    that has an excluded piece, and fills the budget from the others."""
+    draws = 2000
+    a_len, b_len = np.full(draws, 5), np.full(draws, 5)
+    word_start = np.tile(np.array([1, 1, 0, 1, 1] + [1] * 5, dtype=bool), (draws, 1))
+    excluded = np.zeros_like(word_start)
+    excluded[:, [3, 6]] = True                                  # the one-piece words at "a b" columns 3 and 6
+    before, _ = choose_whole_word_positions(a_len, b_len, word_start, 5, np.random.default_rng(1))
+    positions, counts = choose_whole_word_positions(a_len, b_len, word_start, 5, np.random.default_rng(1),
+                                                    excluded)
+    hits = np.bincount(positions.ravel(), minlength=13)
+    assert hits[4] == hits[8] == 0 and hits[[1, 2, 3, 5, 7, 9, 10, 11]].min() > 0   # columns 3, 6 -> positions 4, 8
+    assert (counts == 2).all()                                  # the budget is filled from the other words
+    assert not np.array_equal(before, positions)
+    data = load_data_wiki(16, 64, "wikitext-2-sample", tokenizer=wordpiece, whole_word_masking=True,
+                          unk_targets=False, seed=0, cache=False)[0]
+    labels = [b.mlm_labels.asnumpy()[b.mlm_weights.asnumpy() > 0] for b in data]
+    assert all((label != 0).all() for label in labels) and sum(map(len, labels)) > 0  # never <unk> (id 0)
+
+
 def test_wordpiece_pretraining_loader_on_the_bundled_sample(wordpiece, tmp_path):
     tokenizer_file = tmp_path / "tokenizer.json"
     wordpiece.save(str(tokenizer_file))

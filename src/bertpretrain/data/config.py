@@ -60,7 +60,7 @@ class DataConfig:
                                  "truncated pairs) instead of once (d2l)", check=boolean())
     truncate_pairs: bool = option(False, "shorten pairs longer than --max-len instead of dropping them (d2l)",
                                   check=boolean())
-    unk_targets: bool = option(True, "let the masked-LM targets be <unk> words too (d2l)", check=boolean())
+    unk_targets: bool = option(True, "let the unknown token be a masked-LM target too (d2l)", check=boolean())
     drop_last: bool = option(False, "leave out each epoch's short last batch", check=boolean())
     num_workers: int = option(0, "worker processes preparing batches (0: in this process)", check=integer(0),
                               cli=False)
@@ -83,6 +83,3 @@ class DataConfig:
             raise OptionError("dynamic_pairs (--dynamic-pairs) draws new pairs every epoch: it needs dynamic_masking "
                               "(--dynamic-masking: new masks for the new pairs) and truncate_pairs "
                               "(--truncate-pairs: the same number of examples every epoch)")
-        if self.whole_word_masking and not self.unk_targets:
-            raise OptionError("whole_word_masking (--whole-word-masking) chooses whole words and cannot leave <unk> "
-                              "pieces out: drop --no-unk-targets (unk_targets=False is for word vocabularies)")

@@ -57,17 +57,15 @@ class PretrainingDataset(gluon.data.Dataset):
         continuation: (vocab_size,) bool, True for ids of pieces that continue a word (WordPiece's
             ``##`` pieces): with it, all pieces of a chosen word are masked together (whole-word
             masking); None masks tokens independently.
-        unk_targets: False never chooses a ``<unk>`` word as an MLM target (predicting ``<unk>``
-            teaches nothing); True (d2l) treats it as any word.
+        unk_targets: False never chooses the unknown token as an MLM target (nor, with whole-word
+            masking, a word that has it): predicting ``<unk>`` teaches nothing; True (d2l) treats it as
+            any token.
         epoch_pairs: with dynamic masking, an :class:`~bertpretrain.data.pairs.EpochPairs` giving each
             epoch its own pairs (``pairs`` must be its epoch 0); None: ``pairs`` every epoch (d2l).
     """
 
     def __init__(self, token_ids, pairs, vocab_size, max_len, seed, dynamic_masking=False, unk_targets=True,
                  epoch_pairs=None, continuation=None):
-        if continuation is not None and not unk_targets:
-            raise ValueError("unk_targets=False is for word-level vocabularies; whole-word masking (continuation) "
-                             "chooses whole words and cannot leave <unk> pieces out: use one or the other")
         if epoch_pairs is not None and not dynamic_masking:
             raise ValueError("new pairs every epoch (dynamic_pairs) need dynamic_masking=True: with static masks "
                              "the masks of an example would not follow its new pair")
@@ -96,13 +94,13 @@ class PretrainingDataset(gluon.data.Dataset):
         rng = seeding.KeyedRandom(self.seed, key, indices)
         width = int((pairs.a_len + pairs.b_len).max(initial=0))
         candidates = self._tokens_at(pairs, candidate_positions(pairs.a_len, width))  # (n, width) ids of "a b"
+        excluded = None if self.unk_targets else candidates == UNK_ID
         if self.continuation is None:
-            excluded = None if self.unk_targets else candidates == UNK_ID
             positions, counts = choose_mlm_positions(pairs.a_len, pairs.b_len, self.num_slots, rng, excluded)
         else:
             word_start = ~self.continuation[candidates]
             positions, counts = choose_whole_word_positions(pairs.a_len, pairs.b_len, word_start,
-                                                            self.num_slots, rng)
+                                                            self.num_slots, rng, excluded)
         valid = np.arange(self.num_slots) < counts[:, None]
         replacements = replace_masked_tokens(self._tokens_at(pairs, positions), valid, self.vocab_size, rng)
         return positions, valid, replacements

@@ -75,7 +75,7 @@ def choose_mlm_positions(a_len, b_len, num_slots, rng, excluded=None):
     return out, counts
 
 
-def choose_whole_word_positions(a_len, b_len, word_start, num_slots, rng):
+def choose_whole_word_positions(a_len, b_len, word_start, num_slots, rng, excluded=None):
     """Like :func:`choose_mlm_positions`, but all pieces of a chosen word are predicted together.
 
     Words are visited in a uniformly random order and taken whole while the example's
@@ -88,6 +88,8 @@ def choose_whole_word_positions(a_len, b_len, word_start, num_slots, rng):
             (the first piece of each sentence always does).
         num_slots: width of the output.
         rng: a ``numpy.random.Generator`` or a :class:`~bertpretrain.data.seeding.KeyedRandom`.
+        excluded: optional (E, W) bool, True for pieces never to predict (e.g. the unknown token): a word
+            with such a piece is never chosen.
     Returns:
         positions (E, num_slots) int64 and counts (E,) int64, as :func:`choose_mlm_positions`.
     """
@@ -101,6 +103,11 @@ def choose_whole_word_positions(a_len, b_len, word_start, num_slots, rng):
     rows = np.broadcast_to(np.arange(num_examples)[:, None], (num_examples, width))
     sizes = np.bincount((rows * width + word_of)[real], minlength=num_examples * width).reshape(
         num_examples, width)                                                # (E, W) pieces per word
+    if excluded is not None:
+        barred = real & np.asarray(excluded, dtype=bool)[:, :width]
+        barred_words = np.bincount((rows * width + word_of)[barred], minlength=num_examples * width).reshape(
+            num_examples, width) > 0                                         # (E, W) words with such a piece
+        sizes = np.where(barred_words, 0, sizes)                             # size 0: never taken
     keys = np.where(sizes > 0, rng.random((num_examples, width)), 2.0)
     order = np.argsort(keys, axis=1)                                         # words in random order
     ordered_sizes = np.take_along_axis(sizes, order, axis=1)
