@@ -546,6 +546,25 @@ def compact_table(verdicts):
     return "\n".join(lines)
 
 
+def worst_table(verdicts):
+    """Markdown: one row per recipe, the worst of its runs in the main columns and how many runs meet the
+    quality targets within the CPU limit (a summary of screening runs, which do not make a protocol)."""
+    columns = [(title, cell) for title, cell in COLUMNS if title in COMPACT and title not in ("run", "CPU-s",
+                                                                                             "meets")]
+    lines = ["| recipe | runs | " + " | ".join(title for title, _ in columns) + " | runs meeting the targets |",
+             "|" + " --- |" * (len(columns) + 3)]
+    for recipe, verdict in verdicts.items():
+        n = len(verdict["runs"])
+        seeds = sorted({r["seed"] for r in verdict["runs"]})
+        directions = sorted({r["direction"].replace(":", " -> ") for r in verdict["runs"]}, reverse=True)
+        runs = f"{n}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; {' and '.join(directions)}"
+        quality = sum(all(c[key] for key, _, _ in TARGETS) for c in verdict["checks"])
+        met = f"{quality} of {n}" + ("" if verdict["cpu_ok"] is None else f" ({verdict['met']} within the CPU limit)")
+        lines.append(f"| {recipe} | {runs} | " + " | ".join(cell(verdict["worst"]) for _, cell in columns)
+                     + f" | {met} |")
+    return "\n".join(lines)
+
+
 def fill_mask_table(result, source="hf_fill_mask"):
     """Markdown: the fill-mask answers of one run (transformers' by default), one row per sentence."""
     report = result.get(source) or {}
@@ -617,6 +636,7 @@ def main():
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the kept models again, no training")
     parser.add_argument("--table-only", action="store_true", help="tabulate the results already in --results")
     parser.add_argument("--compact", action="store_true", help="one table of every run, fewer columns (screening)")
+    parser.add_argument("--worst", action="store_true", help="one row per recipe: the worst of its runs (screening)")
     parser.add_argument("--run", choices=sorted(RECIPES), help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--train-split", default="valid", help=argparse.SUPPRESS)
@@ -652,7 +672,7 @@ def main():
     verdicts = summarize(results + baseline)  # every baseline run there is counts in the CPU baseline
     if BASELINE not in (args.recipe or ["default"]):
         verdicts.pop(BASELINE, None)
-    print(compact_table(verdicts) if args.compact else table(verdicts))
+    print(worst_table(verdicts) if args.worst else compact_table(verdicts) if args.compact else table(verdicts))
     if args.png:
         plot(results, args.png)
         print(f"plot: {args.png}")
