@@ -145,3 +145,13 @@ def test_the_option_tables_are_the_ones_the_fields_make():
 def test_the_readme_links_every_doc():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert [doc.name for doc in DOCS if f"docs/{doc.name}" not in readme] == []
+
+
+def test_every_link_to_a_file_of_the_repository_resolves():
+    """The README's and docs' relative links ([text](path)) name files that exist."""
+    broken = []
+    for page in [ROOT / "README.md", *DOCS]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
