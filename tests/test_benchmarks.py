@@ -379,7 +379,6 @@ def test_clean_sentence_collapse_is_the_mean_cosine_between_positions(probes, he
 
 
 def test_wordpiece_questions_mask_whole_words_only(probes, heldout, wikitext2_splits):
-    pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not installed: pip install 'bertpretrain[hf]'")
     from bertpretrain.data import MASK, train_wordpiece
     tokenizer = train_wordpiece([str(wikitext2_splits / "wiki.valid.tokens")], vocab_size=3000)
     net = _net(tokenizer)

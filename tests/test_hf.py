@@ -15,7 +15,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not installed: pip install 'bertpretrain[hf]'")
 pytest.importorskip("safetensors", reason="the 'safetensors' package is not installed: pip install 'bertpretrain[hf]'")
 
 import mxnet as mx  # noqa: E402

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not installed: pip install 'bertpretrain[hf]'")
 
 import bertpretrain as bp  # noqa: E402
 from bertpretrain.data import (DataError, EncodedCorpus, build_dataset, detect_format, load_data_text,  # noqa: E402

@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("tokenizers", reason="the 'tokenizers' package is not installed: pip install 'bertpretrain[hf]'")
 
 from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, RESERVED_TOKENS, SEP_ID, DataError,  # noqa: E402
                                Vocab, WordPieceTokenizer, build_dataset, choose_mlm_positions,

@@ -15,7 +15,7 @@ above) and ``AutoTokenizer.from_pretrained(folder)`` load with no code of ours: 
 ``model.safetensors`` (Hugging Face parameter names) and the tokenizer files. :func:`import_huggingface`
 reads such a folder (also one written by ``save_pretrained`` in ``transformers``) into a
 :class:`~bertpretrain.model.BERTModel` and its tokenizer, so pretraining can continue from a published
-checkpoint. Only ``safetensors`` and ``tokenizers`` are needed (``pip install 'bertpretrain[hf]'``),
+checkpoint. Only ``safetensors`` (``pip install 'bertpretrain[hf]'``) and ``tokenizers`` are needed,
 never ``transformers`` or ``torch``.
 
 Like :mod:`bertpretrain.train`, this module sits above :mod:`bertpretrain.model` and
