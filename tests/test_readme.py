@@ -80,11 +80,13 @@ def test_quickstart_pretraining_command_runs_shortened(tmp_path):
     done = python([str(ROOT / args[0]), *shortened(args[1:] + SAMPLE), "--no-progress"], cwd=tmp_path)
     # What the README says the command writes, in the folder it names.
     folder = tmp_path / re.search(r"writes `(runs/[^`]+)/`", section("Quickstart")).group(1)
-    for name in ("model", "checkpoints", "loss_curves.png", "history.json"):
+    for name in ("model", "checkpoints", "tokenizer.json", "loss_curves.png", "history.json"):
         assert (folder / name).exists(), f"{folder / name} missing"
     saved = sorted(p.name for p in (folder / "model").iterdir())
-    assert saved[:2] == ["config.json", "model.params"] and saved[2:] in (["tokenizer.json"], ["vocab.json"]), saved
-    assert "encoding of 'a crane is flying'" in done.stdout and "encoding of the pair" in done.stdout
+    assert saved == ["config.json", "model.params", "tokenizer.json"], saved  # the default recipe's WordPiece
+    # the sentence in WordPiece's pieces (trained on the small sample, 'crane' may be 'cr ##ane')
+    assert re.search(r"^encoding of 'a .*cr.*': shape \(1, \d+, 128\)", done.stdout, re.M), done.stdout
+    assert "encoding of the pair" in done.stdout
 
 
 def test_quickstart_test_command_runs_pytest_and_is_what_ci_runs():
