@@ -233,6 +233,18 @@ def test_preset_d2l_gives_the_defaults_and_other_options_override_it(monkeypatch
     assert {name: default[name] for name in PRESETS["recipe"]} == PRESETS["recipe"]
 
 
+def test_a_hugging_face_folder_brings_its_tokenizer_over_the_presets(tmp_path):
+    """--init-from-hf reads the folder's tokenizer: the recipe preset's WordPiece gives way; a --tokenizer given
+    with it is refused."""
+    from bertpretrain.options import OptionError
+    from bertpretrain.recipe import PRESETS, PretrainOptions
+    assert PRESETS["recipe"]["tokenizer"] == "wordpiece"
+    options = PretrainOptions.create(init_from_hf=str(tmp_path), output_dir=str(tmp_path / "out"))
+    assert (options.data.tokenizer, options.run.init_from_hf) == ("word", str(tmp_path))
+    with pytest.raises(OptionError, match="drop --tokenizer"):
+        PretrainOptions.create(init_from_hf=str(tmp_path), tokenizer="wordpiece")
+
+
 def test_recipe_options_build_the_training_config(tmp_path):
     from bertpretrain.recipe import PretrainOptions
     config = PretrainOptions.create("d2l", output_dir=str(tmp_path), checkpoint_interval=5, seed=3).training

@@ -106,7 +106,11 @@ class PretrainOptions:
         """
         if preset is not None and preset not in PRESETS:
             raise OptionError(f"unknown preset {preset!r} (--preset): choose one of {', '.join(PRESETS)}")
-        values = {**(PRESETS[preset] if preset else {}), **options}
+        chosen = dict(PRESETS[preset] if preset else {})
+        if options.get("init_from_hf"):  # the Hugging Face folder brings its tokenizer: the preset's gives way
+            for name in ("tokenizer", "vocab_size"):
+                chosen.pop(name, None)
+        values = {**chosen, **options}
         data, model, training, run = split_by_owner([section for _, section in SECTIONS], values)
         run = RunOptions(**run)
         training.setdefault("checkpoint_dir", os.path.join(run.output_dir, "checkpoints"))
