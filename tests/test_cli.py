@@ -241,6 +241,7 @@ def test_a_hugging_face_folder_brings_its_tokenizer_over_the_presets(tmp_path):
     assert PRESETS["recipe"]["tokenizer"] == "wordpiece"
     options = PretrainOptions.create(init_from_hf=str(tmp_path), output_dir=str(tmp_path / "out"))
     assert (options.data.tokenizer, options.run.init_from_hf) == ("word", str(tmp_path))
+    assert cli.pretrain_options(["--init-from-hf", str(tmp_path)]).data.tokenizer == "word"  # the command too
     with pytest.raises(OptionError, match="drop --tokenizer"):
         PretrainOptions.create(init_from_hf=str(tmp_path), tokenizer="wordpiece")
 

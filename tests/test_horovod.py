@@ -54,7 +54,7 @@ def run(command, cwd, python):
 
 
 def assert_rank_0_saved_everything(run_dir, steps):
-    assert sorted(p.name for p in (run_dir / "model").iterdir()) == ["config.json", "model.params", "vocab.json"]
+    assert sorted(p.name for p in (run_dir / "model").iterdir()) == ["config.json", "model.params", "tokenizer.json"]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{steps:08d}"
     assert (run_dir / "checkpoints" / f"step-{steps:08d}" / "state.json").is_file()
     saved = json.loads((run_dir / "history.json").read_text())

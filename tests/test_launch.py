@@ -260,7 +260,7 @@ def with_values(args, **values):
 
 def assert_rank_0_wrote_its_outputs(output_dir, steps):
     assert (output_dir / "checkpoints" / "latest").read_text().strip() == f"step-{steps:08d}"
-    assert (output_dir / "model" / "vocab.json").is_file()
+    assert (output_dir / "model" / "tokenizer.json").is_file()  # the default recipe's WordPiece, trained by rank 0
     assert (output_dir / "history.json").is_file()
 
 

@@ -128,6 +128,13 @@ def test_whole_word_positions_respect_the_budget_and_cover_words_uniformly():
     assert plain_counts.tolist() == counts[:5].tolist()
 
 
+def test_a_tokenizer_travels_as_its_json_text(wordpiece):
+    """What a distributed run sends from rank 0 to the other workers: to_json() reads back as the same tokenizer."""
+    again = load_tokenizer(wordpiece.to_json())
+    assert again.idx_to_token == wordpiece.idx_to_token and again.digest == wordpiece.digest
+    assert again.tokenize("The <unk> crane") == wordpiece.tokenize("The <unk> crane")
+
+
 def test_whole_word_masking_can_leave_unknown_words_out(wordpiece):
     """The default recipe never masks the unknown token; whole-word masking on top of it never chooses a word
     that has an excluded piece, and fills the budget from the others."""

@@ -8,7 +8,7 @@ import sys
 
 from . import options as opts
 from .errors import UserError
-from .recipe import DEFAULT_PRESET, PRESETS, SECTIONS, PretrainOptions, run_pretraining
+from .recipe import DEFAULT_PRESET, PRESETS, SECTIONS, PretrainOptions, preset_values, run_pretraining
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -63,7 +63,7 @@ def pretrain_options(argv=None, prog=None):
     given. A bad value exits with a usage message and status 2, as argparse does."""
     parser = add_pretrain_arguments(argparse.ArgumentParser(prog=prog, description=__doc__))
     args = parser.parse_args(argv)
-    parser.set_defaults(**PRESETS[args.preset])
+    parser.set_defaults(**preset_values(args.preset, args.init_from_hf))
     args = parser.parse_args(argv)
     try:
         return PretrainOptions.create(None, **{name: value for name, value in vars(args).items() if name != "preset"})

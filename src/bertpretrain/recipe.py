@@ -81,6 +81,16 @@ PRESETS = {
 DEFAULT_PRESET = "recipe"
 
 
+def preset_values(preset, init_from_hf=None):
+    """{option: value} that ``preset`` (a name of :data:`PRESETS`, or None) sets; with ``init_from_hf`` the
+    Hugging Face folder brings its own tokenizer, so the preset's tokenizer options give way."""
+    values = dict(PRESETS[preset]) if preset else {}
+    if init_from_hf:
+        for name in ("tokenizer", "vocab_size"):
+            values.pop(name, None)
+    return values
+
+
 @dataclass
 class PretrainOptions:
     """Every option of the recipe, by owner: data, model, training and the run. Make one with :meth:`create`
@@ -106,11 +116,7 @@ class PretrainOptions:
         """
         if preset is not None and preset not in PRESETS:
             raise OptionError(f"unknown preset {preset!r} (--preset): choose one of {', '.join(PRESETS)}")
-        chosen = dict(PRESETS[preset] if preset else {})
-        if options.get("init_from_hf"):  # the Hugging Face folder brings its tokenizer: the preset's gives way
-            for name in ("tokenizer", "vocab_size"):
-                chosen.pop(name, None)
-        values = {**chosen, **options}
+        values = {**preset_values(preset, options.get("init_from_hf")), **options}
         data, model, training, run = split_by_owner([section for _, section in SECTIONS], values)
         run = RunOptions(**run)
         training.setdefault("checkpoint_dir", os.path.join(run.output_dir, "checkpoints"))
@@ -155,17 +161,22 @@ def _tokenizer_and_model(options, train_paths, strategy):
     if data.tokenizer == "word":
         return None, None
     if data.tokenizer == "wordpiece":
-        # Training is not reproducible (ties between pieces), so a run keeps its tokenizer for --resume.
-        path = os.path.join(run.output_dir, TOKENIZER_FILE)
-        if options.training.resume and os.path.isfile(path):
-            return load_tokenizer(path), None
+        # Training is not reproducible (ties between pieces, in tokenizers' hash order), so rank 0 alone trains
+        # it, every worker uses rank 0's, and the run keeps it for --resume.
+        path, text = os.path.join(run.output_dir, TOKENIZER_FILE), None
+        if strategy.lead:
+            if options.training.resume and os.path.isfile(path):
+                tokenizer = load_tokenizer(path)
+            else:
+                tokenizer = train_wordpiece(train_paths, vocab_size=data.vocab_size,
+                                            lowercase=data.lowercase is not False)
+                os.makedirs(run.output_dir, exist_ok=True)
+                tokenizer.save(path)
+            text = tokenizer.to_json()
         if strategy.workers > 1:
-            raise DataError("--tokenizer wordpiece trains a tokenizer, which several workers would each do "
-                            "differently: train it once (bertpretrain.train_wordpiece(files).save('tokenizer.json')) "
-                            "and pass --tokenizer tokenizer.json")
-        tokenizer = train_wordpiece(train_paths, vocab_size=data.vocab_size, lowercase=data.lowercase is not False)
-        os.makedirs(run.output_dir, exist_ok=True)
-        tokenizer.save(path)
+            text = strategy.share_text(text)
+            if not strategy.lead:
+                tokenizer = load_tokenizer(text)
         return tokenizer, None
     return load_tokenizer(data.tokenizer), None
 

@@ -112,9 +112,13 @@ class WordPieceTokenizer(TokenTable):
         """SHA1 of the tokenizer's full JSON form (model, normalizer, pre-tokenizer): part of cache keys."""
         return hashlib.sha1(self.tokenizer.to_str().encode("utf-8")).hexdigest()
 
+    def to_json(self):
+        """The text of the tokenizer's ``tokenizer.json`` (:func:`load_tokenizer` reads it back)."""
+        return self.tokenizer.to_str(pretty=True)
+
     def save(self, path):
         """Write the tokenizer as a ``tokenizer.json`` file (atomically)."""
-        atomic_write(path, self.tokenizer.to_str(pretty=True))
+        atomic_write(path, self.to_json())
 
     def __repr__(self):
         return f"WordPieceTokenizer(size={len(self)}, source={self.source!r})"
@@ -212,7 +216,8 @@ def load_tokenizer(source, lowercase=True):
 
     Args:
         source: a :class:`WordPieceTokenizer` or :class:`Vocab` (returned as is), a ``tokenizers.Tokenizer``,
-            a ``tokenizer.json`` file, a BERT ``vocab.txt`` file (one piece per line), or a folder holding one.
+            a ``tokenizer.json`` file or its text (:meth:`WordPieceTokenizer.to_json`), a BERT ``vocab.txt``
+            file (one piece per line), or a folder holding one.
         lowercase: for ``vocab.txt``: lower-case the text (uncased BERT).
     Returns:
         a :class:`WordPieceTokenizer` (or the :class:`Vocab` of a word-level ``tokenizer.json``). Where the
@@ -223,6 +228,8 @@ def load_tokenizer(source, lowercase=True):
     if isinstance(source, (WordPieceTokenizer, Vocab)):
         return source
     tk = _tokenizers()
+    if isinstance(source, str) and source.lstrip().startswith("{"):  # the text of a tokenizer.json
+        source = tk.Tokenizer.from_str(source)
     if isinstance(source, tk.Tokenizer):
         config, name = json.loads(source.to_str()), "the given tokenizer"
     else:

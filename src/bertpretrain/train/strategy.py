@@ -6,12 +6,23 @@ end. :func:`make_strategy` makes the one of a run from its ``kvstore`` option, o
 (``train_bert``, or the recipe, which needs the rank before training and passes it on).
 """
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from .. import distributed
 from .devices import check_runnable, default_devices
 
-_COUNTS_KEY = 1 << 30  # a kvstore key no parameter uses (the Trainer numbers them from 0)
+_COUNTS_KEY = 1 << 30  # kvstore keys no parameter uses (the Trainer numbers them from 0)
+_TEXT_SIZE_KEY, _TEXT_KEY = _COUNTS_KEY + 1, _COUNTS_KEY + 2
+
+
+def _text_array(text):
+    """A str as a float32 array of its UTF-8 bytes (0-255 are exact in float32), for a kvstore or Horovod."""
+    return mx.nd.array(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.float32))
+
+
+def _array_text(array):
+    return array.asnumpy().astype(np.uint8).tobytes().decode("utf-8")
 
 
 class LocalStrategy:
@@ -35,6 +46,12 @@ class LocalStrategy:
     def make_trainer(self, params, optimizer, optimizer_params):
         """A Trainer over ``params`` ({name: Parameter}) that leaves the update to this process."""
         return gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore, update_on_kvstore=False)
+
+    def share_text(self, text):
+        """Rank 0's ``text`` (a str; anything on the other workers), returned on every worker: what rank 0
+        alone makes and all must use (e.g. a tokenizer trained on the text, which another worker could train
+        differently). Every worker must call it, at the same point."""
+        return text
 
     def start(self, trainer):
         """Called once the model holds its first parameters (fresh or resumed), before the first step."""
@@ -64,6 +81,18 @@ class ParameterServerStrategy(LocalStrategy):
 
     def start(self, trainer):
         distributed.sync_initial_params(trainer)  # before the first forward: see its docstring
+
+    def share_text(self, text):
+        if self.workers == 1:
+            return text
+        # kvstore.init keeps rank 0's value and waits for every worker (a barrier); pull reads it back.
+        size = mx.nd.array([len(text.encode("utf-8")) if self.lead else 0])
+        self.kvstore.init(_TEXT_SIZE_KEY, size)
+        self.kvstore.pull(_TEXT_SIZE_KEY, out=size)
+        data = _text_array(text) if self.lead else mx.nd.zeros(int(size.asscalar()))
+        self.kvstore.init(_TEXT_KEY, data)
+        self.kvstore.pull(_TEXT_KEY, out=data)
+        return _array_text(data)
 
     def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
@@ -103,6 +132,14 @@ class HorovodStrategy(LocalStrategy):
         trainer = self.hvd.DistributedTrainer(params, optimizer, optimizer_params)
         self.hvd.broadcast_parameters(params, root_rank=0)
         return trainer
+
+    def share_text(self, text):
+        if self.workers == 1:
+            return text
+        size = self.hvd.broadcast(mx.nd.array([len(text.encode("utf-8")) if self.lead else 0]), root_rank=0,
+                                  name="bertpretrain_text_size")
+        data = _text_array(text) if self.lead else mx.nd.zeros(int(size.asscalar()))
+        return _array_text(self.hvd.broadcast(data, root_rank=0, name="bertpretrain_text"))
 
     def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
