@@ -71,7 +71,9 @@ SECTIONS = (("data", DataConfig), ("model", ModelOptions), ("training", Training
 #: pieces trained on the training split, whose unknown token (WikiText's ``<unk>``) is never a masked-LM target;
 #: 1,100 steps of batch 128 at lr 2.5e-3 with 10% warm-up and linear decay; masks, next-sentence pairs and
 #: negatives drawn anew every epoch. ``d2l`` is d2l's published run (the defaults: word vocabulary, 50 steps of
-#: batch 512 at lr 0.01). Both seed the run with 0, so that the command gives the same result twice.
+#: batch 512 at lr 0.01). Both seed the run with 0. ``tokenizers`` does not train the same WordPiece twice (ties
+#: between pieces follow its hash order), so two fresh runs of ``recipe`` differ slightly; a run's own
+#: ``tokenizer.json`` (``--tokenizer runs/.../tokenizer.json``) makes it repeatable, as ``--resume`` does.
 PRESETS = {
     "recipe": dict(batch_size=128, dynamic_masking=True, dynamic_pairs=True, truncate_pairs=True,
                    tokenizer="wordpiece", vocab_size=4000, unk_targets=False, architecture="bert-preln",
