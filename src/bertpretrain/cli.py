@@ -1,16 +1,14 @@
 """The ``bertpretrain`` command: ``bertpretrain pretrain [options]``, ``bertpretrain launch ...`` and
 ``bertpretrain export-hf RUN_OR_MODEL_DIR OUT``."""
 import argparse
-import errno
 import logging
 import os
 import sys
 
 from . import options as opts
 from .errors import UserError
+from .files import DISK_FULL_ERRNOS
 from .recipe import DEFAULT_PRESET, PRESETS, SECTIONS, PretrainOptions, preset_values, run_pretraining
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def add_pretrain_arguments(parser):
@@ -78,7 +76,7 @@ def user_error_message(error, output_dir):
     whether the checkpoints in ``output_dir`` let ``--resume`` finish the job."""
     if isinstance(error, UserError):
         return str(error)
-    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         checkpoints = os.path.join(output_dir, "checkpoints")
         if os.path.isfile(os.path.join(checkpoints, "latest")):
             return (f"the disk is full: {error}. The checkpoints in {checkpoints} are kept: free some space and run "

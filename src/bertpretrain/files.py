@@ -25,6 +25,8 @@ import time
 
 TMP_MARK = ".tmp-"
 _FULL_BYTES = 1 << 20
+#: The errnos of a write that failed for want of space (a full disk, or a full quota).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 # The files of a saved model (save_pretrained, checkpoints, recipes): the names model, train and
 # data all use.
@@ -113,7 +115,7 @@ def atomic_path(path):
 def _disk_full(error, folder):
     """Whether a write into ``folder`` failed for want of space. Writers that report no errno (MXNet's
     says only "FileStream.Write incomplete") count when the disk has under 1 MiB free."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return True
     try:
         return shutil.disk_usage(folder).free < _FULL_BYTES

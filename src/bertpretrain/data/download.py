@@ -14,7 +14,6 @@ download left behind are removed by the next one.
 """
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import logging
 import os
@@ -28,7 +27,7 @@ import urllib3
 
 from .. import __version__
 from ..display import progress_bar
-from ..files import (LockError, atomic_folder, cache_root, exclusive_lock, file_problem, manifest,
+from ..files import (DISK_FULL_ERRNOS, LockError, atomic_folder, cache_root, exclusive_lock, file_problem, manifest,
                      read_manifest, remove_stale, write_manifest)
 from .errors import DownloadError
 
@@ -261,7 +260,7 @@ def _writing_named(name, folder):
     except OSError as error:
         if isinstance(error, LockError):
             raise
-        problem = ("the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+        problem = ("the disk is full" if error.errno in DISK_FULL_ERRNOS
                    else f"writing failed ({error.strerror or error})")
         raise DownloadError(
             f"cannot download dataset {name!r} into {folder}: {problem}; nothing was kept. Free some space, or set "

@@ -17,7 +17,6 @@ and vocabulary against the ones passed, so that a damaged checkpoint or a change
 refused with the file or setting named instead of silently continuing.
 """
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -27,9 +26,9 @@ import tempfile
 
 from ..data import load_saved_vocab
 from ..errors import UserError
-from ..files import (CONFIG_FILE, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, ManifestError, atomic_folder,
-                     atomic_write, manifest, manifest_problem, read_manifest, remove_stale, saved_vocab_file,
-                     vocab_file_name, write_manifest)
+from ..files import (CONFIG_FILE, DISK_FULL_ERRNOS, PARAMS_FILE, TMP_MARK, TOKENIZER_FILE, VOCAB_FILE, ManifestError,
+                     atomic_folder, atomic_write, manifest, manifest_problem, read_manifest, remove_stale,
+                     saved_vocab_file, vocab_file_name, write_manifest)
 from ..model import BERTConfig, save_pretrained
 
 FORMAT = "bertpretrain-checkpoint-v3"  # v2 recorded each file by its SHA-256 alone, v3 also by its size
@@ -37,7 +36,6 @@ _READABLE_FORMATS = ("bertpretrain-checkpoint-v2", FORMAT)
 LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.states"
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _VOCAB_KINDS = {VOCAB_FILE: "a word-level vocabulary", TOKENIZER_FILE: "a WordPiece tokenizer"}
 _STEP_NAME = re.compile(r"step-[0-9]+")
 logger = logging.getLogger(__name__)
@@ -73,7 +71,7 @@ def _disk_full_names(folder, previous, name=None):
     try:
         yield
     except OSError as error:
-        if error.errno not in _DISK_FULL:
+        if error.errno not in DISK_FULL_ERRNOS:
             raise
         if name is None and error.filename and TMP_MARK not in os.path.basename(error.filename):
             name = os.path.basename(error.filename)
