@@ -16,7 +16,7 @@ import os
 
 from ..files import (VOCAB_FILE, atomic_folder, cache_root, file_digest, manifest, manifest_problem, read_manifest,
                      remove_stale, write_manifest)
-from .corpus import ARRAYS, EncodedCorpus, load_arrays
+from .corpus import ARRAYS, EncodedCorpus, as_paths, load_arrays
 from .textfiles import describe, text_bytes
 from .vocab import Vocab
 
@@ -109,7 +109,7 @@ def load_encoded_corpus(paths, vocab=None, min_freq=5, cache="auto", cache_dir=N
     Returns:
         ``(corpus, vocab)``; through the cache, the corpus's arrays are read-only memory maps.
     """
-    paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
+    paths = as_paths(paths)
     options = dict(text_format=text_format, lowercase=lowercase)
     if cache == "auto":
         cache = sum(text_bytes(path) for path in paths) >= AUTO_CACHE_BYTES

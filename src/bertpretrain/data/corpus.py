@@ -254,7 +254,8 @@ class _Encoder:
         return vocab
 
 
-def _as_paths(paths):
+def as_paths(paths):
+    """``paths`` (a file, or a list of files) as a list of ``str`` paths."""
     return [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
 
 
@@ -286,7 +287,7 @@ class EncodedCorpus:
         ``text_format`` and ``lowercase``: see :func:`iter_paragraphs`. ``folder``: write the arrays there as
         ``<name>.npy`` and return them memory-mapped (None: in memory).
         """
-        paths = _as_paths(paths)
+        paths = as_paths(paths)
         name = describe(paths)
         with contextlib.ExitStack() as stack:
             files = {array: (io.BytesIO() if folder is None else

@@ -229,10 +229,3 @@ def detect_format(paths):
                         f"per line) and {example['wikitext']} in WikiText's; pass files of one format, or "
                         "text_format= to read them all one way")
     return formats[0]
-
-
-def check_text_format(text_format):
-    """``text_format`` if it is ``'bert'``, ``'wikitext'`` or ``'auto'``, else a ValueError saying so."""
-    if text_format not in TEXT_FORMATS + ("auto",):
-        raise ValueError(f"text_format must be 'bert', 'wikitext' or 'auto', got {text_format!r}")
-    return text_format
