@@ -165,7 +165,7 @@ def _tokenizer_and_model(options, train_paths, strategy):
     if data.tokenizer == "wordpiece":
         # Training is not reproducible (ties between pieces, in tokenizers' hash order), so rank 0 alone trains
         # it, every worker uses rank 0's, and the run keeps it for --resume.
-        path, text = os.path.join(run.output_dir, TOKENIZER_FILE), None
+        path = os.path.join(run.output_dir, TOKENIZER_FILE)
         if strategy.lead:
             if options.training.resume and os.path.isfile(path):
                 tokenizer = load_tokenizer(path)
@@ -174,9 +174,8 @@ def _tokenizer_and_model(options, train_paths, strategy):
                                             lowercase=data.lowercase is not False)
                 os.makedirs(run.output_dir, exist_ok=True)
                 tokenizer.save(path)
-            text = tokenizer.to_json()
         if strategy.workers > 1:
-            text = strategy.share_text(text)
+            text = strategy.share_text(tokenizer.to_json() if strategy.lead else None)
             if not strategy.lead:
                 tokenizer = load_tokenizer(text)
         return tokenizer, None

@@ -71,12 +71,11 @@ def train_step(model, trainer, batches, devices, totals, use_nsp=True, clip_glob
         autograd.backward(losses)
         outputs += batch_outputs
     trainer.allreduce_grads()
-    params = list(model.collect_params().values())
     if clip_global_norm:
-        clip_gradients(params, devices, clip_global_norm)
+        clip_gradients(list(model.collect_params().values()), devices, clip_global_norm)
     trainer.update(update_batch_size)
     if len(batches) > 1:  # Parameter.zero_grad takes no numpy-interface arrays in MXNet 1.9.1
-        for param in params:
+        for param in model.collect_params().values():
             if param.grad_req == "add":
                 for grad in param.list_grad():
                     grad[:] = 0
