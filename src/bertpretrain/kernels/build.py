@@ -100,14 +100,25 @@ def kernel_sources(source_dir=SOURCE_DIR):
     return sorted(p for p in Path(source_dir).iterdir() if p.suffix in (".cc", ".h"))
 
 
-def _cpu_fingerprint():
-    """Text identifying the CPU's model and instruction set (what -march=native depends on)."""
+def _cpuinfo_lines(keys):
+    """The distinct lines of /proc/cpuinfo that start with one of ``keys``, sorted (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [l for l in f if l.startswith(("model name", "flags", "Features"))]
-        return "".join(sorted(set(lines)))
+            return sorted({line for line in f if line.startswith(keys)})
     except OSError:
-        return platform.machine() + platform.processor()
+        return None
+
+
+def _cpu_fingerprint():
+    """Text identifying the CPU's model and instruction set (what -march=native depends on)."""
+    lines = _cpuinfo_lines(("model name", "flags", "Features"))
+    return "".join(lines) if lines is not None else platform.machine() + platform.processor()
+
+
+def cpu_flags():
+    """The instruction-set flags of this CPU (/proc/cpuinfo's ``flags``), empty where they are unknown."""
+    lines = _cpuinfo_lines(("flags",)) or []
+    return set(lines[0].split(":", 1)[1].split()) if lines else set()
 
 
 def _compiler_identity(compiler):

@@ -163,17 +163,6 @@ class Bf16Support:
 _bf16 = None
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def bf16():
     """The process-wide :class:`Bf16Support`: the kernels are loaded and were built for a target
     with the AVX512_BF16 instructions (``vdpbf16ps``; AMD Zen 4 and later, Intel Cooper Lake, Sapphire
@@ -186,7 +175,7 @@ def bf16():
                 _bf16 = Bf16Support(False, f"the fused kernels are not loaded ({status.reason})")
             elif ctypes.CDLL(status.path).bp_has_bf16():
                 _bf16 = Bf16Support(True, "the kernels have AVX512_BF16 (vdpbf16ps)")
-            elif "avx512_bf16" not in _cpu_flags():
+            elif "avx512_bf16" not in build.cpu_flags():
                 _bf16 = Bf16Support(False, "this CPU lacks the AVX512_BF16 instructions "
                                            "(vdpbf16ps; no avx512_bf16 in /proc/cpuinfo)")
             else:
