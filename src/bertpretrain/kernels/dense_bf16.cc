@@ -31,7 +31,12 @@ namespace {
 
 const char* const kOp = "bp_dense_bf16";
 
+enum Input { kX, kWeight, kBias, kNumInputs };
+enum Output { kY, kPre };  // kPre with act="gelu" only: one output, or two
+
 enum class Act { kNone, kRelu, kGelu };
+
+int num_outputs(Act act) { return act == Act::kGelu ? 2 : 1; }
 
 bool parse_act(const Attrs& attrs, Act* act) {
   auto it = attrs.find("act");
@@ -52,16 +57,16 @@ bool parse_act(const Attrs& attrs, Act* act) {
 MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
   Act act;
   if (!parse_act(attrs, &act)) return MX_FAIL;
-  *num_in = 3;
-  *num_out = act == Act::kGelu ? 2 : 1;
+  *num_in = kNumInputs;
+  *num_out = num_outputs(act);
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   Act act;
   if (!parse_act(attrs, &act)) return MX_FAIL;
-  const auto& x = (*in)[0];
-  const auto& w = (*in)[1];
+  const auto& x = (*in)[kX];
+  const auto& w = (*in)[kWeight];
   if (x.size() < 2) {
     MX_ERROR_MSG << kOp << ": 'x' has shape " << shape_str(x) << ", expected (..., K) with at "
                  << "least 2 dimensions";
@@ -73,9 +78,9 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
     return MX_FAIL;
   }
   const std::vector<unsigned int> units{w[0]};
-  if (!known((*in)[2])) (*in)[2] = units;
-  if ((*in)[2] != units) {
-    MX_ERROR_MSG << kOp << ": 'bias' has shape " << shape_str((*in)[2]) << ", expected "
+  if (!known((*in)[kBias])) (*in)[kBias] = units;
+  if ((*in)[kBias] != units) {
+    MX_ERROR_MSG << kOp << ": 'bias' has shape " << shape_str((*in)[kBias]) << ", expected "
                  << shape_str(units) << " (one per row of 'weight')";
     return MX_FAIL;
   }
@@ -86,8 +91,8 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
 }
 
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  if (!require_float32(in, 0, kOp, "x") || !require_float32(in, 1, kOp, "weight") ||
-      !require_float32(in, 2, kOp, "bias"))
+  if (!require_float32(in, kX, kOp, "x") || !require_float32(in, kWeight, kOp, "weight") ||
+      !require_float32(in, kBias, kOp, "bias"))
     return MX_FAIL;
   for (auto& t : *out) t = mxnet::ext::kFloat32;
   return MX_SUCCESS;
@@ -180,33 +185,33 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   Act act;
   if (!parse_act(attrs, &act) || !require_bf16()) return MX_FAIL;
 #if defined(__AVX512BF16__)
-  const MXTensor& x = (*in)[0];
-  const int64_t n = leading_size(x.shape), k = x.shape.back(), m = (*in)[1].shape[0];
-  float* y = (*out)[0].data<float>();
-  gemm_bf16(false, true, n, m, k, 1.0f, in_ptr(x), k, in_ptr((*in)[1]), k, 0.0f, y, m,
-            in_ptr((*in)[2]));
-  activate(act, n, m, y, act == Act::kGelu ? (*out)[1].data<float>() : nullptr);
+  const MXTensor& x = (*in)[kX];
+  const int64_t n = leading_size(x.shape), k = x.shape.back(), m = (*in)[kWeight].shape[0];
+  float* y = (*out)[kY].data<float>();
+  gemm_bf16(false, true, n, m, k, 1.0f, in_ptr(x), k, in_ptr((*in)[kWeight]), k, 0.0f, y, m,
+            in_ptr((*in)[kBias]));
+  activate(act, n, m, y, act == Act::kGelu ? (*out)[kPre].data<float>() : nullptr);
 #endif
   return MX_SUCCESS;
 }
 
-// Backward inputs: [dy, (dpre,) x, weight, bias, y, (pre)]; outputs: [dx, dweight, dbias].
-MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                       const OpResource& resource) {
-  Act act;
-  if (!parse_act(attrs, &act) || !require_bf16()) return MX_FAIL;
+// Backward inputs: [dy, (dpre,) x, weight, bias, y, (pre)], as BackwardArgs of the forward's
+// kNumOutputs (1, or 2 with gelu) addresses them; outputs: [dx, dweight, dbias].
+template <int kNumOutputs>
+MXReturnValue backward_of(Act act, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                          const OpResource& resource) {
 #if defined(__AVX512BF16__)
-  const int outputs = act == Act::kGelu ? 2 : 1;
-  const float* dy = in_ptr((*in)[0]);
-  const MXTensor& x_t = (*in)[outputs];
+  using Backward = BackwardArgs<kNumInputs, kNumOutputs>;
+  const float* dy = in_ptr((*in)[Backward::output_grad(kY)]);
+  const MXTensor& x_t = (*in)[Backward::input(kX)];
   const int64_t n = leading_size(x_t.shape), k = x_t.shape.back();
-  const int64_t m = (*in)[outputs + 1].shape[0];
-  const float* weight = in_ptr((*in)[outputs + 1]);
-  const float* y = in_ptr((*in)[outputs + 3]);
-  const float* pre = act == Act::kGelu ? in_ptr((*in)[outputs + 4]) : nullptr;
-  float* dx = out_ptr(&(*out)[0]);
-  float* dweight = out_ptr(&(*out)[1]);
-  float* dbias = out_ptr(&(*out)[2]);
+  const int64_t m = (*in)[Backward::input(kWeight)].shape[0];
+  const float* weight = in_ptr((*in)[Backward::input(kWeight)]);
+  const float* y = in_ptr((*in)[Backward::output(kY)]);
+  const float* pre = kNumOutputs > kPre ? in_ptr((*in)[Backward::output(kPre)]) : nullptr;
+  float* dx = out_ptr(&(*out)[kX]);
+  float* dweight = out_ptr(&(*out)[kWeight]);
+  float* dbias = out_ptr(&(*out)[kBias]);
   // MXNet's scratch space: kept between calls, so no page faults for a (rows, units) buffer.
   float* g_buffer = act == Act::kNone
                         ? nullptr
@@ -215,8 +220,18 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
   const float* g = act == Act::kNone ? dy : g_buffer;
   if (dx) gemm_bf16(false, false, n, k, m, 1.0f, g, m, weight, k, 0.0f, dx, k);
   if (dweight) gemm_bf16(true, false, m, k, n, 1.0f, g, m, in_ptr(x_t), k, 0.0f, dweight, k);
+#else
+  (void)act, (void)in, (void)out, (void)resource;
 #endif
   return MX_SUCCESS;
+}
+
+MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                       const OpResource& resource) {
+  Act act;
+  if (!parse_act(attrs, &act) || !require_bf16()) return MX_FAIL;
+  return num_outputs(act) == 2 ? backward_of<2>(act, in, out, resource)
+                               : backward_of<1>(act, in, out, resource);
 }
 
 }  // namespace
