@@ -1,11 +1,12 @@
 """Subword (WordPiece) tokenization, the tokenizer of the original BERT, built on Hugging Face ``tokenizers``.
 
 The word-level :class:`~bertpretrain.data.Vocab` is d2l's (the Python defaults); the command's recipe
-trains a :class:`WordPieceTokenizer` on the training split. It takes the vocabulary's place in :func:`~bertpretrain.data.load_data_wiki` (``tokenizer=``): sentences are
-encoded in batches by the Rust tokenizer, never token by token in Python. Its reserved tokens sit at
-the ids this library reserves (``<unk>`` 0, ``[PAD]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4), so
-the pair and masking code work unchanged. ``tokenizers`` (a dependency of the package,
-no torch) is imported only when a tokenizer is made.
+trains a :class:`WordPieceTokenizer` on the training split. It takes the vocabulary's place in
+:func:`~bertpretrain.data.load_data_wiki` (``tokenizer=``): sentences are encoded in batches by the
+Rust tokenizer, never token by token in Python. Its reserved tokens sit at the ids this library
+reserves (``<unk>`` 0, ``[PAD]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4), so the pair and masking
+code work unchanged. ``tokenizers`` (a dependency of the package, no torch) is imported only when a
+tokenizer is made.
 """
 import hashlib
 import itertools
