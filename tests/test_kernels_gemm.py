@@ -175,13 +175,14 @@ def test_bf16_rounds_its_operands(bf16_library):
 
 
 @pytest.mark.parametrize("shape", [(1000, 384, 128), (300, 300, 2000), (1500, 64, 3000),
-                                   (50, 30000, 160)],
-                         ids=["projection", "split-depth", "several-depth-blocks", "large-panels"])
+                                   (400, 1500, 1101), (50, 30000, 160)],
+                         ids=["projection", "split-depth", "several-depth-blocks", "wide-tasks", "large-panels"])
 def test_bf16_model_shapes(bf16_library, shape):
     """A projection of 1,000 tokens (and its gradients' forms), a weight gradient whose depth the
-    threads split, a product over several depth blocks with op(b) packed once, and few rows on a
-    large op(b) (> 8 MB packed: one row task, the threads sharing the columns, as the MLM
-    decoder's chunks)."""
+    threads split, a product over several depth blocks with op(b) packed once, tasks wider than
+    512 columns over an odd depth of three blocks (a transposed a read two rows at a time, with
+    prefetches), and few rows on a large op(b) (> 8 MB packed: one row task, the threads sharing
+    the columns, as the MLM decoder's chunks)."""
     fn = library(bf16_library, "bp_gemm_bf16")
     for trans_a, trans_b in [(False, True), (False, False), (True, False)]:
         check(fn, *shape, trans_a, trans_b, 1.0, 0.0, pad=0, rounding=to_bfloat16)

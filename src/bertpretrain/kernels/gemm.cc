@@ -132,7 +132,7 @@ struct Tasks {
   int64_t mc;          // rows per task (a multiple of kMR); the last row block may have fewer
   int64_t row_tasks;   // ceil(m / mc)
   int64_t panels;      // ceil(n / kNR)
-  int64_t per_task;    // panels per task, at most kNC / kNR
+  int64_t per_task;    // panels per task, at most the kernel's kTaskPanels
   int64_t col_tasks;   // ceil(panels / per_task)
 };
 
@@ -141,21 +141,22 @@ struct Tasks {
 // reads all of it once: when it is large (the MLM decoder's 30,522-word weight, 47 MB at
 // BERT-base in bfloat16) and c has few rows (a chunk of 137 predictions), reading it once per row
 // block of kMC made the product memory-bound. Then all rows are one task and the threads share
-// the columns.
-Tasks cut(int64_t m, int64_t n, int threads, int64_t shared_bytes) {
+// the columns. `max_panels`: the most panels of a task (K::kTaskPanels): a task packs its rows of
+// op(a) once per depth block, for all its panels.
+Tasks cut(int64_t m, int64_t n, int threads, int64_t shared_bytes, int64_t max_panels) {
   Tasks t;
   const int64_t want = threads > 1 ? 4 * threads : 1;
   t.panels = (n + kNR - 1) / kNR;
   if (m <= kOneRowTask && shared_bytes > kLargePanels) {
     t.mc = (m + kMR - 1) / kMR * kMR;
     t.row_tasks = 1;
-    t.per_task = std::max<int64_t>(1, std::min(kNC / kNR, (t.panels + want - 1) / want));
+    t.per_task = std::max<int64_t>(1, std::min(max_panels, (t.panels + want - 1) / want));
   } else {
     t.mc = kMC;
     if ((m + t.mc - 1) / t.mc < want)
       t.mc = std::max<int64_t>(kMR, ((m + want - 1) / want + kMR - 1) / kMR * kMR);
     t.row_tasks = (m + t.mc - 1) / t.mc;
-    const int64_t splits = std::max((t.panels + kNC / kNR - 1) / (kNC / kNR),
+    const int64_t splits = std::max((t.panels + max_panels - 1) / max_panels,
                                     std::min(t.panels, (want + t.row_tasks - 1) / t.row_tasks));
     t.per_task = (t.panels + splits - 1) / splits;
   }
@@ -252,7 +253,8 @@ void run(const Plan& g, int threads, const typename K::Elem* packed = nullptr) {
   const Panels<K> p(g.k, g.n);
   const bool shared = packed || K::kSharePanels;
   const bool per_panel = !shared && p.blocks > 1;  // each thread packs a panel at a time
-  const Tasks t = cut(g.m, g.n, threads, shared ? p.size() * int64_t{sizeof(E)} : 0);
+  const Tasks t =
+      cut(g.m, g.n, threads, shared ? p.size() * int64_t{sizeof(E)} : 0, K::kTaskPanels);
   Buffer<E> common = shared && !packed ? allocate<E>(p.size()) : Buffer<E>();
   if (common) packed = common.get();
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -323,6 +325,8 @@ struct Float32 {
   using Elem = float;
   // Each thread packs its own panels (see run): copying float32 is cheap next to a barrier.
   static constexpr bool kSharePanels = false;
+  // Columns of c per task: kNC (copying a is cheap; a task's block of c stays in L2).
+  static constexpr int64_t kTaskPanels = kNC / kNR;
 
   // Packed elements per row of a depth block of kc.
   static int64_t depth(int64_t kc) { return kc; }
@@ -538,6 +542,10 @@ struct Bfloat16 {
   using Elem = Pair;
   // op(b) is converted once per call and shared by the threads (see the top of this part).
   static constexpr bool kSharePanels = true;
+  // Tasks as wide as the threads' balance allows: every task converts its rows of op(a), so tasks
+  // of kNC columns converted a up to n / kNC times (6 times for BERT-base's FFN weight gradient,
+  // whose (4096, 768) transposed operand then cost a quarter of the product's time).
+  static constexpr int64_t kTaskPanels = int64_t{1} << 40;
 
   // Packed pairs per row of a depth block of kc.
   static int64_t depth(int64_t kc) { return pairs_of(kc); }
@@ -593,14 +601,21 @@ struct Bfloat16 {
       }
       return packed;
     }
-    for (int64_t ir = 0; ir < rows; ir += kMR) {
-      Pair* tile = dst + ir * kq;
-      for (int64_t q = 0; q < kq; ++q) {
-        const float* x0 = g.a + (p0 + 2 * q) * g.lda + i0 + ir;
-        const float* x1 = 2 * q + 1 < kc ? x0 + g.lda : nullptr;
-        _mm512_mask_storeu_epi32(tile + q * kMR, first(kMR),
-                                 pairs_across(x0, x1, std::min<int64_t>(kMR, rows - ir)));
-      }
+    // Two rows of a (two depths) at a time, across all the tiles: each row is read once, left to
+    // right. Rows lie ld floats apart (12 KB for BERT-base's FFN): every one starts a new page,
+    // where hardware prefetchers stop, so the rows four pairs ahead are prefetched.
+    for (int64_t q = 0; q < kq; ++q) {
+      const float* x0 = g.a + (p0 + 2 * q) * g.lda + i0;
+      const float* x1 = 2 * q + 1 < kc ? x0 + g.lda : nullptr;
+      if (2 * q + 9 < kc)
+        for (int64_t j = 0; j < rows; j += 16) {
+          _mm_prefetch(reinterpret_cast<const char*>(x0 + 8 * g.lda + j), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(x0 + 9 * g.lda + j), _MM_HINT_T0);
+        }
+      for (int64_t ir = 0; ir < rows; ir += kMR)
+        _mm512_mask_storeu_epi32(dst + ir * kq + q * kMR, first(kMR),
+                                 pairs_across(x0 + ir, x1 ? x1 + ir : nullptr,
+                                              std::min<int64_t>(kMR, rows - ir)));
     }
     return packed;
   }
