@@ -21,6 +21,7 @@ import bertpretrain  # noqa: F401  (MXNet with numpy semantics)
 import mxnet as mx
 from mxnet import autograd, gluon, init
 
+from bertpretrain import kernels
 from bertpretrain.model import BERTForPretraining, BERTModel
 from bertpretrain.model import export as export_model
 
@@ -146,13 +147,20 @@ def test_seeded_dropout_training_is_reproducible_with_the_kernels():
     assert trained_twice[0] != trained_twice[1]
 
 
-def test_gradient_accumulation_with_grad_req_add():
-    """LayerNorm parameters feed the kernels; 'add' must accumulate, not overwrite."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gradient_accumulation_with_grad_req_add(precision):
+    """Parameters feed the kernels (LayerNorm's, the decoder's; every dense layer's in bfloat16),
+    whose backward overwrites: 'add' must accumulate, also when it is set after the graph was
+    traced without the copies that 'write' does not need."""
+    if precision == "bf16" and not kernels.bf16().available:
+        pytest.skip(f"no bfloat16 here: {kernels.bf16().reason}")
     net, = make_nets(BERT_STYLE, backends=("fused",))
+    net.set_precision(precision)
     model = BERTForPretraining(net)
     model.hybridize(static_alloc=True, static_shape=True)
     model(*BATCHES[0])
     assert FUSED_OPS <= graph_ops(model)
+    assert "_np_copy" not in graph_ops(model)  # no gradient accumulates: the parameters as they are
 
     def backward():
         with autograd.record():
@@ -167,6 +175,7 @@ def test_gradient_accumulation_with_grad_req_add():
         p.grad()[:] = 0  # (Parameter.zero_grad fails on numpy arrays in MXNet 1.9.1)
     backward()
     backward()
+    assert "_np_copy" in graph_ops(model)
     for name, p in params.items():
         onp.testing.assert_allclose(p.grad().asnumpy(), 2 * once[name], rtol=1e-4, atol=1e-6,
                                     err_msg=name)

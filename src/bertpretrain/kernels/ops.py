@@ -20,9 +20,12 @@ Semantics:
   runs). The kernels draw their mask from a 64-entry key made by builtin dropout of
   ones, so ``mx.random.seed`` makes runs reproducible and inference is exact identity.
   They draw different masks from builtin dropout (both Bernoulli(1 - p), scaled by 1/(1 - p)).
-- Gradients: parameters (``gamma``, ``beta``) pass through a builtin identity before
-  a kernel, so ``grad_req='add'`` accumulates correctly. Lengths, labels and weights
-  receive no gradient.
+- Gradients: a kernel's backward overwrites the gradients it writes, whatever the parameter's
+  ``grad_req``. So parameters (``gamma``, ``beta``, weights, biases) reach a kernel through a
+  builtin copy, whose backward adds under ``grad_req='add'``, unless ``copy_params=False``:
+  the model's op layer passes that while none of its parameters accumulates (the copies and
+  their backward cost 9% of a bfloat16 BERT-base step). Lengths, labels and weights receive no
+  gradient.
 """
 import mxnet
 import numpy
@@ -63,9 +66,10 @@ def _check_p(p):
         raise ValueError(f"dropout probability p={p} must be in [0, 1)")
 
 
-def _identity(F, param):
-    """``param`` through a builtin copy, so the copy's backward honours grad_req='add'."""
-    return F.np.copy(param)
+def _param(F, param, copy):
+    """``param`` as a kernel's input: with ``copy``, through a builtin copy, whose backward honours
+    grad_req='add'; else as it is."""
+    return F.np.copy(param) if copy else param
 
 
 def _dropout_key(F, x, p):
@@ -97,26 +101,28 @@ def _check_float32(F, **arrays):
                             "cast it with .astype('float32')")
 
 
-def layer_norm(F, x, gamma, beta, eps=1e-5):
+def layer_norm(F, x, gamma, beta, eps=1e-5, copy_params=True):
     """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * gamma + beta``.
 
-    x: (..., D) float32; gamma, beta: (D,). Returns (..., D).
+    x: (..., D) float32; gamma, beta: (D,). Returns (..., D). ``copy_params``: see the module docstring.
     """
     _check_float32(F, x=x, gamma=gamma, beta=beta)
-    return _kernel(F, "bp_layer_norm")(_legacy(x), _legacy(_identity(F, gamma)),
-                                       _legacy(_identity(F, beta)), eps=eps).as_np_ndarray()
+    return _kernel(F, "bp_layer_norm")(_legacy(x), _legacy(_param(F, gamma, copy_params)),
+                                       _legacy(_param(F, beta, copy_params)), eps=eps).as_np_ndarray()
 
 
-def add_layer_norm(F, x, residual, gamma, beta, p=0.0, eps=1e-5):
+def add_layer_norm(F, x, residual, gamma, beta, p=0.0, eps=1e-5, copy_params=True):
     """The post-LN residual block ``layer_norm(dropout(x, p) + residual)`` in one pass.
 
-    x, residual: (..., D) float32; gamma, beta: (D,). Returns (..., D).
+    x, residual: (..., D) float32; gamma, beta: (D,). Returns (..., D). ``copy_params``: see the
+    module docstring.
     """
     _check_p(p)
     _check_float32(F, x=x, residual=residual, gamma=gamma, beta=beta)
     key = _dropout_key(F, x, p)
     return _kernel(F, "bp_add_layer_norm")(_legacy(x), _legacy(residual),
-                                           _legacy(_identity(F, gamma)), _legacy(_identity(F, beta)),
+                                           _legacy(_param(F, gamma, copy_params)),
+                                           _legacy(_param(F, beta, copy_params)),
                                            _legacy(key), eps=eps, p=p).as_np_ndarray()
 
 
@@ -175,7 +181,7 @@ def attention(F, qkv, valid_lens, num_heads, p=0.0, scale=None, bf16=False):
 
 
 def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=False,
-                      chunk=MLM_CHUNK, bf16=False):
+                      chunk=MLM_CHUNK, bf16=False, copy_params=True):
     """Per-row weighted cross-entropy of ``hidden @ weight.T + bias`` without the logits.
 
     hidden: (N, K) float32; weight: (V, K) (a decoder weight or the tied embedding matrix);
@@ -196,13 +202,14 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
     MXNet's extension API passes operators no training flag.
 
     With ``bf16`` the three GEMMs have bfloat16 operands and float32 accumulation (kernels built
-    with AVX512_BF16 only); the softmax, the losses and every array stay float32.
+    with AVX512_BF16 only); the softmax, the losses and every array stay float32. ``copy_params``:
+    see the module docstring.
     """
     weights = F.stop_gradient(_legacy(weights)).as_np_ndarray()
     _check_float32(F, hidden=hidden, weight=weight, bias=bias, weights=weights)
     attrs = {"chunk": chunk, "bf16": 1} if bf16 else {"chunk": chunk}
-    out = _kernel(F, "bp_mlm_ce")(_legacy(hidden), _legacy(_identity(F, weight)),
-                                  _legacy(_identity(F, bias)), _legacy(labels), _legacy(weights),
+    out = _kernel(F, "bp_mlm_ce")(_legacy(hidden), _legacy(_param(F, weight, copy_params)),
+                                  _legacy(_param(F, bias, copy_params)), _legacy(labels), _legacy(weights),
                                   _legacy(_mode_key(F, hidden)), **attrs)
     loss = out[0].as_np_ndarray()
     return (loss, out[1].as_np_ndarray()) if return_correct else loss
@@ -211,7 +218,7 @@ def mlm_cross_entropy(F, hidden, weight, bias, labels, weights, return_correct=F
 DENSE_ACTIVATIONS = (None, "relu", "gelu")
 
 
-def dense_bf16(F, x, weight, bias, act=None):
+def dense_bf16(F, x, weight, bias, act=None, copy_params=True):
     """``act(x @ weight.T + bias)`` over the last axis, the products in bfloat16 with float32
     accumulation.
 
@@ -221,11 +228,11 @@ def dense_bf16(F, x, weight, bias, act=None):
     float32, only the GEMM's packed operands are bfloat16 (kernels/gemm.h, ``bp::gemm_bf16``).
     The activation is inside the operator so that the pre-activation is not kept for backward
     (relu; gelu keeps it, as MXNet's own gelu does). Needs kernels built with AVX512_BF16
-    (:func:`bertpretrain.kernels.bf16`).
+    (:func:`bertpretrain.kernels.bf16`). ``copy_params``: see the module docstring.
     """
     if act not in DENSE_ACTIVATIONS:
         raise ValueError(f"act={act!r} must be one of {DENSE_ACTIVATIONS}")
     _check_float32(F, x=x, weight=weight, bias=bias)
-    out = _kernel(F, "bp_dense_bf16")(_legacy(x), _legacy(_identity(F, weight)),
-                                      _legacy(_identity(F, bias)), act=act or "none")
+    out = _kernel(F, "bp_dense_bf16")(_legacy(x), _legacy(_param(F, weight, copy_params)),
+                                      _legacy(_param(F, bias, copy_params)), act=act or "none")
     return (out[0] if act == "gelu" else out).as_np_ndarray()

@@ -73,6 +73,7 @@ class BERTModel(HybridBlock):
         return self.ops.precision
 
     def forward(self, tokens, segments, valid_lens, pred_positions=None):
+        self.ops.follow_grad_req(self)
         if isinstance(tokens, mx_np.ndarray):
             check_inputs(self.config, tokens, segments, valid_lens, pred_positions,
                          check_token_ids=self.check_token_ids)

@@ -56,6 +56,7 @@ class BERTForPretraining(HybridBlock):
 
     def forward(self, tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels,
                 nsp_labels):
+        self.bert.ops.follow_grad_req(self)
         if isinstance(tokens, mx_np.ndarray):
             check_inputs(self.bert.config, tokens, segments, valid_lens, pred_positions,
                          check_token_ids=self.bert.check_token_ids)
