@@ -106,6 +106,17 @@ def test_gradient_clipping_changes_the_update():
     assert max(moved) > 1e-4, "clipping had no effect"
 
 
+def test_nsp_weight_multiplies_the_next_sentence_gradient():
+    """One SGD step moves the parameters by -lr (MLM gradient + nsp_weight x NSP gradient): weight 2 adds
+    to weight 1's step what weight 1 adds to the MLM-only step (--no-nsp)."""
+    steps = [params_of(run(num_steps=1, optimizer="sgd", **options)[1])
+             for options in ({"use_nsp": False}, {"nsp_weight": 1.0}, {"nsp_weight": 2.0})]
+    nsp_step = [one - none for none, one in zip(steps[0], steps[1])]
+    assert max(np.abs(d).max() for d in nsp_step) > 1e-5, "the NSP loss moved nothing"
+    for none, one, two in zip(*steps):  # float32 parameters: differences of steps carry their rounding
+        assert np.linalg.norm((two - one) - (one - none)) <= 1e-2 * np.linalg.norm(one - none) + 1e-5
+
+
 def test_clip_gradient_is_the_deprecated_name_of_the_global_norm_clipping():
     _, clipped, _ = run(num_steps=2, clip_global_norm=1e-3, optimizer="sgd")
     with warnings.catch_warnings(record=True) as caught:  # not pytest.warns: it re-emits MXNet's own warnings

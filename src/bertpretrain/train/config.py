@@ -73,6 +73,8 @@ class TrainingConfig:
                                                check=number(greater_than=0, optional=True))
     use_nsp: bool = option(True, "add the next-sentence loss to the masked-LM loss", flag="--no-nsp",
                            check=boolean())
+    nsp_weight: float = option(1.0, "what the next-sentence loss is multiplied by in the sum (BERT's: 1)",
+                               check=number(greater_than=0))
     eval_interval: Optional[int] = option(None, "also evaluate on the held-out split every N steps (always at the "
                                           "end)", check=integer(1, optional=True), metavar="N")
     checkpoint_dir: Optional[str] = option(None, "the folder to keep checkpoints in (None: no checkpoints)",

@@ -289,8 +289,9 @@ class _Run:
                 check_token_range(self.model.bert.config.vocab_size, int(tokens.min()), int(tokens.max()))
         total_preds, total_examples, self.stop_agreed = self.strategy.global_counts(num_preds, num_examples,
                                                                                     stop_requested)
+        nsp_weight = self.config.nsp_weight if self.config.use_nsp else 0.0
         sums = train_step(self.model, self.trainer, batches, self.devices, (total_preds, total_examples),
-                          self.config.use_nsp, self.config.clip_global_norm, self.strategy.update_batch_size)
+                          nsp_weight, self.config.clip_global_norm, self.strategy.update_batch_size)
         metrics = summarise(sums, num_examples)
         if not np.isfinite([metrics["mlm_loss"], metrics["nsp_loss"]]).all():
             raise NonFiniteLossError(

@@ -48,12 +48,13 @@ def clip_gradients(params, devices, max_norm):
             g *= scale
 
 
-def train_step(model, trainer, batches, devices, totals, use_nsp=True, clip_global_norm=None, update_batch_size=1):
+def train_step(model, trainer, batches, devices, totals, nsp_weight=1.0, clip_global_norm=None, update_batch_size=1):
     """Forward and backward on each of ``batches`` (split over ``devices``), then one update; return their sums.
 
     The loss is normalised over the GLOBAL batch, whose ``totals = (real predictions, examples)``
     cover every batch of the step, every device and every worker (when training is distributed): each
-    device backpropagates ``mlm_loss_sum_d / total_predictions + nsp_loss_sum_d / total_examples`` and the
+    device backpropagates ``mlm_loss_sum_d / total_predictions + nsp_weight * nsp_loss_sum_d / total_examples``
+    (``nsp_weight`` 0: the masked-LM loss alone) and the
     gradients add up (over the batches: the parameters' ``grad_req`` is ``'add'`` when there are several, and
     they are zeroed after the update; over devices and workers: the kvstore), so the update, and the
     learning rate's meaning, depend neither on the number of devices nor on how the step is cut into
@@ -66,8 +67,8 @@ def train_step(model, trainer, batches, devices, totals, use_nsp=True, clip_glob
         slices = split_batch(batch, devices)
         with autograd.record():
             batch_outputs = [model(*part) for part in slices]
-            losses = [out.mlm_loss_sum / total_preds + out.nsp_loss_sum / total_examples if use_nsp
-                      else out.mlm_loss_sum / total_preds for out in batch_outputs]
+            losses = [out.mlm_loss_sum / total_preds + nsp_weight * out.nsp_loss_sum / total_examples
+                      if nsp_weight else out.mlm_loss_sum / total_preds for out in batch_outputs]
         autograd.backward(losses)
         outputs += batch_outputs
     trainer.allreduce_grads()
