@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 namespace bp {
 namespace {
@@ -51,18 +52,64 @@ constexpr int64_t kSerialWork = 1 << 18;  // m * n * k below which one thread do
 constexpr int64_t kLargePanels = int64_t{8} << 20;  // bytes of shared packed op(b) past which ...
 constexpr int64_t kOneRowTask = 4 * kMC;            // ... at most this many rows are one row task
 
+// Work memory of at least kKeptBytes is kept by the thread that frees it, for its next calls,
+// instead of going back to the system: a fresh block of tens of MB (op(b) packed once per call,
+// the MLM decoder's weight) is mapped anew and zeroed page by page by the OS on every call, a few
+// percent of a bfloat16 BERT-base step. Each thread keeps at most kKeptBlocks, the largest.
+constexpr size_t kKeptBytes = size_t{1} << 20;
+constexpr size_t kKeptBlocks = 4;
+
+struct Block {
+  void* data;
+  size_t bytes;
+};
+
+struct KeptBlocks {
+  std::vector<Block> blocks;
+  ~KeptBlocks() {
+    for (const Block& block : blocks) std::free(block.data);
+  }
+};
+thread_local KeptBlocks kept;
+
+// A block of at least `bytes` (a multiple of 64) aligned to a cache line: the smallest kept one
+// that fits, else a new one.
+Block take_block(size_t bytes) {
+  auto& blocks = kept.blocks;
+  auto best = blocks.end();
+  if (bytes >= kKeptBytes)
+    for (auto it = blocks.begin(); it != blocks.end(); ++it)
+      if (it->bytes >= bytes && (best == blocks.end() || it->bytes < best->bytes)) best = it;
+  if (best == blocks.end()) return {std::aligned_alloc(64, bytes ? bytes : 64), bytes};
+  const Block block = *best;
+  blocks.erase(best);
+  return block;
+}
+
+void give_block(Block block) {
+  if (block.bytes < kKeptBytes) return std::free(block.data);
+  auto& blocks = kept.blocks;
+  blocks.push_back(block);
+  if (blocks.size() <= kKeptBlocks) return;
+  const auto by_size = [](const Block& x, const Block& y) { return x.bytes < y.bytes; };
+  const auto smallest = std::min_element(blocks.begin(), blocks.end(), by_size);
+  std::free(smallest->data);
+  blocks.erase(smallest);
+}
+
 template <class T>
-struct FreeDeleter {
-  void operator()(T* p) const { std::free(p); }
+struct GiveBack {
+  size_t bytes;
+  void operator()(T* p) const { give_block({p, bytes}); }
 };
 template <class T>
-using Buffer = std::unique_ptr<T[], FreeDeleter<T>>;
+using Buffer = std::unique_ptr<T[], GiveBack<T>>;
 
 // `count` uninitialised elements aligned to a cache line.
 template <class T>
 Buffer<T> allocate(int64_t count) {
-  const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
-  return Buffer<T>(static_cast<T*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+  const Block block = take_block((static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64);
+  return Buffer<T>(static_cast<T*>(block.data), GiveBack<T>{block.bytes});
 }
 
 // Everything one call needs: the operands, and the bias (n,) added to every row of c (nullptr:
@@ -194,13 +241,13 @@ void run_split_depth(const Plan& g, int threads) {
   const int64_t blocks = (g.k + kSplitKC - 1) / kSplitKC, kd_max = K::depth(kSplitKC);
   const int64_t panels = (g.n + kNR - 1) / kNR, m_tiles = (g.m + kMR - 1) / kMR;
   threads = static_cast<int>(std::min<int64_t>(threads, blocks));
-  std::unique_ptr<Buffer<float>[]> copies(new Buffer<float>[threads]);
+  std::vector<Buffer<float>> copies;  // of threads 1, 2, ...: taken and given back by this thread
+  for (int t = 1; t < threads; ++t) copies.push_back(allocate<float>(g.m * g.n));
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    if (t > 0) copies[t] = allocate<float>(g.m * g.n);
-    float* out = t == 0 ? g.c : copies[t].get();
+    float* out = t == 0 ? g.c : copies[t - 1].get();
     const int64_t ldo = t == 0 ? g.ldc : g.n;
     Buffer<E> b_pack = allocate<E>(panels * kd_max * kNR);
     Buffer<E> a_pack = allocate<E>(m_tiles * kMR * kd_max);
@@ -226,7 +273,7 @@ void run_split_depth(const Plan& g, int threads) {
       const int64_t i0 = it * kMR, rows = std::min<int64_t>(kMR, g.m - i0);
       for (int s = 1; s < nt; ++s)
         for (int64_t i = i0; i < i0 + rows; ++i) {
-          const float* src = copies[s].get() + i * g.n;
+          const float* src = copies[s - 1].get() + i * g.n;
           float* dst = g.c + i * g.ldc;
 #pragma omp simd
           for (int64_t j = 0; j < g.n; ++j) dst[j] += src[j];
@@ -681,8 +728,9 @@ PackedBf16::PackedBf16(bool trans_b, int64_t k, int64_t n, const float* b, int64
   if (k <= 0 || n <= 0) return;
   const Plan g{false, trans_b, 0, n, k, 1.0f, nullptr, 0, b, ldb, 0.0f, nullptr, 0, nullptr};
   const Panels<Bfloat16> p(k, n);
-  Pair* data = allocate<Pair>(p.size()).release();
-  data_.reset(data, [](uint32_t* d) { std::free(d); });
+  Buffer<Pair> buffer = allocate<Pair>(p.size());
+  Pair* data = buffer.get();
+  data_.reset(buffer.release(), buffer.get_deleter());
 #pragma omp parallel for schedule(dynamic, 4) if (p.blocks * p.panels * p.panel_size > kSerialWork)
   for (int64_t index = 0; index < p.blocks * p.panels; ++index) p.pack(g, index, data);
 }
