@@ -66,15 +66,18 @@ def test_dense_bf16_is_the_product_of_rounded_operands(bf16):
         close(out.reshape(26, 29), x.asnumpy().reshape(26, 37).astype("float64") @ w.asnumpy().T.astype("float64") + b.asnumpy())
 
 
+@pytest.mark.parametrize("tokens, features", [(40, 24), (40, 700), (1100, 600)],
+                         ids=["one-block", "split-depth", "tasks-over-two-blocks"])
 @pytest.mark.parametrize("act", ["relu", "gelu"])
-def test_dense_bf16_activation_and_its_gradient(bf16, act):
-    """The fused activation (relu; exact, erf-based gelu) and its gradient, against float64 numpy
-    on the rounded operands (g = dy * act'(pre) rounded to bfloat16 for dx and dweight)."""
+def test_dense_bf16_activation_and_its_gradient(bf16, act, tokens, features):
+    """The fused activation (relu; exact, erf-based gelu), applied by the GEMM to each finished block
+    of the output whatever its schedule, and its gradient, against float64 numpy on the rounded
+    operands (g = dy * act'(pre) rounded to bfloat16 for dx and dweight)."""
     import math
-    x, w, b = rand(40, 24, seed=1), rand(36, 24, seed=2, scale=0.3), rand(36, seed=3)
+    x, w, b = rand(tokens, features, seed=1), rand(36, features, seed=2, scale=0.3), rand(36, seed=3)
     out, (dx, dw, db) = run(lambda x, w, b: kernel_ops.dense_bf16(mx.nd, x, w, b, act=act),
                             [x, w, b], [0, 1, 2], head_seed=4)
-    dy = rand(40, 36, seed=4).asnumpy().astype("float64")
+    dy = rand(tokens, 36, seed=4).asnumpy().astype("float64")
     xr, wr = rounded64(x), rounded64(w)
     pre = xr @ wr.T + b.asnumpy()
     if act == "relu":

@@ -120,26 +120,36 @@ inline float normal_cdf(float x, float* gauss) {
   return x >= 0.0f ? 1.0f - 0.5f * erfc : 0.5f * erfc;
 }
 
-// y (n, m) = act(y) in place; with gelu, pre = y first.
-[[maybe_unused]] void activate(Act act, int64_t n, int64_t m, float* y, float* pre) {
-  if (act == Act::kNone) return;
-#pragma omp parallel for schedule(static) if (n * m > (1 << 16))
-  for (int64_t i = 0; i < n; ++i) {
-    float* yi = y + i * m;
-    if (act == Act::kRelu) {
+// The activation, applied by the GEMM to each final block of y while it is in the cache (instead
+// of a pass over all of y after it): y = act(y) in place; with gelu, pre (row stride ld) = y first.
+class Activation final : public Epilogue {
+ public:
+  Activation(Act act, float* pre, int64_t ld) : act_(act), pre_(pre), ld_(ld) {}
+
+  void operator()(float* y, int64_t ldy, int64_t i, int64_t j, int64_t rows,
+                  int64_t cols) const override {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* yr = y + r * ldy;
+      if (act_ == Act::kRelu) {
 #pragma omp simd
-      for (int64_t j = 0; j < m; ++j) yi[j] = yi[j] > 0.0f ? yi[j] : 0.0f;
-      continue;
-    }
-    float* pi = pre + i * m;
+        for (int64_t q = 0; q < cols; ++q) yr[q] = yr[q] > 0.0f ? yr[q] : 0.0f;
+        continue;
+      }
+      float* pr = pre_ + (i + r) * ld_ + j;
 #pragma omp simd
-    for (int64_t j = 0; j < m; ++j) {
-      float gauss;
-      pi[j] = yi[j];
-      yi[j] = pi[j] * normal_cdf(pi[j], &gauss);
+      for (int64_t q = 0; q < cols; ++q) {
+        float gauss;
+        pr[q] = yr[q];
+        yr[q] = pr[q] * normal_cdf(pr[q], &gauss);
+      }
     }
   }
-}
+
+ private:
+  Act act_;
+  float* pre_;
+  int64_t ld_;
+};
 
 // g (n, m) = dy * act'(pre) (g is dy itself for "none", and not written), and dbias (m,) its
 // column sums (when not nullptr), in one pass.
@@ -188,9 +198,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   const MXTensor& x = (*in)[kX];
   const int64_t n = leading_size(x.shape), k = x.shape.back(), m = (*in)[kWeight].shape[0];
   float* y = (*out)[kY].data<float>();
+  const Activation activation(act, act == Act::kGelu ? (*out)[kPre].data<float>() : nullptr, m);
   gemm_bf16(false, true, n, m, k, 1.0f, in_ptr(x), k, in_ptr((*in)[kWeight]), k, 0.0f, y, m,
-            in_ptr((*in)[kBias]));
-  activate(act, n, m, y, act == Act::kGelu ? (*out)[kPre].data<float>() : nullptr);
+            in_ptr((*in)[kBias]), act == Act::kNone ? nullptr : &activation);
 #endif
   return MX_SUCCESS;
 }

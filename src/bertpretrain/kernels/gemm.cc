@@ -112,8 +112,8 @@ Buffer<T> allocate(int64_t count) {
   return Buffer<T>(static_cast<T*>(block.data), GiveBack<T>{block.bytes});
 }
 
-// Everything one call needs: the operands, and the bias (n,) added to every row of c (nullptr:
-// none).
+// Everything one call needs: the operands, the bias (n,) added to every row of c (nullptr: none)
+// and what is done with each final block of c (nullptr: nothing).
 struct Plan {
   bool trans_a, trans_b;
   int64_t m, n, k;
@@ -126,7 +126,15 @@ struct Plan {
   float* c;
   int64_t ldc;
   const float* bias;
+  const Epilogue* epilogue;
 };
+
+// Plan g's epilogue (if any) on the rows [i0, i0 + rows) of c, in blocks of kNR columns.
+void finish_rows(const Plan& g, int64_t i0, int64_t rows) {
+  if (!g.epilogue) return;
+  for (int64_t j = 0; j < g.n; j += kNR)
+    (*g.epilogue)(g.c + i0 * g.ldc + j, g.ldc, i0, j, rows, std::min<int64_t>(kNR, g.n - j));
+}
 
 // Where the micro-kernel reads a task's row tiles of op(a) for one depth block, as a kernel's
 // pack_a leaves them: the first `direct_rows` rows in place (row i at direct + i * direct_ld), the
@@ -278,6 +286,7 @@ void run_split_depth(const Plan& g, int threads) {
 #pragma omp simd
           for (int64_t j = 0; j < g.n; ++j) dst[j] += src[j];
         }
+      finish_rows(g, i0, rows);
     }
   }
 }
@@ -331,10 +340,13 @@ void run(const Plan& g, int threads, const typename K::Elem* packed = nullptr) {
           const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, g.n - j0);
           const E* panel = per_panel ? own.get() : b_pack + (blk * p.panels + jp) * p.panel_size;
           if (per_panel) K::pack_b(g, pc, kc, j0, cols, own.get());
-          for (int64_t ir = 0; ir < mc; ir += kMR)
+          for (int64_t ir = 0; ir < mc; ir += kMR) {
+            float* c = g.c + (i0 + ir) * g.ldc + j0;
+            const int64_t rows = std::min<int64_t>(kMR, mc - ir);
             tile_product<K>(kd, a.tile(ir), a.ld(ir), panel, g.alpha, beta,
-                            bias ? bias + j0 : nullptr, g.c + (i0 + ir) * g.ldc + j0, g.ldc,
-                            std::min<int64_t>(kMR, mc - ir), cols, tile.get());
+                            bias ? bias + j0 : nullptr, c, g.ldc, rows, cols, tile.get());
+            if (g.epilogue && blk == p.blocks - 1) (*g.epilogue)(c, g.ldc, i0 + ir, j0, rows, cols);
+          }
         }
       }
     }
@@ -344,12 +356,14 @@ void run(const Plan& g, int threads, const typename K::Elem* packed = nullptr) {
 // c = beta * c (zeros with beta == 0, over NaN too) + bias: a product with no depth or alpha == 0.
 void scale_only(const Plan& g, bool parallel) {
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t i = 0; i < g.m; ++i)
+  for (int64_t i = 0; i < g.m; ++i) {
     for (int64_t j = 0; j < g.n; ++j) {
       float* c = g.c + i * g.ldc + j;
       *c = g.beta == 0.0f ? 0.0f : g.beta * *c;
       if (g.bias) *c += g.bias[j];
     }
+    finish_rows(g, i, 1);
+  }
 }
 
 // The product of plan g through kernel K: on the calling thread alone (`serial`), else on as many
@@ -711,9 +725,9 @@ struct Bfloat16 {
 
 void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-               int64_t ldc, const float* bias) {
-  product<Bfloat16>(Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias},
-                    false);
+               int64_t ldc, const float* bias, const Epilogue* epilogue) {
+  product<Bfloat16>(
+      Plan{trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, epilogue}, false);
 }
 
 void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

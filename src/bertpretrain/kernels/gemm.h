@@ -30,6 +30,16 @@
 
 namespace bp {
 
+// What a product does with each finished block of c while it is still in the cache (a dense
+// layer's activation): called once for every element of c, by the thread that computed it, with
+// the block at c (row stride ldc), its first row i and column j in c, and its size.
+class Epilogue {
+ public:
+  virtual ~Epilogue() = default;
+  virtual void operator()(float* c, int64_t ldc, int64_t i, int64_t j, int64_t rows,
+                          int64_t cols) const = 0;
+};
+
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
            int64_t ldc, const float* bias = nullptr);
@@ -49,9 +59,10 @@ constexpr bool kHasBf16 = true;
 // bfloat16 (to nearest even) and their products accumulated in float32 (vdpbf16ps): twice the
 // float32 multiply-add rate. a, b and c are float32 in memory; only the packed copies are
 // bfloat16. Not in a build without AVX512_BF16 (see kHasBf16).
+// With `epilogue`, each block of c is handed to it once final (bias added).
 void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-               int64_t ldc, const float* bias = nullptr);
+               int64_t ldc, const float* bias = nullptr, const Epilogue* epilogue = nullptr);
 
 // gemm_bf16 on the calling thread alone (see sgemm_serial).
 void gemm_bf16_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
