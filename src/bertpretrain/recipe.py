@@ -69,8 +69,8 @@ SECTIONS = (("data", DataConfig), ("model", ModelOptions), ("training", Training
 #: d2l's small BERT in the ``bert-preln`` layout (the original BERT's GELU, embedding LayerNorm, tied decoder and
 #: initialisation, pre-LN layers and a final LayerNorm; exported as RoBERTa-PreLN); a WordPiece tokenizer of 4,000
 #: pieces trained on the training split, whose unknown token (WikiText's ``<unk>``) is never a masked-LM target;
-#: 1,100 steps of batch 128 at lr 2.5e-3 with 10% warm-up and linear decay, the next-sentence loss counted three
-#: times; masks, next-sentence pairs and negatives drawn anew every epoch. ``d2l`` is d2l's published run (the
+#: 1,100 steps of batch 128 at lr 2.5e-3 with 10% warm-up and linear decay, the next-sentence loss counted
+#: twice; masks, next-sentence pairs and negatives drawn anew every epoch. ``d2l`` is d2l's published run (the
 #: defaults: word vocabulary, 50 steps of batch 512 at lr 0.01). Both seed the run with 0. ``tokenizers`` does not
 #: train the same WordPiece twice (ties between pieces follow its hash order), so two fresh runs of ``recipe``
 #: differ slightly; a run's own ``tokenizer.json`` (``--tokenizer runs/.../tokenizer.json``) makes it repeatable,
@@ -78,7 +78,7 @@ SECTIONS = (("data", DataConfig), ("model", ModelOptions), ("training", Training
 PRESETS = {
     "recipe": dict(batch_size=128, dynamic_masking=True, dynamic_pairs=True, truncate_pairs=True,
                    tokenizer="wordpiece", vocab_size=4000, unk_targets=False, architecture="bert-preln",
-                   num_steps=1100, lr=2.5e-3, warmup_steps=110, lr_decay="linear", initializer="bert", nsp_weight=3.0,
+                   num_steps=1100, lr=2.5e-3, warmup_steps=110, lr_decay="linear", initializer="bert", nsp_weight=2.0,
                    seed=0),
     "d2l": dict(seed=0),
 }
