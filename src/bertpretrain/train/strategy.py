@@ -13,16 +13,18 @@ from .. import distributed
 from .devices import check_runnable, default_devices
 
 _COUNTS_KEY = 1 << 30  # kvstore keys no parameter uses (the Trainer numbers them from 0)
-_TEXT_SIZE_KEY, _TEXT_KEY = _COUNTS_KEY + 1, _COUNTS_KEY + 2
+_TEXT_KEYS = {"size": _COUNTS_KEY + 1, "bytes": _COUNTS_KEY + 2}
 
 
-def _text_array(text):
-    """A str as a float32 array of its UTF-8 bytes (0-255 are exact in float32), for a kvstore or Horovod."""
-    return mx.nd.array(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.float32))
-
-
-def _array_text(array):
-    return array.asnumpy().astype(np.uint8).tobytes().decode("utf-8")
+def _share_text(text, lead, broadcast):
+    """Rank 0's ``text`` on every worker (``lead``: this is rank 0), sent as two float32 arrays through
+    ``broadcast(array, part)``, which returns rank 0's array of ``array``'s shape: the length of its UTF-8
+    encoding (``part`` ``"size"``), then its bytes (``"bytes"``; 0-255 are exact in float32)."""
+    data = mx.nd.array(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.float32)) if lead else None
+    size = broadcast(mx.nd.array([data.size if lead else 0]), "size")
+    if not lead:
+        data = mx.nd.zeros(int(size.asscalar()))
+    return broadcast(data, "bytes").asnumpy().astype(np.uint8).tobytes().decode("utf-8")
 
 
 class LocalStrategy:
@@ -85,14 +87,13 @@ class ParameterServerStrategy(LocalStrategy):
     def share_text(self, text):
         if self.workers == 1:
             return text
-        # kvstore.init keeps rank 0's value and waits for every worker (a barrier); pull reads it back.
-        size = mx.nd.array([len(text.encode("utf-8")) if self.lead else 0])
-        self.kvstore.init(_TEXT_SIZE_KEY, size)
-        self.kvstore.pull(_TEXT_SIZE_KEY, out=size)
-        data = _text_array(text) if self.lead else mx.nd.zeros(int(size.asscalar()))
-        self.kvstore.init(_TEXT_KEY, data)
-        self.kvstore.pull(_TEXT_KEY, out=data)
-        return _array_text(data)
+
+        def broadcast(array, part):  # kvstore.init keeps rank 0's value and waits for every worker; pull reads it
+            self.kvstore.init(_TEXT_KEYS[part], array)
+            self.kvstore.pull(_TEXT_KEYS[part], out=array)
+            return array
+
+        return _share_text(text, self.lead, broadcast)
 
     def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
@@ -136,10 +137,8 @@ class HorovodStrategy(LocalStrategy):
     def share_text(self, text):
         if self.workers == 1:
             return text
-        size = self.hvd.broadcast(mx.nd.array([len(text.encode("utf-8")) if self.lead else 0]), root_rank=0,
-                                  name="bertpretrain_text_size")
-        data = _text_array(text) if self.lead else mx.nd.zeros(int(size.asscalar()))
-        return _array_text(self.hvd.broadcast(data, root_rank=0, name="bertpretrain_text"))
+        return _share_text(text, self.lead, lambda array, part: self.hvd.broadcast(
+            array, root_rank=0, name=f"bertpretrain_text_{part}"))
 
     def global_counts(self, num_preds, batch_size, stop=False):
         if self.workers == 1:
