@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-import bertpretrain as bp  # noqa: E402
-from bertpretrain.data import (DataError, EncodedCorpus, build_dataset, detect_format, load_data_text,  # noqa: E402
+import bertpretrain as bp
+from bertpretrain.data import (DataError, EncodedCorpus, build_dataset, detect_format, load_data_text,
                                load_data_wiki, load_encoded_corpus, resolve_files, train_wordpiece)
-from bertpretrain.data import cache as cache_module  # noqa: E402
-from bertpretrain.data import corpus as corpus_module  # noqa: E402
+from bertpretrain.data import cache as cache_module
+from bertpretrain.data import corpus as corpus_module
 
 GRIMM = Path(__file__).resolve().parent / "data" / "grimms-fairy-tales"
 TRAIN, VALID = GRIMM / "train.txt", GRIMM / "valid.txt"

@@ -5,14 +5,13 @@ import os
 import numpy as np
 import pytest
 
-
-from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, RESERVED_TOKENS, SEP_ID, DataError,  # noqa: E402
+from bertpretrain.data import (CLS_ID, MASK_ID, NUM_RESERVED, RESERVED_TOKENS, SEP_ID, DataError,
                                Vocab, WordPieceTokenizer, build_dataset, choose_mlm_positions,
                                choose_whole_word_positions, download_extract, iter_paragraphs, load_data_wiki,
                                load_encoded_corpus,
                                load_tokenizer, train_wordpiece, word_level_tokenizer)
-from bertpretrain.data.cache import entry_key  # noqa: E402
-from masking_checks import check_masks  # noqa: E402
+from bertpretrain.data.cache import entry_key
+from masking_checks import check_masks
 
 
 @pytest.fixture(scope="module")
