@@ -155,7 +155,17 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       float* s = scores.data();  // (T, len), row stride T
       gemm(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
       const DropoutMask m = mask;
+      // This thread's next block is most likely blk + threads: its rows of q, k and v (each a
+      // few cache lines, 3H floats apart, which hardware prefetchers do not follow) are
+      // prefetched into L2 row by row while this block's softmax runs.
+      const int64_t next = blk + omp_get_num_threads();
+      const float* nq = next < g.b * g.heads
+                            ? qkv + (next / g.heads) * g.t * ld + (next % g.heads) * g.d : nullptr;
       for (int64_t i = 0; i < g.t; ++i) {
+        if (nq)
+          for (int64_t part = 0; part < 3; ++part)
+            for (int64_t c = 0; c < g.d; c += 16)
+              __builtin_prefetch(nq + i * ld + part * g.h + c, 0, 2);
         float* si = s + i * g.t;
         const float mx = row_max(si, len);
         const float sum = exp_sum(si, mx, len, si);
@@ -223,7 +233,20 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
       gemm(false, true, g.t, len, g.d, 1.0f, dc, g.h, v, ld, 0.0f, dp, g.t);
       const float* lse_blk = lse + blk * g.t;
       const DropoutMask m = mask;
+      const int64_t next = blk + omp_get_num_threads();  // prefetched as in forward, with dcontext
+      const int64_t nseq = next / g.heads, nhd = next % g.heads;
+      const bool pf = next < g.b * g.heads;
       for (int64_t i = 0; i < g.t; ++i) {
+        if (pf) {
+          const float* nq = qkv + nseq * g.t * ld + nhd * g.d + i * ld;
+          const float* nc = dctx + nseq * g.t * g.h + nhd * g.d + i * g.h;
+          for (int64_t c = 0; c < g.d; c += 16) {
+            __builtin_prefetch(nq + c, 0, 2);
+            __builtin_prefetch(nq + g.h + c, 0, 2);
+            __builtin_prefetch(nq + 2 * g.h + c, 0, 2);
+            __builtin_prefetch(nc + c, 0, 2);
+          }
+        }
         float* si = s + i * g.t;
         float* di = dp + i * g.t;
         const float l = lse_blk[i];
