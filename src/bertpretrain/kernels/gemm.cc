@@ -668,7 +668,8 @@ struct Bfloat16 {
         const float* src = g.a + (i0 + i) * g.lda + p0;
         if (i + kPrefetchRows < rows)  // rows lda apart: where hardware prefetchers lose the stream
           for (int64_t p = 0; p < kc; p += 16)
-            _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetchRows * g.lda + p), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetchRows * g.lda + p),
+                         _MM_HINT_T0);
         for (int64_t qb = 0; qb < kq; qb += 16)
           _mm512_mask_storeu_epi32(out + qb, first(kq - qb),
                                    pairs_along(src + 2 * qb, kc - 2 * qb));
