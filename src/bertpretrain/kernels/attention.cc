@@ -102,7 +102,16 @@ struct Dims {
       : b(qkv.shape[0]), t(qkv.shape[1]), h(qkv.shape[2] / 3), heads(num_heads),
         d(qkv.shape[2] / 3 / num_heads) {}
   float scale(const Params& p) const { return std::isnan(p.scale) ? 1.0f / std::sqrt(float(d)) : p.scale; }
+  // Where (sequence, head) block `blk` starts in a (B, T, ...) array of row stride `ld` whose
+  // heads own d columns each (qkv: its queries; the context and its gradient).
+  int64_t at(int64_t blk, int64_t ld) const { return blk / heads * t * ld + blk % heads * d; }
 };
+
+// Prefetches into L2 the d floats of one row of the block a thread most likely takes next: rows
+// lie 3H (or H) floats apart, a few cache lines each, which hardware prefetchers do not follow.
+inline void prefetch_row(const float* row, int64_t d) {
+  for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(row + c, 0, 2);
+}
 
 // The valid length of sequence `seq`, clamped to [0, t].
 inline int64_t seq_length(const MXTensor& lengths, int64_t seq, int64_t t) {
@@ -140,32 +149,28 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
     std::vector<float> scores(g.t * g.t);  // this thread's (T, T) scores, then probabilities
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < g.b * g.heads; ++blk) {
-      const int64_t seq = blk / g.heads, hd = blk % g.heads;
+      const int64_t seq = blk / g.heads;
       const int64_t len = seq_length(lengths, seq, g.t);
       float* lse_blk = lse + blk * g.t;
-      float* ctx_blk = ctx + seq * g.t * g.h + hd * g.d;  // row stride H
+      float* ctx_blk = ctx + g.at(blk, g.h);  // row stride H
       if (len == 0) {
         std::fill(lse_blk, lse_blk + g.t, 0.0f);
         for (int64_t i = 0; i < g.t; ++i) std::fill(ctx_blk + i * g.h, ctx_blk + i * g.h + g.d, 0.0f);
         continue;
       }
-      const float* q = qkv + seq * g.t * ld + hd * g.d;  // (T, d), row stride 3H
+      const float* q = qkv + g.at(blk, ld);  // (T, d), row stride 3H
       const float* k = q + g.h;
       const float* v = q + 2 * g.h;
       float* s = scores.data();  // (T, len), row stride T
       gemm(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
       const DropoutMask m = mask;
-      // This thread's next block is most likely blk + threads: its rows of q, k and v (each a
-      // few cache lines, 3H floats apart, which hardware prefetchers do not follow) are
-      // prefetched into L2 row by row while this block's softmax runs.
+      // This thread's next block is most likely blk + threads: its rows of q, k and v are
+      // prefetched row by row while this block's softmax runs.
       const int64_t next = blk + omp_get_num_threads();
-      const float* nq = next < g.b * g.heads
-                            ? qkv + (next / g.heads) * g.t * ld + (next % g.heads) * g.d : nullptr;
+      const float* nq = next < g.b * g.heads ? qkv + g.at(next, ld) : nullptr;
       for (int64_t i = 0; i < g.t; ++i) {
         if (nq)
-          for (int64_t part = 0; part < 3; ++part)
-            for (int64_t c = 0; c < g.d; c += 16)
-              __builtin_prefetch(nq + i * ld + part * g.h + c, 0, 2);
+          for (int64_t part = 0; part < 3; ++part) prefetch_row(nq + i * ld + part * g.h, g.d);
         float* si = s + i * g.t;
         const float mx = row_max(si, len);
         const float sum = exp_sum(si, mx, len, si);
@@ -210,9 +215,9 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
     Scratch w(g, mask.active());
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < g.b * g.heads; ++blk) {
-      const int64_t seq = blk / g.heads, hd = blk % g.heads;
+      const int64_t seq = blk / g.heads;
       const int64_t len = seq_length(lengths, seq, g.t);
-      float* dq_out = dqkv + seq * g.t * ld + hd * g.d;  // (T, d) each, row stride 3H
+      float* dq_out = dqkv + g.at(blk, ld);  // (T, d) each, row stride 3H
       float* dk_out = dq_out + g.h;
       float* dv_out = dq_out + 2 * g.h;
       for (int64_t i = len; i < g.t; ++i) {  // keys and values past the length get no gradient
@@ -223,10 +228,10 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
         for (int64_t i = 0; i < g.t; ++i) std::fill(dq_out + i * ld, dq_out + i * ld + g.d, 0.0f);
         continue;
       }
-      const float* q = qkv + seq * g.t * ld + hd * g.d;
+      const float* q = qkv + g.at(blk, ld);
       const float* k = q + g.h;
       const float* v = q + 2 * g.h;
-      const float* dc = dctx + seq * g.t * g.h + hd * g.d;  // (T, d), row stride H
+      const float* dc = dctx + g.at(blk, g.h);  // (T, d), row stride H
       float* s = w.s.data();    // scores, then the softmax P (T, len), row stride T
       float* dp = w.dp.data();  // dcontext v^T, then the scores' gradient dS
       gemm(false, true, g.t, len, g.d, scale, q, ld, k, ld, 0.0f, s, g.t);
@@ -234,18 +239,12 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
       const float* lse_blk = lse + blk * g.t;
       const DropoutMask m = mask;
       const int64_t next = blk + omp_get_num_threads();  // prefetched as in forward, with dcontext
-      const int64_t nseq = next / g.heads, nhd = next % g.heads;
-      const bool pf = next < g.b * g.heads;
+      const float* nq = next < g.b * g.heads ? qkv + g.at(next, ld) : nullptr;
+      const float* nc = nq ? dctx + g.at(next, g.h) : nullptr;
       for (int64_t i = 0; i < g.t; ++i) {
-        if (pf) {
-          const float* nq = qkv + nseq * g.t * ld + nhd * g.d + i * ld;
-          const float* nc = dctx + nseq * g.t * g.h + nhd * g.d + i * g.h;
-          for (int64_t c = 0; c < g.d; c += 16) {
-            __builtin_prefetch(nq + c, 0, 2);
-            __builtin_prefetch(nq + g.h + c, 0, 2);
-            __builtin_prefetch(nq + 2 * g.h + c, 0, 2);
-            __builtin_prefetch(nc + c, 0, 2);
-          }
+        if (nq) {
+          for (int64_t part = 0; part < 3; ++part) prefetch_row(nq + i * ld + part * g.h, g.d);
+          prefetch_row(nc + i * g.h, g.d);
         }
         float* si = s + i * g.t;
         float* di = dp + i * g.t;

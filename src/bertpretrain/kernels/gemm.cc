@@ -548,6 +548,21 @@ using Pair = uint32_t;
 // Rows of a plain op(a) prefetched ahead of the one being converted (bp_gemm_bf16's packing reads
 // 2 KB of each row, then jumps lda floats: a new stream for the hardware prefetchers every row).
 constexpr int64_t kPrefetchRows = 4;
+// Depth pairs prefetched ahead where the packing interleaves two rows `ld` apart (a plain op(b),
+// a transposed op(a)): it reads a short run of each, then jumps to the next pair of rows.
+constexpr int64_t kPrefetchPairs = 4;
+
+// Prefetches the `count` floats at x0 of the two rows kPrefetchPairs pairs after the pair (x0,
+// x0 + ld) being converted, if the depth block (kc rows from depth 2q) has them.
+inline void prefetch_pair_ahead(const float* x0, int64_t ld, int64_t q, int64_t kc,
+                                int64_t count) {
+  if (2 * (q + kPrefetchPairs) + 1 >= kc) return;
+  const float* row = x0 + 2 * kPrefetchPairs * ld;
+  for (int64_t j = 0; j < count; j += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + j), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(row + ld + j), _MM_HINT_T0);
+  }
+}
 
 inline int64_t pairs_of(int64_t depth) { return (depth + 1) / 2; }
 
@@ -623,12 +638,7 @@ struct Bfloat16 {
       for (int64_t q = 0; q < kq; ++q) {
         const float* x0 = g.b + (p0 + 2 * q) * g.ldb + j0;
         const float* x1 = 2 * q + 1 < kc ? x0 + g.ldb : nullptr;
-        if (2 * q + 9 < kc) {  // 32 columns of each depth, rows ldb apart: prefetched 4 pairs ahead
-          _mm_prefetch(reinterpret_cast<const char*>(x0 + 8 * g.ldb), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(x0 + 8 * g.ldb + 16), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(x0 + 9 * g.ldb), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(x0 + 9 * g.ldb + 16), _MM_HINT_T0);
-        }
+        prefetch_pair_ahead(x0, g.ldb, q, kc, kNR);
         for (int64_t h = 0; h < kNR; h += 16)
           _mm512_store_si512(dst + q * kNR + h,
                              pairs_across(x0 + h, x1 ? x1 + h : nullptr, cols - h));
@@ -678,15 +688,11 @@ struct Bfloat16 {
     }
     // Two rows of a (two depths) at a time, across all the tiles: each row is read once, left to
     // right. Rows lie ld floats apart (12 KB for BERT-base's FFN): every one starts a new page,
-    // where hardware prefetchers stop, so the rows four pairs ahead are prefetched.
+    // where hardware prefetchers stop, so the rows kPrefetchPairs pairs ahead are prefetched.
     for (int64_t q = 0; q < kq; ++q) {
       const float* x0 = g.a + (p0 + 2 * q) * g.lda + i0;
       const float* x1 = 2 * q + 1 < kc ? x0 + g.lda : nullptr;
-      if (2 * q + 9 < kc)
-        for (int64_t j = 0; j < rows; j += 16) {
-          _mm_prefetch(reinterpret_cast<const char*>(x0 + 8 * g.lda + j), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(x0 + 9 * g.lda + j), _MM_HINT_T0);
-        }
+      prefetch_pair_ahead(x0, g.lda, q, kc, rows);
       for (int64_t ir = 0; ir < rows; ir += kMR)
         _mm512_mask_storeu_epi32(dst + ir * kq + q * kMR, first(kMR),
                                  pairs_across(x0 + ir, x1 ? x1 + ir : nullptr,
