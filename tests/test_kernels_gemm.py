@@ -4,10 +4,10 @@ bp::gemm_bf16_serial (``bp_gemm_bf16``, ``bp_gemm_bf16_serial``, built only for 
 AVX512_BF16) against numpy on the same inputs rounded to bfloat16.
 
 Every combination of transposes, sizes that are not multiples of the micro-tile (1, 7, 129, ...)
-or that need several depth and column blocks (k > 512, n > 1024), alpha and beta, leading
-dimensions larger than the rows (sub-matrices of a wider array), and with several OpenMP
-threads in a subprocess (this process runs one, see conftest.py), since the split of c into
-tasks only happens there.
+or that need several depth and column blocks (k > 512 in float32, k > 2048 in bfloat16 (see
+test_bf16_model_shapes); n > 1024), alpha and beta, leading dimensions larger than the rows
+(sub-matrices of a wider array), and with several OpenMP threads in a subprocess (this process
+runs one, see conftest.py), since the split of c into tasks only happens there.
 """
 import ctypes
 import itertools
@@ -175,7 +175,7 @@ def test_bf16_rounds_its_operands(bf16_library):
 
 
 @pytest.mark.parametrize("shape", [(1000, 384, 128), (300, 300, 2000), (1500, 64, 3000),
-                                   (400, 1500, 1101), (50, 30000, 160)],
+                                   (400, 1500, 4301), (50, 30000, 160)],
                          ids=["projection", "split-depth", "several-depth-blocks", "wide-tasks", "large-panels"])
 def test_bf16_model_shapes(bf16_library, shape):
     """A projection of 1,000 tokens (and its gradients' forms), a weight gradient whose depth the
@@ -197,7 +197,7 @@ def check_bias(fn, rounding=None):
     fn.argtypes = [ctypes.c_int, ctypes.c_int, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr,
                    i64, ptr]
     rounding = rounding or (lambda x: x)
-    for m, n, k, beta in [(100, 70, 129, 0.0), (30, 33, 1100, 0.5), (1100, 40, 700, 0.5)]:
+    for m, n, k, beta in [(100, 70, 129, 0.0), (30, 33, 1100, 0.5), (1100, 40, 2300, 0.5)]:
         a, b = padded(rng, m, k, 0), padded(rng, n, k, 0)
         c, bias = padded(rng, m, n, 0), rng.normal(size=n).astype("float32")
         want = rounding(a).astype("float64") @ rounding(b).T + beta * c + bias

@@ -3,15 +3,15 @@
 // element type of the packed operands, the packing and the micro-kernel.
 //
 // c is cut into tasks (up to kMC rows x up to kNC columns), shared by the threads dynamically. A
-// task walks the depth in blocks of kKC; for each, the panels of kNR columns of op(b) (packed
-// depth-major, zero-padded) and inside each panel (it stays in L1) its row tiles of kMR rows (the
-// task's rows of a stay in L2); the micro-kernel accumulates a (kMR, kNR) tile of c in registers
-// over the depth block before touching c once. A small c over a long depth (weight gradients)
+// task walks the depth in blocks of K::kKC; for each, the panels of kNR columns of op(b) (packed
+// depth-major, zero-padded) and inside each panel (it stays in L1 or L2) its row tiles of kMR
+// rows (the task's rows of a stay in L2); the micro-kernel accumulates a (kMR, kNR) tile of c in
+// registers over the depth block before touching c once. A small c over a long depth (weight gradients)
 // splits the depth among the threads instead (run_split_depth).
 //
 // float32: a plain (not transposed) a is read in place, row by row: packing it would cost as much
 // as the product when k is small. A transposed a (and an edge tile of a plain one) is packed into
-// depth-major (kKC, kMR) tiles, a copy of short rows. Each thread packs the panels of op(b) it
+// depth-major (kc, kMR) tiles, a copy of short rows. Each thread packs the panels of op(b) it
 // uses (see run).
 #include "gemm.h"
 
@@ -43,7 +43,7 @@ constexpr int kVec = 4;
 constexpr int kMR = 6;
 #endif
 constexpr int kNR = 2 * kVec;     // micro-tile columns
-constexpr int64_t kKC = 512;      // depth of a packed block
+constexpr int64_t kLongDepth = 512;  // depth past which a small c splits it (see below)
 constexpr int64_t kMC = 96;       // most rows of c per task (a multiple of kMR)
 constexpr int64_t kNC = 512;      // most columns of c per task (a multiple of kNR)
 constexpr int64_t kSplitKC = 256;  // depth block when the threads split the depth (see below)
@@ -219,20 +219,20 @@ Tasks cut(int64_t m, int64_t n, int threads, int64_t shared_bytes, int64_t max_p
   return t;
 }
 
-// op(b) packed by kernel K for the task schedule: per depth block of kKC, its panels of kNR
-// columns, each (K::depth(min(kKC, k)), kNR) elements (the last block's only partly used).
+// op(b) packed by kernel K for the task schedule: per depth block of K::kKC, its panels of kNR
+// columns, each (K::depth(min(K::kKC, k)), kNR) elements (the last block's only partly used).
 template <class K>
 struct Panels {
   int64_t blocks, panels, panel_size;
   Panels(int64_t k, int64_t n)
-      : blocks((k + kKC - 1) / kKC), panels((n + kNR - 1) / kNR),
-        panel_size(K::depth(std::min(kKC, k)) * kNR) {}
+      : blocks((k + K::kKC - 1) / K::kKC), panels((n + kNR - 1) / kNR),
+        panel_size(K::depth(std::min(K::kKC, k)) * kNR) {}
   int64_t size() const { return blocks * panels * panel_size; }
 
   // Packs panel `index` (block index / panels, panel index % panels) of op(b) into its place.
   void pack(const Plan& g, int64_t index, typename K::Elem* dst) const {
     const int64_t blk = index / panels, jp = index % panels;
-    K::pack_b(g, blk * kKC, std::min(kKC, g.k - blk * kKC), jp * kNR,
+    K::pack_b(g, blk * K::kKC, std::min(K::kKC, g.k - blk * K::kKC), jp * kNR,
               std::min<int64_t>(kNR, g.n - jp * kNR), dst + index * panel_size);
   }
 };
@@ -298,13 +298,14 @@ void run_split_depth(const Plan& g, int threads) {
 // - else each thread's own: the threads share nothing but c and never wait for each other before
 //   the end (on a machine shared with other processes a thread can lose the CPU for a whole time
 //   slice, and every barrier would then cost the others that slice). Each thread packs all of
-//   op(b) once when the depth fits one block (k <= kKC, the model's small-k products, where op(b)
-//   is a weight of at most a few MB), else one panel at a time inside each task, for each block.
+//   op(b) once when the depth fits one block (k <= K::kKC, the model's small-k products, where
+//   op(b) is a weight of at most a few MB), else one panel at a time inside each task, for each
+//   block.
 // With threads == 1 it all runs on the calling thread, also inside another parallel region.
 template <class K>
 void run(const Plan& g, int threads, const typename K::Elem* packed = nullptr) {
   using E = typename K::Elem;
-  if (!packed && g.k > kKC && g.m <= kSplitMaxC && g.n <= kSplitMaxC)
+  if (!packed && g.k > kLongDepth && g.m <= kSplitMaxC && g.n <= kSplitMaxC)
     return run_split_depth<K>(g, threads);
   const Panels<K> p(g.k, g.n);
   const bool shared = packed || K::kSharePanels;
@@ -332,7 +333,7 @@ void run(const Plan& g, int threads, const typename K::Elem* packed = nullptr) {
       const int64_t i0 = rt * t.mc, mc = std::min(t.mc, g.m - i0);
       const int64_t jp0 = ct * t.per_task, jp1 = std::min(t.panels, jp0 + t.per_task);
       for (int64_t blk = 0; blk < p.blocks; ++blk) {
-        const int64_t pc = blk * kKC, kc = std::min(kKC, g.k - pc), kd = K::depth(kc);
+        const int64_t pc = blk * K::kKC, kc = std::min(K::kKC, g.k - pc), kd = K::depth(kc);
         const float beta = blk == 0 ? g.beta : 1.0f;
         const float* bias = blk == 0 ? g.bias : nullptr;
         const ARows<E> a = K::pack_a(g, i0, mc, pc, kc, true, a_pack.get());
@@ -386,6 +387,8 @@ struct Float32 {
   using Elem = float;
   // Each thread packs its own panels (see run): copying float32 is cheap next to a barrier.
   static constexpr bool kSharePanels = false;
+  // Depth of a block: a panel of op(b) is (kKC, kNR) floats, 64 KB with AVX-512.
+  static constexpr int64_t kKC = 512;
   // Columns of c per task: kNC (copying a is cheap; a task's block of c stays in L2).
   static constexpr int64_t kTaskPanels = kNC / kNR;
 
@@ -622,6 +625,13 @@ struct Bfloat16 {
   using Elem = Pair;
   // op(b) is converted once per call and shared by the threads (see the top of this part).
   static constexpr bool kSharePanels = true;
+  // Depth of a block, 4x float32's: c is read and written again once per further block
+  // (BERT-base's products over 768 features: one block instead of two; over 2,304 or 3,072: two
+  // instead of five or six). Measured on the bf16 step (same process, by turns, Zen 5): BERT-base
+  // 2.2% faster than with 512 (768 alone gave 1.3-5.4%, more when the machine's memory was busy),
+  // BERT-mini and -small 1%; 3,072 was no faster. A panel is (1,024 pairs, kNR), 128 KB, and a
+  // task's rows of a up to 384 KB: both fit a 1 MB L2.
+  static constexpr int64_t kKC = 2048;
   // Tasks as wide as the threads' balance allows: every task converts its rows of op(a), so tasks
   // of kNC columns converted a up to n / kNC times (6 times for BERT-base's FFN weight gradient,
   // whose (4096, 768) transposed operand then cost a quarter of the product's time).
