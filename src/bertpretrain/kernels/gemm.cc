@@ -6,8 +6,8 @@
 // task walks the depth in blocks of K::kKC; for each, the panels of kNR columns of op(b) (packed
 // depth-major, zero-padded) and inside each panel (it stays in L1 or L2) its row tiles of kMR
 // rows (the task's rows of a stay in L2); the micro-kernel accumulates a (kMR, kNR) tile of c in
-// registers over the depth block before touching c once. A small c over a long depth (weight gradients)
-// splits the depth among the threads instead (run_split_depth).
+// registers over the depth block before touching c once. A small c over a long depth (weight
+// gradients) splits the depth among the threads instead (run_split_depth).
 //
 // float32: a plain (not transposed) a is read in place, row by row: packing it would cost as much
 // as the product when k is small. A transposed a (and an edge tile of a plain one) is packed into
