@@ -113,6 +113,11 @@ inline void prefetch_row(const float* row, int64_t d) {
   for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(row + c, 0, 2);
 }
 
+// prefetch_row for one row of a block's queries, keys and values (H floats apart in qkv).
+inline void prefetch_qkv_row(const float* row, const Dims& g) {
+  for (int64_t part = 0; part < 3; ++part) prefetch_row(row + part * g.h, g.d);
+}
+
 // The valid length of sequence `seq`, clamped to [0, t].
 inline int64_t seq_length(const MXTensor& lengths, int64_t seq, int64_t t) {
   const int64_t len = read_index(lengths, seq);
@@ -169,8 +174,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
       const int64_t next = blk + omp_get_num_threads();
       const float* nq = next < g.b * g.heads ? qkv + g.at(next, ld) : nullptr;
       for (int64_t i = 0; i < g.t; ++i) {
-        if (nq)
-          for (int64_t part = 0; part < 3; ++part) prefetch_row(nq + i * ld + part * g.h, g.d);
+        if (nq) prefetch_qkv_row(nq + i * ld, g);
         float* si = s + i * g.t;
         const float mx = row_max(si, len);
         const float sum = exp_sum(si, mx, len, si);
@@ -243,7 +247,7 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vecto
       const float* nc = nq ? dctx + g.at(next, g.h) : nullptr;
       for (int64_t i = 0; i < g.t; ++i) {
         if (nq) {
-          for (int64_t part = 0; part < 3; ++part) prefetch_row(nq + i * ld + part * g.h, g.d);
+          prefetch_qkv_row(nq + i * ld, g);
           prefetch_row(nc + i * g.h, g.d);
         }
         float* si = s + i * g.t;
